@@ -1,0 +1,139 @@
+//! The crate's error type.
+//!
+//! Every public entry point that can be misused has a `try_` form returning [`Result`]; the
+//! panicking convenience form calls it and panics with the same message (documented under
+//! `# Panics`). Messages always name the argument, what was expected and what was given.
+
+use std::fmt;
+
+/// Errors returned by the `try_` forms of burn-rlhf's functions and by config validation.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// A tensor argument has the wrong shape (rank or size) for this call.
+    #[error("shape mismatch for `{arg}`: expected {expected}, got {got:?}")]
+    Shape {
+        /// Name of the argument, as in the function signature.
+        arg: &'static str,
+        /// What was expected, in words and dimensions (e.g. `"[B, T] = [4, 7] (as labels)"`).
+        expected: String,
+        /// The shape that was given.
+        got: Vec<usize>,
+    },
+    /// A hyper-parameter or option is outside its valid range.
+    #[error("invalid value for `{field}`: {reason} (got {value})")]
+    Config {
+        /// Name of the config field or argument.
+        field: &'static str,
+        /// Why the value is invalid, e.g. `"must be finite and > 0"`.
+        reason: String,
+        /// The offending value, formatted.
+        value: String,
+    },
+    /// Two options that cannot be combined.
+    #[error("incompatible options: {0}")]
+    Incompatible(String),
+    /// A label (token id) lies outside `[0, vocab_size)` and is not the ignore index.
+    #[error(
+        "label out of range in `{arg}`: {value} at flat position {position} is not in [0, {vocab_size}) and is not the ignore index {ignore_index}"
+    )]
+    LabelOutOfRange {
+        /// Name of the argument holding the labels.
+        arg: &'static str,
+        /// The offending label.
+        value: i64,
+        /// Row-major position of the first offending label.
+        position: usize,
+        /// Vocabulary size (last dimension of the logits).
+        vocab_size: usize,
+        /// The configured ignore index.
+        ignore_index: i64,
+    },
+    /// A batch (or another dimension that must be non-empty) has size zero.
+    #[error("`{arg}` is empty: {what}")]
+    Empty {
+        /// Name of the argument.
+        arg: &'static str,
+        /// Which dimension is empty.
+        what: String,
+    },
+    /// An input holds NaN or infinity (reported only in checked mode).
+    #[error("`{arg}` contains a non-finite value (NaN or infinity)")]
+    NonFinite {
+        /// Name of the argument.
+        arg: &'static str,
+    },
+    /// The tensor's dtype cannot be computed on its device.
+    #[error("dtype {dtype} of `{arg}` is not supported on device {device}")]
+    UnsupportedDType {
+        /// Name of the argument.
+        arg: &'static str,
+        /// The dtype, formatted.
+        dtype: String,
+        /// The device, formatted.
+        device: String,
+    },
+}
+
+/// `Result` with the crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Shorthand for [`Error::Config`].
+    pub fn config(field: &'static str, reason: impl Into<String>, value: impl fmt::Display) -> Self {
+        Error::Config {
+            field,
+            reason: reason.into(),
+            value: value.to_string(),
+        }
+    }
+
+    /// Shorthand for [`Error::Shape`].
+    pub fn shape(arg: &'static str, expected: impl Into<String>, got: &[usize]) -> Self {
+        Error::Shape {
+            arg,
+            expected: expected.into(),
+            got: got.to_vec(),
+        }
+    }
+}
+
+/// Checks that `value` is finite and strictly positive.
+pub(crate) fn check_positive(field: &'static str, value: f64) -> Result<()> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::config(field, "must be finite and > 0", value))
+    }
+}
+
+/// Checks that `value` is finite and in the closed interval `[lo, hi]`.
+pub(crate) fn check_in_closed(field: &'static str, value: f64, lo: f64, hi: f64) -> Result<()> {
+    if value.is_finite() && value >= lo && value <= hi {
+        Ok(())
+    } else {
+        Err(Error::config(field, format!("must be in [{lo}, {hi}]"), value))
+    }
+}
+
+/// Checks that two shapes are equal; `what` describes the expectation for the message.
+pub(crate) fn check_same_shape(
+    arg: &'static str,
+    got: &[usize],
+    expected: &[usize],
+    like: &str,
+) -> Result<()> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(Error::shape(arg, format!("{expected:?} (same as {like})"), got))
+    }
+}
+
+/// Unwraps a `try_` result in a panicking convenience wrapper.
+#[track_caller]
+pub(crate) fn unwrap_or_panic<T>(result: Result<T>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(error) => panic!("burn-rlhf: {error}"),
+    }
+}

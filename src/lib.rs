@@ -1,0 +1,17 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(missing_docs)]
+
+pub mod backends;
+pub mod error;
+pub mod logprobs;
+pub mod reduce;
+
+pub use error::{Error, Result};
+pub use logprobs::{
+    GatheredLogprobs, LabelAlignment, SequenceReduction, TokenLogprobs, TokenLogprobsConfig,
+};
+pub use reduce::Normalizer;
+
+/// The label value that marks an ignored position (PyTorch / TRL / torchtune convention).
+pub const IGNORE_INDEX: i64 = -100;

@@ -1,0 +1,26 @@
+//! Per-token entropy of the model's predictive distribution.
+
+use burn::tensor::{Tensor, activation};
+
+use crate::error::{Result, check_positive};
+
+/// Per-token entropy `H = -sum_v p_v log p_v` of `p = softmax(logits / temperature)`.
+///
+#[cfg_attr(
+    doc,
+    doc = r#"$$H_{b,t} = \operatorname{logsumexp}(z_{b,t}) - \sum_v p_{b,t,v}\, z_{b,t,v},\quad z = \text{logits}/T$$"#
+)]
+#[cfg_attr(not(doc), doc = "`H = logsumexp(z) - sum_v p_v z_v`, `z = logits / T`")]
+///
+/// Differentiable (for entropy bonuses); computed with a max-shifted log-softmax, so logits of
+/// any magnitude give a finite result. Mask the output yourself (it is per logits position; with
+/// a causal shift drop the last column to align it with shifted labels).
+///
+/// # Shapes
+/// - logits: `[B, T, V]` -> output `[B, T]`
+pub fn token_entropy(logits: Tensor<3>, temperature: f64) -> Result<Tensor<2>> {
+    check_positive("temperature", temperature)?;
+    let logp = activation::log_softmax(logits.mul_scalar(1.0 / temperature), 2);
+    let p = logp.clone().exp();
+    Ok((p * logp).sum_dim(2).squeeze_dim::<2>(2).neg())
+}

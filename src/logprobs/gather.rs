@@ -1,0 +1,310 @@
+//! Per-token log-probs from logits and labels.
+
+use burn::config::Config;
+use burn::tensor::{Bool, Int, Tensor, activation};
+use serde::{Deserialize, Serialize};
+
+use super::kernel::token_logprobs_op;
+use super::sequence::SequenceReduction;
+use crate::backends::has_native_kernel;
+use crate::error::{Error, check_positive, unwrap_or_panic};
+use crate::reduce::{mask_like, zero_masked};
+
+/// How labels line up with logits.
+///
+/// There is deliberately no default: scoring unshifted labels with a causal LM's logits (or
+/// shifting twice) is silent and common (OpenRLHF 465, Liger-Kernel 486).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabelAlignment {
+    /// Causal LM: `logits[:, t]` predicts `labels[:, t + 1]`. Scores `logits[:, :-1]` against
+    /// `labels[:, 1:]`; the output (and its mask) has `T - 1` columns. The mask you pass is in
+    /// label coordinates (`[B, T]`) and is shifted together with the labels.
+    CausalShift,
+    /// `logits[:, t]` scores `labels[:, t]` (labels already shifted, or an encoder-decoder).
+    /// The output has `T` columns.
+    Aligned,
+}
+
+/// Which implementation computes the token log-probs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogprobsImplementation {
+    /// The memory-lean op with a hand-written backward where the device's backend has it
+    /// ([`crate::backends::has_native_kernel`]), the reference path elsewhere.
+    Auto,
+    /// `log_softmax(logits / T).gather(labels)` on plain tensors, differentiated by burn's
+    /// autodiff. Kept as the test oracle; uses several `[B, T, V]` buffers under autodiff.
+    Reference,
+}
+
+/// Configuration of [`TokenLogprobs`].
+#[derive(Config, Debug)]
+pub struct TokenLogprobsConfig {
+    /// How labels line up with logits. Required, see [`LabelAlignment`].
+    pub alignment: LabelAlignment,
+    /// Label value that marks a position to ignore. Default: -100 (PyTorch / TRL convention).
+    #[config(default = -100)]
+    pub ignore_index: i64,
+    /// Softmax temperature: log-probs of `softmax(logits / temperature)`. Default: 1.0.
+    /// Must be finite and > 0.
+    #[config(default = 1.0)]
+    pub temperature: f64,
+    /// Check that every label is in `[0, V)` or equal to `ignore_index`, returning
+    /// [`Error::LabelOutOfRange`] otherwise. This reads the `[B, T]` labels back to the host
+    /// (one small sync). Default: true. Without it, an out-of-range label is undefined
+    /// behaviour of the backend's gather.
+    #[config(default = true)]
+    pub check_labels: bool,
+    /// Implementation. Default: [`LogprobsImplementation::Auto`].
+    #[config(default = "LogprobsImplementation::Auto")]
+    pub implementation: LogprobsImplementation,
+}
+
+impl TokenLogprobsConfig {
+    /// Validates the configuration.
+    pub fn validate(&self) -> crate::Result<()> {
+        check_positive("temperature", self.temperature)
+    }
+
+    /// Validates and builds the op.
+    pub fn try_init(&self) -> crate::Result<TokenLogprobs> {
+        self.validate()?;
+        Ok(TokenLogprobs {
+            alignment: self.alignment,
+            ignore_index: self.ignore_index,
+            temperature: self.temperature,
+            check_labels: self.check_labels,
+            implementation: self.implementation,
+        })
+    }
+
+    /// Builds the op.
+    ///
+    /// # Panics
+    /// If the configuration is invalid (see [`validate`](Self::validate)).
+    pub fn init(&self) -> TokenLogprobs {
+        unwrap_or_panic(self.try_init())
+    }
+}
+
+/// Per-token log-probs with the mask of the positions they are valid at.
+///
+/// `logprobs` is exactly 0 (value and gradient) wherever `mask` is false.
+#[derive(Debug, Clone)]
+pub struct GatheredLogprobs {
+    /// Per-token log-probs `[B, T']` (`T' = T - 1` with [`LabelAlignment::CausalShift`]).
+    pub logprobs: Tensor<2>,
+    /// Validity mask `[B, T']`, aligned with `logprobs`.
+    pub mask: Tensor<2, Bool>,
+}
+
+impl GatheredLogprobs {
+    /// Sum over each sequence's valid tokens: `[B]`.
+    pub fn sum(&self) -> Tensor<1> {
+        SequenceReduction::Sum.reduce(self.logprobs.clone(), self.mask.clone())
+    }
+
+    /// Mean over each sequence's valid tokens (0 for a sequence with none): `[B]`.
+    pub fn mean(&self) -> Tensor<1> {
+        SequenceReduction::Mean.reduce(self.logprobs.clone(), self.mask.clone())
+    }
+
+    /// Any [`SequenceReduction`]: `[B]`.
+    pub fn reduce(&self, reduction: SequenceReduction) -> Tensor<1> {
+        reduction.reduce(self.logprobs.clone(), self.mask.clone())
+    }
+
+    /// Per-sequence count of valid tokens, in the dtype of the log-probs: `[B]`.
+    pub fn token_counts(&self) -> Tensor<1> {
+        crate::reduce::masked_row_count(&self.logprobs, self.mask.clone())
+    }
+}
+
+/// Token log-prob gathering, built by [`TokenLogprobsConfig::init`].
+///
+/// This computes `log softmax(logits / temperature)[label]` at every valid position and 0
+/// elsewhere. A position is valid when its (shifted) label is not `ignore_index` and, if a
+/// mask is given, the (shifted) mask is true.
+///
+/// Under autodiff the default implementation keeps only the logits and a `[B, T]`
+/// logsumexp for backward; the gradient is written by hand:
+/// `d logp[b,t] / d logits[b,t,:] = (onehot(label) - softmax(logits / T)) / T`.
+///
+/// `logits` must be the model's **logits**, not log-probs or probabilities.
+#[derive(Debug, Clone)]
+pub struct TokenLogprobs {
+    alignment: LabelAlignment,
+    ignore_index: i64,
+    temperature: f64,
+    check_labels: bool,
+    implementation: LogprobsImplementation,
+}
+
+impl TokenLogprobs {
+    /// Per-token log-probs, validity from the labels alone.
+    ///
+    /// # Shapes
+    /// - logits: `[B, T, V]`
+    /// - labels: `[B, T]` (`Int`, `ignore_index` marks ignored positions)
+    /// - output: `[B, T']`, `T' = T - 1` with [`LabelAlignment::CausalShift`], else `T`
+    ///
+    /// # Panics
+    /// On the errors [`try_forward`](Self::try_forward) returns.
+    pub fn forward(&self, logits: Tensor<3>, labels: Tensor<2, Int>) -> GatheredLogprobs {
+        unwrap_or_panic(self.try_forward(logits, labels, None))
+    }
+
+    /// As [`forward`](Self::forward), with an explicit mask `[B, T]` (label coordinates).
+    ///
+    /// # Panics
+    /// On the errors [`try_forward`](Self::try_forward) returns.
+    pub fn forward_masked(
+        &self,
+        logits: Tensor<3>,
+        labels: Tensor<2, Int>,
+        mask: Tensor<2, Bool>,
+    ) -> GatheredLogprobs {
+        unwrap_or_panic(self.try_forward(logits, labels, Some(mask)))
+    }
+
+    /// Non-panicking form: checks shapes (and label range when configured).
+    pub fn try_forward(
+        &self,
+        logits: Tensor<3>,
+        labels: Tensor<2, Int>,
+        mask: Option<Tensor<2, Bool>>,
+    ) -> crate::Result<GatheredLogprobs> {
+        let [b, t, v] = logits.dims();
+        let label_dims = labels.dims();
+        if label_dims != [b, t] {
+            return Err(Error::shape(
+                "labels",
+                format!("[B, T] = [{b}, {t}] (the first two dims of logits {:?})", [b, t, v]),
+                &label_dims,
+            ));
+        }
+        if let Some(mask) = &mask
+            && mask.dims() != [b, t]
+        {
+            return Err(Error::shape(
+                "mask",
+                format!("[B, T] = [{b}, {t}] (same as labels)"),
+                &mask.dims(),
+            ));
+        }
+        if b == 0 || t == 0 || v == 0 {
+            return Err(Error::Empty {
+                arg: "logits",
+                what: format!("shape {:?} has a zero dimension", [b, t, v]),
+            });
+        }
+        if self.alignment == LabelAlignment::CausalShift && t < 2 {
+            return Err(Error::shape(
+                "logits",
+                "T >= 2 with LabelAlignment::CausalShift (one position is lost to the shift)",
+                &[b, t, v],
+            ));
+        }
+        if self.check_labels {
+            check_label_range(&labels, v, self.ignore_index)?;
+        }
+
+        let mut valid = labels.clone().not_equal_elem(self.ignore_index);
+        if let Some(mask) = mask {
+            valid = valid.bool_and(mask);
+        }
+        let safe_labels = labels.mask_fill(valid.clone().bool_not(), 0);
+        let scale = 1.0 / self.temperature;
+
+        let native = self.implementation == LogprobsImplementation::Auto
+            && has_native_kernel(&logits.device());
+        Ok(match (self.alignment, native) {
+            (LabelAlignment::Aligned, false) => GatheredLogprobs {
+                logprobs: token_logprobs_reference(logits, safe_labels, valid.clone(), scale),
+                mask: valid,
+            },
+            (LabelAlignment::CausalShift, false) => {
+                let logits = logits.narrow(1, 0, t - 1);
+                let labels = safe_labels.narrow(1, 1, t - 1);
+                let valid = valid.narrow(1, 1, t - 1);
+                GatheredLogprobs {
+                    logprobs: token_logprobs_reference(logits, labels, valid.clone(), scale),
+                    mask: valid,
+                }
+            }
+            (LabelAlignment::Aligned, true) => {
+                let valid_f = bool_as_float_like(&logits, valid.clone());
+                let (lp, _lse) = token_logprobs_op(logits, safe_labels, valid_f, scale);
+                GatheredLogprobs {
+                    logprobs: lp,
+                    mask: valid,
+                }
+            }
+            (LabelAlignment::CausalShift, true) => {
+                // Score every row of the unsliced logits (no [B, T-1, V] copy) against labels
+                // moved one step left; the last row gets no target and is dropped afterwards.
+                let device = logits.device();
+                let pad_valid = Tensor::<2, Bool>::full([b, 1], false, &device);
+                let pad_label = Tensor::<2, Int>::zeros([b, 1], &device);
+                let shifted_valid = valid.narrow(1, 1, t - 1);
+                let row_valid = Tensor::cat(vec![shifted_valid.clone(), pad_valid], 1);
+                let row_labels = Tensor::cat(vec![safe_labels.narrow(1, 1, t - 1), pad_label], 1);
+                let valid_f = bool_as_float_like(&logits, row_valid);
+                let (lp, _lse) = token_logprobs_op(logits, row_labels, valid_f, scale);
+                GatheredLogprobs {
+                    logprobs: lp.narrow(1, 0, t - 1),
+                    mask: shifted_valid,
+                }
+            }
+        })
+    }
+}
+
+/// `[B, T]` float 0/1 tensor in the dtype and on the device of `logits`.
+fn bool_as_float_like(logits: &Tensor<3>, mask: Tensor<2, Bool>) -> Tensor<2> {
+    let [b, t, _] = logits.dims();
+    let like = Tensor::<2>::zeros([b, t], (&logits.device(), logits.dtype()));
+    mask_like(&like, mask)
+}
+
+fn check_label_range(labels: &Tensor<2, Int>, vocab: usize, ignore_index: i64) -> crate::Result<()> {
+    let data = labels.clone().into_data();
+    let values: Vec<i64> = data
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .expect("int tensor data converts to i64");
+    if let Some((position, &value)) = values
+        .iter()
+        .enumerate()
+        .find(|&(_, &x)| x != ignore_index && (x < 0 || x >= vocab as i64))
+    {
+        return Err(Error::LabelOutOfRange {
+            arg: "labels",
+            value,
+            position,
+            vocab_size: vocab,
+            ignore_index,
+        });
+    }
+    Ok(())
+}
+
+/// The reference implementation (test oracle and fallback): plain burn tensor ops,
+/// differentiated by burn's autodiff.
+///
+/// `labels` must already be in `[0, V)` everywhere (ignored positions clamped to any valid
+/// id); `valid` marks the positions to keep. `scale = 1 / temperature`.
+///
+/// # Shapes
+/// - logits: `[B, T, V]`, labels and valid: `[B, T]`, output: `[B, T]`
+pub fn token_logprobs_reference(
+    logits: Tensor<3>,
+    labels: Tensor<2, Int>,
+    valid: Tensor<2, Bool>,
+    scale: f64,
+) -> Tensor<2> {
+    let logp = activation::log_softmax(logits.mul_scalar(scale), 2);
+    let picked = logp.gather(2, labels.unsqueeze_dim::<3>(2)).squeeze_dim::<2>(2);
+    zero_masked(picked, valid)
+}

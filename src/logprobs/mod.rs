@@ -1,0 +1,19 @@
+//! Log-prob gathering: per-token log-probs from logits, sequence reductions and entropy.
+//!
+//! - [`TokenLogprobs`] (from [`TokenLogprobsConfig`]): logits `[B, T, V]` + labels `[B, T]`
+//!   -> per-token log-probs and their validity mask, memory-lean under autodiff.
+//! - [`GatheredLogprobs`]: the result; reduce it with [`SequenceReduction`] or pass it on.
+//! - [`token_entropy`]: per-token entropy of `softmax(logits / T)`.
+
+mod cpu;
+mod entropy;
+mod gather;
+mod kernel;
+mod sequence;
+
+pub use entropy::token_entropy;
+pub use gather::{
+    GatheredLogprobs, LabelAlignment, LogprobsImplementation, TokenLogprobs, TokenLogprobsConfig,
+    token_logprobs_reference,
+};
+pub use sequence::{SequenceReduction, ld_dpo_sequence_logps};

@@ -1,0 +1,166 @@
+//! Masks, masked reductions and the one normalization concept every loss uses.
+//!
+//! A loss in this crate produces *terms*: one per token (`[B, T]` with a mask) or one per
+//! sequence/pair (`[B]`). A [`Normalizer`] turns the terms into the scalar that is
+//! differentiated. Keeping this step explicit and shared is what makes gradient accumulation and
+//! data-parallel training exact: with [`Normalizer::GlobalTokens`] or
+//! [`Normalizer::GlobalSequences`] the caller passes the count of the **whole optimizer step**
+//! (all micro-batches, all ranks), so the gradients of the micro-batch losses *sum* to the
+//! gradient of the whole-batch loss (see the crate tests `normalizer_*`).
+
+use burn::tensor::{Bool, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result, check_positive, check_same_shape};
+
+/// A float tensor of ones where `mask` is true and zeros elsewhere, in the dtype and on the
+/// device of `like` (so f64 inputs stay f64). Carries no gradient.
+pub fn mask_like<const D: usize>(like: &Tensor<D>, mask: Tensor<D, Bool>) -> Tensor<D> {
+    Tensor::zeros_like(like).mask_fill(mask, 1.0)
+}
+
+/// Sets the positions where `mask` is false to exactly 0 (value **and** gradient).
+pub fn zero_masked<const D: usize>(x: Tensor<D>, mask: Tensor<D, Bool>) -> Tensor<D> {
+    x.mask_fill(mask.bool_not(), 0.0)
+}
+
+/// Per-row sum of the masked terms: `[B, T] -> [B]`.
+pub fn masked_row_sum(x: Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<1> {
+    zero_masked(x, mask).sum_dim(1).squeeze_dim::<1>(1)
+}
+
+/// Per-row count of valid positions, as a float tensor in the dtype of `like`: `[B, T] -> [B]`.
+pub fn masked_row_count(like: &Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<1> {
+    mask_like(like, mask).sum_dim(1).squeeze_dim::<1>(1)
+}
+
+/// Per-row mean over valid positions, dividing by `max(count, 1)` so that a row with no valid
+/// position gives exactly 0 (not NaN): `[B, T] -> [B]`.
+pub fn masked_row_mean(x: Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<1> {
+    let count = masked_row_count(&x, mask.clone()).clamp_min(1.0);
+    masked_row_sum(x, mask) / count
+}
+
+/// torchtune's `masked_mean(x, mask, dim)`: `sum(x * mask) / (sum(mask) + eps)` along `dim`
+/// (`None` = over everything), with torchtune's `eps = 1e-8` when you pass that. Rows with no
+/// valid position give 0.
+pub fn masked_mean_eps<const D: usize>(
+    x: Tensor<D>,
+    mask: Tensor<D, Bool>,
+    dim: Option<usize>,
+    eps: f64,
+) -> Tensor<1> {
+    let count = mask_like(&x, mask.clone());
+    let num = zero_masked(x, mask);
+    match dim {
+        None => num.sum() / count.sum().add_scalar(eps),
+        Some(d) => (num.sum_dim(d) / count.sum_dim(d).add_scalar(eps)).flatten::<1>(0, D - 1),
+    }
+}
+
+/// How loss terms become the scalar loss. Shared by every loss in the crate.
+///
+/// | variant | token terms `[B, T]` + mask | sequence terms `[B]` |
+/// |---|---|---|
+/// | `Sum` | sum of valid terms | sum |
+/// | `TokenMean` | sum / (valid tokens in this batch, min 1) | error: needs tokens |
+/// | `SequenceMean` | mean over rows of each row's token mean | mean over rows |
+/// | `Constant(c)` | sum / c | sum / c |
+/// | `GlobalTokens(n)` | sum / n | error: needs tokens |
+/// | `GlobalSequences(n)` | sum of row token means / n | sum / n |
+///
+/// `TokenMean` and `SequenceMean` depend on the local batch: splitting a batch into
+/// micro-batches and averaging their losses changes the gradient unless every micro-batch has
+/// the same token count (the TRL 2617 / 5619 bug class). `GlobalTokens` and `GlobalSequences`
+/// take the count of the whole optimizer step (all micro-batches and data-parallel ranks), so the
+/// micro-batch losses simply **sum** to the whole-batch loss. `Constant` is the Dr. GRPO style
+/// `B * max_completion_length` normalizer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Normalizer {
+    /// Sum of the terms.
+    Sum,
+    /// Mean over the valid tokens of this batch.
+    TokenMean,
+    /// Mean over sequences (for token terms: of per-sequence token means).
+    SequenceMean,
+    /// Divide the sum by a constant.
+    Constant(f64),
+    /// Divide the sum of valid token terms by the token count of the whole optimizer step.
+    GlobalTokens(f64),
+    /// Divide the sum of per-sequence terms by the sequence count of the whole optimizer step.
+    GlobalSequences(f64),
+}
+
+impl Normalizer {
+    /// Rejects non-finite or non-positive constants and counts.
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            Normalizer::Constant(c) => check_positive("Normalizer::Constant", c),
+            Normalizer::GlobalTokens(n) => check_positive("Normalizer::GlobalTokens", n),
+            Normalizer::GlobalSequences(n) => check_positive("Normalizer::GlobalSequences", n),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reduces per-token terms `[B, T]` with their validity mask to the scalar loss `[1]`.
+    ///
+    /// Masked positions contribute exactly 0 and receive exactly 0 gradient.
+    pub fn try_reduce_tokens(&self, terms: Tensor<2>, mask: Tensor<2, Bool>) -> Result<Tensor<1>> {
+        self.validate()?;
+        check_same_shape("mask", &mask.dims(), &terms.dims(), "terms")?;
+        Ok(match *self {
+            Normalizer::Sum => zero_masked(terms, mask).sum(),
+            Normalizer::TokenMean => {
+                let count = mask_like(&terms, mask.clone()).sum().clamp_min(1.0);
+                zero_masked(terms, mask).sum() / count
+            }
+            Normalizer::SequenceMean => masked_row_mean(terms, mask).mean(),
+            Normalizer::Constant(c) | Normalizer::GlobalTokens(c) => {
+                zero_masked(terms, mask).sum().div_scalar(c)
+            }
+            Normalizer::GlobalSequences(n) => masked_row_mean(terms, mask).sum().div_scalar(n),
+        })
+    }
+
+    /// Panicking form of [`try_reduce_tokens`](Self::try_reduce_tokens).
+    ///
+    /// # Panics
+    /// On an invalid normalizer or a mask whose shape differs from `terms`.
+    pub fn reduce_tokens(&self, terms: Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<1> {
+        crate::error::unwrap_or_panic(self.try_reduce_tokens(terms, mask))
+    }
+
+    /// Reduces per-sequence (or per-pair) terms `[B]` to the scalar loss `[1]`.
+    pub fn try_reduce_sequences(&self, terms: Tensor<1>) -> Result<Tensor<1>> {
+        self.validate()?;
+        Ok(match *self {
+            Normalizer::Sum => terms.sum(),
+            Normalizer::SequenceMean => terms.mean(),
+            Normalizer::Constant(c) | Normalizer::GlobalSequences(c) => terms.sum().div_scalar(c),
+            Normalizer::TokenMean | Normalizer::GlobalTokens(_) => {
+                return Err(Error::Incompatible(format!(
+                    "{self:?} needs per-token terms and a mask; this loss produces one term per sequence"
+                )));
+            }
+        })
+    }
+
+    /// Panicking form of [`try_reduce_sequences`](Self::try_reduce_sequences).
+    ///
+    /// # Panics
+    /// On an invalid normalizer or a token-level normalizer.
+    pub fn reduce_sequences(&self, terms: Tensor<1>) -> Tensor<1> {
+        crate::error::unwrap_or_panic(self.try_reduce_sequences(terms))
+    }
+}
+
+/// The number of valid tokens over a whole optimizer step, given the masks of all its
+/// micro-batches (reads them back to the host). Pass it to [`Normalizer::GlobalTokens`].
+/// Across data-parallel ranks, sum the per-rank results (all-reduce) before use.
+pub fn global_token_count(masks: &[Tensor<2, Bool>]) -> f64 {
+    masks
+        .iter()
+        .map(|m| m.clone().int().sum().into_scalar::<i64>() as f64)
+        .sum()
+}

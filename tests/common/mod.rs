@@ -1,0 +1,159 @@
+//! Shared test harness: the same test bodies run on every device compiled in.
+//!
+//! `BURN_RLHF_TEST_DEVICES` (comma-separated: `flex`, `ndarray`, `wgpu`) picks a subset;
+//! unset, every compiled device runs. `flex` always exists in tests (dev-dependency);
+//! `ndarray` is enabled only on burn (not on burn-rlhf), so it exercises the fallback path a
+//! user gets when their backend is not one burn-rlhf lists; `wgpu` needs `--features wgpu`.
+#![allow(dead_code)]
+
+use burn::tensor::{Bool, Device, FloatDType, Int, Tensor, TensorData};
+
+/// A device under test.
+#[derive(Clone, Debug)]
+pub struct TestDevice {
+    pub name: &'static str,
+    pub device: Device,
+}
+
+impl TestDevice {
+    /// Whether f64 tensors can be computed here (flex, ndarray: yes; wgpu: usually not).
+    pub fn has_f64(&self) -> bool {
+        self.device.supports_dtype(FloatDType::F64)
+    }
+    /// The float dtype tests use: f64 where supported, else f32.
+    pub fn float(&self) -> FloatDType {
+        if self.has_f64() {
+            FloatDType::F64
+        } else {
+            FloatDType::F32
+        }
+    }
+    pub fn autodiff(&self) -> Device {
+        self.device.clone().autodiff()
+    }
+    /// Relative tolerance for comparing against f64 expectations in this device's dtype.
+    pub fn rtol(&self, f64_rtol: f64) -> f64 {
+        if self.has_f64() { f64_rtol } else { f64_rtol.max(1e-4) }
+    }
+}
+
+fn all_devices() -> Vec<TestDevice> {
+    #[allow(unused_mut)]
+    let mut devices = vec![TestDevice {
+        name: "flex",
+        device: Device::flex(),
+    }];
+    #[allow(deprecated)]
+    devices.push(TestDevice {
+        name: "ndarray",
+        device: Device::ndarray(),
+    });
+    #[cfg(feature = "wgpu")]
+    devices.push(TestDevice {
+        name: "wgpu",
+        device: Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+    });
+    devices
+}
+
+/// The devices to run on (see the module docs).
+pub fn devices() -> Vec<TestDevice> {
+    let all = all_devices();
+    match std::env::var("BURN_RLHF_TEST_DEVICES") {
+        Ok(list) if !list.trim().is_empty() => {
+            let wanted: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
+            for w in &wanted {
+                assert!(
+                    all.iter().any(|d| d.name == w),
+                    "BURN_RLHF_TEST_DEVICES names `{w}`, which is not compiled in (have: {:?})",
+                    all.iter().map(|d| d.name).collect::<Vec<_>>()
+                );
+            }
+            all.into_iter()
+                .filter(|d| wanted.iter().any(|w| w == d.name))
+                .collect()
+        }
+        _ => all,
+    }
+}
+
+/// Float tensor from f64 values in the device's test dtype (f64 where supported, else f32).
+pub fn tensor<const D: usize>(values: Vec<f64>, shape: [usize; D], dev: &TestDevice, device: &Device) -> Tensor<D> {
+    let dtype: burn::tensor::DType = dev.float().into();
+    Tensor::<D>::from_data(TensorData::new(values, shape), (device, dtype))
+}
+
+pub fn int_tensor<const D: usize>(values: Vec<i64>, shape: [usize; D], device: &Device) -> Tensor<D, Int> {
+    Tensor::<D, Int>::from_data(TensorData::new(values, shape), device)
+}
+
+pub fn bool_tensor<const D: usize>(values: Vec<bool>, shape: [usize; D], device: &Device) -> Tensor<D, Bool> {
+    Tensor::<D, Bool>::from_data(TensorData::new(values, shape), device)
+}
+
+/// Host copy of a float tensor as f64.
+pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f64> {
+    t.into_data().convert::<f64>().try_into_vec::<f64>().unwrap()
+}
+
+/// `|a - e| <= atol + rtol |e|` elementwise, with a message naming `what` and the worst index.
+pub fn assert_close(what: &str, actual: &[f64], expected: &[f64], rtol: f64, atol: f64) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length {} vs expected {}", actual.len(), expected.len());
+    if let Err(msg) = check_close(what, actual, expected, rtol, atol) {
+        panic!("{msg}");
+    }
+}
+
+/// Non-panicking form of [`assert_close`].
+pub fn check_close(what: &str, actual: &[f64], expected: &[f64], rtol: f64, atol: f64) -> Result<(), String> {
+    if actual.len() != expected.len() {
+        return Err(format!("{what}: length {} vs expected {}", actual.len(), expected.len()));
+    }
+    let mut worst: Option<(usize, f64)> = None;
+    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        let excess = (a - e).abs() - (atol + rtol * e.abs());
+        if !(excess <= 0.0) && worst.is_none_or(|(_, w)| excess > w || excess.is_nan()) {
+            worst = Some((i, excess));
+        }
+    }
+    match worst {
+        None => Ok(()),
+        Some((i, _)) => Err(format!(
+            "{what}: mismatch at index {i}: got {} expected {} (rtol {rtol:e}, atol {atol:e})",
+            actual[i], expected[i]
+        )),
+    }
+}
+
+/// A small deterministic RNG for test data (xorshift64*), independent of any backend RNG.
+pub struct Rng(u64);
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Uniform in [lo, hi).
+    pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.uniform()
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(1e-300);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}

@@ -1,0 +1,126 @@
+//! Loading fixture cases (`{"source", "case", "config", "inputs", "expected"}`).
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use serde_json::Value;
+
+/// One fixture case.
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub folder: String,
+    pub name: String,
+    pub source: String,
+    pub config: Value,
+    pub inputs: Value,
+    pub expected: Value,
+}
+
+/// A nested JSON array flattened row-major, with its shape.
+#[derive(Debug, Clone)]
+pub struct Array {
+    pub values: Vec<f64>,
+    pub shape: Vec<usize>,
+}
+
+impl Array {
+    pub fn shape<const D: usize>(&self) -> [usize; D] {
+        self.shape.clone().try_into().unwrap_or_else(|s| panic!("expected rank {D}, got shape {s:?}"))
+    }
+    pub fn ints(&self) -> Vec<i64> {
+        self.values.iter().map(|&x| x as i64).collect()
+    }
+    pub fn bools(&self) -> Vec<bool> {
+        self.values.iter().map(|&x| x != 0.0).collect()
+    }
+}
+
+fn flatten(v: &Value, depth: usize, shape: &mut Vec<usize>, out: &mut Vec<f64>) {
+    match v {
+        Value::Array(items) => {
+            if shape.len() == depth {
+                shape.push(items.len());
+            }
+            for item in items {
+                flatten(item, depth + 1, shape, out);
+            }
+        }
+        Value::Number(n) => out.push(n.as_f64().unwrap()),
+        Value::Bool(b) => out.push(if *b { 1.0 } else { 0.0 }),
+        other => panic!("unexpected JSON value in array: {other}"),
+    }
+}
+
+pub fn array(v: &Value) -> Array {
+    let mut shape = Vec::new();
+    let mut values = Vec::new();
+    flatten(v, 0, &mut shape, &mut values);
+    Array { values, shape }
+}
+
+impl Case {
+    /// The function a case exercises: the last dotted name of `source`, qualified by its class
+    /// when it is a method (`DPOTrainer._compute_loss`, `PPOLoss.forward`), since several
+    /// trainers share method names; plain functions stay bare (`get_batch_log_probs`).
+    pub fn function(&self) -> String {
+        let last = self.source.split_whitespace().last().unwrap_or_default();
+        let parts: Vec<&str> = last.split('.').collect();
+        match parts.as_slice() {
+            [.., class, method] if class.starts_with(|c: char| c.is_ascii_uppercase()) => {
+                format!("{class}.{method}")
+            }
+            [.., f] => f.to_string(),
+            [] => String::new(),
+        }
+    }
+    pub fn input(&self, key: &str) -> Array {
+        array(self.inputs.get(key).unwrap_or_else(|| panic!("{}: no input `{key}`", self.name)))
+    }
+    pub fn input_opt(&self, key: &str) -> Option<Array> {
+        self.inputs.get(key).filter(|v| !v.is_null()).map(array)
+    }
+    pub fn expect(&self, key: &str) -> Array {
+        array(self.expected.get(key).unwrap_or_else(|| panic!("{}: no expected `{key}`", self.name)))
+    }
+    pub fn expect_opt(&self, key: &str) -> Option<Array> {
+        self.expected.get(key).filter(|v| !v.is_null()).map(array)
+    }
+    pub fn config_f64(&self, key: &str) -> f64 {
+        self.config.get(key).and_then(Value::as_f64).unwrap_or_else(|| panic!("{}: no config `{key}`", self.name))
+    }
+    pub fn config_bool(&self, key: &str) -> bool {
+        self.config.get(key).and_then(Value::as_bool).unwrap_or_else(|| panic!("{}: no config `{key}`", self.name))
+    }
+}
+
+/// Every `*.json` case under `dir/<folder>/` (sorted), skipping `manifest.json`.
+pub fn load_all(dir: &Path) -> Vec<Case> {
+    let mut cases = Vec::new();
+    let mut folders: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot read fixtures dir {}: {e}", dir.display()))
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .collect();
+    folders.sort_by_key(|e| e.file_name());
+    for folder in folders {
+        let mut files: Vec<_> = std::fs::read_dir(folder.path()).unwrap().filter_map(|e| e.ok()).collect();
+        files.sort_by_key(|e| e.file_name());
+        for file in files {
+            let path = file.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            cases.push(Case {
+                folder: folder.file_name().to_string_lossy().into_owned(),
+                name: path.file_stem().unwrap().to_string_lossy().into_owned(),
+                source: v["source"].as_str().unwrap_or_default().to_string(),
+                config: v["config"].clone(),
+                inputs: v["inputs"].clone(),
+                expected: v["expected"].clone(),
+            });
+        }
+    }
+    cases
+}

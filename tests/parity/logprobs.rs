@@ -1,0 +1,81 @@
+//! torchtune 0.6.1 `torchtune.rlhf.sequence_processing`: `logits_to_logprobs`,
+//! `get_batch_log_probs`. Each case runs through both implementations (`Auto`: the lean op
+//! where the device has it; `Reference`: plain tensor ops).
+
+use burn::tensor::Tensor;
+use burn_rlhf::logprobs::LogprobsImplementation;
+use burn_rlhf::{LabelAlignment, SequenceReduction, TokenLogprobsConfig};
+
+use crate::common::{TestDevice, check_close, int_tensor, tensor, to_vec};
+use crate::fixture::Case;
+
+const IMPLEMENTATIONS: [LogprobsImplementation; 2] =
+    [LogprobsImplementation::Auto, LogprobsImplementation::Reference];
+
+/// Fixture README tolerances: float64 1e-9 / 1e-12; f32 devices get 1e-4 relative and an
+/// absolute floor scaled to the array.
+fn tolerances(dev: &TestDevice, expected: &[f64]) -> (f64, f64) {
+    if dev.has_f64() {
+        (1e-9, 1e-12)
+    } else {
+        let max = expected.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+        (1e-4, 1e-5 * max)
+    }
+}
+
+fn check(what: &str, actual: &[f64], expected: &[f64], dev: &TestDevice) -> Result<(), String> {
+    let (rtol, atol) = tolerances(dev, expected);
+    check_close(what, actual, expected, rtol, atol)
+}
+
+/// `logprobs = gather(log_softmax(logits / temperature), sequences)`, no shift.
+pub fn logits_to_logprobs(case: &Case, dev: &TestDevice) -> Result<(), String> {
+    let device = dev.autodiff();
+    let logits = case.input("logits");
+    let sequences = case.input("sequences");
+    let grad_output = case.input("grad_output");
+    let temperature = case.config_f64("temperature");
+    let want_lp = case.expect("logprobs").values;
+    let want_grad = case.expect("grad_logits").values;
+    for implementation in IMPLEMENTATIONS {
+        let x = tensor::<3>(logits.values.clone(), logits.shape(), dev, &device).require_grad();
+        let labels = int_tensor::<2>(sequences.ints(), sequences.shape(), &device);
+        let g = tensor::<2>(grad_output.values.clone(), grad_output.shape(), dev, &device);
+        let op = TokenLogprobsConfig::new(LabelAlignment::Aligned)
+            .with_temperature(temperature)
+            .with_implementation(implementation)
+            .init();
+        let out = op.forward(x.clone(), labels);
+        let objective: Tensor<1> = (out.logprobs.clone() * g).sum();
+        let grads = objective.backward();
+        check(&format!("{implementation:?} logprobs"), &to_vec(out.logprobs), &want_lp, dev)?;
+        check(&format!("{implementation:?} grad_logits"), &to_vec(x.grad(&grads).unwrap()), &want_grad, dev)?;
+    }
+    Ok(())
+}
+
+/// Shifted (`logits[:, :-1]` vs `labels[:, 1:]`), `-100` ignored, sum or torchtune's
+/// `masked_mean` (`sum / (count + 1e-8)`); gradient of `sum(logps)`.
+pub fn get_batch_log_probs(case: &Case, dev: &TestDevice) -> Result<(), String> {
+    let device = dev.autodiff();
+    let logits = case.input("logits");
+    let labels = case.input("labels");
+    let average = case.config_bool("return_average_logprobs");
+    let ignore = case.config_f64("label_pad_token_id") as i64;
+    let want = case.expect("logps").values;
+    let want_grad = case.expect("grad_logits").values;
+    let reduction = if average { SequenceReduction::MeanEps(1e-8) } else { SequenceReduction::Sum };
+    for implementation in IMPLEMENTATIONS {
+        let x = tensor::<3>(logits.values.clone(), logits.shape(), dev, &device).require_grad();
+        let y = int_tensor::<2>(labels.ints(), labels.shape(), &device);
+        let op = TokenLogprobsConfig::new(LabelAlignment::CausalShift)
+            .with_ignore_index(ignore)
+            .with_implementation(implementation)
+            .init();
+        let logps = op.forward(x.clone(), y).reduce(reduction);
+        let grads = logps.clone().sum().backward();
+        check(&format!("{implementation:?} logps"), &to_vec(logps), &want, dev)?;
+        check(&format!("{implementation:?} grad_logits"), &to_vec(x.grad(&grads).unwrap()), &want_grad, dev)?;
+    }
+    Ok(())
+}
