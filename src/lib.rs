@@ -5,6 +5,7 @@
 pub mod backends;
 pub mod error;
 pub mod logprobs;
+pub mod losses;
 pub mod reduce;
 
 pub use error::{Error, Result};

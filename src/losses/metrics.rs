@@ -1,0 +1,73 @@
+//! Loss outputs and the metrics users log.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::Tensor;
+
+/// Metrics as device tensors (`[1]` each), keyed by the anchor's own metric names
+/// (`rewards/chosen`, `rewards/accuracies`, `logps/rejected`, `kl`, ...).
+///
+/// Nothing is read back to the host until [`Metrics::to_host`] is called, so logging every
+/// step costs no sync unless the caller asks for the numbers.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    values: BTreeMap<String, Tensor<1>>,
+}
+
+impl Metrics {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Inserts (or replaces) a metric. The tensor is detached: metrics carry no gradient.
+    pub fn insert(&mut self, key: impl Into<String>, value: Tensor<1>) {
+        self.values.insert(key.into(), value.detach());
+    }
+
+    /// The metric's tensor, if present.
+    pub fn get(&self, key: &str) -> Option<&Tensor<1>> {
+        self.values.get(key)
+    }
+
+    /// Metric names, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.values.keys().map(String::as_str)
+    }
+
+    /// Number of metrics.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// True when there is no metric.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Adds every metric of `other`, prefixing the keys with `prefix` (e.g. `"eval_"`).
+    pub fn extend_prefixed(&mut self, prefix: &str, other: Metrics) {
+        for (k, v) in other.values {
+            self.values.insert(format!("{prefix}{k}"), v);
+        }
+    }
+
+    /// Reads every metric back to the host (one sync per metric) as `f64`.
+    pub fn to_host(&self) -> BTreeMap<String, f64> {
+        self.values
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into_scalar::<f64>()))
+            .collect()
+    }
+}
+
+/// What every loss returns.
+#[derive(Debug, Clone)]
+pub struct LossOutput {
+    /// The scalar loss `[1]` that is differentiated (after the configured normalizer).
+    pub loss: Tensor<1>,
+    /// The per-example (per pair / per sequence) loss terms `[B]` before normalization.
+    pub per_example: Tensor<1>,
+    /// Logged metrics under the anchor's names.
+    pub metrics: Metrics,
+}
