@@ -7,6 +7,10 @@
 //! [`Normalizer::GlobalSequences`] the caller passes the count of the **whole optimizer step**
 //! (all micro-batches, all ranks), so the gradients of the micro-batch losses *sum* to the
 //! gradient of the whole-batch loss (see the crate tests `normalizer_*`).
+//!
+//! Implementation note: divisions by a constant are written `mul_scalar(1.0 / c)`. burn 0.22's
+//! autodiff backward of `div_scalar` rounds the scalar to f32, which costs f64 callers about
+//! 1e-8 relative precision in the gradient; `mul_scalar` keeps it.
 
 use burn::tensor::{Bool, Tensor};
 use serde::{Deserialize, Serialize};
@@ -117,9 +121,9 @@ impl Normalizer {
             }
             Normalizer::SequenceMean => masked_row_mean(terms, mask).mean(),
             Normalizer::Constant(c) | Normalizer::GlobalTokens(c) => {
-                zero_masked(terms, mask).sum().div_scalar(c)
+                zero_masked(terms, mask).sum().mul_scalar(1.0 / c)
             }
-            Normalizer::GlobalSequences(n) => masked_row_mean(terms, mask).sum().div_scalar(n),
+            Normalizer::GlobalSequences(n) => masked_row_mean(terms, mask).sum().mul_scalar(1.0 / n),
         })
     }
 
@@ -137,7 +141,7 @@ impl Normalizer {
         Ok(match *self {
             Normalizer::Sum => terms.sum(),
             Normalizer::SequenceMean => terms.mean(),
-            Normalizer::Constant(c) | Normalizer::GlobalSequences(c) => terms.sum().div_scalar(c),
+            Normalizer::Constant(c) | Normalizer::GlobalSequences(c) => terms.sum().mul_scalar(1.0 / c),
             Normalizer::TokenMean | Normalizer::GlobalTokens(_) => {
                 return Err(Error::Incompatible(format!(
                     "{self:?} needs per-token terms and a mask; this loss produces one term per sequence"

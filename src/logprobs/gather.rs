@@ -304,7 +304,8 @@ pub fn token_logprobs_reference(
     valid: Tensor<2, Bool>,
     scale: f64,
 ) -> Tensor<2> {
-    let logp = activation::log_softmax(logits.mul_scalar(scale), 2);
+    let logits = if scale == 1.0 { logits } else { logits.mul_scalar(scale) };
+    let logp = activation::log_softmax(logits, 2);
     let picked = logp.gather(2, labels.unsqueeze_dim::<3>(2)).squeeze_dim::<2>(2);
     zero_masked(picked, valid)
 }
