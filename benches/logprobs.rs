@@ -18,8 +18,14 @@ fn fwd_bwd(c: &mut Criterion) {
     let labels = Tensor::<2, Int>::random([b, t], Distribution::Uniform(0.0, v as f64), &device);
     let mut group = c.benchmark_group("token_logprobs_fwd_bwd_B4_T512_V32000");
     group.throughput(Throughput::Bytes((b * t * v * 4) as u64));
-    group.sample_size(10).measurement_time(Duration::from_secs(8)).warm_up_time(Duration::from_secs(2));
-    for (name, implementation) in [("lean", LogprobsImplementation::Auto), ("naive", LogprobsImplementation::Reference)] {
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8))
+        .warm_up_time(Duration::from_secs(2));
+    for (name, implementation) in [
+        ("lean", LogprobsImplementation::Auto),
+        ("naive", LogprobsImplementation::Reference),
+    ] {
         let op = TokenLogprobsConfig::new(LabelAlignment::CausalShift)
             .with_check_labels(false)
             .with_implementation(implementation)

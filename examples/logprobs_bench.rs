@@ -25,7 +25,10 @@ fn arg(name: &str, default: usize) -> usize {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} needs an integer, got {v}")))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} needs an integer, got {v}"))
+        })
         .unwrap_or(default)
 }
 
@@ -36,7 +39,12 @@ enum Variant {
     LeanInPlace,
 }
 
-fn run_once(variant: Variant, base: &Tensor<3>, labels: &Tensor<2, Int>, device: &Device) -> (f64, usize) {
+fn run_once(
+    variant: Variant,
+    base: &Tensor<3>,
+    labels: &Tensor<2, Int>,
+    device: &Device,
+) -> (f64, usize) {
     let implementation = match variant {
         Variant::Naive => LogprobsImplementation::Reference,
         _ => LogprobsImplementation::Auto,
@@ -69,14 +77,24 @@ fn run_once(variant: Variant, base: &Tensor<3>, labels: &Tensor<2, Int>, device:
 }
 
 fn main() {
-    let (b, t, v, reps) = (arg("--b", 4), arg("--t", 512), arg("--v", 32000), arg("--reps", 5));
+    let (b, t, v, reps) = (
+        arg("--b", 4),
+        arg("--t", 512),
+        arg("--v", 32000),
+        arg("--reps", 5),
+    );
     let device = Device::flex();
     device.seed(0);
     let base = Tensor::<3>::random([b, t, v], Distribution::Normal(0.0, 2.0), &device);
     let labels = Tensor::<2, Int>::random([b, t], Distribution::Uniform(0.0, v as f64), &device);
     let logits_mb = (b * t * v * 4) as f64 / 1e6;
-    println!("token log-probs fwd+bwd on flex, B={b} T={t} V={v} (logits {logits_mb:.0} MB f32), median of {reps}");
-    println!("{:<28} {:>10} {:>16} {:>14}", "variant", "time ms", "peak extra MB", "x logits size");
+    println!(
+        "token log-probs fwd+bwd on flex, B={b} T={t} V={v} (logits {logits_mb:.0} MB f32), median of {reps}"
+    );
+    println!(
+        "{:<28} {:>10} {:>16} {:>14}",
+        "variant", "time ms", "peak extra MB", "x logits size"
+    );
     let mut rows = Vec::new();
     for (name, variant) in [
         ("naive log_softmax+gather", Variant::Naive),
@@ -93,12 +111,20 @@ fn main() {
         }
         times.sort_by(|a, b| a.partial_cmp(b).unwrap());
         let median = times[times.len() / 2] * 1e3;
-        println!("{name:<28} {median:>10.1} {:>16.1} {:>14.2}", mem as f64 / 1e6, mem as f64 / 1e6 / logits_mb);
+        println!(
+            "{name:<28} {median:>10.1} {:>16.1} {:>14.2}",
+            mem as f64 / 1e6,
+            mem as f64 / 1e6 / logits_mb
+        );
         rows.push((median, mem));
     }
     let (naive_t, naive_m) = rows[0];
     for (i, name) in [(1, "lean op"), (2, "lean op, in place")] {
         let (t_ms, m) = rows[i];
-        println!("{name}: {:.1}x faster, {:.1}x less peak extra memory than naive", naive_t / t_ms, naive_m as f64 / m.max(1) as f64);
+        println!(
+            "{name}: {:.1}x faster, {:.1}x less peak extra memory than naive",
+            naive_t / t_ms,
+            naive_m as f64 / m.max(1) as f64
+        );
     }
 }

@@ -123,7 +123,9 @@ impl Normalizer {
             Normalizer::Constant(c) | Normalizer::GlobalTokens(c) => {
                 zero_masked(terms, mask).sum().mul_scalar(1.0 / c)
             }
-            Normalizer::GlobalSequences(n) => masked_row_mean(terms, mask).sum().mul_scalar(1.0 / n),
+            Normalizer::GlobalSequences(n) => {
+                masked_row_mean(terms, mask).sum().mul_scalar(1.0 / n)
+            }
         })
     }
 
@@ -141,7 +143,9 @@ impl Normalizer {
         Ok(match *self {
             Normalizer::Sum => terms.sum(),
             Normalizer::SequenceMean => terms.mean(),
-            Normalizer::Constant(c) | Normalizer::GlobalSequences(c) => terms.sum().mul_scalar(1.0 / c),
+            Normalizer::Constant(c) | Normalizer::GlobalSequences(c) => {
+                terms.sum().mul_scalar(1.0 / c)
+            }
             Normalizer::TokenMean | Normalizer::GlobalTokens(_) => {
                 return Err(Error::Incompatible(format!(
                     "{self:?} needs per-token terms and a mask; this loss produces one term per sequence"

@@ -14,7 +14,10 @@ use common::{Rng, TestDevice, assert_close, bool_tensor, int_tensor, tensor, to_
 use proptest::prelude::*;
 
 fn cases(default: u32) -> u32 {
-    std::env::var("BURN_RLHF_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var("BURN_RLHF_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Host-side closed form for one row: (log-prob of `label`, gradient row of `g * logp`).
@@ -45,15 +48,34 @@ fn problem(seed: u64, b: usize, t: usize, v: usize, magnitude: f64, ignore_frac:
     let mut rng = Rng::new(seed);
     let logits = (0..b * t * v).map(|_| rng.normal() * magnitude).collect();
     let labels = (0..b * t)
-        .map(|_| if rng.uniform() < ignore_frac { -100 } else { rng.below(v) as i64 })
+        .map(|_| {
+            if rng.uniform() < ignore_frac {
+                -100
+            } else {
+                rng.below(v) as i64
+            }
+        })
         .collect();
     let mask = (0..b * t).map(|_| rng.uniform() > 0.2).collect();
     let upstream = (0..b * t).map(|_| rng.range(-2.0, 2.0)).collect();
-    Problem { b, t, v, logits, labels, mask, upstream }
+    Problem {
+        b,
+        t,
+        v,
+        logits,
+        labels,
+        mask,
+        upstream,
+    }
 }
 
 /// Expected (logprobs, grad) for `problem` under `alignment`, host f64.
-fn expected(p: &Problem, alignment: LabelAlignment, temperature: f64, use_mask: bool) -> (Vec<f64>, Vec<f64>) {
+fn expected(
+    p: &Problem,
+    alignment: LabelAlignment,
+    temperature: f64,
+    use_mask: bool,
+) -> (Vec<f64>, Vec<f64>) {
     let cols = match alignment {
         LabelAlignment::CausalShift => p.t - 1,
         LabelAlignment::Aligned => p.t,
@@ -95,7 +117,11 @@ fn run(
         .with_implementation(implementation)
         .init();
     let out = if use_mask {
-        op.forward_masked(logits.clone(), labels, bool_tensor::<2>(p.mask.clone(), [p.b, p.t], &device))
+        op.forward_masked(
+            logits.clone(),
+            labels,
+            bool_tensor::<2>(p.mask.clone(), [p.b, p.t], &device),
+        )
     } else {
         op.forward(logits.clone(), labels)
     };
@@ -103,18 +129,37 @@ fn run(
     let upstream: Vec<f64> = p.upstream[..p.b * cols].to_vec();
     let g = tensor::<2>(upstream, [p.b, cols], dev, &device);
     let grads = (out.logprobs.clone() * g).sum().backward();
-    let mask: Vec<bool> = out.mask.into_data().convert::<bool>().try_into_vec::<bool>().unwrap();
-    (to_vec(out.logprobs), to_vec(logits.grad(&grads).unwrap()), mask)
+    let mask: Vec<bool> = out
+        .mask
+        .into_data()
+        .convert::<bool>()
+        .try_into_vec::<bool>()
+        .unwrap();
+    (
+        to_vec(out.logprobs),
+        to_vec(logits.grad(&grads).unwrap()),
+        mask,
+    )
 }
 
 fn check_problem(p: &Problem, alignment: LabelAlignment, temperature: f64, use_mask: bool) {
     let (want_lp, want_grad) = expected(p, alignment, temperature, use_mask);
     let max_lp = want_lp.iter().fold(1.0f64, |m, x| m.max(x.abs()));
     for dev in common::devices() {
-        for implementation in [LogprobsImplementation::Auto, LogprobsImplementation::Reference] {
+        for implementation in [
+            LogprobsImplementation::Auto,
+            LogprobsImplementation::Reference,
+        ] {
             let (lp, grad, _) = run(p, &dev, alignment, temperature, use_mask, implementation);
-            let (rtol, atol_lp, atol_g) = if dev.has_f64() { (1e-9, 1e-9 * max_lp, 1e-12) } else { (1e-4, 1e-5 * max_lp, 1e-5) };
-            let what = format!("{} {implementation:?} {alignment:?} T={temperature}", dev.name);
+            let (rtol, atol_lp, atol_g) = if dev.has_f64() {
+                (1e-9, 1e-9 * max_lp, 1e-12)
+            } else {
+                (1e-4, 1e-5 * max_lp, 1e-5)
+            };
+            let what = format!(
+                "{} {implementation:?} {alignment:?} T={temperature}",
+                dev.name
+            );
             assert_close(&format!("{what} logprobs"), &lp, &want_lp, rtol, atol_lp);
             assert_close(&format!("{what} grad"), &grad, &want_grad, rtol, atol_g);
         }
@@ -152,12 +197,33 @@ fn ignored_positions_are_exactly_zero() {
         p.labels[i] = -100;
     }
     for dev in common::devices() {
-        for implementation in [LogprobsImplementation::Auto, LogprobsImplementation::Reference] {
-            let (lp, grad, mask) = run(&p, &dev, LabelAlignment::Aligned, 1.0, false, implementation);
+        for implementation in [
+            LogprobsImplementation::Auto,
+            LogprobsImplementation::Reference,
+        ] {
+            let (lp, grad, mask) = run(
+                &p,
+                &dev,
+                LabelAlignment::Aligned,
+                1.0,
+                false,
+                implementation,
+            );
             for i in [0usize, 3, 6, 9] {
                 assert!(!mask[i]);
-                assert_eq!(lp[i].to_bits(), 0.0f64.to_bits(), "{} value at {i}", dev.name);
-                assert!(grad[i * 11..(i + 1) * 11].iter().all(|g| g.to_bits() == 0.0f64.to_bits()), "{} grad row {i}", dev.name);
+                assert_eq!(
+                    lp[i].to_bits(),
+                    0.0f64.to_bits(),
+                    "{} value at {i}",
+                    dev.name
+                );
+                assert!(
+                    grad[i * 11..(i + 1) * 11]
+                        .iter()
+                        .all(|g| g.to_bits() == 0.0f64.to_bits()),
+                    "{} grad row {i}",
+                    dev.name
+                );
             }
         }
     }
@@ -170,7 +236,14 @@ fn all_ignored_is_zero_not_nan() {
     p.labels.iter_mut().for_each(|l| *l = -100);
     check_problem(&p, LabelAlignment::CausalShift, 1.0, false);
     let dev = &common::devices()[0];
-    let (lp, grad, _) = run(&p, dev, LabelAlignment::CausalShift, 1.0, false, LogprobsImplementation::Auto);
+    let (lp, grad, _) = run(
+        &p,
+        dev,
+        LabelAlignment::CausalShift,
+        1.0,
+        false,
+        LogprobsImplementation::Auto,
+    );
     assert!(lp.iter().chain(&grad).all(|x| *x == 0.0));
 }
 
@@ -182,7 +255,14 @@ fn causal_shift_moves_the_mask_with_the_labels() {
     p.labels = vec![-100, -100, 2, 3, -100];
     p.mask = vec![true, true, true, false, true];
     let dev = &common::devices()[0];
-    let (_, _, mask) = run(&p, dev, LabelAlignment::CausalShift, 1.0, true, LogprobsImplementation::Auto);
+    let (_, _, mask) = run(
+        &p,
+        dev,
+        LabelAlignment::CausalShift,
+        1.0,
+        true,
+        LogprobsImplementation::Auto,
+    );
     assert_eq!(mask, vec![false, true, false, false]);
 }
 
@@ -197,10 +277,20 @@ fn unlisted_backend_falls_back_without_panicking() {
     assert!(!has_native_kernel(&ndarray.clone().autodiff()));
     assert!(has_native_kernel(&burn::tensor::Device::flex()));
     assert!(has_native_kernel(&burn::tensor::Device::flex().autodiff()));
-    let dev = TestDevice { name: "ndarray", device: ndarray };
+    let dev = TestDevice {
+        name: "ndarray",
+        device: ndarray,
+    };
     let p = problem(5, 2, 4, 7, 2.0, 0.3);
     let (want_lp, want_grad) = expected(&p, LabelAlignment::CausalShift, 0.8, true);
-    let (lp, grad, _) = run(&p, &dev, LabelAlignment::CausalShift, 0.8, true, LogprobsImplementation::Auto);
+    let (lp, grad, _) = run(
+        &p,
+        &dev,
+        LabelAlignment::CausalShift,
+        0.8,
+        true,
+        LogprobsImplementation::Auto,
+    );
     assert_close("ndarray logprobs", &lp, &want_lp, 1e-9, 1e-12);
     assert_close("ndarray grad", &grad, &want_grad, 1e-9, 1e-12);
 }
@@ -214,7 +304,9 @@ fn no_autodiff_forward_matches() {
         let device = dev.device.clone();
         let logits = tensor::<3>(p.logits.clone(), [p.b, p.t, p.v], &dev, &device);
         let labels = int_tensor::<2>(p.labels.clone(), [p.b, p.t], &device);
-        let out = TokenLogprobsConfig::new(LabelAlignment::CausalShift).init().forward(logits, labels);
+        let out = TokenLogprobsConfig::new(LabelAlignment::CausalShift)
+            .init()
+            .forward(logits, labels);
         assert_close(dev.name, &to_vec(out.logprobs), &want, dev.rtol(1e-9), 1e-9);
     }
 }
@@ -229,38 +321,86 @@ fn bad_inputs_give_errors_naming_the_argument() {
     let err = op.try_forward(logits.clone(), wrong, None).unwrap_err();
     assert!(matches!(err, Error::Shape { arg: "labels", .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("labels") && msg.contains("[2, 4]") && msg.contains("[2, 3]"), "{msg}");
+    assert!(
+        msg.contains("labels") && msg.contains("[2, 4]") && msg.contains("[2, 3]"),
+        "{msg}"
+    );
 
     let labels = Tensor::<2, Int>::zeros([2, 4], &device);
     let bad_mask = Tensor::<2, Bool>::empty([4, 2], &device);
-    let err = op.try_forward(logits.clone(), labels.clone(), Some(bad_mask)).unwrap_err();
+    let err = op
+        .try_forward(logits.clone(), labels.clone(), Some(bad_mask))
+        .unwrap_err();
     assert!(matches!(err, Error::Shape { arg: "mask", .. }), "{err}");
 
     let out_of_range = int_tensor::<2>(vec![0, 1, 2, 5, 0, -100, 1, -3], [2, 4], &device);
-    let err = op.try_forward(logits.clone(), out_of_range, None).unwrap_err();
-    assert!(matches!(err, Error::LabelOutOfRange { value: 5, position: 3, vocab_size: 5, .. }), "{err}");
+    let err = op
+        .try_forward(logits.clone(), out_of_range, None)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::LabelOutOfRange {
+                value: 5,
+                position: 3,
+                vocab_size: 5,
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     let one_step = Tensor::<3>::zeros([2, 1, 5], &device);
-    let err = op.try_forward(one_step, Tensor::<2, Int>::zeros([2, 1], &device), None).unwrap_err();
+    let err = op
+        .try_forward(one_step, Tensor::<2, Int>::zeros([2, 1], &device), None)
+        .unwrap_err();
     assert!(matches!(err, Error::Shape { arg: "logits", .. }), "{err}");
 
     for temperature in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-        let err = TokenLogprobsConfig::new(LabelAlignment::Aligned).with_temperature(temperature).try_init().unwrap_err();
-        assert!(matches!(err, Error::Config { field: "temperature", .. }), "{err}");
+        let err = TokenLogprobsConfig::new(LabelAlignment::Aligned)
+            .with_temperature(temperature)
+            .try_init()
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Config {
+                    field: "temperature",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }
 
 #[test]
 fn sequence_reductions_match_closed_form() {
-    let values = vec![-1.0, -2.0, -3.0, -4.0, -0.5, -0.25, 0.0, 0.0, -7.0, 0.0, 0.0, 0.0];
-    let mask = vec![true, true, false, true, true, true, false, false, false, false, false, false];
+    let values = vec![
+        -1.0, -2.0, -3.0, -4.0, -0.5, -0.25, 0.0, 0.0, -7.0, 0.0, 0.0, 0.0,
+    ];
+    let mask = vec![
+        true, true, false, true, true, true, false, false, false, false, false, false,
+    ];
     // rows: [-1,-2,(masked),-4] -> sum -7 / 3 tokens; [-0.5,-0.25] -> -0.75 / 2; no token -> 0.
     for dev in common::devices() {
         let device = dev.device.clone();
         let x = || tensor::<2>(values.clone(), [3, 4], &dev, &device);
         let m = || bool_tensor::<2>(mask.clone(), [3, 4], &device);
-        assert_close("sum", &to_vec(SequenceReduction::Sum.reduce(x(), m())), &[-7.0, -0.75, 0.0], 1e-6, 0.0);
-        assert_close("mean", &to_vec(SequenceReduction::Mean.reduce(x(), m())), &[-7.0 / 3.0, -0.375, 0.0], 1e-6, 0.0);
+        assert_close(
+            "sum",
+            &to_vec(SequenceReduction::Sum.reduce(x(), m())),
+            &[-7.0, -0.75, 0.0],
+            1e-6,
+            0.0,
+        );
+        assert_close(
+            "mean",
+            &to_vec(SequenceReduction::Mean.reduce(x(), m())),
+            &[-7.0 / 3.0, -0.375, 0.0],
+            1e-6,
+            0.0,
+        );
         assert_close(
             "mean eps",
             &to_vec(SequenceReduction::MeanEps(1e-8).reduce(x(), m())),
@@ -289,13 +429,25 @@ fn ld_dpo_weights_the_tail_of_the_longer_completion() {
             alpha,
         )
         .unwrap();
-        assert_close("chosen", &to_vec(c), &[-1.0 - 2.0 + alpha * (-3.0 - 4.0)], 1e-6, 0.0);
+        assert_close(
+            "chosen",
+            &to_vec(c),
+            &[-1.0 - 2.0 + alpha * (-3.0 - 4.0)],
+            1e-6,
+            0.0,
+        );
         assert_close("rejected", &to_vec(r), &[-11.0], 1e-6, 0.0);
     }
     let device = burn::tensor::Device::flex();
     let z = || Tensor::<2>::zeros([1, 2], &device);
     let m = || Tensor::<2, Bool>::empty([1, 2], &device);
-    assert!(matches!(ld_dpo_sequence_logps(z(), m(), z(), m(), 1.5), Err(Error::Config { field: "ld_alpha", .. })));
+    assert!(matches!(
+        ld_dpo_sequence_logps(z(), m(), z(), m(), 1.5),
+        Err(Error::Config {
+            field: "ld_alpha",
+            ..
+        })
+    ));
 }
 
 /// Entropy `H = lse(z) - sum p z` and its gradient `dH/dx_j = -p_j (z_j - sum_k p_k z_k) / T`.
@@ -316,10 +468,27 @@ fn entropy_matches_closed_form() {
             let probs: Vec<f64> = z.iter().map(|v| (v - lse).exp()).collect();
             let mean_z: f64 = probs.iter().zip(&z).map(|(p, z)| p * z).sum();
             want_h.push(lse - mean_z);
-            want_g.extend(probs.iter().zip(&z).map(|(p, z)| -p * (z - mean_z) / temperature));
+            want_g.extend(
+                probs
+                    .iter()
+                    .zip(&z)
+                    .map(|(p, z)| -p * (z - mean_z) / temperature),
+            );
         }
-        assert_close(&format!("{} entropy", dev.name), &to_vec(h), &want_h, dev.rtol(1e-9), 1e-9);
-        assert_close(&format!("{} entropy grad", dev.name), &to_vec(logits.grad(&grads).unwrap()), &want_g, dev.rtol(1e-9), 1e-9);
+        assert_close(
+            &format!("{} entropy", dev.name),
+            &to_vec(h),
+            &want_h,
+            dev.rtol(1e-9),
+            1e-9,
+        );
+        assert_close(
+            &format!("{} entropy grad", dev.name),
+            &to_vec(logits.grad(&grads).unwrap()),
+            &want_g,
+            dev.rtol(1e-9),
+            1e-9,
+        );
     }
 }
 
@@ -338,10 +507,14 @@ fn normalizer_global_counts_make_micro_batches_exact() {
         let tokens = burn_rlhf::reduce::global_token_count(&[whole.mask.clone()]);
         let cases = [
             (Normalizer::TokenMean, Normalizer::GlobalTokens(tokens)),
-            (Normalizer::SequenceMean, Normalizer::GlobalSequences(b as f64)),
+            (
+                Normalizer::SequenceMean,
+                Normalizer::GlobalSequences(b as f64),
+            ),
         ];
         for (local, global) in cases {
-            let whole_logits = tensor::<3>(p.logits.clone(), [b, t, v], &dev, &device).require_grad();
+            let whole_logits =
+                tensor::<3>(p.logits.clone(), [b, t, v], &dev, &device).require_grad();
             let whole = op.forward(whole_logits.clone(), labels_all.clone());
             let whole_loss = local.reduce_tokens(whole.logprobs.clone().neg(), whole.mask.clone());
             let want = to_vec(whole_logits.grad(&whole_loss.backward()).unwrap());
@@ -349,14 +522,26 @@ fn normalizer_global_counts_make_micro_batches_exact() {
                 let rows = b / k;
                 let mut summed = vec![0.0; b * t * v];
                 for part in 0..k {
-                    let logits = tensor::<3>(p.logits[part * rows * t * v..(part + 1) * rows * t * v].to_vec(), [rows, t, v], &dev, &device).require_grad();
+                    let logits = tensor::<3>(
+                        p.logits[part * rows * t * v..(part + 1) * rows * t * v].to_vec(),
+                        [rows, t, v],
+                        &dev,
+                        &device,
+                    )
+                    .require_grad();
                     let labels = labels_all.clone().narrow(0, part * rows, rows);
                     let out = op.forward(logits.clone(), labels);
                     let loss = global.reduce_tokens(out.logprobs.neg(), out.mask);
                     let g = to_vec(logits.grad(&loss.backward()).unwrap());
                     summed[part * rows * t * v..(part + 1) * rows * t * v].copy_from_slice(&g);
                 }
-                assert_close(&format!("{} {global:?} k={k}", dev.name), &summed, &want, dev.rtol(1e-9), 1e-12);
+                assert_close(
+                    &format!("{} {global:?} k={k}", dev.name),
+                    &summed,
+                    &want,
+                    dev.rtol(1e-9),
+                    1e-12,
+                );
             }
         }
     }
@@ -366,14 +551,19 @@ fn normalizer_global_counts_make_micro_batches_exact() {
 fn normalizer_rejects_bad_counts_and_shapes() {
     let device = burn::tensor::Device::flex();
     for n in [0.0, -1.0, f64::NAN] {
-        assert!(matches!(Normalizer::GlobalTokens(n).validate(), Err(Error::Config { .. })));
+        assert!(matches!(
+            Normalizer::GlobalTokens(n).validate(),
+            Err(Error::Config { .. })
+        ));
     }
     let terms = Tensor::<2>::zeros([2, 3], &device);
     let mask = Tensor::<2, Bool>::empty([3, 2], &device);
-    assert!(matches!(Normalizer::Sum.try_reduce_tokens(terms, mask), Err(Error::Shape { arg: "mask", .. })));
+    assert!(matches!(
+        Normalizer::Sum.try_reduce_tokens(terms, mask),
+        Err(Error::Shape { arg: "mask", .. })
+    ));
     assert!(matches!(
         Normalizer::TokenMean.try_reduce_sequences(Tensor::<1>::zeros([3], &device)),
         Err(Error::Incompatible(_))
     ));
 }
-

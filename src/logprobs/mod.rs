@@ -4,11 +4,17 @@
 //!   -> per-token log-probs and their validity mask, memory-lean under autodiff.
 //! - [`GatheredLogprobs`]: the result; reduce it with [`SequenceReduction`] or pass it on.
 //! - [`token_entropy`]: per-token entropy of `softmax(logits / T)`.
+//! - [`FusedLogprobs`] (from [`FusedLogprobsConfig`]): hidden states x LM-head weight ->
+//!   per-token log-probs (and entropy etc.) without materializing the `[N, V]` logits.
 
 mod cpu;
 mod entropy;
+mod fused;
+#[cfg(feature = "flex")]
+mod fused_cpu;
 mod gather;
 mod kernel;
+mod lm_head;
 mod sequence;
 
 pub use entropy::token_entropy;
@@ -16,4 +22,5 @@ pub use gather::{
     GatheredLogprobs, LabelAlignment, LogprobsImplementation, TokenLogprobs, TokenLogprobsConfig,
     token_logprobs_reference,
 };
+pub use lm_head::{FusedLogprobs, FusedLogprobsConfig, FusedLogprobsOutput};
 pub use sequence::{SequenceReduction, ld_dpo_sequence_logps};

@@ -13,6 +13,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod fixture;
+mod fused;
 mod logprobs;
 
 use std::collections::BTreeMap;
@@ -49,15 +50,14 @@ const NOT_YET: &[&str] = &[
     "whiten",
     "masked_mean",
     "masked_var",
-    // logprob/: the fused LM-head issue.
-    "ChunkedLogProbFunction.apply",
-    "add_fused_lm_head",
 ];
 
 fn runner(function: &str) -> Option<Runner> {
     Some(match function {
         "logits_to_logprobs" => logprobs::logits_to_logprobs,
         "get_batch_log_probs" => logprobs::get_batch_log_probs,
+        "ChunkedLogProbFunction.apply" => fused::chunked_kernel,
+        "add_fused_lm_head" => fused::fused_lm_head,
         _ => return None,
     })
 }
@@ -80,7 +80,11 @@ struct Tally {
 fn parity() {
     let dir = fixtures_dir();
     let cases = fixture::load_all(&dir);
-    assert!(!cases.is_empty(), "no fixture cases under {}", dir.display());
+    assert!(
+        !cases.is_empty(),
+        "no fixture cases under {}",
+        dir.display()
+    );
     let devices = common::devices();
     let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
     let mut failures = Vec::new();
@@ -93,7 +97,10 @@ fn parity() {
                 for dev in &devices {
                     if let Err(msg) = run(case, dev) {
                         ok = false;
-                        failures.push(format!("{}/{} on {}: {msg}", case.folder, case.name, dev.name));
+                        failures.push(format!(
+                            "{}/{} on {}: {msg}",
+                            case.folder, case.name, dev.name
+                        ));
                     }
                 }
                 if ok {
@@ -113,9 +120,20 @@ fn parity() {
         }
     }
     let names: Vec<_> = devices.iter().map(|d| d.name).collect();
-    println!("parity fixtures from {} on devices {names:?}", dir.display());
+    println!(
+        "parity fixtures from {} on devices {names:?}",
+        dir.display()
+    );
     for (folder, t) in &tallies {
-        println!("{folder}: {} passed, {} failed, {} not yet implemented", t.passed, t.failed, t.not_yet);
+        println!(
+            "{folder}: {} passed, {} failed, {} not yet implemented",
+            t.passed, t.failed, t.not_yet
+        );
     }
-    assert!(failures.is_empty(), "{} parity failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} parity failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

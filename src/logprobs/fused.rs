@@ -1,0 +1,429 @@
+//! Fused, chunked LM-head log-probs: `hidden [N, H]` x `weight [V, H]` -> per-token log-probs,
+//! without ever allocating the `[N, V]` logits.
+
+use burn::backend::autodiff::{
+    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
+    grads::Gradients,
+    ops::{Backward, Ops, OpsKind},
+};
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{
+    Autodiff, AutodiffBackend, Backend, Dispatch, Scalar, TensorMetadata, backend_extension,
+};
+use burn::tensor::{IndexingUpdateOp, Shape, Slice};
+
+/// Columns of the op's packed `[N, OUT_COLS]` output: log-prob, entropy, log(sum p^2),
+/// mean logit, is-top-1 (0/1), logsumexp, expected logit `E_p[z]` (the last two are saved
+/// for backward).
+pub(crate) const OUT_COLS: usize = 7;
+
+/// Numeric options of the op (see [`super::FusedLogprobsConfig`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FusedParams {
+    /// Softmax temperature (> 0).
+    pub temperature: f64,
+    /// Multiplier applied to raw logits first.
+    pub logit_scale: f64,
+    /// Final logit soft-capping `cap * tanh(z / cap)`.
+    pub softcap: Option<f64>,
+    /// Rows per tile; `None` = automatic.
+    pub token_chunk: Option<usize>,
+    /// Vocabulary columns per tile; `None` = automatic.
+    pub vocab_chunk: Option<usize>,
+    /// Compute entropy, log(sum p^2), mean logit and is-top-1 (else only log-probs).
+    pub stats: bool,
+}
+
+/// Elements per logits tile when both chunk sizes are automatic: 8 Mi elements (32 MiB in f32),
+/// large enough for GEMM efficiency, under lavapipe's 128 MiB buffer limit.
+const AUTO_TILE_ELEMENTS: usize = 8 << 20;
+
+impl FusedParams {
+    /// `(rows, columns)` per tile for `n` rows and vocabulary `v`.
+    pub(crate) fn tiles(&self, n: usize, v: usize) -> (usize, usize) {
+        let tv = self
+            .vocab_chunk
+            .unwrap_or_else(|| v.min(8192))
+            .clamp(1, v.max(1));
+        let tn = self
+            .token_chunk
+            .unwrap_or_else(|| (AUTO_TILE_ELEMENTS / tv).max(1))
+            .clamp(1, n.max(1));
+        (tn, tv)
+    }
+}
+
+/// Backend extension for the fused LM-head op.
+///
+/// Shapes: `hidden [N, H]`, `weight [V, H]`, `bias [V]` (zeros when the model has none),
+/// `targets [N]` (negative = ignored row: all outputs 0, no gradient), output `[N, OUT_COLS]`.
+#[backend_extension(
+    Autodiff,
+    Flex: cfg(feature = "flex"),
+    Cube: cfg(any(feature = "wgpu", feature = "cuda"))
+)]
+pub trait FusedLogprobBackend: Backend {
+    /// Packed forward outputs `[N, OUT_COLS]`.
+    fn fused_logprobs_forward(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        valid: FloatTensor<Self>,
+        params: FusedParams,
+    ) -> FloatTensor<Self> {
+        primitive_forward::<Self>(hidden, weight, bias, targets, valid, &params)
+    }
+
+    /// `(d hidden, d weight, d bias)` for upstream gradients `grad [N, OUT_COLS]` (columns 0
+    /// and 1, log-prob and entropy, are read).
+    #[allow(clippy::too_many_arguments)]
+    fn fused_logprobs_backward(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        valid: FloatTensor<Self>,
+        saved: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        params: FusedParams,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        primitive_backward::<Self>(hidden, weight, bias, targets, valid, saved, grad, &params)
+    }
+}
+
+fn rows<B: Backend>(t: FloatTensor<B>, start: usize, end: usize) -> FloatTensor<B> {
+    let rank = t.shape().num_dims();
+    let mut s = vec![Slice::new(start as isize, Some(end as isize), 1)];
+    for _ in 1..rank {
+        s.push(Slice::new(0, None, 1));
+    }
+    B::float_slice(t, &s)
+}
+
+fn int_rows<B: Backend>(t: IntTensor<B>, start: usize, end: usize) -> IntTensor<B> {
+    B::int_slice(t, &[Slice::new(start as isize, Some(end as isize), 1)])
+}
+
+fn col<B: Backend>(t: FloatTensor<B>, c: usize) -> FloatTensor<B> {
+    B::float_slice(
+        t,
+        &[
+            Slice::new(0, None, 1),
+            Slice::new(c as isize, Some(c as isize + 1), 1),
+        ],
+    )
+}
+
+/// Transformed logits `z` for rows `[r0, r1)` over the full vocabulary (primitive path).
+fn z_rows<B: Backend>(
+    hidden: &FloatTensor<B>,
+    weight: &FloatTensor<B>,
+    bias: &FloatTensor<B>,
+    r0: usize,
+    r1: usize,
+    p: &FusedParams,
+) -> FloatTensor<B> {
+    let v = weight.shape()[0];
+    let h = rows::<B>(hidden.clone(), r0, r1);
+    let raw = B::float_matmul(h, B::float_transpose(weight.clone()));
+    let raw = B::float_add(raw, B::float_reshape(bias.clone(), Shape::new([1, v])));
+    let mut a = B::float_mul_scalar(raw, Scalar::Float(p.logit_scale));
+    if let Some(cap) = p.softcap {
+        a = B::float_mul_scalar(
+            B::float_tanh(B::float_mul_scalar(a, Scalar::Float(1.0 / cap))),
+            Scalar::Float(cap),
+        );
+    }
+    B::float_mul_scalar(a, Scalar::Float(1.0 / p.temperature))
+}
+
+/// Token-chunked forward from backend primitives (full-vocabulary rows per chunk).
+fn primitive_forward<B: Backend>(
+    hidden: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: FloatTensor<B>,
+    targets: IntTensor<B>,
+    valid: FloatTensor<B>,
+    p: &FusedParams,
+) -> FloatTensor<B> {
+    let n = hidden.shape()[0];
+    let v = weight.shape()[0];
+    // The primitive path keeps whole rows: size the row chunk from the tile budget.
+    let (tn, _) = FusedParams {
+        vocab_chunk: Some(v),
+        ..*p
+    }
+    .tiles(n, v);
+    let mut chunks = Vec::new();
+    for r0 in (0..n).step_by(tn) {
+        let r1 = (r0 + tn).min(n);
+        let rn = r1 - r0;
+        let z = z_rows::<B>(&hidden, &weight, &bias, r0, r1, p);
+        let max = B::float_max_dim(z.clone(), 1);
+        let e = B::float_exp(B::float_sub(z.clone(), max.clone()));
+        let sum = B::float_sum_dim(e.clone(), 1);
+        let log_sum = B::float_log(sum.clone());
+        let lse = B::float_add(max.clone(), log_sum.clone());
+        let mean_z = B::float_div(B::float_sum_dim(B::float_mul(z.clone(), e.clone()), 1), sum);
+        let entropy = B::float_sub(lse.clone(), mean_z.clone());
+        let sum_sq = B::float_sum_dim(B::float_mul(e.clone(), e), 1);
+        let lss = B::float_sub(
+            B::float_log(sum_sq),
+            B::float_mul_scalar(log_sum, Scalar::Float(2.0)),
+        );
+        let mean_logit = B::float_mean_dim(z.clone(), 1);
+        let idx = B::int_reshape(int_rows::<B>(targets.clone(), r0, r1), Shape::new([rn, 1]));
+        let z_t = B::float_gather(1, z, idx);
+        let lp = B::float_sub(z_t.clone(), lse.clone());
+        // is-top-1: the target's logit is the maximum (ties resolved in the target's favour
+        // on this path; the Flex kernel picks the first maximum like TRL).
+        let gap = B::float_sub(max, z_t);
+        let top1 = B::float_add_scalar(B::float_neg(B::float_sign(gap)), Scalar::Float(1.0));
+        let packed = B::float_cat(vec![lp, entropy, lss, mean_logit, top1, lse, mean_z], 1);
+        let keep = B::float_reshape(rows::<B>(valid.clone(), r0, r1), Shape::new([rn, 1]));
+        chunks.push(B::float_mul(packed, keep));
+    }
+    B::float_cat(chunks, 0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn primitive_backward<B: Backend>(
+    hidden: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: FloatTensor<B>,
+    targets: IntTensor<B>,
+    valid: FloatTensor<B>,
+    saved: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    p: &FusedParams,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let n = hidden.shape()[0];
+    let v = weight.shape()[0];
+    let (tn, _) = FusedParams {
+        vocab_chunk: Some(v),
+        ..*p
+    }
+    .tiles(n, v);
+    let mut d_hidden = Vec::new();
+    let mut d_weight: Option<FloatTensor<B>> = None;
+    let mut d_bias: Option<FloatTensor<B>> = None;
+    for r0 in (0..n).step_by(tn) {
+        let r1 = (r0 + tn).min(n);
+        let rn = r1 - r0;
+        let z = z_rows::<B>(&hidden, &weight, &bias, r0, r1, p);
+        let s = rows::<B>(saved.clone(), r0, r1);
+        let g = rows::<B>(grad.clone(), r0, r1);
+        let keep = B::float_reshape(rows::<B>(valid.clone(), r0, r1), Shape::new([rn, 1]));
+        let g_lp = B::float_mul(col::<B>(g.clone(), 0), keep.clone());
+        let g_h = B::float_mul(col::<B>(g, 1), keep);
+        let prob = B::float_exp(B::float_sub(z.clone(), col::<B>(s.clone(), 5)));
+        // dz = g_lp (onehot - p) - g_h p (z - E[z])
+        let centered = B::float_sub(z.clone(), col::<B>(s, 6));
+        let inner = B::float_add(g_lp.clone(), B::float_mul(g_h, centered));
+        let dz = B::float_neg(B::float_mul(prob, inner));
+        let idx = B::int_reshape(int_rows::<B>(targets.clone(), r0, r1), Shape::new([rn, 1]));
+        let mut dz = B::float_scatter(1, dz, idx, g_lp, IndexingUpdateOp::Add);
+        dz = B::float_mul_scalar(dz, Scalar::Float(1.0 / p.temperature));
+        if let Some(cap) = p.softcap {
+            // d(cap tanh(a / cap)) / da = 1 - tanh^2, and tanh = z T / cap.
+            let th = B::float_mul_scalar(z, Scalar::Float(p.temperature / cap));
+            let one_minus = B::float_neg(B::float_add_scalar(
+                B::float_mul(th.clone(), th),
+                Scalar::Float(-1.0),
+            ));
+            dz = B::float_mul(dz, one_minus);
+        }
+        let d_raw = B::float_mul_scalar(dz, Scalar::Float(p.logit_scale));
+        d_hidden.push(B::float_matmul(d_raw.clone(), weight.clone()));
+        let dw = B::float_matmul(
+            B::float_transpose(d_raw.clone()),
+            rows::<B>(hidden.clone(), r0, r1),
+        );
+        let db = B::float_reshape(
+            B::float_sum_dim(B::float_transpose(d_raw), 1),
+            Shape::new([v]),
+        );
+        d_weight = Some(match d_weight {
+            Some(acc) => B::float_add(acc, dw),
+            None => dw,
+        });
+        d_bias = Some(match d_bias {
+            Some(acc) => B::float_add(acc, db),
+            None => db,
+        });
+    }
+    (
+        B::float_cat(d_hidden, 0),
+        d_weight.expect("at least one row"),
+        d_bias.expect("at least one row"),
+    )
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl FusedLogprobBackend for burn::backend::Cube {}
+
+#[cfg(feature = "flex")]
+impl FusedLogprobBackend for burn::backend::Flex {
+    fn fused_logprobs_forward(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        valid: FloatTensor<Self>,
+        params: FusedParams,
+    ) -> FloatTensor<Self> {
+        let row_targets = masked_targets::<Self>(targets.clone(), valid.clone());
+        super::fused_cpu::forward(
+            hidden.clone(),
+            weight.clone(),
+            Some(bias.clone()),
+            row_targets,
+            &params,
+        )
+        .unwrap_or_else(|| primitive_forward::<Self>(hidden, weight, bias, targets, valid, &params))
+    }
+
+    fn fused_logprobs_backward(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        valid: FloatTensor<Self>,
+        saved: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        params: FusedParams,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let row_targets = masked_targets::<Self>(targets.clone(), valid.clone());
+        super::fused_cpu::backward(
+            hidden.clone(),
+            weight.clone(),
+            Some(bias.clone()),
+            row_targets,
+            saved.clone(),
+            grad.clone(),
+            &params,
+        )
+        .unwrap_or_else(|| {
+            primitive_backward::<Self>(hidden, weight, bias, targets, valid, saved, grad, &params)
+        })
+    }
+}
+
+/// Targets with ignored rows set to -1 (`targets * valid + (valid - 1)`), as `Int`.
+#[cfg(feature = "flex")]
+fn masked_targets<B: Backend>(targets: IntTensor<B>, valid: FloatTensor<B>) -> IntTensor<B> {
+    let dtype = targets.dtype();
+    let valid_i = B::float_into_int(valid, dtype.into());
+    B::int_sub_scalar(
+        B::int_add(B::int_mul(targets, valid_i.clone()), valid_i),
+        Scalar::Int(1),
+    )
+}
+
+impl<B: Backend + FusedLogprobBackend, C: CheckpointStrategy> FusedLogprobBackend
+    for Autodiff<B, C>
+{
+    fn fused_logprobs_forward(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        valid: FloatTensor<Self>,
+        params: FusedParams,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct FusedBackward;
+
+        type State<B> = (
+            FloatTensor<B>,
+            FloatTensor<B>,
+            FloatTensor<B>,
+            IntTensor<B>,
+            FloatTensor<B>,
+            FloatTensor<B>,
+            FusedParams,
+        );
+
+        impl<B: Backend + FusedLogprobBackend> Backward<B, 3> for FusedBackward {
+            type State = State<B>;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _c: &mut Checkpointer,
+            ) {
+                let [node_hidden, node_weight, node_bias] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (hidden, weight, bias, targets, valid, saved, params) = ops.state;
+                let (dh, dw, db) = B::fused_logprobs_backward(
+                    hidden, weight, bias, targets, valid, saved, grad, params,
+                );
+                if let Some(node) = node_hidden {
+                    grads.register::<B>(node.id, dh);
+                }
+                if let Some(node) = node_weight {
+                    grads.register::<B>(node.id, dw);
+                }
+                if let Some(node) = node_bias {
+                    grads.register::<B>(node.id, db);
+                }
+            }
+        }
+
+        let valid = valid.into_primitive();
+        match FusedBackward
+            .prepare::<C>([hidden.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (h, w, b) = (
+                    hidden.into_primitive(),
+                    weight.into_primitive(),
+                    bias.into_primitive(),
+                );
+                let out = B::fused_logprobs_forward(
+                    h.clone(),
+                    w.clone(),
+                    b.clone(),
+                    targets.clone(),
+                    valid.clone(),
+                    params,
+                );
+                prep.finish((h, w, b, targets, valid, out.clone(), params), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_logprobs_forward(
+                hidden.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+                targets,
+                valid,
+                params,
+            )),
+        }
+    }
+}
+
+/// Calls the extension (on a device where [`crate::backends::has_native_kernel`] is true).
+pub(crate) fn fused_op(
+    hidden: burn::tensor::Tensor<2>,
+    weight: burn::tensor::Tensor<2>,
+    bias: burn::tensor::Tensor<1>,
+    targets: burn::tensor::Tensor<1, burn::tensor::Int>,
+    valid: burn::tensor::Tensor<1>,
+    params: FusedParams,
+) -> burn::tensor::Tensor<2> {
+    burn::tensor::Tensor::from_dispatch(<Dispatch as FusedLogprobBackend>::fused_logprobs_forward(
+        hidden.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        targets.into_dispatch(),
+        valid.into_dispatch(),
+        params,
+    ))
+}
+
+#[allow(dead_code)]
+fn _assert_autodiff_backend<B: AutodiffBackend>() {}

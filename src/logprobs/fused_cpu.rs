@@ -1,0 +1,362 @@
+//! Flex (CPU) implementation of the fused LM-head log-prob op: token x vocab tiles, an online
+//! logsumexp across vocab tiles, GEMMs through the backend's own matmul, elementwise work on
+//! raw slices.
+
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::FloatTensorOps;
+use burn::backend::{Flex, TensorMetadata};
+use burn::tensor::{DType, Shape, TensorData};
+use rayon::prelude::*;
+
+use super::cpu::KernelFloat;
+use super::fused::{FusedParams, OUT_COLS};
+
+pub(crate) trait FusedFloat: KernelFloat + burn::tensor::Element + bytemuck::Pod {
+    fn tanh(self) -> Self;
+    fn div(self, o: Self) -> Self;
+}
+impl FusedFloat for f32 {
+    fn tanh(self) -> Self {
+        f32::tanh(self)
+    }
+    fn div(self, o: Self) -> Self {
+        self / o
+    }
+}
+impl FusedFloat for f64 {
+    fn tanh(self) -> Self {
+        f64::tanh(self)
+    }
+    fn div(self, o: Self) -> Self {
+        self / o
+    }
+}
+
+fn slice_of<F: FusedFloat>(t: &FlexTensor) -> &[F] {
+    t.as_slice::<F>().expect("contiguous tile")
+}
+
+/// `hidden[rows] @ weight[cols]^T (+ bias[cols])`, transformed to `z`, as a contiguous tile.
+fn logits_tile<F: FusedFloat>(
+    hidden: &FlexTensor,
+    weight: &FlexTensor,
+    bias: Option<&[F]>,
+    rows: (usize, usize),
+    cols: (usize, usize),
+    p: &FusedParams,
+) -> Vec<F> {
+    let h = hidden.narrow(0, rows.0, rows.1 - rows.0);
+    let w = weight.narrow(0, cols.0, cols.1 - cols.0).transpose(0, 1);
+    let tile = Flex::float_matmul(h, w);
+    let width = cols.1 - cols.0;
+    let mut z: Vec<F> = slice_of::<F>(&tile).to_vec();
+    drop(tile);
+    let scale = F::from_f64(p.logit_scale);
+    let inv_t = F::from_f64(1.0 / p.temperature);
+    let cap = p.softcap.map(F::from_f64);
+    z.par_chunks_mut(width).for_each(|row| {
+        for (j, x) in row.iter_mut().enumerate() {
+            let mut a = *x;
+            if let Some(b) = bias {
+                a = a.add(b[cols.0 + j]);
+            }
+            a = a.mul(scale);
+            if let Some(c) = cap {
+                a = c.mul(a.div(c).tanh());
+            }
+            *x = a.mul(inv_t);
+        }
+    });
+    z
+}
+
+/// Running per-row statistics over vocab tiles.
+#[derive(Clone, Copy)]
+struct RowStats<F> {
+    max: F,
+    sum: F,     // sum exp(z - max)
+    sum_z: F,   // sum z exp(z - max)
+    sum_sq: F,  // sum exp(2 (z - max))
+    total_z: F, // sum z
+    best: F,    // first maximum value
+    best_idx: usize,
+    target_z: F,
+}
+
+fn forward_typed<F: FusedFloat>(
+    hidden: &FlexTensor,
+    weight: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    targets: &[i64],
+    p: &FusedParams,
+) -> Vec<F> {
+    let n = hidden.shape()[0];
+    let v = weight.shape()[0];
+    let bias = bias.map(slice_of::<F>);
+    let mut out = vec![F::ZERO; n * OUT_COLS];
+    let (tn, tv) = p.tiles(n, v);
+    for r0 in (0..n).step_by(tn) {
+        let r1 = (r0 + tn).min(n);
+        let mut stats = vec![
+            RowStats {
+                max: F::NEG_INFINITY,
+                sum: F::ZERO,
+                sum_z: F::ZERO,
+                sum_sq: F::ZERO,
+                total_z: F::ZERO,
+                best: F::NEG_INFINITY,
+                best_idx: 0,
+                target_z: F::ZERO,
+            };
+            r1 - r0
+        ];
+        for c0 in (0..v).step_by(tv) {
+            let c1 = (c0 + tv).min(v);
+            let width = c1 - c0;
+            let z = logits_tile::<F>(hidden, weight, bias, (r0, r1), (c0, c1), p);
+            stats
+                .par_iter_mut()
+                .zip(z.par_chunks(width))
+                .enumerate()
+                .for_each(|(i, (s, row))| {
+                    let t = targets[r0 + i];
+                    if t < 0 {
+                        return;
+                    }
+                    let mut m = F::NEG_INFINITY;
+                    let mut arg = 0;
+                    for (j, &x) in row.iter().enumerate() {
+                        if x > m {
+                            m = x;
+                            arg = j;
+                        }
+                    }
+                    if m > s.best {
+                        s.best = m;
+                        s.best_idx = c0 + arg;
+                    }
+                    let new_max = s.max.max(m);
+                    let alpha = s.max.sub(new_max).exp();
+                    let (mut e_sum, mut ez_sum, mut e2_sum, mut z_sum) =
+                        (F::ZERO, F::ZERO, F::ZERO, F::ZERO);
+                    if p.stats {
+                        for &x in row {
+                            let e = x.sub(new_max).exp();
+                            e_sum = e_sum.add(e);
+                            ez_sum = ez_sum.add(e.mul(x));
+                            e2_sum = e2_sum.add(e.mul(e));
+                            z_sum = z_sum.add(x);
+                        }
+                    } else {
+                        for &x in row {
+                            e_sum = e_sum.add(x.sub(new_max).exp());
+                        }
+                    }
+                    s.sum = s.sum.mul(alpha).add(e_sum);
+                    s.sum_z = s.sum_z.mul(alpha).add(ez_sum);
+                    s.sum_sq = s.sum_sq.mul(alpha.mul(alpha)).add(e2_sum);
+                    s.total_z = s.total_z.add(z_sum);
+                    s.max = new_max;
+                    let t = t as usize;
+                    if t >= c0 && t < c1 {
+                        s.target_z = row[t - c0];
+                    }
+                });
+        }
+        for (i, s) in stats.iter().enumerate() {
+            let row = &mut out[(r0 + i) * OUT_COLS..(r0 + i + 1) * OUT_COLS];
+            if targets[r0 + i] < 0 {
+                continue;
+            }
+            let log_sum = s.sum.ln();
+            let lse = s.max.add(log_sum);
+            let mean_z = s.sum_z.div(s.sum);
+            row[0] = s.target_z.sub(lse);
+            row[1] = lse.sub(mean_z);
+            row[2] = s.sum_sq.ln().sub(log_sum.add(log_sum));
+            row[3] = s.total_z.div(F::from_f64(v as f64));
+            row[4] = if s.best_idx == targets[r0 + i] as usize {
+                F::from_f64(1.0)
+            } else {
+                F::ZERO
+            };
+            row[5] = lse;
+            row[6] = mean_z;
+        }
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_typed<F: FusedFloat>(
+    hidden: &FlexTensor,
+    weight: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    targets: &[i64],
+    saved: &[F],
+    grad: &[F],
+    p: &FusedParams,
+) -> (Vec<F>, Vec<F>, Vec<F>) {
+    let n = hidden.shape()[0];
+    let hsize = hidden.shape()[1];
+    let v = weight.shape()[0];
+    let bias_s = bias.map(slice_of::<F>);
+    let (tn, tv) = p.tiles(n, v);
+    let mut d_hidden = vec![F::ZERO; n * hsize];
+    let mut d_weight = vec![F::ZERO; v * hsize];
+    let mut d_bias = vec![F::ZERO; v];
+    let scale = F::from_f64(p.logit_scale);
+    let inv_t = F::from_f64(1.0 / p.temperature);
+    let cap = p.softcap.map(F::from_f64);
+    for r0 in (0..n).step_by(tn) {
+        let r1 = (r0 + tn).min(n);
+        let rows = r1 - r0;
+        for c0 in (0..v).step_by(tv) {
+            let c1 = (c0 + tv).min(v);
+            let width = c1 - c0;
+            let mut z = logits_tile::<F>(hidden, weight, bias_s, (r0, r1), (c0, c1), p);
+            // z -> d loss / d raw logits, in place.
+            z.par_chunks_mut(width).enumerate().for_each(|(i, row)| {
+                let r = r0 + i;
+                let t = targets[r];
+                if t < 0 {
+                    row.fill(F::ZERO);
+                    return;
+                }
+                let g_lp = grad[r * OUT_COLS];
+                let g_h = grad[r * OUT_COLS + 1];
+                let lse = saved[r * OUT_COLS + 5];
+                let mean_z = saved[r * OUT_COLS + 6];
+                for (j, x) in row.iter_mut().enumerate() {
+                    let zj = *x;
+                    let prob = zj.sub(lse).exp();
+                    let onehot = if c0 + j == t as usize {
+                        F::from_f64(1.0)
+                    } else {
+                        F::ZERO
+                    };
+                    // d/dz of g_lp * logp_t + g_h * H
+                    let mut dz = g_lp
+                        .mul(onehot.sub(prob))
+                        .sub(g_h.mul(prob).mul(zj.sub(mean_z)));
+                    // z = cap * tanh(a / cap) / T with a = raw * scale
+                    dz = dz.mul(inv_t);
+                    if let Some(c) = cap {
+                        let th = zj.div(inv_t).div(c); // tanh(a / cap)
+                        dz = dz.mul(F::from_f64(1.0).sub(th.mul(th)));
+                    }
+                    *x = dz.mul(scale);
+                }
+            });
+            let dl = FlexTensor::from_data(TensorData::new(z, [rows, width]));
+            if bias.is_some() {
+                let dl_s = slice_of::<F>(&dl);
+                for i in 0..rows {
+                    for j in 0..width {
+                        d_bias[c0 + j] = d_bias[c0 + j].add(dl_s[i * width + j]);
+                    }
+                }
+            }
+            // d_hidden[rows] += dl @ weight[cols]
+            let w = weight.narrow(0, c0, width);
+            let dh = Flex::float_matmul(dl.clone(), w);
+            let dh_s = slice_of::<F>(&dh);
+            d_hidden[r0 * hsize..r1 * hsize]
+                .par_iter_mut()
+                .zip(dh_s.par_iter())
+                .for_each(|(acc, &x)| *acc = acc.add(x));
+            // d_weight[cols] += dl^T @ hidden[rows]
+            let h = hidden.narrow(0, r0, rows);
+            let dw = Flex::float_matmul(dl.transpose(0, 1), h);
+            let dw_s = slice_of::<F>(&dw);
+            d_weight[c0 * hsize..c1 * hsize]
+                .par_iter_mut()
+                .zip(dw_s.par_iter())
+                .for_each(|(acc, &x)| *acc = acc.add(x));
+        }
+    }
+    (d_hidden, d_weight, d_bias)
+}
+
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    if t.layout().contiguous_offsets().is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+fn targets_vec(targets: &FlexTensor) -> Option<Vec<i64>> {
+    if let Some(s) = targets.as_slice::<i64>() {
+        Some(s.to_vec())
+    } else {
+        targets
+            .as_slice::<i32>()
+            .map(|s| s.iter().map(|&x| x as i64).collect())
+    }
+}
+
+/// Forward on Flex; `None` when the dtype has no native path (the caller falls back).
+pub(crate) fn forward(
+    hidden: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+    targets: FlexTensor,
+    p: &FusedParams,
+) -> Option<FlexTensor> {
+    let n = hidden.shape()[0];
+    let t = targets_vec(&contiguous(targets))?;
+    let (hidden, weight, bias) = (contiguous(hidden), contiguous(weight), bias.map(contiguous));
+    let out = match hidden.dtype() {
+        DType::F32 => TensorData::new(
+            forward_typed::<f32>(&hidden, &weight, bias.as_ref(), &t, p),
+            [n, OUT_COLS],
+        ),
+        DType::F64 => TensorData::new(
+            forward_typed::<f64>(&hidden, &weight, bias.as_ref(), &t, p),
+            [n, OUT_COLS],
+        ),
+        _ => return None,
+    };
+    Some(FlexTensor::from_data(out))
+}
+
+/// Backward on Flex: `(d_hidden, d_weight, d_bias)`.
+pub(crate) fn backward(
+    hidden: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+    targets: FlexTensor,
+    saved: FlexTensor,
+    grad: FlexTensor,
+    p: &FusedParams,
+) -> Option<(FlexTensor, FlexTensor, FlexTensor)> {
+    let (n, h) = (hidden.shape()[0], hidden.shape()[1]);
+    let v = weight.shape()[0];
+    let t = targets_vec(&contiguous(targets))?;
+    let (hidden, weight, bias) = (contiguous(hidden), contiguous(weight), bias.map(contiguous));
+    let (saved, grad) = (contiguous(saved), contiguous(grad));
+    macro_rules! run {
+        ($f:ty) => {{
+            let (dh, dw, db) = backward_typed::<$f>(
+                &hidden,
+                &weight,
+                bias.as_ref(),
+                &t,
+                saved.as_slice::<$f>()?,
+                grad.as_slice::<$f>()?,
+                p,
+            );
+            Some((
+                FlexTensor::from_data(TensorData::new(dh, Shape::new([n, h]))),
+                FlexTensor::from_data(TensorData::new(dw, Shape::new([v, h]))),
+                FlexTensor::from_data(TensorData::new(db, Shape::new([v]))),
+            ))
+        }};
+    }
+    match hidden.dtype() {
+        DType::F32 => run!(f32),
+        DType::F64 => run!(f64),
+        _ => None,
+    }
+}

@@ -1,0 +1,336 @@
+//! Public API of the fused LM-head log-probs.
+
+use burn::config::Config;
+use burn::tensor::{Bool, Int, Tensor, activation};
+
+use super::fused::{FusedParams, OUT_COLS, fused_op};
+use super::gather::{GatheredLogprobs, LogprobsImplementation};
+use crate::backends::has_native_kernel;
+use crate::error::{Error, check_positive, unwrap_or_panic};
+use crate::reduce::mask_like;
+
+/// Configuration of [`FusedLogprobs`], TRL's `ChunkedLogProbFunction` options by their meaning.
+#[derive(Config, Debug)]
+pub struct FusedLogprobsConfig {
+    /// Target value that marks an ignored row. Default: -100.
+    #[config(default = -100)]
+    pub ignore_index: i64,
+    /// Softmax temperature (> 0), applied last. Default: 1.0.
+    #[config(default = 1.0)]
+    pub temperature: f64,
+    /// Multiplier of the raw logits, applied first (Cohere/Granite style). Default: 1.0.
+    #[config(default = 1.0)]
+    pub logit_scale: f64,
+    /// Final logit soft-capping `cap * tanh(z / cap)` (Gemma 2 style). Default: none.
+    #[config(default = "None")]
+    pub final_logit_softcapping: Option<f64>,
+    /// Vocabulary columns per tile. Default: automatic (min(V, 8192)).
+    #[config(default = "None")]
+    pub vocab_chunk_size: Option<usize>,
+    /// Token rows per tile. Default: automatic (a tile of about 8 Mi logits, 32 MiB in f32).
+    #[config(default = "None")]
+    pub token_chunk_size: Option<usize>,
+    /// Also compute entropy (differentiable), log(sum p^2), mean logit and is-top-1.
+    /// Default: false (log-probs only, the cheapest pass).
+    #[config(default = false)]
+    pub with_stats: bool,
+    /// Check that targets are in `[0, V)` or `ignore_index` (reads `[N]` targets back).
+    /// Default: true.
+    #[config(default = true)]
+    pub check_targets: bool,
+    /// Implementation. `Reference` materializes the `[N, V]` logits (test oracle).
+    #[config(default = "LogprobsImplementation::Auto")]
+    pub implementation: LogprobsImplementation,
+}
+
+impl FusedLogprobsConfig {
+    /// Validates the configuration.
+    pub fn validate(&self) -> crate::Result<()> {
+        check_positive("temperature", self.temperature)?;
+        check_positive("logit_scale", self.logit_scale)?;
+        if let Some(cap) = self.final_logit_softcapping {
+            check_positive("final_logit_softcapping", cap)?;
+        }
+        for (field, value) in [
+            ("vocab_chunk_size", self.vocab_chunk_size),
+            ("token_chunk_size", self.token_chunk_size),
+        ] {
+            if value == Some(0) {
+                return Err(Error::config(field, "must be >= 1", 0));
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates and builds the op.
+    pub fn try_init(&self) -> crate::Result<FusedLogprobs> {
+        self.validate()?;
+        Ok(FusedLogprobs {
+            params: FusedParams {
+                temperature: self.temperature,
+                logit_scale: self.logit_scale,
+                softcap: self.final_logit_softcapping,
+                token_chunk: self.token_chunk_size,
+                vocab_chunk: self.vocab_chunk_size,
+                stats: self.with_stats,
+            },
+            ignore_index: self.ignore_index,
+            check_targets: self.check_targets,
+            implementation: self.implementation,
+        })
+    }
+
+    /// Builds the op.
+    ///
+    /// # Panics
+    /// If the configuration is invalid.
+    pub fn init(&self) -> FusedLogprobs {
+        unwrap_or_panic(self.try_init())
+    }
+}
+
+/// Outputs of [`FusedLogprobs`], one value per row; all are exactly 0 on ignored rows.
+#[derive(Debug, Clone)]
+pub struct FusedLogprobsOutput {
+    /// Log-prob of each row's target `[N]` (differentiable).
+    pub logprobs: Tensor<1>,
+    /// Entropy of each row's distribution `[N]` (differentiable), with `with_stats`.
+    pub entropy: Option<Tensor<1>>,
+    /// `log(sum_v p_v^2)` `[N]` (WPO weights), with `with_stats`; no gradient.
+    pub log_sum_sq_probs: Option<Tensor<1>>,
+    /// Mean of the transformed logits over the vocabulary `[N]`, with `with_stats`; no gradient.
+    pub mean_logits: Option<Tensor<1>>,
+    /// Whether the target is the first maximal logit `[N]`, with `with_stats`.
+    pub is_top1: Option<Tensor<1, Bool>>,
+    /// Rows that count (target not ignored) `[N]`.
+    pub mask: Tensor<1, Bool>,
+}
+
+/// Fused, chunked LM-head log-probs, built by [`FusedLogprobsConfig::init`].
+///
+/// This computes, for each row `n`, with `z = softcap(scale * (hidden[n] W^T + b)) / T`:
+/// `logprob[n] = z[target] - logsumexp(z)` (and optionally the entropy and other statistics)
+/// tile by tile (token chunk x vocabulary chunk, online logsumexp), never allocating the
+/// `[N, V]` logits. Backward is written by hand: it recomputes each tile, turns it into
+/// `d logits` in place and accumulates `d hidden`, `d weight` and `d bias`.
+///
+/// Accumulation happens in the dtype of `hidden` (f32 or f64 on Flex).
+#[derive(Debug, Clone)]
+pub struct FusedLogprobs {
+    params: FusedParams,
+    ignore_index: i64,
+    check_targets: bool,
+    implementation: LogprobsImplementation,
+}
+
+impl FusedLogprobs {
+    /// Per-row outputs.
+    ///
+    /// # Shapes
+    /// - hidden: `[N, H]`, weight: `[V, H]` (the LM head's weight, as `nn.Linear` stores it),
+    ///   bias: `[V]`, targets: `[N]` (`Int`)
+    ///
+    /// # Panics
+    /// On the errors of [`try_forward`](Self::try_forward).
+    pub fn forward(
+        &self,
+        hidden: Tensor<2>,
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+        targets: Tensor<1, Int>,
+    ) -> FusedLogprobsOutput {
+        unwrap_or_panic(self.try_forward(hidden, weight, bias, targets))
+    }
+
+    /// Non-panicking form of [`forward`](Self::forward).
+    pub fn try_forward(
+        &self,
+        hidden: Tensor<2>,
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+        targets: Tensor<1, Int>,
+    ) -> crate::Result<FusedLogprobsOutput> {
+        let [n, h] = hidden.dims();
+        let [v, hw] = weight.dims();
+        if hw != h {
+            return Err(Error::shape(
+                "weight",
+                format!("[V, H] with H = {h} (hidden size of `hidden` {:?})", [n, h]),
+                &[v, hw],
+            ));
+        }
+        if let Some(b) = &bias
+            && b.dims() != [v]
+        {
+            return Err(Error::shape(
+                "bias",
+                format!("[V] = [{v}] (rows of `weight`)"),
+                &b.dims(),
+            ));
+        }
+        if targets.dims() != [n] {
+            return Err(Error::shape(
+                "targets",
+                format!("[N] = [{n}] (rows of `hidden`)"),
+                &targets.dims(),
+            ));
+        }
+        if n == 0 || h == 0 || v == 0 {
+            return Err(Error::Empty {
+                arg: "hidden",
+                what: format!("hidden {:?}, weight {:?}", [n, h], [v, hw]),
+            });
+        }
+        if self.check_targets {
+            check_targets(&targets, v, self.ignore_index)?;
+        }
+        let valid = targets.clone().not_equal_elem(self.ignore_index);
+        let safe = targets.mask_fill(valid.clone().bool_not(), 0);
+        let native = self.implementation == LogprobsImplementation::Auto
+            && has_native_kernel(&hidden.device());
+        let packed = if native {
+            let bias =
+                bias.unwrap_or_else(|| Tensor::<1>::zeros([v], (&hidden.device(), hidden.dtype())));
+            let valid_f = mask_like(
+                &Tensor::<1>::zeros([n], (&hidden.device(), hidden.dtype())),
+                valid.clone(),
+            );
+            fused_op(hidden, weight, bias, safe, valid_f, self.params)
+        } else {
+            self.reference(hidden, weight, bias, safe, valid.clone())
+        };
+        let column = |c: usize| packed.clone().narrow(1, c, 1).squeeze_dim::<1>(1);
+        let stats = self.params.stats;
+        let detached = |c: usize| stats.then(|| column(c).detach());
+        Ok(FusedLogprobsOutput {
+            logprobs: column(0),
+            entropy: stats.then(|| column(1)),
+            log_sum_sq_probs: detached(2),
+            mean_logits: detached(3),
+            is_top1: stats.then(|| column(4).detach().greater_elem(0.5)),
+            mask: valid,
+        })
+    }
+
+    /// Causal-LM convenience: scores `hidden[:, :-1]` against `labels[:, 1:]` and returns the
+    /// same [`GatheredLogprobs`] as [`super::TokenLogprobs`] with
+    /// [`super::LabelAlignment::CausalShift`] on materialized logits, so every loss consumes
+    /// both paths identically. Also returns the full per-row output (`[B * (T-1)]`).
+    ///
+    /// # Shapes
+    /// - hidden: `[B, T, H]`, weight: `[V, H]`, bias: `[V]`, labels: `[B, T]` -> `[B, T-1]`
+    pub fn try_forward_causal(
+        &self,
+        hidden: Tensor<3>,
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+        labels: Tensor<2, Int>,
+    ) -> crate::Result<(GatheredLogprobs, FusedLogprobsOutput)> {
+        let [b, t, h] = hidden.dims();
+        if labels.dims() != [b, t] {
+            return Err(Error::shape(
+                "labels",
+                format!("[B, T] = [{b}, {t}] (first dims of hidden)"),
+                &labels.dims(),
+            ));
+        }
+        if t < 2 {
+            return Err(Error::shape(
+                "hidden",
+                "T >= 2 (one position is lost to the causal shift)",
+                &[b, t, h],
+            ));
+        }
+        let rows = b * (t - 1);
+        let hidden = hidden.narrow(1, 0, t - 1).reshape([rows, h]);
+        let targets = labels.narrow(1, 1, t - 1).reshape([rows]);
+        let out = self.try_forward(hidden, weight, bias, targets)?;
+        let gathered = GatheredLogprobs {
+            logprobs: out.logprobs.clone().reshape([b, t - 1]),
+            mask: out.mask.clone().reshape([b, t - 1]),
+        };
+        Ok((gathered, out))
+    }
+
+    /// Panicking form of [`try_forward_causal`](Self::try_forward_causal).
+    ///
+    /// # Panics
+    /// On the errors of [`try_forward_causal`](Self::try_forward_causal).
+    pub fn forward_causal(
+        &self,
+        hidden: Tensor<3>,
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+        labels: Tensor<2, Int>,
+    ) -> (GatheredLogprobs, FusedLogprobsOutput) {
+        unwrap_or_panic(self.try_forward_causal(hidden, weight, bias, labels))
+    }
+
+    /// The materialized-logits oracle: the same packed `[N, OUT_COLS]` layout from plain tensor
+    /// ops (autodiff differentiates it).
+    fn reference(
+        &self,
+        hidden: Tensor<2>,
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+        targets: Tensor<1, Int>,
+        valid: Tensor<1, Bool>,
+    ) -> Tensor<2> {
+        let p = &self.params;
+        let [n, _] = hidden.dims();
+        let v = weight.dims()[0];
+        let mut raw = hidden.matmul(weight.transpose());
+        if let Some(b) = bias {
+            raw = raw + b.unsqueeze_dim::<2>(0);
+        }
+        let mut z = raw.mul_scalar(p.logit_scale);
+        if let Some(cap) = p.softcap {
+            z = activation::tanh(z.mul_scalar(1.0 / cap)).mul_scalar(cap);
+        }
+        let z = z.mul_scalar(1.0 / p.temperature);
+        let logp = activation::log_softmax(z.clone(), 1);
+        let lp = logp
+            .clone()
+            .gather(1, targets.clone().unsqueeze_dim::<2>(1));
+        let probs = logp.clone().exp();
+        let entropy = (probs.clone() * logp.clone()).sum_dim(1).neg();
+        let lss = (probs.clone() * probs.clone()).sum_dim(1).log();
+        let mean = z.clone().mean_dim(1);
+        let first_max = z.clone().argmax(1);
+        let top1 = mask_like(&mean, first_max.equal(targets.unsqueeze_dim::<2>(1)));
+        let max = z.clone().max_dim(1);
+        let lse = (z.clone() - max.clone()).exp().sum_dim(1).log() + max;
+        let mean_z = (probs * z).sum_dim(1);
+        let packed = Tensor::cat(vec![lp, entropy, lss, mean, top1, lse, mean_z], 1);
+        debug_assert_eq!(packed.dims(), [n, OUT_COLS]);
+        let _ = v;
+        let keep = mask_like(
+            &Tensor::<2>::zeros([n, 1], (&packed.device(), packed.dtype())),
+            valid.unsqueeze_dim::<2>(1),
+        );
+        packed * keep
+    }
+}
+
+fn check_targets(targets: &Tensor<1, Int>, vocab: usize, ignore_index: i64) -> crate::Result<()> {
+    let values: Vec<i64> = targets
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .expect("int data");
+    if let Some((position, &value)) = values
+        .iter()
+        .enumerate()
+        .find(|&(_, &x)| x != ignore_index && (x < 0 || x >= vocab as i64))
+    {
+        return Err(Error::LabelOutOfRange {
+            arg: "targets",
+            value,
+            position,
+            vocab_size: vocab,
+            ignore_index,
+        });
+    }
+    Ok(())
+}
