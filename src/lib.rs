@@ -6,6 +6,7 @@ pub mod backends;
 pub mod error;
 pub mod logprobs;
 pub mod losses;
+mod precision;
 pub mod reduce;
 
 pub use error::{Error, Result};

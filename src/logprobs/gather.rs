@@ -131,7 +131,10 @@ impl GatheredLogprobs {
 /// logsumexp for backward; the gradient is written by hand:
 /// `d logp[b,t] / d logits[b,t,:] = (onehot(label) - softmax(logits / T)) / T`.
 ///
-/// `logits` must be the model's **logits**, not log-probs or probabilities.
+/// `logits` must be the model's **logits**, not log-probs or probabilities. f16/bf16 logits
+/// are upcast to f32 before the reduction over the vocabulary (outputs are f32; the gradient
+/// returns to the logits in their dtype); a dtype the device cannot compute is
+/// [`Error::UnsupportedDType`].
 #[derive(Debug, Clone)]
 pub struct TokenLogprobs {
     alignment: LabelAlignment,
@@ -212,6 +215,7 @@ impl TokenLogprobs {
         if self.check_labels {
             check_label_range(&labels, v, self.ignore_index)?;
         }
+        let logits = crate::precision::accumulate_in_f32(logits, "logits")?;
 
         let mut valid = labels.clone().not_equal_elem(self.ignore_index);
         if let Some(mask) = mask {

@@ -114,7 +114,8 @@ pub struct FusedLogprobsOutput {
 /// `[N, V]` logits. Backward is written by hand: it recomputes each tile, turns it into
 /// `d logits` in place and accumulates `d hidden`, `d weight` and `d bias`.
 ///
-/// Accumulation happens in the dtype of `hidden` (f32 or f64 on Flex).
+/// Accumulation happens in f32 for f16/bf16 inputs (`hidden`, `weight` and `bias` are upcast
+/// to f32 once, outputs are f32), in the inputs' dtype for f32/f64.
 #[derive(Debug, Clone)]
 pub struct FusedLogprobs {
     params: FusedParams,
@@ -184,6 +185,9 @@ impl FusedLogprobs {
         if self.check_targets {
             check_targets(&targets, v, self.ignore_index)?;
         }
+        let hidden = crate::precision::accumulate_in_f32(hidden, "hidden")?;
+        let weight = crate::precision::accumulate_in_f32(weight, "weight")?;
+        let bias = bias.map(|b| crate::precision::accumulate_in_f32(b, "bias")).transpose()?;
         let valid = targets.clone().not_equal_elem(self.ignore_index);
         let safe = targets.mask_fill(valid.clone().bool_not(), 0);
         let native = self.implementation == LogprobsImplementation::Auto
