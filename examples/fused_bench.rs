@@ -10,6 +10,8 @@
 
 #[path = "common/alloc.rs"]
 mod alloc;
+#[path = "common/device.rs"]
+mod device_arg;
 
 use std::time::Instant;
 
@@ -77,13 +79,16 @@ fn run_once(variant: Variant, hidden: &Tensor<2>, weight: &Tensor<2>, targets: &
 fn main() {
     let (n, h, v, reps) = (arg("--n", 2048), arg("--h", 1024), arg("--v", 32000), arg("--reps", 3));
     let skip_materialized = std::env::args().any(|a| a == "--skip-materialized");
-    let device = Device::flex();
+    let (device_name, device) = device_arg::from_args().unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(2)
+    });
     device.seed(0);
     let hidden = Tensor::<2>::random([n, h], Distribution::Normal(0.0, 1.0), &device);
     let weight = Tensor::<2>::random([v, h], Distribution::Normal(0.0, 0.03), &device);
     let targets = Tensor::<1, Int>::random([n], Distribution::Uniform(0.0, v as f64), &device);
     let gflop = 4.0 * 2.0 * (n * h * v) as f64 / 1e9;
-    println!("fused LM-head log-probs fwd+bwd on flex (f32), N={n} H={h} V={v}; logits would be {:.0} MB; median of {reps}", (n * v * 4) as f64 / 1e6);
+    println!("fused LM-head log-probs fwd+bwd on {device_name} (f32), N={n} H={h} V={v}; logits would be {:.0} MB; median of {reps}", (n * v * 4) as f64 / 1e6);
     println!("{:<44} {:>9} {:>10} {:>16}", "variant", "time ms", "GFLOP/s*", "peak extra MB");
     let mut rows = Vec::new();
     for (name, variant) in [

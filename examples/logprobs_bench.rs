@@ -10,6 +10,8 @@
 
 #[path = "common/alloc.rs"]
 mod alloc;
+#[path = "common/device.rs"]
+mod device_arg;
 
 use std::time::Instant;
 
@@ -83,13 +85,16 @@ fn main() {
         arg("--v", 32000),
         arg("--reps", 5),
     );
-    let device = Device::flex();
+    let (device_name, device) = device_arg::from_args().unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(2)
+    });
     device.seed(0);
     let base = Tensor::<3>::random([b, t, v], Distribution::Normal(0.0, 2.0), &device);
     let labels = Tensor::<2, Int>::random([b, t], Distribution::Uniform(0.0, v as f64), &device);
     let logits_mb = (b * t * v * 4) as f64 / 1e6;
     println!(
-        "token log-probs fwd+bwd on flex, B={b} T={t} V={v} (logits {logits_mb:.0} MB f32), median of {reps}"
+        "token log-probs fwd+bwd on {device_name}, B={b} T={t} V={v} (logits {logits_mb:.0} MB f32), median of {reps}"
     );
     println!(
         "{:<28} {:>10} {:>16} {:>14}",

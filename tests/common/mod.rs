@@ -3,7 +3,8 @@
 //! `BURN_RLHF_TEST_DEVICES` (comma-separated: `flex`, `ndarray`, `wgpu`) picks a subset;
 //! unset, every compiled device runs. `flex` always exists in tests (dev-dependency);
 //! `ndarray` is enabled only on burn (not on burn-rlhf), so it exercises the fallback path a
-//! user gets when their backend is not one burn-rlhf lists; `wgpu` needs `--features wgpu`.
+//! user gets when their backend is not one burn-rlhf lists; `wgpu` needs `--features wgpu`,
+//! `cuda` needs `--features cuda` (and a CUDA machine: see `scripts/gpu-check.sh`).
 #![allow(dead_code)]
 
 use burn::tensor::{Bool, Device, FloatDType, Int, Tensor, TensorData};
@@ -56,6 +57,11 @@ fn all_devices() -> Vec<TestDevice> {
     devices.push(TestDevice {
         name: "wgpu",
         device: Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+    });
+    #[cfg(feature = "cuda")]
+    devices.push(TestDevice {
+        name: "cuda",
+        device: Device::cuda(0),
     });
     devices
 }

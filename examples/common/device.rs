@@ -1,0 +1,39 @@
+//! `--device flex|wgpu|cuda` for the examples; unknown or not-compiled names are an error that
+//! lists what is available.
+#![allow(dead_code)]
+
+use burn::tensor::Device;
+
+/// Backends compiled into this example binary.
+pub fn available() -> Vec<&'static str> {
+    #[allow(unused_mut)]
+    let mut names = vec!["flex"];
+    #[cfg(feature = "wgpu")]
+    names.push("wgpu");
+    #[cfg(feature = "cuda")]
+    names.push("cuda");
+    names
+}
+
+/// The device named by `--device NAME` (default `flex`).
+pub fn from_args() -> Result<(String, Device), String> {
+    let args: Vec<String> = std::env::args().collect();
+    let name = args
+        .iter()
+        .position(|a| a == "--device")
+        .map(|i| args.get(i + 1).cloned().ok_or("--device needs a value (flex, wgpu or cuda)".to_string()))
+        .transpose()?
+        .unwrap_or_else(|| "flex".to_string());
+    let device = match name.as_str() {
+        "flex" => Device::flex(),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+        #[cfg(feature = "cuda")]
+        "cuda" => Device::cuda(0),
+        "wgpu" | "cuda" => {
+            return Err(format!("--device {name}: this binary was built without the `{name}` feature; rebuild with `--features {name}` (available: {:?})", available()));
+        }
+        other => return Err(format!("--device {other}: unknown device (available: {:?})", available())),
+    };
+    Ok((name, device))
+}
