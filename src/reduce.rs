@@ -17,6 +17,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, check_positive, check_same_shape};
 
+/// `logsumexp(x, dim)` with the maximum shifted out (the maximum is detached: it cancels
+/// exactly in the value and the gradient), keeping `dim` with size 1.
+pub fn logsumexp<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
+    let max = x.clone().detach().max_dim(dim);
+    (x - max.clone()).exp().sum_dim(dim).log() + max
+}
+
+/// `log_softmax(x, dim)` written as `x - logsumexp(x)`, finite wherever `x` is finite. (Some
+/// backends evaluate burn's `log_softmax` as `log(softmax)`, which is `-inf` where a
+/// probability underflows.)
+pub fn log_softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
+    let lse = logsumexp(x.clone(), dim);
+    x - lse
+}
+
 /// A float tensor of ones where `mask` is true and zeros elsewhere, in the dtype and on the
 /// device of `like` (so f64 inputs stay f64). Carries no gradient.
 pub fn mask_like<const D: usize>(like: &Tensor<D>, mask: Tensor<D, Bool>) -> Tensor<D> {

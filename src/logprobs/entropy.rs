@@ -1,6 +1,6 @@
 //! Per-token entropy of the model's predictive distribution.
 
-use burn::tensor::{Tensor, activation};
+use burn::tensor::Tensor;
 
 use crate::error::{Result, check_positive};
 
@@ -20,7 +20,9 @@ use crate::error::{Result, check_positive};
 /// - logits: `[B, T, V]` -> output `[B, T]`
 pub fn token_entropy(logits: Tensor<3>, temperature: f64) -> Result<Tensor<2>> {
     check_positive("temperature", temperature)?;
-    let logp = activation::log_softmax(logits.mul_scalar(1.0 / temperature), 2);
-    let p = logp.clone().exp();
-    Ok((p * logp).sum_dim(2).squeeze_dim::<2>(2).neg())
+    let z = logits.mul_scalar(1.0 / temperature);
+    let lse = crate::reduce::logsumexp(z.clone(), 2);
+    let p = (z.clone() - lse.clone()).exp();
+    // H = lse - sum p z: no `p * log p`, which is 0 * -inf = NaN where p underflows.
+    Ok((lse - (p * z).sum_dim(2)).squeeze_dim::<2>(2))
 }

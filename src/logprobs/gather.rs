@@ -1,7 +1,7 @@
 //! Per-token log-probs from logits and labels.
 
 use burn::config::Config;
-use burn::tensor::{Bool, Int, Tensor, activation};
+use burn::tensor::{Bool, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::kernel::token_logprobs_op;
@@ -320,7 +320,7 @@ pub fn token_logprobs_reference(
     } else {
         logits.mul_scalar(scale)
     };
-    let logp = activation::log_softmax(logits, 2);
+    let logp = crate::reduce::log_softmax(logits, 2);
     let picked = logp
         .gather(2, labels.unsqueeze_dim::<3>(2))
         .squeeze_dim::<2>(2);

@@ -292,19 +292,16 @@ impl FusedLogprobs {
             z = activation::tanh(z.mul_scalar(1.0 / cap)).mul_scalar(cap);
         }
         let z = z.mul_scalar(1.0 / p.temperature);
-        let logp = activation::log_softmax(z.clone(), 1);
-        let lp = logp
-            .clone()
-            .gather(1, targets.clone().unsqueeze_dim::<2>(1));
-        let probs = logp.clone().exp();
-        let entropy = (probs.clone() * logp.clone()).sum_dim(1).neg();
-        let lss = (probs.clone() * probs.clone()).sum_dim(1).log();
+        let lse = crate::reduce::logsumexp(z.clone(), 1);
+        let logp = z.clone() - lse.clone();
+        let lp = logp.clone().gather(1, targets.clone().unsqueeze_dim::<2>(1));
+        let probs = logp.exp();
+        let mean_z = (probs.clone() * z.clone()).sum_dim(1);
+        let entropy = lse.clone() - mean_z.clone();
+        let lss = (probs.clone() * probs).sum_dim(1).log();
         let mean = z.clone().mean_dim(1);
         let first_max = z.clone().argmax(1);
         let top1 = mask_like(&mean, first_max.equal(targets.unsqueeze_dim::<2>(1)));
-        let max = z.clone().max_dim(1);
-        let lse = (z.clone() - max.clone()).exp().sum_dim(1).log() + max;
-        let mean_z = (probs * z).sum_dim(1);
         let packed = Tensor::cat(vec![lp, entropy, lss, mean, top1, lse, mean_z], 1);
         debug_assert_eq!(packed.dims(), [n, OUT_COLS]);
         let _ = v;
