@@ -12,6 +12,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod dpo;
 mod fixture;
 mod logprobs;
 
@@ -27,14 +28,11 @@ type Runner = fn(&Case, &TestDevice) -> Result<(), String>;
 /// Source functions (last token of `source`) that have no runner yet. Shrinks to empty.
 const NOT_YET: &[&str] = &[
     // dpo/, cpo/, orpo/, kto/, torchtune_dpo/: the DPO-family issue.
-    "DPOTrainer._compute_loss",
     "KTOTrainer._compute_loss",
     "CPOTrainer.get_batch_loss_metrics",
     "CPOTrainer.cpo_loss",
     "ORPOTrainer.get_batch_loss_metrics",
     "ORPOTrainer.odds_ratio_loss",
-    "DPOLoss.forward",
-    "RSOLoss.forward",
     // reward/: the reward-modeling issue.
     "RewardTrainer.compute_loss",
     // grpo/, rloo/, ppo/, gae/: the online-RL issue.
@@ -58,6 +56,9 @@ fn runner(function: &str) -> Option<Runner> {
     Some(match function {
         "logits_to_logprobs" => logprobs::logits_to_logprobs,
         "get_batch_log_probs" => logprobs::get_batch_log_probs,
+        "DPOTrainer._compute_loss" => dpo::dpo_compute_loss,
+        "DPOLoss.forward" => dpo::torchtune_dpo_loss,
+        "RSOLoss.forward" => dpo::torchtune_rso_loss,
         _ => return None,
     })
 }
@@ -80,7 +81,11 @@ struct Tally {
 fn parity() {
     let dir = fixtures_dir();
     let cases = fixture::load_all(&dir);
-    assert!(!cases.is_empty(), "no fixture cases under {}", dir.display());
+    assert!(
+        !cases.is_empty(),
+        "no fixture cases under {}",
+        dir.display()
+    );
     let devices = common::devices();
     let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
     let mut failures = Vec::new();
@@ -93,7 +98,10 @@ fn parity() {
                 for dev in &devices {
                     if let Err(msg) = run(case, dev) {
                         ok = false;
-                        failures.push(format!("{}/{} on {}: {msg}", case.folder, case.name, dev.name));
+                        failures.push(format!(
+                            "{}/{} on {}: {msg}",
+                            case.folder, case.name, dev.name
+                        ));
                     }
                 }
                 if ok {
@@ -113,9 +121,20 @@ fn parity() {
         }
     }
     let names: Vec<_> = devices.iter().map(|d| d.name).collect();
-    println!("parity fixtures from {} on devices {names:?}", dir.display());
+    println!(
+        "parity fixtures from {} on devices {names:?}",
+        dir.display()
+    );
     for (folder, t) in &tallies {
-        println!("{folder}: {} passed, {} failed, {} not yet implemented", t.passed, t.failed, t.not_yet);
+        println!(
+            "{folder}: {} passed, {} failed, {} not yet implemented",
+            t.passed, t.failed, t.not_yet
+        );
     }
-    assert!(failures.is_empty(), "{} parity failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} parity failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
