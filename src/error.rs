@@ -79,11 +79,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     /// Shorthand for [`Error::Config`].
-    pub fn config(
-        field: &'static str,
-        reason: impl Into<String>,
-        value: impl fmt::Display,
-    ) -> Self {
+    pub fn config(field: &'static str, reason: impl Into<String>, value: impl fmt::Display) -> Self {
         Error::Config {
             field,
             reason: reason.into(),
@@ -115,11 +111,7 @@ pub(crate) fn check_in_closed(field: &'static str, value: f64, lo: f64, hi: f64)
     if value.is_finite() && value >= lo && value <= hi {
         Ok(())
     } else {
-        Err(Error::config(
-            field,
-            format!("must be in [{lo}, {hi}]"),
-            value,
-        ))
+        Err(Error::config(field, format!("must be in [{lo}, {hi}]"), value))
     }
 }
 
@@ -133,11 +125,7 @@ pub(crate) fn check_same_shape(
     if got == expected {
         Ok(())
     } else {
-        Err(Error::shape(
-            arg,
-            format!("{expected:?} (same as {like})"),
-            got,
-        ))
+        Err(Error::shape(arg, format!("{expected:?} (same as {like})"), got))
     }
 }
 

@@ -331,9 +331,6 @@ mod tests {
             worst = worst.max(((got - want) / want).abs());
             x += 0.013;
         }
-        assert!(
-            worst < 4.0 * f32::EPSILON as f64,
-            "worst relative error {worst}"
-        );
+        assert!(worst < 4.0 * f32::EPSILON as f64, "worst relative error {worst}");
     }
 }

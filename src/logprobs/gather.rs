@@ -180,10 +180,7 @@ impl TokenLogprobs {
         if label_dims != [b, t] {
             return Err(Error::shape(
                 "labels",
-                format!(
-                    "[B, T] = [{b}, {t}] (the first two dims of logits {:?})",
-                    [b, t, v]
-                ),
+                format!("[B, T] = [{b}, {t}] (the first two dims of logits {:?})", [b, t, v]),
                 &label_dims,
             ));
         }
@@ -271,11 +268,7 @@ fn bool_as_float_like(logits: &Tensor<3>, mask: Tensor<2, Bool>) -> Tensor<2> {
     mask_like(&like, mask)
 }
 
-fn check_label_range(
-    labels: &Tensor<2, Int>,
-    vocab: usize,
-    ignore_index: i64,
-) -> crate::Result<()> {
+fn check_label_range(labels: &Tensor<2, Int>, vocab: usize, ignore_index: i64) -> crate::Result<()> {
     let data = labels.clone().into_data();
     let values: Vec<i64> = data
         .convert::<i64>()
@@ -312,8 +305,6 @@ pub fn token_logprobs_reference(
     scale: f64,
 ) -> Tensor<2> {
     let logp = activation::log_softmax(logits.mul_scalar(scale), 2);
-    let picked = logp
-        .gather(2, labels.unsqueeze_dim::<3>(2))
-        .squeeze_dim::<2>(2);
+    let picked = logp.gather(2, labels.unsqueeze_dim::<3>(2)).squeeze_dim::<2>(2);
     zero_masked(picked, valid)
 }

@@ -17,9 +17,7 @@ use burn::backend::autodiff::{
     ops::{Backward, Ops, OpsKind},
 };
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::{
-    Autodiff, AutodiffBackend, Backend, Dispatch, Scalar, TensorMetadata, backend_extension,
-};
+use burn::backend::{Autodiff, AutodiffBackend, Backend, Dispatch, Scalar, TensorMetadata, backend_extension};
 use burn::tensor::{IndexingUpdateOp, Int, Shape, Tensor};
 
 /// Backend extension for token log-probs.
@@ -77,7 +75,10 @@ fn primitive_forward<B: Backend>(
     let picked = B::float_gather(2, x, idx);
     let lp = B::float_reshape(B::float_sub(picked, lse.clone()), Shape::new([b, t]));
     let lse = B::float_reshape(lse, Shape::new([b, t]));
-    (B::float_mul(lp, valid.clone()), B::float_mul(lse, valid))
+    (
+        B::float_mul(lp, valid.clone()),
+        B::float_mul(lse, valid),
+    )
 }
 
 fn primitive_backward<B: Backend>(
@@ -246,13 +247,7 @@ impl<B: Backend + TokenLogprobBackend, C: CheckpointStrategy> TokenLogprobBacken
 
         impl<B: Backend + TokenLogprobBackend> Backward<B, 1> for TokenLogprobsBackward {
             /// (logits [B,T,V], targets [B,T], valid [B,T], lse [B,T], scale)
-            type State = (
-                FloatTensor<B>,
-                IntTensor<B>,
-                FloatTensor<B>,
-                FloatTensor<B>,
-                f64,
-            );
+            type State = (FloatTensor<B>, IntTensor<B>, FloatTensor<B>, FloatTensor<B>, f64);
 
             fn backward(
                 self,
@@ -279,12 +274,8 @@ impl<B: Backend + TokenLogprobBackend, C: CheckpointStrategy> TokenLogprobBacken
         {
             OpsKind::Tracked(prep) => {
                 let logits = logits.into_primitive();
-                let (lp, lse) = B::token_logprobs_forward(
-                    logits.clone(),
-                    targets.clone(),
-                    valid.clone(),
-                    scale,
-                );
+                let (lp, lse) =
+                    B::token_logprobs_forward(logits.clone(), targets.clone(), valid.clone(), scale);
                 let lp = prep.finish((logits, targets, valid, lse.clone(), scale), lp);
                 (lp, Self::from_inner(lse))
             }

@@ -47,10 +47,7 @@ impl SequenceReduction {
     doc,
     doc = r#"$$\log \pi(y) = \sum_{k \le l} \log p_k + \alpha \sum_{k > l} \log p_k$$"#
 )]
-#[cfg_attr(
-    not(doc),
-    doc = "`logp = sum_{k <= l} log p_k + alpha * sum_{k > l} log p_k`"
-)]
+#[cfg_attr(not(doc), doc = "`logp = sum_{k <= l} log p_k + alpha * sum_{k > l} log p_k`")]
 ///
 /// `k` counts valid tokens (1-based) along the row, so prompt or padding positions in between
 /// do not shift it. `alpha = 1` is the plain sum; `alpha` must lie in `[0, 1]`.
@@ -66,12 +63,7 @@ pub fn ld_dpo_sequence_logps(
     alpha: f64,
 ) -> Result<(Tensor<1>, Tensor<1>)> {
     check_in_closed("ld_alpha", alpha, 0.0, 1.0)?;
-    check_same_shape(
-        "chosen_mask",
-        &chosen_mask.dims(),
-        &chosen_logps.dims(),
-        "chosen_logps",
-    )?;
+    check_same_shape("chosen_mask", &chosen_mask.dims(), &chosen_logps.dims(), "chosen_logps")?;
     check_same_shape(
         "rejected_mask",
         &rejected_mask.dims(),
@@ -81,10 +73,7 @@ pub fn ld_dpo_sequence_logps(
     if chosen_logps.dims()[0] != rejected_logps.dims()[0] {
         return Err(crate::Error::shape(
             "rejected_logps",
-            format!(
-                "batch size {} (same as chosen_logps)",
-                chosen_logps.dims()[0]
-            ),
+            format!("batch size {} (same as chosen_logps)", chosen_logps.dims()[0]),
             &rejected_logps.dims(),
         ));
     }
@@ -98,9 +87,7 @@ pub fn ld_dpo_sequence_logps(
         let position = ones.clone().cumsum(1); // 1-based index among valid tokens
         let is_tail = mask_like(&ones, position.greater(shared.clone()));
         let weights = ones - is_tail.clone() + is_tail.mul_scalar(alpha);
-        zero_masked(logps * weights, mask)
-            .sum_dim(1)
-            .squeeze_dim::<1>(1)
+        zero_masked(logps * weights, mask).sum_dim(1).squeeze_dim::<1>(1)
     };
     Ok((
         weigh(chosen_logps, chosen_ones, chosen_mask),

@@ -25,10 +25,7 @@ pub struct Array {
 
 impl Array {
     pub fn shape<const D: usize>(&self) -> [usize; D] {
-        self.shape
-            .clone()
-            .try_into()
-            .unwrap_or_else(|s| panic!("expected rank {D}, got shape {s:?}"))
+        self.shape.clone().try_into().unwrap_or_else(|s| panic!("expected rank {D}, got shape {s:?}"))
     }
     pub fn ints(&self) -> Vec<i64> {
         self.values.iter().map(|&x| x as i64).collect()
@@ -77,36 +74,22 @@ impl Case {
         }
     }
     pub fn input(&self, key: &str) -> Array {
-        array(
-            self.inputs
-                .get(key)
-                .unwrap_or_else(|| panic!("{}: no input `{key}`", self.name)),
-        )
+        array(self.inputs.get(key).unwrap_or_else(|| panic!("{}: no input `{key}`", self.name)))
     }
     pub fn input_opt(&self, key: &str) -> Option<Array> {
         self.inputs.get(key).filter(|v| !v.is_null()).map(array)
     }
     pub fn expect(&self, key: &str) -> Array {
-        array(
-            self.expected
-                .get(key)
-                .unwrap_or_else(|| panic!("{}: no expected `{key}`", self.name)),
-        )
+        array(self.expected.get(key).unwrap_or_else(|| panic!("{}: no expected `{key}`", self.name)))
     }
     pub fn expect_opt(&self, key: &str) -> Option<Array> {
         self.expected.get(key).filter(|v| !v.is_null()).map(array)
     }
     pub fn config_f64(&self, key: &str) -> f64 {
-        self.config
-            .get(key)
-            .and_then(Value::as_f64)
-            .unwrap_or_else(|| panic!("{}: no config `{key}`", self.name))
+        self.config.get(key).and_then(Value::as_f64).unwrap_or_else(|| panic!("{}: no config `{key}`", self.name))
     }
     pub fn config_bool(&self, key: &str) -> bool {
-        self.config
-            .get(key)
-            .and_then(Value::as_bool)
-            .unwrap_or_else(|| panic!("{}: no config `{key}`", self.name))
+        self.config.get(key).and_then(Value::as_bool).unwrap_or_else(|| panic!("{}: no config `{key}`", self.name))
     }
 }
 
@@ -120,10 +103,7 @@ pub fn load_all(dir: &Path) -> Vec<Case> {
         .collect();
     folders.sort_by_key(|e| e.file_name());
     for folder in folders {
-        let mut files: Vec<_> = std::fs::read_dir(folder.path())
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .collect();
+        let mut files: Vec<_> = std::fs::read_dir(folder.path()).unwrap().filter_map(|e| e.ok()).collect();
         files.sort_by_key(|e| e.file_name());
         for file in files {
             let path = file.path();
@@ -131,8 +111,7 @@ pub fn load_all(dir: &Path) -> Vec<Case> {
                 continue;
             }
             let text = std::fs::read_to_string(&path).unwrap();
-            let v: Value =
-                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             cases.push(Case {
                 folder: folder.file_name().to_string_lossy().into_owned(),
                 name: path.file_stem().unwrap().to_string_lossy().into_owned(),

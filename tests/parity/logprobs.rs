@@ -9,10 +9,8 @@ use burn_rlhf::{LabelAlignment, SequenceReduction, TokenLogprobsConfig};
 use crate::common::{TestDevice, check_close, int_tensor, tensor, to_vec};
 use crate::fixture::Case;
 
-const IMPLEMENTATIONS: [LogprobsImplementation; 2] = [
-    LogprobsImplementation::Auto,
-    LogprobsImplementation::Reference,
-];
+const IMPLEMENTATIONS: [LogprobsImplementation; 2] =
+    [LogprobsImplementation::Auto, LogprobsImplementation::Reference];
 
 /// Fixture README tolerances: float64 1e-9 / 1e-12; f32 devices get 1e-4 relative and an
 /// absolute floor scaled to the array.
@@ -42,12 +40,7 @@ pub fn logits_to_logprobs(case: &Case, dev: &TestDevice) -> Result<(), String> {
     for implementation in IMPLEMENTATIONS {
         let x = tensor::<3>(logits.values.clone(), logits.shape(), dev, &device).require_grad();
         let labels = int_tensor::<2>(sequences.ints(), sequences.shape(), &device);
-        let g = tensor::<2>(
-            grad_output.values.clone(),
-            grad_output.shape(),
-            dev,
-            &device,
-        );
+        let g = tensor::<2>(grad_output.values.clone(), grad_output.shape(), dev, &device);
         let op = TokenLogprobsConfig::new(LabelAlignment::Aligned)
             .with_temperature(temperature)
             .with_implementation(implementation)
@@ -55,18 +48,8 @@ pub fn logits_to_logprobs(case: &Case, dev: &TestDevice) -> Result<(), String> {
         let out = op.forward(x.clone(), labels);
         let objective: Tensor<1> = (out.logprobs.clone() * g).sum();
         let grads = objective.backward();
-        check(
-            &format!("{implementation:?} logprobs"),
-            &to_vec(out.logprobs),
-            &want_lp,
-            dev,
-        )?;
-        check(
-            &format!("{implementation:?} grad_logits"),
-            &to_vec(x.grad(&grads).unwrap()),
-            &want_grad,
-            dev,
-        )?;
+        check(&format!("{implementation:?} logprobs"), &to_vec(out.logprobs), &want_lp, dev)?;
+        check(&format!("{implementation:?} grad_logits"), &to_vec(x.grad(&grads).unwrap()), &want_grad, dev)?;
     }
     Ok(())
 }
@@ -81,11 +64,7 @@ pub fn get_batch_log_probs(case: &Case, dev: &TestDevice) -> Result<(), String> 
     let ignore = case.config_f64("label_pad_token_id") as i64;
     let want = case.expect("logps").values;
     let want_grad = case.expect("grad_logits").values;
-    let reduction = if average {
-        SequenceReduction::MeanEps(1e-8)
-    } else {
-        SequenceReduction::Sum
-    };
+    let reduction = if average { SequenceReduction::MeanEps(1e-8) } else { SequenceReduction::Sum };
     for implementation in IMPLEMENTATIONS {
         let x = tensor::<3>(logits.values.clone(), logits.shape(), dev, &device).require_grad();
         let y = int_tensor::<2>(labels.ints(), labels.shape(), &device);
@@ -95,18 +74,8 @@ pub fn get_batch_log_probs(case: &Case, dev: &TestDevice) -> Result<(), String> 
             .init();
         let logps = op.forward(x.clone(), y).reduce(reduction);
         let grads = logps.clone().sum().backward();
-        check(
-            &format!("{implementation:?} logps"),
-            &to_vec(logps),
-            &want,
-            dev,
-        )?;
-        check(
-            &format!("{implementation:?} grad_logits"),
-            &to_vec(x.grad(&grads).unwrap()),
-            &want_grad,
-            dev,
-        )?;
+        check(&format!("{implementation:?} logps"), &to_vec(logps), &want, dev)?;
+        check(&format!("{implementation:?} grad_logits"), &to_vec(x.grad(&grads).unwrap()), &want_grad, dev)?;
     }
     Ok(())
 }

@@ -81,11 +81,7 @@ struct Tally {
 fn parity() {
     let dir = fixtures_dir();
     let cases = fixture::load_all(&dir);
-    assert!(
-        !cases.is_empty(),
-        "no fixture cases under {}",
-        dir.display()
-    );
+    assert!(!cases.is_empty(), "no fixture cases under {}", dir.display());
     let devices = common::devices();
     let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
     let mut failures = Vec::new();
@@ -98,10 +94,7 @@ fn parity() {
                 for dev in &devices {
                     if let Err(msg) = run(case, dev) {
                         ok = false;
-                        failures.push(format!(
-                            "{}/{} on {}: {msg}",
-                            case.folder, case.name, dev.name
-                        ));
+                        failures.push(format!("{}/{} on {}: {msg}", case.folder, case.name, dev.name));
                     }
                 }
                 if ok {
@@ -121,20 +114,9 @@ fn parity() {
         }
     }
     let names: Vec<_> = devices.iter().map(|d| d.name).collect();
-    println!(
-        "parity fixtures from {} on devices {names:?}",
-        dir.display()
-    );
+    println!("parity fixtures from {} on devices {names:?}", dir.display());
     for (folder, t) in &tallies {
-        println!(
-            "{folder}: {} passed, {} failed, {} not yet implemented",
-            t.passed, t.failed, t.not_yet
-        );
+        println!("{folder}: {} passed, {} failed, {} not yet implemented", t.passed, t.failed, t.not_yet);
     }
-    assert!(
-        failures.is_empty(),
-        "{} parity failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} parity failures:\n{}", failures.len(), failures.join("\n"));
 }
