@@ -139,7 +139,12 @@ impl BcoLoss {
     ///
     /// # Panics
     /// On the errors [`try_forward`](Self::try_forward) returns.
-    pub fn forward(&self, batch: &UnpairedBatch, running: &mut RunningMoments, train: bool) -> LossOutput {
+    pub fn forward(
+        &self,
+        batch: &UnpairedBatch,
+        running: &mut RunningMoments,
+        train: bool,
+    ) -> LossOutput {
         unwrap_or_panic(self.try_forward(batch, running, train))
     }
 
@@ -156,14 +161,16 @@ impl BcoLoss {
             running.update(rho.clone().detach());
         }
         let shifted = rho.clone().sub_scalar(running.mean);
-        let per_example = log_sigmoid(shifted.clone())
-            .neg()
-            .mask_where(batch.desirable.clone().bool_not(), log_sigmoid(shifted.neg()).neg());
+        let per_example = log_sigmoid(shifted.clone()).neg().mask_where(
+            batch.desirable.clone().bool_not(),
+            log_sigmoid(shifted.neg()).neg(),
+        );
         let loss = self.normalizer.try_reduce_sequences(per_example.clone())?;
 
         let is_desirable = mask_like(&rho, batch.desirable.clone());
         let is_undesirable = is_desirable.clone().neg().add_scalar(1.0);
-        let class_mean = |x: Tensor<1>, class: &Tensor<1>| (x * class.clone()).sum() / class.clone().sum();
+        let class_mean =
+            |x: Tensor<1>, class: &Tensor<1>| (x * class.clone()).sum() / class.clone().sum();
         let rewards = rho.detach();
         let logps = batch.logps.clone().detach();
         let mut metrics = Metrics::new();
@@ -174,7 +181,10 @@ impl BcoLoss {
         metrics.insert("rewards/margins", chosen - rejected);
         metrics.insert("logps/chosen", class_mean(logps.clone(), &is_desirable));
         metrics.insert("logps/rejected", class_mean(logps, &is_undesirable));
-        metrics.insert("delta", Tensor::zeros([1], (&rewards.device(), rewards.dtype())).add_scalar(running.mean));
+        metrics.insert(
+            "delta",
+            Tensor::zeros([1], (&rewards.device(), rewards.dtype())).add_scalar(running.mean),
+        );
         Ok(LossOutput {
             loss,
             per_example,
@@ -189,7 +199,10 @@ mod tests {
     use burn::tensor::{Bool, Device, FloatDType, TensorData};
 
     fn t(values: &[f64], device: &Device) -> Tensor<1> {
-        Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), (device, FloatDType::F64.into()))
+        Tensor::from_data(
+            TensorData::new(values.to_vec(), [values.len()]),
+            (device, FloatDType::F64.into()),
+        )
     }
 
     #[test]
@@ -197,21 +210,34 @@ mod tests {
         let device = Device::flex().autodiff();
         let (lp, rf, beta) = ([-3.0, -5.0, -1.0], [-4.0, -4.5, -2.0], 0.5);
         let logps = t(&lp, &device).require_grad();
-        let desirable = Tensor::<1, Bool>::from_data(TensorData::new(vec![true, false, true], [3]), &device);
+        let desirable =
+            Tensor::<1, Bool>::from_data(TensorData::new(vec![true, false, true], [3]), &device);
         let batch = UnpairedBatch::new(logps.clone(), t(&rf, &device), desirable);
         let mut running = RunningMoments::default();
-        let out = BcoLossConfig::new().with_beta(beta).init().forward(&batch, &mut running, true);
+        let out = BcoLossConfig::new()
+            .with_beta(beta)
+            .init()
+            .forward(&batch, &mut running, true);
         let rho: Vec<f64> = (0..3).map(|i| beta * (lp[i] - rf[i])).collect();
         // First update from count ~0: the mean becomes the batch mean.
         let delta = rho.iter().sum::<f64>() / 3.0;
         assert!((running.mean - delta).abs() < 1e-12);
         let s = |x: f64| 1.0 / (1.0 + (-x).exp());
         let sign = [1.0, -1.0, 1.0];
-        let want: f64 = (0..3).map(|i| -s(sign[i] * (rho[i] - delta)).ln()).sum::<f64>() / 3.0;
+        let want: f64 = (0..3)
+            .map(|i| -s(sign[i] * (rho[i] - delta)).ln())
+            .sum::<f64>()
+            / 3.0;
         let got: f64 = out.loss.clone().into_scalar::<f64>();
         assert!((got - want).abs() < 1e-12, "{got} vs {want}");
         let grads = out.loss.backward();
-        let g = logps.grad(&grads).unwrap().into_data().convert::<f64>().try_into_vec::<f64>().unwrap();
+        let g = logps
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap();
         for i in 0..3 {
             // d/dlogp of -log σ(sign (ρ - δ)) = -sign β σ(-sign (ρ - δ)), δ constant.
             let want = -sign[i] * beta * s(-sign[i] * (rho[i] - delta)) / 3.0;

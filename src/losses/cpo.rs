@@ -78,8 +78,10 @@ impl CpoLossConfig {
 
     /// Whether the log-probs are averaged over tokens.
     pub fn averages_log_probs(&self) -> bool {
-        self.average_log_prob
-            .unwrap_or(matches!(self.loss_type, CpoLossType::Ipo | CpoLossType::Simpo))
+        self.average_log_prob.unwrap_or(matches!(
+            self.loss_type,
+            CpoLossType::Ipo | CpoLossType::Simpo
+        ))
     }
 
     /// Checks the configuration.
@@ -95,10 +97,18 @@ impl CpoLossConfig {
             )));
         }
         if !(self.cpo_alpha.is_finite() && self.cpo_alpha >= 0.0) {
-            return Err(Error::config("cpo_alpha", "must be finite and >= 0", self.cpo_alpha));
+            return Err(Error::config(
+                "cpo_alpha",
+                "must be finite and >= 0",
+                self.cpo_alpha,
+            ));
         }
         if !self.simpo_gamma.is_finite() {
-            return Err(Error::config("simpo_gamma", "must be finite", self.simpo_gamma));
+            return Err(Error::config(
+                "simpo_gamma",
+                "must be finite",
+                self.simpo_gamma,
+            ));
         }
         if !self.alpha.is_finite() {
             return Err(Error::config("alpha", "must be finite", self.alpha));
@@ -147,7 +157,10 @@ pub struct PairTerms {
     doc,
     doc = r#"$$L = \operatorname{normalize}_B\big(\ell(R(y_w) - R(y_l))\big) + \alpha_{\text{cpo}}\,\text{NLL}(y_w)$$"#
 )]
-#[cfg_attr(not(doc), doc = "`L = normalize(l(R(y_w) - R(y_l))) + cpo_alpha * NLL(y_w)`")]
+#[cfg_attr(
+    not(doc),
+    doc = "`L = normalize(l(R(y_w) - R(y_l))) + cpo_alpha * NLL(y_w)`"
+)]
 ///
 /// `ℓ` per [`CpoLossType`]; `R` is the (summed or averaged) log-prob, or the AlphaPO reward.
 /// The NLL is the token mean over all chosen completion tokens of the batch (PyTorch
@@ -174,7 +187,10 @@ impl CpoLoss {
     /// already reduced as this loss expects (averaged for `ipo`/`simpo` by default).
     pub fn pair_terms(&self, chosen_logps: Tensor<1>, rejected_logps: Tensor<1>) -> PairTerms {
         let (chosen, rejected) = if self.alpha != 0.0 {
-            (self.alpha_reward(chosen_logps), self.alpha_reward(rejected_logps))
+            (
+                self.alpha_reward(chosen_logps),
+                self.alpha_reward(rejected_logps),
+            )
         } else {
             (chosen_logps, rejected_logps)
         };
@@ -206,7 +222,7 @@ impl CpoLoss {
             .exp()
             .neg()
             .add_scalar(1.0)
-            .div_scalar(self.alpha)
+            .mul_scalar(1.0 / self.alpha)
     }
 
     /// The loss, per-pair losses (NLL term included) and metrics.
@@ -271,11 +287,17 @@ mod tests {
     use burn::tensor::{Device, FloatDType, TensorData};
 
     fn t(values: &[f64], device: &Device) -> Tensor<1> {
-        Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), (device, FloatDType::F64.into()))
+        Tensor::from_data(
+            TensorData::new(values.to_vec(), [values.len()]),
+            (device, FloatDType::F64.into()),
+        )
     }
 
     fn v(x: Tensor<1>) -> Vec<f64> {
-        x.into_data().convert::<f64>().try_into_vec::<f64>().unwrap()
+        x.into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap()
     }
 
     #[test]
@@ -296,7 +318,11 @@ mod tests {
             let want = (1.0 + (-x).exp()).ln();
             let want_grad = -beta / (1.0 + x.exp()) / 2.0;
             assert!((got[i] - want).abs() < 1e-14, "{} vs {want}", got[i]);
-            assert!((gc[i] - want_grad).abs() < 1e-14, "{} vs {want_grad}", gc[i]);
+            assert!(
+                (gc[i] - want_grad).abs() < 1e-14,
+                "{} vs {want_grad}",
+                gc[i]
+            );
         }
     }
 

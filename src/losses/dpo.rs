@@ -436,7 +436,7 @@ impl DpoLoss {
                     let x = delta.clone().mul_scalar(beta);
                     (log_sigmoid(x.clone()).mul_scalar(-(1.0 - eps))
                         + log_sigmoid(x.neg()).mul_scalar(eps))
-                    .div_scalar(1.0 - 2.0 * eps)
+                    .mul_scalar(1.0 / (1.0 - 2.0 * eps))
                 }
                 DpoLossType::BcoPair => {
                     log_sigmoid(sc.clone().mul_scalar(beta)).neg()
@@ -469,8 +469,8 @@ impl DpoLoss {
                     // (1 - m) = σ(-ℓ/τ); m e^{-ℓ} = exp(log σ(ℓ/τ) - ℓ), finite where the
                     // product is (ℓ ≪ 0 with τ < 1), unlike the naive σ(ℓ/τ) · e^{-ℓ}.
                     let logistic =
-                        sigmoid(l.clone().div_scalar(-tau)) * log_sigmoid(l.clone()).neg();
-                    let exponential = (log_sigmoid(l.clone().div_scalar(tau)) - l).exp();
+                        sigmoid(l.clone().mul_scalar(-1.0 / tau)) * log_sigmoid(l.clone()).neg();
+                    let exponential = (log_sigmoid(l.clone().mul_scalar(1.0 / tau)) - l).exp();
                     logistic + exponential
                 }
                 DpoLossType::Sft => {
@@ -575,7 +575,7 @@ impl DpoLoss {
             FDivergenceType::AlphaDivergence => {
                 let cap = if x.dtype() == DType::F16 { 11.0 } else { 80.0 };
                 let t = x.mul_scalar(alpha - 1.0).clamp_max(cap);
-                t.exp().sub_scalar(1.0).div_scalar(alpha - 1.0)
+                t.exp().sub_scalar(1.0).mul_scalar(1.0 / (alpha - 1.0))
             }
         };
         (score(dc), score(dr))

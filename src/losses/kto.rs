@@ -40,7 +40,11 @@ impl UnpairedBatch {
     }
 
     /// A batch from the token-level path (log-probs summed over the mask).
-    pub fn from_tokens(tokens: &GatheredLogprobs, reference_logps: Tensor<1>, desirable: Tensor<1, Bool>) -> Self {
+    pub fn from_tokens(
+        tokens: &GatheredLogprobs,
+        reference_logps: Tensor<1>,
+        desirable: Tensor<1, Bool>,
+    ) -> Self {
         Self::new(tokens.sum(), reference_logps, desirable)
     }
 
@@ -69,7 +73,9 @@ impl UnpairedBatch {
 
     /// Per-completion implicit rewards `β (logp - ref)` `[B]`, detached.
     pub fn rewards(&self, beta: f64) -> Tensor<1> {
-        (self.logps.clone() - self.reference_logps.clone()).mul_scalar(beta).detach()
+        (self.logps.clone() - self.reference_logps.clone())
+            .mul_scalar(beta)
+            .detach()
     }
 }
 
@@ -84,7 +90,10 @@ impl UnpairedBatch {
 /// # Shapes
 /// - `kl_logps`, `reference_kl_logps`: `[B]` -> `[1]`
 pub fn kto_kl_estimate(kl_logps: Tensor<1>, reference_kl_logps: Tensor<1>) -> Tensor<1> {
-    (kl_logps - reference_kl_logps).mean().clamp_min(0.0).detach()
+    (kl_logps - reference_kl_logps)
+        .mean()
+        .clamp_min(0.0)
+        .detach()
 }
 
 /// Unpaired loss types (TRL's `KTOConfig.loss_type` names).
@@ -203,7 +212,9 @@ impl KtoLoss {
                     "the kto loss type needs the KL estimate: UnpairedBatch::with_kl(kto_kl_estimate(..))".into(),
                 ));
             }
-            (KtoLossType::ApoZeroUnpaired, None) => Tensor::zeros([1], (&delta.device(), delta.dtype())),
+            (KtoLossType::ApoZeroUnpaired, None) => {
+                Tensor::zeros([1], (&delta.device(), delta.dtype()))
+            }
         };
         let (desirable_loss, undesirable_loss) = match self.loss_type {
             // 1 - σ(x) is written σ(-x): exact in the tails.
@@ -218,14 +229,18 @@ impl KtoLoss {
         };
         let per_example = undesirable_loss
             .mul_scalar(self.undesirable_weight)
-            .mask_where(batch.desirable.clone(), desirable_loss.mul_scalar(self.desirable_weight));
+            .mask_where(
+                batch.desirable.clone(),
+                desirable_loss.mul_scalar(self.desirable_weight),
+            );
         let loss = self.normalizer.try_reduce_sequences(per_example.clone())?;
 
         let is_desirable = mask_like(&delta, batch.desirable.clone());
         let is_undesirable = is_desirable.clone().neg().add_scalar(1.0);
         let rewards = delta.mul_scalar(beta).detach();
         let logps = batch.logps.clone().detach();
-        let class_mean = |x: Tensor<1>, class: &Tensor<1>| (x * class.clone()).sum() / class.clone().sum();
+        let class_mean =
+            |x: Tensor<1>, class: &Tensor<1>| (x * class.clone()).sum() / class.clone().sum();
         let mut metrics = Metrics::new();
         metrics.insert("kl", kl);
         let chosen_rewards = class_mean(rewards.clone(), &is_desirable);
@@ -249,11 +264,17 @@ mod tests {
     use burn::tensor::{Device, FloatDType, TensorData};
 
     fn t(values: &[f64], device: &Device) -> Tensor<1> {
-        Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), (device, FloatDType::F64.into()))
+        Tensor::from_data(
+            TensorData::new(values.to_vec(), [values.len()]),
+            (device, FloatDType::F64.into()),
+        )
     }
 
     fn v(x: Tensor<1>) -> Vec<f64> {
-        x.into_data().convert::<f64>().try_into_vec::<f64>().unwrap()
+        x.into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap()
     }
 
     #[test]
@@ -263,8 +284,10 @@ mod tests {
         let device = Device::flex().autodiff();
         let (lp, rf, kl, beta) = ([-3.0, -5.0], [-4.0, -4.5], 0.3, 0.1);
         let logps = t(&lp, &device).require_grad();
-        let desirable = Tensor::<1, Bool>::from_data(TensorData::new(vec![true, false], [2]), &device);
-        let batch = UnpairedBatch::new(logps.clone(), t(&rf, &device), desirable).with_kl(t(&[kl], &device));
+        let desirable =
+            Tensor::<1, Bool>::from_data(TensorData::new(vec![true, false], [2]), &device);
+        let batch = UnpairedBatch::new(logps.clone(), t(&rf, &device), desirable)
+            .with_kl(t(&[kl], &device));
         let out = KtoLossConfig::new().init().forward(&batch);
         let grads = out.loss.backward();
         let s = |x: f64| 1.0 / (1.0 + (-x).exp());

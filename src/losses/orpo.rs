@@ -143,11 +143,17 @@ mod tests {
     use burn::tensor::{Device, FloatDType, TensorData};
 
     fn t(values: &[f64], device: &Device) -> Tensor<1> {
-        Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), (device, FloatDType::F64.into()))
+        Tensor::from_data(
+            TensorData::new(values.to_vec(), [values.len()]),
+            (device, FloatDType::F64.into()),
+        )
     }
 
     fn v(x: Tensor<1>) -> Vec<f64> {
-        x.into_data().convert::<f64>().try_into_vec::<f64>().unwrap()
+        x.into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap()
     }
 
     #[test]
@@ -158,7 +164,9 @@ mod tests {
         let (c, r) = (-0.3f64, -1.7f64);
         let beta = 0.1;
         let chosen = t(&[c], &device).require_grad();
-        let terms = OrpoLossConfig::new().init().odds_ratio(chosen.clone(), t(&[r], &device));
+        let terms = OrpoLossConfig::new()
+            .init()
+            .odds_ratio(chosen.clone(), t(&[r], &device));
         let grads = terms.losses.clone().sum().backward();
         let (pc, pr) = (c.exp(), r.exp());
         let o = (pc / (1.0 - pc)).ln() - (pr / (1.0 - pr)).ln();

@@ -28,8 +28,14 @@ fn check_loss_metrics(case: &Case, out: &LossOutput, tol: Tol) -> Result<(), Str
         if MODEL_OUTPUT_METRICS.contains(&key.as_str()) {
             continue;
         }
-        let have = *got.get(key).ok_or_else(|| format!("metric `{key}` missing"))?;
-        tol.check(&format!("metric {key}"), &[have], &[value.as_f64().unwrap()])?;
+        let have = *got
+            .get(key)
+            .ok_or_else(|| format!("metric `{key}` missing"))?;
+        tol.check(
+            &format!("metric {key}"),
+            &[have],
+            &[value.as_f64().unwrap()],
+        )?;
     }
     Ok(())
 }
@@ -56,7 +62,15 @@ fn pair_case(
     dev: &TestDevice,
     dtype: FloatDType,
     tol: Tol,
-    run: &dyn Fn(Tensor<1>, Tensor<1>) -> (Tensor<1>, Tensor<1>, Tensor<1>, Vec<(&'static str, Tensor<1>)>),
+    run: &dyn Fn(
+        Tensor<1>,
+        Tensor<1>,
+    ) -> (
+        Tensor<1>,
+        Tensor<1>,
+        Tensor<1>,
+        Vec<(&'static str, Tensor<1>)>,
+    ),
 ) -> Result<(), String> {
     let device = dev.autodiff();
     let chosen = float::<1>(&case.input("policy_chosen_logps"), dtype, &device).require_grad();
@@ -64,8 +78,16 @@ fn pair_case(
     let (losses, chosen_rewards, rejected_rewards, extra) = run(chosen.clone(), rejected.clone());
     let grads = losses.clone().mean().backward();
     tol.check("losses", &to_vec(losses), &case.expect("losses").values)?;
-    tol.check("chosen_rewards", &to_vec(chosen_rewards), &case.expect("chosen_rewards").values)?;
-    tol.check("rejected_rewards", &to_vec(rejected_rewards), &case.expect("rejected_rewards").values)?;
+    tol.check(
+        "chosen_rewards",
+        &to_vec(chosen_rewards),
+        &case.expect("chosen_rewards").values,
+    )?;
+    tol.check(
+        "rejected_rewards",
+        &to_vec(rejected_rewards),
+        &case.expect("rejected_rewards").values,
+    )?;
     for (key, value) in extra {
         tol.check(key, &to_vec(value), &case.expect(key).values)?;
     }
@@ -83,11 +105,19 @@ fn pair_case(
 
 /// `CPOTrainer.cpo_loss`.
 pub fn cpo_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
-    let loss = cpo_config(case).try_init().map_err(|e| format!("config rejected: {e}"))?;
-    pair_case(case, dev, case_dtype(case, dev), Tol::f64_values().on(dev), &|c, r| {
-        let t = loss.pair_terms(c, r);
-        (t.losses, t.chosen_rewards, t.rejected_rewards, vec![])
-    })
+    let loss = cpo_config(case)
+        .try_init()
+        .map_err(|e| format!("config rejected: {e}"))?;
+    pair_case(
+        case,
+        dev,
+        case_dtype(case, dev),
+        Tol::f64_values().on(dev),
+        &|c, r| {
+            let t = loss.pair_terms(c, r);
+            (t.losses, t.chosen_rewards, t.rejected_rewards, vec![])
+        },
+    )
 }
 
 /// `ORPOTrainer.odds_ratio_loss` (TRL computes it in float32: README tolerance 1e-6 / 1e-7).
@@ -96,12 +126,21 @@ pub fn orpo_odds_ratio_loss(case: &Case, dev: &TestDevice) -> Result<(), String>
         .with_beta(case.config_f64("beta"))
         .try_init()
         .map_err(|e| format!("config rejected: {e}"))?;
-    pair_case(case, dev, case_dtype(case, dev), Tol::metrics().on(dev), &|c, r| {
-        let t = loss.odds_ratio(c, r);
-        let ratio = burn_rlhf::losses::stable::log_sigmoid(t.log_odds.clone()).mean();
-        let extra = vec![("log_odds_ratio", ratio), ("log_odds_chosen", t.log_odds.mean())];
-        (t.losses, t.chosen_rewards, t.rejected_rewards, extra)
-    })
+    pair_case(
+        case,
+        dev,
+        case_dtype(case, dev),
+        Tol::metrics().on(dev),
+        &|c, r| {
+            let t = loss.odds_ratio(c, r);
+            let ratio = burn_rlhf::losses::stable::log_sigmoid(t.log_odds.clone()).mean();
+            let extra = vec![
+                ("log_odds_ratio", ratio),
+                ("log_odds_chosen", t.log_odds.mean()),
+            ];
+            (t.losses, t.chosen_rewards, t.rejected_rewards, extra)
+        },
+    )
 }
 
 struct Side {
@@ -112,16 +151,31 @@ struct Side {
 /// Gathers one side's completion log-probs (labels, `-100` ignored, causal shift).
 fn side(case: &Case, prefix: &str, dev: &TestDevice, dtype: FloatDType) -> Side {
     let device = dev.autodiff();
-    let logits = float::<3>(&case.input(&format!("{prefix}_logits")), dtype, &device).require_grad();
+    let logits =
+        float::<3>(&case.input(&format!("{prefix}_logits")), dtype, &device).require_grad();
     let labels = case.input(&format!("{prefix}_labels"));
     let op = TokenLogprobsConfig::new(LabelAlignment::CausalShift).init();
-    let tokens = op.forward(logits.clone(), int_tensor::<2>(labels.ints(), labels.shape(), &device));
+    let tokens = op.forward(
+        logits.clone(),
+        int_tensor::<2>(labels.ints(), labels.shape(), &device),
+    );
     Side { logits, tokens }
 }
 
-fn check_full(case: &Case, out: &LossOutput, chosen: &Side, rejected: &Side, values: Tol, metrics: Tol) -> Result<(), String> {
+fn check_full(
+    case: &Case,
+    out: &LossOutput,
+    chosen: &Side,
+    rejected: &Side,
+    values: Tol,
+    metrics: Tol,
+) -> Result<(), String> {
     let grads = out.loss.backward();
-    values.check("loss", &to_vec(out.loss.clone()), &case.expect("loss").values)?;
+    values.check(
+        "loss",
+        &to_vec(out.loss.clone()),
+        &case.expect("loss").values,
+    )?;
     check_loss_metrics(case, out, metrics)?;
     values.check(
         "grad_chosen_logits",
@@ -140,12 +194,23 @@ fn check_full(case: &Case, out: &LossOutput, chosen: &Side, rejected: &Side, val
 pub fn cpo_batch_loss_metrics(case: &Case, dev: &TestDevice) -> Result<(), String> {
     let dtype = case_dtype(case, dev);
     let config = cpo_config(case).with_average_log_prob(Some(case.config_bool("average_log_prob")));
-    let loss = config.try_init().map_err(|e| format!("config rejected: {e}"))?;
+    let loss = config
+        .try_init()
+        .map_err(|e| format!("config rejected: {e}"))?;
     let chosen = side(case, "chosen", dev, dtype);
     let rejected = side(case, "rejected", dev, dtype);
     let batch = PreferenceBatch::from_tokens(chosen.tokens.clone(), rejected.tokens.clone());
-    let out = loss.try_forward(&batch).map_err(|e| format!("forward: {e}"))?;
-    check_full(case, &out, &chosen, &rejected, Tol::f64_values().on(dev), Tol::metrics().on(dev))
+    let out = loss
+        .try_forward(&batch)
+        .map_err(|e| format!("forward: {e}"))?;
+    check_full(
+        case,
+        &out,
+        &chosen,
+        &rejected,
+        Tol::f64_values().on(dev),
+        Tol::metrics().on(dev),
+    )
 }
 
 /// `ORPOTrainer.get_batch_loss_metrics`: average logps over the completion labels; NLL over
@@ -161,13 +226,25 @@ pub fn orpo_batch_loss_metrics(case: &Case, dev: &TestDevice) -> Result<(), Stri
     let rejected = side(case, "rejected", dev, dtype);
     let ids = case.input("chosen_input_ids");
     let attention = case.input("chosen_attention_mask");
-    let nll_tokens = TokenLogprobsConfig::new(LabelAlignment::CausalShift).init().forward_masked(
-        chosen.logits.clone(),
-        int_tensor::<2>(ids.ints(), ids.shape(), &device),
-        bool_tensor::<2>(attention.bools(), attention.shape(), &device),
-    );
-    let batch = PreferenceBatch::from_tokens(chosen.tokens.clone(), rejected.tokens.clone()).with_nll_tokens(nll_tokens);
-    let out = loss.try_forward(&batch).map_err(|e| format!("forward: {e}"))?;
+    let nll_tokens = TokenLogprobsConfig::new(LabelAlignment::CausalShift)
+        .init()
+        .forward_masked(
+            chosen.logits.clone(),
+            int_tensor::<2>(ids.ints(), ids.shape(), &device),
+            bool_tensor::<2>(attention.bools(), attention.shape(), &device),
+        );
+    let batch = PreferenceBatch::from_tokens(chosen.tokens.clone(), rejected.tokens.clone())
+        .with_nll_tokens(nll_tokens);
+    let out = loss
+        .try_forward(&batch)
+        .map_err(|e| format!("forward: {e}"))?;
     // The odds ratio runs in float32 inside TRL: README tolerance 1e-6 / 1e-7 for everything.
-    check_full(case, &out, &chosen, &rejected, Tol::metrics().on(dev), Tol::metrics().on(dev))
+    check_full(
+        case,
+        &out,
+        &chosen,
+        &rejected,
+        Tol::metrics().on(dev),
+        Tol::metrics().on(dev),
+    )
 }

@@ -28,7 +28,11 @@ pub fn kto_compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
     };
     let label = case.input("label");
     let desirable = bool_tensor::<1>(label.bools(), label.shape(), &device);
-    let mut batch = UnpairedBatch::from_tokens(&tokens, float::<1>(&case.input("ref_logps"), dtype, &device), desirable);
+    let mut batch = UnpairedBatch::from_tokens(
+        &tokens,
+        float::<1>(&case.input("ref_logps"), dtype, &device),
+        desirable,
+    );
     if case.config_bool("calculate_KL") {
         let kl_lp = case.input("KL_token_logps");
         let kl_mask = case.input("KL_mask");
@@ -37,13 +41,26 @@ pub fn kto_compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
             logprobs: float::<2>(&kl_lp, dtype, &dev.device),
             mask: bool_tensor::<2>(kl_mask.bools(), kl_mask.shape(), &dev.device),
         };
-        let kl = kto_kl_estimate(kl_tokens.sum(), float::<1>(&case.input("ref_KL_logps"), dtype, &dev.device));
+        let kl = kto_kl_estimate(
+            kl_tokens.sum(),
+            float::<1>(&case.input("ref_KL_logps"), dtype, &dev.device),
+        );
         batch = batch.with_kl(kl);
     }
-    let out = loss.try_forward(&batch).map_err(|e| format!("forward: {e}"))?;
+    let out = loss
+        .try_forward(&batch)
+        .map_err(|e| format!("forward: {e}"))?;
     let grads = out.loss.backward();
     let values = Tol::f64_values().on(dev);
-    values.check("loss", &to_vec(out.loss.clone()), &case.expect("loss").values)?;
+    values.check(
+        "loss",
+        &to_vec(out.loss.clone()),
+        &case.expect("loss").values,
+    )?;
     check_metrics(case, &out, Tol::metrics().on(dev))?;
-    values.check("grad_token_logps", &grad_or_zeros(&x, &grads), &case.expect("grad_token_logps").values)
+    values.check(
+        "grad_token_logps",
+        &grad_or_zeros(&x, &grads),
+        &case.expect("grad_token_logps").values,
+    )
 }
