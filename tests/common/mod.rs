@@ -33,11 +33,7 @@ impl TestDevice {
     }
     /// Relative tolerance for comparing against f64 expectations in this device's dtype.
     pub fn rtol(&self, f64_rtol: f64) -> f64 {
-        if self.has_f64() {
-            f64_rtol
-        } else {
-            f64_rtol.max(1e-4)
-        }
+        if self.has_f64() { f64_rtol } else { f64_rtol.max(1e-4) }
     }
 }
 
@@ -82,68 +78,36 @@ pub fn devices() -> Vec<TestDevice> {
 }
 
 /// Float tensor from f64 values in the device's test dtype (f64 where supported, else f32).
-pub fn tensor<const D: usize>(
-    values: Vec<f64>,
-    shape: [usize; D],
-    dev: &TestDevice,
-    device: &Device,
-) -> Tensor<D> {
+pub fn tensor<const D: usize>(values: Vec<f64>, shape: [usize; D], dev: &TestDevice, device: &Device) -> Tensor<D> {
     let dtype: burn::tensor::DType = dev.float().into();
     Tensor::<D>::from_data(TensorData::new(values, shape), (device, dtype))
 }
 
-pub fn int_tensor<const D: usize>(
-    values: Vec<i64>,
-    shape: [usize; D],
-    device: &Device,
-) -> Tensor<D, Int> {
+pub fn int_tensor<const D: usize>(values: Vec<i64>, shape: [usize; D], device: &Device) -> Tensor<D, Int> {
     Tensor::<D, Int>::from_data(TensorData::new(values, shape), device)
 }
 
-pub fn bool_tensor<const D: usize>(
-    values: Vec<bool>,
-    shape: [usize; D],
-    device: &Device,
-) -> Tensor<D, Bool> {
+pub fn bool_tensor<const D: usize>(values: Vec<bool>, shape: [usize; D], device: &Device) -> Tensor<D, Bool> {
     Tensor::<D, Bool>::from_data(TensorData::new(values, shape), device)
 }
 
 /// Host copy of a float tensor as f64.
 pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f64> {
-    t.into_data()
-        .convert::<f64>()
-        .try_into_vec::<f64>()
-        .unwrap()
+    t.into_data().convert::<f64>().try_into_vec::<f64>().unwrap()
 }
 
 /// `|a - e| <= atol + rtol |e|` elementwise, with a message naming `what` and the worst index.
 pub fn assert_close(what: &str, actual: &[f64], expected: &[f64], rtol: f64, atol: f64) {
-    assert_eq!(
-        actual.len(),
-        expected.len(),
-        "{what}: length {} vs expected {}",
-        actual.len(),
-        expected.len()
-    );
+    assert_eq!(actual.len(), expected.len(), "{what}: length {} vs expected {}", actual.len(), expected.len());
     if let Err(msg) = check_close(what, actual, expected, rtol, atol) {
         panic!("{msg}");
     }
 }
 
 /// Non-panicking form of [`assert_close`].
-pub fn check_close(
-    what: &str,
-    actual: &[f64],
-    expected: &[f64],
-    rtol: f64,
-    atol: f64,
-) -> Result<(), String> {
+pub fn check_close(what: &str, actual: &[f64], expected: &[f64], rtol: f64, atol: f64) -> Result<(), String> {
     if actual.len() != expected.len() {
-        return Err(format!(
-            "{what}: length {} vs expected {}",
-            actual.len(),
-            expected.len()
-        ));
+        return Err(format!("{what}: length {} vs expected {}", actual.len(), expected.len()));
     }
     let mut worst: Option<(usize, f64)> = None;
     for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
