@@ -25,6 +25,9 @@ use proptest::prelude::*;
 
 const CASES: u32 = 256;
 
+/// A score function `s(Δ)` or its derivative.
+type Score = Box<dyn Fn(f64) -> f64>;
+
 fn f64_devices() -> Vec<TestDevice> {
     common::devices()
         .into_iter()
@@ -326,7 +329,7 @@ proptest! {
     #[test]
     fn f_divergence_sigmoid_closed_form(p in pairs(5.0), beta in 0.01f64..2.0, alpha in 0.1f64..0.9, which in 0usize..3) {
         // ℓ = -log σ(β(s(Δc) - s(Δr))): ∂ℓ/∂Δc = -β σ(-βδ) s'(Δc), ∂ℓ/∂Δr = β σ(-βδ) s'(Δr)
-        let (kind, s, ds): (FDivergenceType, Box<dyn Fn(f64) -> f64>, Box<dyn Fn(f64) -> f64>) = match which {
+        let (kind, s, ds): (FDivergenceType, Score, Score) = match which {
             0 => (FDivergenceType::ForwardKl, Box::new(|d: f64| 1.0 - (-d).exp()), Box::new(|d: f64| (-d).exp())),
             1 => (FDivergenceType::JsDivergence, Box::new(|d: f64| 2f64.ln() + log_sig(d)), Box::new(|d: f64| sig(-d))),
             _ => (

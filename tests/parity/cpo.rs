@@ -56,21 +56,21 @@ fn cpo_config(case: &Case) -> CpoLossConfig {
     config
 }
 
+/// `(losses, chosen_rewards, rejected_rewards, extra expected keys)` of a per-pair function.
+type PairOutputs = (
+    Tensor<1>,
+    Tensor<1>,
+    Tensor<1>,
+    Vec<(&'static str, Tensor<1>)>,
+);
+
 /// Per-pair functions: `losses`, rewards, gradients of `mean(losses)`.
 fn pair_case(
     case: &Case,
     dev: &TestDevice,
     dtype: FloatDType,
     tol: Tol,
-    run: &dyn Fn(
-        Tensor<1>,
-        Tensor<1>,
-    ) -> (
-        Tensor<1>,
-        Tensor<1>,
-        Tensor<1>,
-        Vec<(&'static str, Tensor<1>)>,
-    ),
+    run: &dyn Fn(Tensor<1>, Tensor<1>) -> PairOutputs,
 ) -> Result<(), String> {
     let device = dev.autodiff();
     let chosen = float::<1>(&case.input("policy_chosen_logps"), dtype, &device).require_grad();
