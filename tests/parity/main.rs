@@ -12,8 +12,11 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod cpo;
+mod dpo;
 mod fixture;
 mod fused;
+mod kto;
 mod logprobs;
 
 use std::collections::BTreeMap;
@@ -27,15 +30,6 @@ type Runner = fn(&Case, &TestDevice) -> Result<(), String>;
 
 /// Source functions (last token of `source`) that have no runner yet. Shrinks to empty.
 const NOT_YET: &[&str] = &[
-    // dpo/, cpo/, orpo/, kto/, torchtune_dpo/: the DPO-family issue.
-    "DPOTrainer._compute_loss",
-    "KTOTrainer._compute_loss",
-    "CPOTrainer.get_batch_loss_metrics",
-    "CPOTrainer.cpo_loss",
-    "ORPOTrainer.get_batch_loss_metrics",
-    "ORPOTrainer.odds_ratio_loss",
-    "DPOLoss.forward",
-    "RSOLoss.forward",
     // reward/: the reward-modeling issue.
     "RewardTrainer.compute_loss",
     // grpo/, rloo/, ppo/, gae/: the online-RL issue.
@@ -58,6 +52,14 @@ fn runner(function: &str) -> Option<Runner> {
         "get_batch_log_probs" => logprobs::get_batch_log_probs,
         "ChunkedLogProbFunction.apply" => fused::chunked_kernel,
         "add_fused_lm_head" => fused::fused_lm_head,
+        "DPOTrainer._compute_loss" => dpo::dpo_compute_loss,
+        "DPOLoss.forward" => dpo::torchtune_dpo_loss,
+        "RSOLoss.forward" => dpo::torchtune_rso_loss,
+        "KTOTrainer._compute_loss" => kto::kto_compute_loss,
+        "CPOTrainer.cpo_loss" => cpo::cpo_loss,
+        "CPOTrainer.get_batch_loss_metrics" => cpo::cpo_batch_loss_metrics,
+        "ORPOTrainer.odds_ratio_loss" => cpo::orpo_odds_ratio_loss,
+        "ORPOTrainer.get_batch_loss_metrics" => cpo::orpo_batch_loss_metrics,
         _ => return None,
     })
 }

@@ -1,0 +1,726 @@
+//! Paired preference losses with a reference model: TRL's `DPOTrainer` loss zoo (all 15 loss
+//! types of TRL 1.16, several at once for MPO), its modifiers (f-divergences, WPO, LD-DPO),
+//! cDPO label smoothing, RPO, and torchtune's `DPOLoss` / `RSOLoss`.
+
+use burn::config::Config;
+use burn::tensor::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::metrics::{LossOutput, Metrics};
+use super::preference::{PreferenceBatch, fraction_greater};
+use super::stable::{log_sigmoid, relu, sigmoid};
+use crate::error::{Error, check_in_closed, check_positive, unwrap_or_panic};
+use crate::logprobs::ld_dpo_sequence_logps;
+use crate::reduce::{Normalizer, masked_row_sum};
+
+/// One DPO-family loss type (TRL's `loss_type` names, JSON as in TRL: `"sigmoid"`, `"exo_pair"`, ...).
+///
+/// Notation (per pair): `c, r` policy log-probs of the chosen / rejected completion (summed
+/// over tokens), `c₀, r₀` the reference's, `Δc = c - c₀`, `Δr = r - r₀`; `s(·)` the
+/// f-divergence score ([`FDivergenceType`], identity by default), `δ = s(Δc) - s(Δr)`;
+/// `|y|` completion token counts (clamped to >= 1); `ε` = `label_smoothing`, `β` = `beta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DpoLossType {
+    /// DPO: `-log σ(βδ)`. With `cdpo_label_smoothing = ε > 0`, cDPO:
+    /// `-(1-ε) log σ(βδ) - ε log σ(-βδ)` (torchtune / OpenRLHF; TRL 1.16 has no smoothing here).
+    Sigmoid,
+    /// SLiC / RSO hinge: `max(0, 1 - βδ)` (`β` = 1 / margin).
+    Hinge,
+    /// IPO, length-normalized as in TRL: `(s(Δc)/|y_w| - s(Δr)/|y_l| - 1/(2β))²`.
+    /// Needs token counts.
+    Ipo,
+    /// EXO (pair): `σ(βδ)(log σ(βδ) - log(1-ε)) + σ(-βδ)(log σ(-βδ) - log ε)`, `0 < ε < 1`.
+    ExoPair,
+    /// NCA (pair): `-log σ(β s(Δc)) - ½ log σ(-β s(Δc)) - ½ log σ(-β s(Δr))`.
+    NcaPair,
+    /// Robust DPO: `(-(1-ε) log σ(βδ) + ε log σ(-βδ)) / (1 - 2ε)`, `0 <= ε < ½`.
+    Robust,
+    /// BCO (pair, TRL 1.16 form without the running-mean shift): `-log σ(βΔc) - log σ(-βΔr)`.
+    BcoPair,
+    /// SPPO (hard labels): `(Δc - 1/(2β))² + (Δr + 1/(2β))²`.
+    SppoHard,
+    /// AOT (paired): `d = sort_B(c - r) - sort_B(c₀ - r₀)`, `-(1-ε) log σ(βd) - ε log σ(-βd)`.
+    /// **Batch-coupled**: the batch is sorted, so the loss of a pair depends on the others.
+    Aot,
+    /// AOT (unpaired): `d = sort_B(Δc) - sort_B(Δr)`, then as [`Aot`](Self::Aot). Batch-coupled.
+    AotUnpaired,
+    /// APO-zero: `(1 - σ(βΔc)) + σ(βΔr)`.
+    ApoZero,
+    /// APO-down: `σ(βΔc) + (1 - σ(βδ))`.
+    ApoDown,
+    /// DiscoPOP (LRML): `ℓ = βδ`, `m = σ(ℓ/τ)`: `(1-m)(-log σ(ℓ)) + m e^{-ℓ}` (`τ` = `discopop_tau`).
+    Discopop,
+    /// SFT: token-mean NLL of the chosen completions over the whole batch, the same scalar for
+    /// every pair (TRL's convention). Weigh it with `loss_weights` (MPO, RPO).
+    Sft,
+    /// Length-normalized DPO with a reference: `-log σ(β(s(Δc)/|y_w| - s(Δr)/|y_l|))`.
+    /// Needs token counts.
+    SigmoidNorm,
+}
+
+impl DpoLossType {
+    /// Every loss type, in TRL's order.
+    pub const ALL: [DpoLossType; 15] = [
+        DpoLossType::Sigmoid,
+        DpoLossType::Hinge,
+        DpoLossType::Ipo,
+        DpoLossType::ExoPair,
+        DpoLossType::NcaPair,
+        DpoLossType::Robust,
+        DpoLossType::BcoPair,
+        DpoLossType::SppoHard,
+        DpoLossType::Aot,
+        DpoLossType::AotUnpaired,
+        DpoLossType::ApoZero,
+        DpoLossType::ApoDown,
+        DpoLossType::Discopop,
+        DpoLossType::Sft,
+        DpoLossType::SigmoidNorm,
+    ];
+
+    /// Whether TRL 1.16 accepts a non-default f-divergence with this loss type.
+    pub fn accepts_f_divergence(self) -> bool {
+        matches!(
+            self,
+            DpoLossType::Sigmoid
+                | DpoLossType::SigmoidNorm
+                | DpoLossType::Hinge
+                | DpoLossType::Ipo
+                | DpoLossType::ExoPair
+                | DpoLossType::Robust
+                | DpoLossType::Discopop
+                | DpoLossType::Sft
+        )
+    }
+
+    /// Whether this loss type reads `label_smoothing`.
+    pub fn reads_label_smoothing(self) -> bool {
+        matches!(
+            self,
+            DpoLossType::Robust
+                | DpoLossType::ExoPair
+                | DpoLossType::Aot
+                | DpoLossType::AotUnpaired
+        )
+    }
+
+    /// Whether the loss of one pair depends on the other pairs of the batch (sorting).
+    pub fn is_batch_coupled(self) -> bool {
+        matches!(self, DpoLossType::Aot | DpoLossType::AotUnpaired)
+    }
+
+    fn needs_token_counts(self) -> bool {
+        matches!(self, DpoLossType::Ipo | DpoLossType::SigmoidNorm)
+    }
+}
+
+/// The f-divergence that maps each log-ratio `Δ` to a score `s(Δ)` (TRL 1.16 forms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FDivergenceType {
+    /// Standard DPO: `s(Δ) = Δ`.
+    ReverseKl,
+    /// `s(Δ) = 1 - e^{-Δ}`.
+    ForwardKl,
+    /// Jensen-Shannon: `s(Δ) = log 2 + log σ(Δ)`.
+    JsDivergence,
+    /// `s(Δ) = (e^{(α-1)Δ} - 1)/(α-1)` with `α` = `f_alpha_divergence_coef`; the exponent is
+    /// clamped at 80 (11 in f16) as in TRL; `|α - 1| < 1e-6` falls back to reverse KL.
+    AlphaDivergence,
+}
+
+/// Configuration of [`DpoLoss`], with TRL's `DPOConfig` field names and defaults.
+///
+/// Loadable from TRL-style JSON (`DpoLossConfig::load`, or `serde_json`): for example
+/// `{"loss_type": ["sigmoid", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0]}` is MPO.
+/// Fields not given take the defaults below.
+#[derive(Config, Debug)]
+pub struct DpoLossConfig {
+    /// Loss types, summed with `loss_weights`. Default: `[sigmoid]`.
+    #[config(default = "vec![DpoLossType::Sigmoid]")]
+    pub loss_type: Vec<DpoLossType>,
+    /// One weight per loss type; `None` = all 1.0. Default: `None`.
+    pub loss_weights: Option<Vec<f64>>,
+    /// Temperature `β` (IPO's `τ`, hinge's 1/margin). Finite and > 0. Default: 0.1.
+    #[config(default = 0.1)]
+    pub beta: f64,
+    /// `ε` of `robust` (`[0, ½)`), `exo_pair` (`(0, 1)`), `aot`/`aot_unpaired` (`[0, 1]`).
+    /// Must be 0 when no loss type reads it (TRL 1.16 silently ignores it there). Default: 0.0.
+    #[config(default = 0.0)]
+    pub label_smoothing: f64,
+    /// The f-divergence applied to the log-ratios. Default: `reverse_kl`.
+    #[config(default = "FDivergenceType::ReverseKl")]
+    pub f_divergence_type: FDivergenceType,
+    /// `α` of `alpha_divergence`. Default: 0.5.
+    #[config(default = 0.5)]
+    pub f_alpha_divergence_coef: f64,
+    /// WPO: weigh each pair by `w_c · w_r`, `w = exp(mean_t(log p_t - log Σ_v p_v²))`, without
+    /// gradient. Needs per-token log-probs and `*_log_sum_sq_probs`. Default: false.
+    #[config(default = false)]
+    pub use_weighting: bool,
+    /// LD-DPO `α` in `[0, 1]`: tokens past the shorter completion of a pair count `α`.
+    /// Recomputes the policy log-probs from the per-token ones; compute the reference
+    /// log-probs with [`ld_dpo_sequence_logps`] too (TRL 1.16 does). Default: `None` (off).
+    pub ld_alpha: Option<f64>,
+    /// `τ` of `discopop`, > 0. Default: 0.05.
+    #[config(default = 0.05)]
+    pub discopop_tau: f64,
+    /// cDPO label smoothing `ε` of the `sigmoid` loss, in `[0, ½]`:
+    /// `-(1-ε) log σ(βδ) - ε log σ(-βδ)`. torchtune's `DPOLoss` and OpenRLHF keep this; TRL
+    /// 1.16 dropped it (its `label_smoothing` no longer reaches `sigmoid`). Default: 0.0 (TRL).
+    #[config(default = 0.0)]
+    pub cdpo_label_smoothing: f64,
+    /// How the per-pair losses become the loss. Default: `SequenceMean` (TRL's mean over
+    /// pairs); use `GlobalSequences(n)` with `n` pairs per optimizer step for accumulation.
+    #[config(default = "Normalizer::SequenceMean")]
+    pub normalizer: Normalizer,
+}
+
+impl DpoLossConfig {
+    /// RPO (TRL <= 0.28 `rpo_alpha`): DPO + `rpo_alpha` × the chosen token-mean NLL, i.e.
+    /// `loss_type = [sigmoid, sft]`, `loss_weights = [1, rpo_alpha]`.
+    pub fn rpo(rpo_alpha: f64) -> Self {
+        Self::new()
+            .with_loss_type(vec![DpoLossType::Sigmoid, DpoLossType::Sft])
+            .with_loss_weights(Some(vec![1.0, rpo_alpha]))
+    }
+
+    /// torchtune 0.6.1 `DPOLoss(beta, label_smoothing)`: cDPO on summed log-probs.
+    pub fn torchtune_dpo(beta: f64, label_smoothing: f64) -> Self {
+        Self::new()
+            .with_beta(beta)
+            .with_cdpo_label_smoothing(label_smoothing)
+    }
+
+    /// torchtune 0.6.1 `RSOLoss(gamma)`: `relu(1 - γ z)`, TRL's `hinge` with `β = γ`.
+    pub fn torchtune_rso(gamma: f64) -> Self {
+        Self::new()
+            .with_loss_type(vec![DpoLossType::Hinge])
+            .with_beta(gamma)
+    }
+
+    /// The weights, resolved (`None` = all 1.0).
+    pub fn resolved_loss_weights(&self) -> Vec<f64> {
+        self.loss_weights
+            .clone()
+            .unwrap_or_else(|| vec![1.0; self.loss_type.len()])
+    }
+
+    /// Checks the configuration (TRL's checks, and stricter ones).
+    pub fn validate(&self) -> crate::Result<()> {
+        check_positive("beta", self.beta)?;
+        if self.loss_type.is_empty() {
+            return Err(Error::config(
+                "loss_type",
+                "must name at least one loss type",
+                "[]",
+            ));
+        }
+        let weights = self.resolved_loss_weights();
+        if weights.len() != self.loss_type.len() {
+            return Err(Error::config(
+                "loss_weights",
+                format!(
+                    "must have one weight per loss type ({})",
+                    self.loss_type.len()
+                ),
+                format!("{weights:?}"),
+            ));
+        }
+        if let Some(w) = weights.iter().find(|w| !w.is_finite()) {
+            return Err(Error::config("loss_weights", "must be finite", w));
+        }
+        let has = |t: DpoLossType| self.loss_type.contains(&t);
+        let eps = self.label_smoothing;
+        if has(DpoLossType::ExoPair) && !(eps > 0.0 && eps < 1.0) {
+            return Err(Error::config(
+                "label_smoothing",
+                "must be in (0, 1) for exo_pair (EXO needs log ε and log(1-ε); the paper uses 1e-3)",
+                eps,
+            ));
+        }
+        if has(DpoLossType::Robust) && !(0.0..0.5).contains(&eps) {
+            return Err(Error::config(
+                "label_smoothing",
+                "must be in [0, 0.5) for robust",
+                eps,
+            ));
+        }
+        check_in_closed("label_smoothing", eps, 0.0, 1.0)?;
+        if eps != 0.0 && !self.loss_type.iter().any(|t| t.reads_label_smoothing()) {
+            return Err(Error::Incompatible(format!(
+                "label_smoothing = {eps} is read only by robust, exo_pair, aot and aot_unpaired (TRL 1.16 silently ignores it otherwise); for cDPO on sigmoid set cdpo_label_smoothing"
+            )));
+        }
+        check_in_closed("cdpo_label_smoothing", self.cdpo_label_smoothing, 0.0, 0.5)?;
+        if self.cdpo_label_smoothing != 0.0 && !has(DpoLossType::Sigmoid) {
+            return Err(Error::Incompatible(
+                "cdpo_label_smoothing only applies to the sigmoid loss type".into(),
+            ));
+        }
+        if self.f_divergence_type != FDivergenceType::ReverseKl {
+            if let Some(t) = self.loss_type.iter().find(|t| !t.accepts_f_divergence()) {
+                return Err(Error::Incompatible(format!(
+                    "f_divergence_type {:?} cannot be combined with loss type {t:?} (TRL 1.16 allows it only with sigmoid, sigmoid_norm, hinge, ipo, exo_pair, robust, discopop, sft)",
+                    self.f_divergence_type
+                )));
+            }
+            if !self.f_alpha_divergence_coef.is_finite() {
+                return Err(Error::config(
+                    "f_alpha_divergence_coef",
+                    "must be finite",
+                    self.f_alpha_divergence_coef,
+                ));
+            }
+        }
+        if self.use_weighting && self.loss_type.iter().any(|t| t.is_batch_coupled()) {
+            return Err(Error::Incompatible(
+                "use_weighting (WPO) cannot be combined with aot / aot_unpaired (as in TRL)".into(),
+            ));
+        }
+        if let Some(alpha) = self.ld_alpha {
+            check_in_closed("ld_alpha", alpha, 0.0, 1.0)?;
+        }
+        check_positive("discopop_tau", self.discopop_tau)?;
+        self.normalizer.validate()
+    }
+
+    /// Validates and builds the loss.
+    pub fn try_init(&self) -> crate::Result<DpoLoss> {
+        self.validate()?;
+        Ok(DpoLoss {
+            loss_types: self.loss_type.clone(),
+            loss_weights: self.resolved_loss_weights(),
+            beta: self.beta,
+            label_smoothing: self.label_smoothing,
+            f_divergence_type: self.f_divergence_type,
+            f_alpha_divergence_coef: self.f_alpha_divergence_coef,
+            use_weighting: self.use_weighting,
+            ld_alpha: self.ld_alpha,
+            discopop_tau: self.discopop_tau,
+            cdpo_label_smoothing: self.cdpo_label_smoothing,
+            normalizer: self.normalizer,
+        })
+    }
+
+    /// Builds the loss.
+    ///
+    /// # Panics
+    /// If the configuration is invalid (see [`validate`](Self::validate)).
+    pub fn init(&self) -> DpoLoss {
+        unwrap_or_panic(self.try_init())
+    }
+}
+
+/// The DPO family with a reference model, built by [`DpoLossConfig::init`].
+///
+/// For each pair, the log-ratios `Δc = c - c₀`, `Δr = r - r₀` are mapped by the f-divergence
+/// score `s`, `δ = s(Δc) - s(Δr)`, each configured loss type gives a per-pair term `ℓ_k`
+/// (see [`DpoLossType`]), optionally multiplied by the WPO weight, and
+///
+#[cfg_attr(
+    doc,
+    doc = r#"$$L = \operatorname{normalize}\Big(\sum_k w_k\, \ell_k\Big),$$"#
+)]
+#[cfg_attr(not(doc), doc = "`L = normalize(sum_k w_k * l_k)`,")]
+///
+/// which with the default `SequenceMean` is TRL's `Σ_k w_k mean_B(ℓ_k)`. Standard DPO is
+/// `-log σ(β(Δc - Δr))`; its gradient is `∂L/∂c = -β σ(-βz)/B`.
+///
+/// Everything runs in the dtype of the inputs; `log σ` is computed stably (finite value and
+/// gradient for `|βz|` up to 1e4 in f32 and f64).
+///
+/// **Batch coupling.** `aot` / `aot_unpaired` sort over the batch, and `sft` is a token mean
+/// over the whole batch. With [`Normalizer::GlobalSequences`] over several micro-batches,
+/// their per-pair terms still come from the micro-batch (sorting within it; the SFT mean over
+/// its tokens): accumulation is exact for the other loss types only.
+///
+/// Metrics (TRL's keys, `[1]` tensors, no host sync): `rewards/chosen` `mean(βΔc)`,
+/// `rewards/rejected`, `rewards/accuracies` `mean[βΔc > βΔr]`, `rewards/margins`,
+/// `logps/chosen`, `logps/rejected` (means of the, LD-weighted, policy log-probs). Rewards use
+/// the raw log-ratios even under an f-divergence, as TRL.
+#[derive(Debug, Clone)]
+pub struct DpoLoss {
+    loss_types: Vec<DpoLossType>,
+    loss_weights: Vec<f64>,
+    beta: f64,
+    label_smoothing: f64,
+    f_divergence_type: FDivergenceType,
+    f_alpha_divergence_coef: f64,
+    use_weighting: bool,
+    ld_alpha: Option<f64>,
+    discopop_tau: f64,
+    cdpo_label_smoothing: f64,
+    normalizer: Normalizer,
+}
+
+/// The sequence log-probs a DPO forward works on (after LD-DPO weighting).
+struct SequenceTerms {
+    chosen: Tensor<1>,
+    rejected: Tensor<1>,
+    reference_chosen: Tensor<1>,
+    reference_rejected: Tensor<1>,
+}
+
+impl DpoLoss {
+    /// The loss, per-pair losses and metrics.
+    ///
+    /// # Shapes
+    /// See [`PreferenceBatch`]; output `loss` `[1]`, `per_example` `[B]`.
+    ///
+    /// # Panics
+    /// On the errors [`try_forward`](Self::try_forward) returns.
+    pub fn forward(&self, batch: &PreferenceBatch) -> LossOutput {
+        unwrap_or_panic(self.try_forward(batch))
+    }
+
+    /// Non-panicking form of [`forward`](Self::forward): checks the batch's shapes and that
+    /// it carries what the configured loss types need (token counts, per-token log-probs).
+    pub fn try_forward(&self, batch: &PreferenceBatch) -> crate::Result<LossOutput> {
+        batch.validate()?;
+        let seq = self.sequence_terms(batch)?;
+        let beta = self.beta;
+        let dc = seq.chosen.clone() - seq.reference_chosen.clone();
+        let dr = seq.rejected.clone() - seq.reference_rejected.clone();
+        let (sc, sr) = self.scores(dc.clone(), dr.clone());
+        let delta = sc.clone() - sr.clone();
+
+        let counts = if self.loss_types.iter().any(|t| t.needs_token_counts()) {
+            let (c, r) = batch.token_counts("ipo / sigmoid_norm")?;
+            Some((c.clamp_min(1.0), r.clamp_min(1.0)))
+        } else {
+            None
+        };
+        let nll = if self.loss_types.contains(&DpoLossType::Sft) {
+            Some(batch.nll("the sft loss type")?)
+        } else {
+            None
+        };
+        let wpo = if self.use_weighting {
+            Some(self.wpo_weights(batch)?)
+        } else {
+            None
+        };
+
+        let mut per_example: Option<Tensor<1>> = None;
+        for (&loss_type, &weight) in self.loss_types.iter().zip(&self.loss_weights) {
+            let term = match loss_type {
+                DpoLossType::Sigmoid => {
+                    let x = delta.clone().mul_scalar(beta);
+                    smoothed_sigmoid(x, self.cdpo_label_smoothing)
+                }
+                DpoLossType::Hinge => relu(delta.clone().mul_scalar(-beta).add_scalar(1.0)),
+                DpoLossType::Ipo => {
+                    let (cc, cr) = counts.clone().expect("counts computed above");
+                    let z = sc.clone() / cc - sr.clone() / cr;
+                    z.sub_scalar(1.0 / (2.0 * beta)).square()
+                }
+                DpoLossType::ExoPair => {
+                    let eps = self.label_smoothing;
+                    let x = delta.clone().mul_scalar(beta);
+                    let log_qw = log_sigmoid(x.clone());
+                    let log_ql = log_sigmoid(x.neg());
+                    log_qw.clone().exp() * log_qw.sub_scalar((-eps).ln_1p())
+                        + log_ql.clone().exp() * log_ql.sub_scalar(eps.ln())
+                }
+                DpoLossType::NcaPair => {
+                    let xc = sc.clone().mul_scalar(beta);
+                    let xr = sr.clone().mul_scalar(beta);
+                    log_sigmoid(xc.clone()).neg()
+                        - log_sigmoid(xc.neg()).mul_scalar(0.5)
+                        - log_sigmoid(xr.neg()).mul_scalar(0.5)
+                }
+                DpoLossType::Robust => {
+                    let eps = self.label_smoothing;
+                    let x = delta.clone().mul_scalar(beta);
+                    (log_sigmoid(x.clone()).mul_scalar(-(1.0 - eps))
+                        + log_sigmoid(x.neg()).mul_scalar(eps))
+                    .mul_scalar(1.0 / (1.0 - 2.0 * eps))
+                }
+                DpoLossType::BcoPair => {
+                    log_sigmoid(sc.clone().mul_scalar(beta)).neg()
+                        - log_sigmoid(sr.clone().mul_scalar(-beta))
+                }
+                DpoLossType::SppoHard => {
+                    let half = 0.5 / beta;
+                    sc.clone().sub_scalar(half).square() + sr.clone().add_scalar(half).square()
+                }
+                DpoLossType::Aot => {
+                    let policy = sorted(seq.chosen.clone() - seq.rejected.clone());
+                    let reference =
+                        sorted(seq.reference_chosen.clone() - seq.reference_rejected.clone());
+                    let x = (policy - reference).mul_scalar(beta);
+                    smoothed_sigmoid(x, self.label_smoothing)
+                }
+                DpoLossType::AotUnpaired => {
+                    let x = (sorted(dc.clone()) - sorted(dr.clone())).mul_scalar(beta);
+                    smoothed_sigmoid(x, self.label_smoothing)
+                }
+                DpoLossType::ApoZero => {
+                    sigmoid(dc.clone().mul_scalar(-beta)) + sigmoid(dr.clone().mul_scalar(beta))
+                }
+                DpoLossType::ApoDown => {
+                    sigmoid(dc.clone().mul_scalar(beta)) + sigmoid(delta.clone().mul_scalar(-beta))
+                }
+                DpoLossType::Discopop => {
+                    let tau = self.discopop_tau;
+                    let l = delta.clone().mul_scalar(beta);
+                    // (1 - m) = σ(-ℓ/τ); m e^{-ℓ} = exp(log σ(ℓ/τ) - ℓ), finite where the
+                    // product is (ℓ ≪ 0 with τ < 1), unlike the naive σ(ℓ/τ) · e^{-ℓ}.
+                    let logistic =
+                        sigmoid(l.clone().mul_scalar(-1.0 / tau)) * log_sigmoid(l.clone()).neg();
+                    let exponential = (log_sigmoid(l.clone().mul_scalar(1.0 / tau)) - l).exp();
+                    logistic + exponential
+                }
+                DpoLossType::Sft => {
+                    let nll = nll.clone().expect("nll computed above");
+                    Tensor::zeros_like(&dc).detach() + nll
+                }
+                DpoLossType::SigmoidNorm => {
+                    let (cc, cr) = counts.clone().expect("counts computed above");
+                    let z = sc.clone() / cc - sr.clone() / cr;
+                    log_sigmoid(z.mul_scalar(beta)).neg()
+                }
+            };
+            let term = match &wpo {
+                Some(w) => term * w.clone(),
+                None => term,
+            };
+            let term = term.mul_scalar(weight);
+            per_example = Some(match per_example {
+                None => term,
+                Some(acc) => acc + term,
+            });
+        }
+        let per_example = per_example.expect("validated: at least one loss type");
+        let loss = self.normalizer.try_reduce_sequences(per_example.clone())?;
+
+        let chosen_rewards = dc.mul_scalar(beta);
+        let rejected_rewards = dr.mul_scalar(beta);
+        let mut metrics = Metrics::new();
+        metrics.insert("rewards/chosen", chosen_rewards.clone().mean());
+        metrics.insert("rewards/rejected", rejected_rewards.clone().mean());
+        metrics.insert(
+            "rewards/accuracies",
+            fraction_greater(chosen_rewards.clone(), rejected_rewards.clone()),
+        );
+        metrics.insert(
+            "rewards/margins",
+            (chosen_rewards - rejected_rewards).mean(),
+        );
+        metrics.insert("logps/chosen", seq.chosen.mean());
+        metrics.insert("logps/rejected", seq.rejected.mean());
+        Ok(LossOutput {
+            loss,
+            per_example,
+            metrics,
+        })
+    }
+
+    /// The implicit rewards `(β Δc, β Δr)` per pair `[B]` (detached), with the same LD-DPO
+    /// weighting as the loss. torchtune's `chosen_rewards` / `rejected_rewards`.
+    pub fn implicit_rewards(
+        &self,
+        batch: &PreferenceBatch,
+    ) -> crate::Result<(Tensor<1>, Tensor<1>)> {
+        batch.validate()?;
+        let seq = self.sequence_terms(batch)?;
+        Ok((
+            (seq.chosen - seq.reference_chosen)
+                .mul_scalar(self.beta)
+                .detach(),
+            (seq.rejected - seq.reference_rejected)
+                .mul_scalar(self.beta)
+                .detach(),
+        ))
+    }
+
+    /// The configured loss types.
+    pub fn loss_types(&self) -> &[DpoLossType] {
+        &self.loss_types
+    }
+
+    fn sequence_terms(&self, batch: &PreferenceBatch) -> crate::Result<SequenceTerms> {
+        let (chosen, rejected) = match self.ld_alpha {
+            Some(alpha) => {
+                let (c, r) = batch.tokens("ld_alpha (LD-DPO)")?;
+                ld_dpo_sequence_logps(
+                    c.logprobs.clone(),
+                    c.mask.clone(),
+                    r.logprobs.clone(),
+                    r.mask.clone(),
+                    alpha,
+                )?
+            }
+            None => (batch.chosen_logps.clone(), batch.rejected_logps.clone()),
+        };
+        let (reference_chosen, reference_rejected) = batch.reference_or_zeros();
+        Ok(SequenceTerms {
+            chosen,
+            rejected,
+            reference_chosen,
+            reference_rejected,
+        })
+    }
+
+    /// `(s(Δc), s(Δr))` for the configured f-divergence.
+    fn scores(&self, dc: Tensor<1>, dr: Tensor<1>) -> (Tensor<1>, Tensor<1>) {
+        let alpha = self.f_alpha_divergence_coef;
+        let score = |x: Tensor<1>| match self.f_divergence_type {
+            FDivergenceType::ReverseKl => x,
+            FDivergenceType::ForwardKl => x.neg().exp().neg().add_scalar(1.0),
+            FDivergenceType::JsDivergence => log_sigmoid(x).add_scalar(std::f64::consts::LN_2),
+            FDivergenceType::AlphaDivergence if (alpha - 1.0).abs() < 1e-6 => x,
+            FDivergenceType::AlphaDivergence => {
+                let cap = if x.dtype() == DType::F16 { 11.0 } else { 80.0 };
+                let t = x.mul_scalar(alpha - 1.0).clamp_max(cap);
+                t.exp().sub_scalar(1.0).mul_scalar(1.0 / (alpha - 1.0))
+            }
+        };
+        (score(dc), score(dr))
+    }
+
+    /// WPO pair weights `w_c · w_r` `[B]`, detached.
+    fn wpo_weights(&self, batch: &PreferenceBatch) -> crate::Result<Tensor<1>> {
+        let (c, r) = batch.tokens("use_weighting (WPO)")?;
+        let (Some(c_sq), Some(r_sq)) = (
+            &batch.chosen_log_sum_sq_probs,
+            &batch.rejected_log_sum_sq_probs,
+        ) else {
+            return Err(Error::Incompatible(
+                "use_weighting (WPO) needs chosen_log_sum_sq_probs and rejected_log_sum_sq_probs"
+                    .into(),
+            ));
+        };
+        let weight = |t: &crate::GatheredLogprobs, sq: &Tensor<2>| {
+            let aligned = masked_row_sum(
+                t.logprobs.clone().detach() - sq.clone().detach(),
+                t.mask.clone(),
+            );
+            (aligned / t.token_counts().clamp_min(1.0)).exp()
+        };
+        Ok((weight(c, c_sq) * weight(r, r_sq)).detach())
+    }
+}
+
+/// `-(1-ε) log σ(x) - ε log σ(-x)` (plain `-log σ(x)` at ε = 0).
+fn smoothed_sigmoid(x: Tensor<1>, eps: f64) -> Tensor<1> {
+    if eps == 0.0 {
+        log_sigmoid(x).neg()
+    } else {
+        log_sigmoid(x.clone()).mul_scalar(-(1.0 - eps)) - log_sigmoid(x.neg()).mul_scalar(eps)
+    }
+}
+
+/// Ascending sort along the batch, differentiable (the gradient follows each element).
+fn sorted(x: Tensor<1>) -> Tensor<1> {
+    let (_, indices) = x.clone().detach().sort_with_indices(0);
+    x.gather(0, indices)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, FloatDType, TensorData};
+
+    fn t(values: &[f64], device: &Device) -> Tensor<1> {
+        Tensor::from_data(
+            TensorData::new(values.to_vec(), [values.len()]),
+            (device, FloatDType::F64.into()),
+        )
+    }
+
+    fn v(x: Tensor<1>) -> Vec<f64> {
+        x.into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap()
+    }
+
+    fn sig(x: f64) -> f64 {
+        1.0 / (1.0 + (-x).exp())
+    }
+
+    #[test]
+    fn sigmoid_value_and_gradient_match_closed_form() {
+        let device = Device::flex().autodiff();
+        let (c, r, c0, r0) = ([-3.0, -7.5], [-4.0, -2.0], [-3.5, -6.0], [-3.0, -3.0]);
+        let beta = 0.1;
+        let chosen = t(&c, &device).require_grad();
+        let rejected = t(&r, &device).require_grad();
+        let batch = PreferenceBatch::new(chosen.clone(), rejected.clone())
+            .with_reference(t(&c0, &device), t(&r0, &device));
+        let out = DpoLossConfig::new().init().forward(&batch);
+        let grads = out.loss.backward();
+        let z: Vec<f64> = (0..2).map(|i| (c[i] - c0[i]) - (r[i] - r0[i])).collect();
+        let want_loss: f64 = z.iter().map(|z| -sig(beta * z).ln()).sum::<f64>() / 2.0;
+        assert!((v(out.loss)[0] - want_loss).abs() < 1e-14);
+        let gc = v(chosen.grad(&grads).unwrap());
+        let gr = v(rejected.grad(&grads).unwrap());
+        for i in 0..2 {
+            // dL/dc = -β σ(-βz) / B; dL/dr = +β σ(-βz) / B
+            let want = -beta * sig(-beta * z[i]) / 2.0;
+            assert!((gc[i] - want).abs() < 1e-15, "{} vs {want}", gc[i]);
+            assert!((gr[i] + want).abs() < 1e-15);
+        }
+    }
+
+    #[test]
+    fn validation_rejects_bad_configs() {
+        assert!(DpoLossConfig::new().with_beta(0.0).try_init().is_err());
+        assert!(DpoLossConfig::new().with_beta(f64::NAN).try_init().is_err());
+        let exo = DpoLossConfig::new().with_loss_type(vec![DpoLossType::ExoPair]);
+        assert!(exo.clone().try_init().is_err());
+        assert!(exo.with_label_smoothing(1e-3).try_init().is_ok());
+        let robust = DpoLossConfig::new().with_loss_type(vec![DpoLossType::Robust]);
+        assert!(robust.clone().with_label_smoothing(0.5).try_init().is_err());
+        assert!(robust.with_label_smoothing(0.0).try_init().is_ok());
+        assert!(
+            DpoLossConfig::new()
+                .with_loss_weights(Some(vec![1.0, 2.0]))
+                .try_init()
+                .is_err()
+        );
+        assert!(
+            DpoLossConfig::new()
+                .with_loss_type(vec![DpoLossType::Aot])
+                .with_use_weighting(true)
+                .try_init()
+                .is_err()
+        );
+        assert!(
+            DpoLossConfig::new()
+                .with_loss_type(vec![DpoLossType::BcoPair])
+                .with_f_divergence_type(FDivergenceType::ForwardKl)
+                .try_init()
+                .is_err()
+        );
+        assert!(
+            DpoLossConfig::new()
+                .with_label_smoothing(0.1)
+                .try_init()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn config_loads_trl_json() {
+        // Every field present (burn's Config JSON has no per-field defaults on load).
+        let json = r#"{"loss_type": ["sigmoid", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0],
+            "beta": 0.2, "label_smoothing": 0.0, "f_divergence_type": "reverse_kl",
+            "f_alpha_divergence_coef": 0.5, "use_weighting": false, "ld_alpha": null,
+            "discopop_tau": 0.05, "cdpo_label_smoothing": 0.0, "normalizer": "sequence_mean"}"#;
+        let config =
+            <DpoLossConfig as Config>::load_binary(json.as_bytes()).expect("valid config JSON");
+        assert_eq!(
+            config.loss_type,
+            vec![DpoLossType::Sigmoid, DpoLossType::BcoPair, DpoLossType::Sft]
+        );
+        assert_eq!(config.beta, 0.2);
+        assert!(config.try_init().is_ok());
+        let round_trip = burn::config::config_to_json(&DpoLossConfig::rpo(0.5));
+        let back = <DpoLossConfig as Config>::load_binary(round_trip.as_bytes()).unwrap();
+        assert_eq!(back.loss_weights, Some(vec![1.0, 0.5]));
+    }
+}

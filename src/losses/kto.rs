@@ -1,0 +1,302 @@
+//! Unpaired (binary-feedback) losses: KTO and APO-zero-unpaired (TRL's `KTOTrainer`), and the
+//! batch they read.
+
+use burn::config::Config;
+use burn::tensor::{Bool, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::metrics::{LossOutput, Metrics};
+use super::stable::sigmoid;
+use crate::error::{Error, check_positive, check_same_shape, unwrap_or_panic};
+use crate::logprobs::GatheredLogprobs;
+use crate::reduce::{Normalizer, mask_like};
+
+/// A batch of `B` completions, each labelled desirable or undesirable.
+///
+/// # Shapes
+/// - `logps`, `reference_logps`: `[B]` (summed over completion tokens); `desirable`: `[B]`
+/// - `kl`: `[1]`
+#[derive(Debug, Clone)]
+pub struct UnpairedBatch {
+    /// Policy log-probs of the completions `[B]`.
+    pub logps: Tensor<1>,
+    /// Reference log-probs of the completions `[B]` (constants).
+    pub reference_logps: Tensor<1>,
+    /// `true` = desirable (TRL `label = 1`), `false` = undesirable.
+    pub desirable: Tensor<1, Bool>,
+    /// KTO's KL estimate `[1]` (see [`kto_kl_estimate`]); `None` = not computed.
+    pub kl: Option<Tensor<1>>,
+}
+
+impl UnpairedBatch {
+    /// A batch from sequence log-probs.
+    pub fn new(logps: Tensor<1>, reference_logps: Tensor<1>, desirable: Tensor<1, Bool>) -> Self {
+        Self {
+            logps,
+            reference_logps: reference_logps.detach(),
+            desirable,
+            kl: None,
+        }
+    }
+
+    /// A batch from the token-level path (log-probs summed over the mask).
+    pub fn from_tokens(
+        tokens: &GatheredLogprobs,
+        reference_logps: Tensor<1>,
+        desirable: Tensor<1, Bool>,
+    ) -> Self {
+        Self::new(tokens.sum(), reference_logps, desirable)
+    }
+
+    /// Sets the KL estimate (`[1]`, detached here).
+    pub fn with_kl(mut self, kl: Tensor<1>) -> Self {
+        self.kl = Some(kl.detach());
+        self
+    }
+
+    /// Checks the shapes.
+    pub fn validate(&self) -> crate::Result<()> {
+        let b = self.logps.dims();
+        if b[0] == 0 {
+            return Err(Error::Empty {
+                arg: "logps",
+                what: "the batch has no completion".into(),
+            });
+        }
+        check_same_shape("reference_logps", &self.reference_logps.dims(), &b, "logps")?;
+        check_same_shape("desirable", &self.desirable.dims(), &b, "logps")?;
+        if let Some(kl) = &self.kl {
+            check_same_shape("kl", &kl.dims(), &[1], "a scalar")?;
+        }
+        Ok(())
+    }
+
+    /// Per-completion implicit rewards `β (logp - ref)` `[B]`, detached.
+    pub fn rewards(&self, beta: f64) -> Tensor<1> {
+        (self.logps.clone() - self.reference_logps.clone())
+            .mul_scalar(beta)
+            .detach()
+    }
+}
+
+/// KTO's KL estimate from mismatched completions (TRL: completion `i+1` scored under prompt
+/// `i`): `max(0, mean(kl_logps - reference_kl_logps))`, **detached**.
+///
+/// **Batch-coupled**: every example's loss depends on the batch mean through this estimate.
+/// With data parallelism TRL averages the (unclamped) means over ranks before clamping; do the
+/// same (all-reduce the mean) before passing it on. Gradient accumulation: the estimate is per
+/// micro-batch, as in TRL.
+///
+/// # Shapes
+/// - `kl_logps`, `reference_kl_logps`: `[B]` -> `[1]`
+pub fn kto_kl_estimate(kl_logps: Tensor<1>, reference_kl_logps: Tensor<1>) -> Tensor<1> {
+    (kl_logps - reference_kl_logps)
+        .mean()
+        .clamp_min(0.0)
+        .detach()
+}
+
+/// Unpaired loss types (TRL's `KTOConfig.loss_type` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KtoLossType {
+    /// KTO: desirable `1 - σ(β(Δ - KL))`, undesirable `1 - σ(β(KL - Δ))`. Needs the KL estimate.
+    Kto,
+    /// APO-zero (unpaired): desirable `1 - σ(βΔ)`, undesirable `σ(βΔ)`. No KL.
+    ApoZeroUnpaired,
+}
+
+/// Configuration of [`KtoLoss`] (TRL's `KTOConfig` names and defaults).
+#[derive(Config, Debug)]
+pub struct KtoLossConfig {
+    /// Loss type. Default: `kto`.
+    #[config(default = "KtoLossType::Kto")]
+    pub loss_type: KtoLossType,
+    /// `β`, finite and > 0. Default: 0.1.
+    #[config(default = 0.1)]
+    pub beta: f64,
+    /// `λ_D`, weight of the desirable losses (finite, >= 0). Default: 1.0.
+    #[config(default = 1.0)]
+    pub desirable_weight: f64,
+    /// `λ_U`, weight of the undesirable losses (finite, >= 0). Default: 1.0. TRL's docs advise
+    /// `λ_D n_D / (λ_U n_U)` in `[1, 4/3]`.
+    #[config(default = 1.0)]
+    pub undesirable_weight: f64,
+    /// Reduction of the per-example losses. Default: `SequenceMean` (TRL: one mean over all
+    /// examples of both classes).
+    #[config(default = "Normalizer::SequenceMean")]
+    pub normalizer: Normalizer,
+}
+
+impl KtoLossConfig {
+    /// Checks the configuration.
+    pub fn validate(&self) -> crate::Result<()> {
+        check_positive("beta", self.beta)?;
+        for (field, w) in [
+            ("desirable_weight", self.desirable_weight),
+            ("undesirable_weight", self.undesirable_weight),
+        ] {
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(Error::config(field, "must be finite and >= 0", w));
+            }
+        }
+        self.normalizer.validate()
+    }
+
+    /// Validates and builds the loss.
+    pub fn try_init(&self) -> crate::Result<KtoLoss> {
+        self.validate()?;
+        Ok(KtoLoss {
+            loss_type: self.loss_type,
+            beta: self.beta,
+            desirable_weight: self.desirable_weight,
+            undesirable_weight: self.undesirable_weight,
+            normalizer: self.normalizer,
+        })
+    }
+
+    /// Builds the loss.
+    ///
+    /// # Panics
+    /// If the configuration is invalid.
+    pub fn init(&self) -> KtoLoss {
+        unwrap_or_panic(self.try_init())
+    }
+}
+
+/// KTO / APO-zero-unpaired, built by [`KtoLossConfig::init`].
+///
+#[cfg_attr(
+    doc,
+    doc = r#"$$\ell_i = \begin{cases} \lambda_D\,\big(1 - \sigma(\beta(\Delta_i - \widehat{KL}))\big) & \text{desirable} \\ \lambda_U\,\big(1 - \sigma(\beta(\widehat{KL} - \Delta_i))\big) & \text{undesirable} \end{cases}\qquad L = \operatorname{normalize}_B(\ell)$$"#
+)]
+#[cfg_attr(
+    not(doc),
+    doc = "`l_i = w_D (1 - sigmoid(beta (D_i - KL)))` (desirable), `w_U (1 - sigmoid(beta (KL - D_i)))` (undesirable)"
+)]
+///
+/// with `Δ = logp - ref` and `KL` the detached estimate of [`kto_kl_estimate`]. The default
+/// `SequenceMean` is TRL's `nanmean(cat(λ_D ℓ_D, λ_U ℓ_U))`.
+///
+/// Metrics (no host sync): `kl`, `rewards/chosen` and `logps/chosen` (means over the desirable
+/// examples), `rewards/rejected`, `logps/rejected`, `rewards/margins`. TRL omits the keys of a
+/// class absent from the batch; knowing that would need a sync, so here they are NaN (`0/0`):
+/// filter NaN when logging.
+#[derive(Debug, Clone)]
+pub struct KtoLoss {
+    loss_type: KtoLossType,
+    beta: f64,
+    desirable_weight: f64,
+    undesirable_weight: f64,
+    normalizer: Normalizer,
+}
+
+impl KtoLoss {
+    /// The loss, per-example (weighted) losses and metrics.
+    ///
+    /// # Panics
+    /// On the errors [`try_forward`](Self::try_forward) returns.
+    pub fn forward(&self, batch: &UnpairedBatch) -> LossOutput {
+        unwrap_or_panic(self.try_forward(batch))
+    }
+
+    /// Non-panicking form of [`forward`](Self::forward); `kto` needs `batch.kl`.
+    pub fn try_forward(&self, batch: &UnpairedBatch) -> crate::Result<LossOutput> {
+        batch.validate()?;
+        let beta = self.beta;
+        let delta = batch.logps.clone() - batch.reference_logps.clone();
+        let kl = match (self.loss_type, &batch.kl) {
+            (_, Some(kl)) => kl.clone(),
+            (KtoLossType::Kto, None) => {
+                return Err(Error::Incompatible(
+                    "the kto loss type needs the KL estimate: UnpairedBatch::with_kl(kto_kl_estimate(..))".into(),
+                ));
+            }
+            (KtoLossType::ApoZeroUnpaired, None) => {
+                Tensor::zeros([1], (&delta.device(), delta.dtype()))
+            }
+        };
+        let (desirable_loss, undesirable_loss) = match self.loss_type {
+            // 1 - σ(x) is written σ(-x): exact in the tails.
+            KtoLossType::Kto => (
+                sigmoid((delta.clone() - kl.clone()).mul_scalar(-beta)),
+                sigmoid((delta.clone() - kl.clone()).mul_scalar(beta)),
+            ),
+            KtoLossType::ApoZeroUnpaired => (
+                sigmoid(delta.clone().mul_scalar(-beta)),
+                sigmoid(delta.clone().mul_scalar(beta)),
+            ),
+        };
+        let per_example = undesirable_loss
+            .mul_scalar(self.undesirable_weight)
+            .mask_where(
+                batch.desirable.clone(),
+                desirable_loss.mul_scalar(self.desirable_weight),
+            );
+        let loss = self.normalizer.try_reduce_sequences(per_example.clone())?;
+
+        let is_desirable = mask_like(&delta, batch.desirable.clone());
+        let is_undesirable = is_desirable.clone().neg().add_scalar(1.0);
+        let rewards = delta.mul_scalar(beta).detach();
+        let logps = batch.logps.clone().detach();
+        let class_mean =
+            |x: Tensor<1>, class: &Tensor<1>| (x * class.clone()).sum() / class.clone().sum();
+        let mut metrics = Metrics::new();
+        metrics.insert("kl", kl);
+        let chosen_rewards = class_mean(rewards.clone(), &is_desirable);
+        let rejected_rewards = class_mean(rewards, &is_undesirable);
+        metrics.insert("rewards/chosen", chosen_rewards.clone());
+        metrics.insert("rewards/rejected", rejected_rewards.clone());
+        metrics.insert("rewards/margins", chosen_rewards - rejected_rewards);
+        metrics.insert("logps/chosen", class_mean(logps.clone(), &is_desirable));
+        metrics.insert("logps/rejected", class_mean(logps, &is_undesirable));
+        Ok(LossOutput {
+            loss,
+            per_example,
+            metrics,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, FloatDType, TensorData};
+
+    fn t(values: &[f64], device: &Device) -> Tensor<1> {
+        Tensor::from_data(
+            TensorData::new(values.to_vec(), [values.len()]),
+            (device, FloatDType::F64.into()),
+        )
+    }
+
+    fn v(x: Tensor<1>) -> Vec<f64> {
+        x.into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap()
+    }
+
+    #[test]
+    fn kto_value_and_gradient_match_closed_form() {
+        // desirable: ℓ = 1 - σ(β(Δ - KL)), dℓ/dlogp = -β σ(x) σ(-x); undesirable: x = β(KL - Δ),
+        // dℓ/dlogp = +β σ(x) σ(-x). Mean over B = 2.
+        let device = Device::flex().autodiff();
+        let (lp, rf, kl, beta) = ([-3.0, -5.0], [-4.0, -4.5], 0.3, 0.1);
+        let logps = t(&lp, &device).require_grad();
+        let desirable =
+            Tensor::<1, Bool>::from_data(TensorData::new(vec![true, false], [2]), &device);
+        let batch = UnpairedBatch::new(logps.clone(), t(&rf, &device), desirable)
+            .with_kl(t(&[kl], &device));
+        let out = KtoLossConfig::new().init().forward(&batch);
+        let grads = out.loss.backward();
+        let s = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let x0 = beta * ((lp[0] - rf[0]) - kl);
+        let x1 = beta * (kl - (lp[1] - rf[1]));
+        let want = ((1.0 - s(x0)) + (1.0 - s(x1))) / 2.0;
+        assert!((v(out.loss)[0] - want).abs() < 1e-15);
+        let g = v(logps.grad(&grads).unwrap());
+        assert!((g[0] + beta * s(x0) * s(-x0) / 2.0).abs() < 1e-15);
+        assert!((g[1] - beta * s(x1) * s(-x1) / 2.0).abs() < 1e-15);
+    }
+}

@@ -1,0 +1,179 @@
+//! ORPO: odds-ratio preference optimization (TRL's experimental `ORPOTrainer`), with the
+//! stable `log1mexp` of TRL PR 4763.
+
+use burn::config::Config;
+use burn::tensor::Tensor;
+
+use super::cpo::{PairTerms, pair_metrics};
+use super::metrics::LossOutput;
+use super::preference::PreferenceBatch;
+use super::stable::{log_sigmoid, log1mexp};
+use crate::error::{check_positive, unwrap_or_panic};
+use crate::reduce::Normalizer;
+
+/// Configuration of [`OrpoLoss`] (TRL's `ORPOConfig` names and defaults).
+#[derive(Config, Debug)]
+pub struct OrpoLossConfig {
+    /// `β` (the paper's `λ`), finite and > 0. Default: 0.1.
+    #[config(default = 0.1)]
+    pub beta: f64,
+    /// Reduction of the per-pair terms. Default: `SequenceMean` (TRL).
+    #[config(default = "Normalizer::SequenceMean")]
+    pub normalizer: Normalizer,
+}
+
+impl OrpoLossConfig {
+    /// Checks the configuration.
+    pub fn validate(&self) -> crate::Result<()> {
+        check_positive("beta", self.beta)?;
+        self.normalizer.validate()
+    }
+
+    /// Validates and builds the loss.
+    pub fn try_init(&self) -> crate::Result<OrpoLoss> {
+        self.validate()?;
+        Ok(OrpoLoss {
+            beta: self.beta,
+            normalizer: self.normalizer,
+        })
+    }
+
+    /// Builds the loss.
+    ///
+    /// # Panics
+    /// If the configuration is invalid.
+    pub fn init(&self) -> OrpoLoss {
+        unwrap_or_panic(self.try_init())
+    }
+}
+
+/// TRL's `odds_ratio_loss` outputs.
+#[derive(Debug, Clone)]
+pub struct OddsRatioTerms {
+    /// `β log σ(log_odds)` per pair `[B]` (TRL's sign: the loss **subtracts** its mean).
+    pub losses: Tensor<1>,
+    /// `log_odds = (ĉ - r̂) - (log(1 - e^ĉ) - log(1 - e^r̂))` per pair `[B]`.
+    pub log_odds: Tensor<1>,
+    /// `β ĉ` `[B]`, detached.
+    pub chosen_rewards: Tensor<1>,
+    /// `β r̂` `[B]`, detached.
+    pub rejected_rewards: Tensor<1>,
+}
+
+/// ORPO, built by [`OrpoLossConfig::init`]. Reference-free; works on **average** log-probs.
+///
+#[cfg_attr(
+    doc,
+    doc = r#"$$L = \text{NLL}(y_w) - \beta \operatorname{mean}_B \log\sigma\Big((\hat c - \hat r) - \big(\log(1 - e^{\hat c}) - \log(1 - e^{\hat r})\big)\Big)$$"#
+)]
+#[cfg_attr(
+    not(doc),
+    doc = "`L = NLL(y_w) - beta * mean log_sigmoid((c - r) - (log1mexp(c) - log1mexp(r)))`"
+)]
+///
+/// with `ĉ, r̂` the completion log-probs averaged over tokens (`chosen_logps / chosen_token_counts`;
+/// a sequence with no token gets 0, TRL gives NaN). `log(1 - e^x)` is [`log1mexp`], finite
+/// for averages up to 0⁻ (the naive `log1p(-exp(x))` of Liger/axolotl is not).
+///
+/// The NLL is the token mean over `nll_tokens` (TRL: chosen prompt **and** completion tokens,
+/// every position with attention; set it with [`PreferenceBatch::with_nll_tokens`]) or, if
+/// absent, over `chosen_tokens`. TRL computes the odds ratio in float32 (`.float()`); this
+/// computes it in the inputs' dtype.
+///
+/// Metrics: `rewards/*` (`β ĉ`, `β r̂`), `logps/*` (averages), `nll_loss`, `log_odds_ratio`
+/// (`mean log σ(log_odds)`), `log_odds_chosen` (`mean log_odds`).
+#[derive(Debug, Clone)]
+pub struct OrpoLoss {
+    beta: f64,
+    normalizer: Normalizer,
+}
+
+impl OrpoLoss {
+    /// TRL's `odds_ratio_loss` on average log-probs `[B]` (each < 0).
+    pub fn odds_ratio(&self, chosen_logps: Tensor<1>, rejected_logps: Tensor<1>) -> OddsRatioTerms {
+        let log_odds = (chosen_logps.clone() - rejected_logps.clone())
+            - (log1mexp(chosen_logps.clone()) - log1mexp(rejected_logps.clone()));
+        OddsRatioTerms {
+            losses: log_sigmoid(log_odds.clone()).mul_scalar(self.beta),
+            log_odds,
+            chosen_rewards: chosen_logps.mul_scalar(self.beta).detach(),
+            rejected_rewards: rejected_logps.mul_scalar(self.beta).detach(),
+        }
+    }
+
+    /// The loss, per-pair terms (`nll - β log σ(log_odds)`) and metrics.
+    ///
+    /// # Panics
+    /// On the errors [`try_forward`](Self::try_forward) returns.
+    pub fn forward(&self, batch: &PreferenceBatch) -> LossOutput {
+        unwrap_or_panic(self.try_forward(batch))
+    }
+
+    /// Non-panicking form of [`forward`](Self::forward). Needs token counts and per-token
+    /// chosen log-probs (or `nll_tokens`).
+    pub fn try_forward(&self, batch: &PreferenceBatch) -> crate::Result<LossOutput> {
+        batch.validate()?;
+        let (cc, cr) = batch.token_counts("ORPO (averaged log-probs)")?;
+        let chosen = batch.chosen_logps.clone() / cc.clamp_min(1.0);
+        let rejected = batch.rejected_logps.clone() / cr.clamp_min(1.0);
+        let terms = self.odds_ratio(chosen.clone(), rejected.clone());
+        let nll = batch.nll("ORPO's NLL term")?;
+        let per_example = nll.clone() - terms.losses.clone();
+        let loss = self.normalizer.try_reduce_sequences(per_example.clone())?;
+        let pair = PairTerms {
+            losses: terms.losses.clone(),
+            chosen_rewards: terms.chosen_rewards.clone(),
+            rejected_rewards: terms.rejected_rewards.clone(),
+        };
+        let mut metrics = pair_metrics(&pair, chosen, rejected);
+        metrics.insert("nll_loss", nll);
+        metrics.insert("log_odds_ratio", log_sigmoid(terms.log_odds.clone()).mean());
+        metrics.insert("log_odds_chosen", terms.log_odds.mean());
+        Ok(LossOutput {
+            loss,
+            per_example,
+            metrics,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, FloatDType, TensorData};
+
+    fn t(values: &[f64], device: &Device) -> Tensor<1> {
+        Tensor::from_data(
+            TensorData::new(values.to_vec(), [values.len()]),
+            (device, FloatDType::F64.into()),
+        )
+    }
+
+    fn v(x: Tensor<1>) -> Vec<f64> {
+        x.into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap()
+    }
+
+    #[test]
+    fn odds_ratio_value_and_gradient_match_closed_form() {
+        // log_odds = log(p_c/(1-p_c)) - log(p_r/(1-p_r)); d log_odds / dĉ = 1/(1 - p_c);
+        // d(β log σ(o))/dĉ = β σ(-o) / (1 - p_c).
+        let device = Device::flex().autodiff();
+        let (c, r) = (-0.3f64, -1.7f64);
+        let beta = 0.1;
+        let chosen = t(&[c], &device).require_grad();
+        let terms = OrpoLossConfig::new()
+            .init()
+            .odds_ratio(chosen.clone(), t(&[r], &device));
+        let grads = terms.losses.clone().sum().backward();
+        let (pc, pr) = (c.exp(), r.exp());
+        let o = (pc / (1.0 - pc)).ln() - (pr / (1.0 - pr)).ln();
+        let want = beta * -(1.0 + (-o).exp()).ln();
+        let want_grad = beta / (1.0 + o.exp()) / (1.0 - pc);
+        assert!((v(terms.log_odds)[0] - o).abs() < 1e-14);
+        assert!((v(terms.losses)[0] - want).abs() < 1e-15);
+        assert!((v(chosen.grad(&grads).unwrap())[0] - want_grad).abs() < 1e-14);
+    }
+}

@@ -1,0 +1,271 @@
+//! The input of every paired preference loss ([`DpoLoss`](super::DpoLoss),
+//! [`CpoLoss`](super::CpoLoss), [`OrpoLoss`](super::OrpoLoss)).
+
+use burn::tensor::Tensor;
+
+use crate::error::{Error, Result, check_same_shape};
+use crate::logprobs::GatheredLogprobs;
+use crate::reduce::{mask_like, zero_masked};
+
+/// A batch of `B` preference pairs: what the paired losses read, and nothing hidden.
+///
+/// Build it from sequence log-probs you already have ([`new`](Self::new)) or from the
+/// token-level path ([`from_tokens`](Self::from_tokens), which also fills the token counts and
+/// keeps the per-token log-probs for the losses that need them), then add what your loss
+/// needs with the `with_*` methods. Which loss reads which field:
+///
+/// | field | read by |
+/// |---|---|
+/// | `chosen_logps`, `rejected_logps` (summed over completion tokens) | every loss |
+/// | `reference_*_logps` | DPO family (absent = reference-free: `c₀ = r₀ = 0`) |
+/// | `*_token_counts` | DPO `ipo` / `sigmoid_norm`; CPO `ipo` / `simpo`; ORPO (averaged log-probs) |
+/// | `chosen_tokens`, `rejected_tokens` | LD-DPO (`ld_alpha`), WPO (`use_weighting`), and the NLL/SFT term when `nll_tokens` is absent |
+/// | `nll_tokens` | DPO `sft`, CPO/RPO/ORPO NLL term, when it runs over other tokens than the completion (ORPO includes the prompt) |
+/// | `*_log_sum_sq_probs` | WPO (`use_weighting`) |
+///
+/// # Shapes
+/// - `chosen_logps`, `rejected_logps`, `reference_*`, `*_token_counts`: `[B]`
+/// - `chosen_tokens`: `[B, Tc]`; `rejected_tokens`: `[B, Tr]`; `nll_tokens`: `[B, Tn]`
+/// - `chosen_log_sum_sq_probs`: `[B, Tc]`; `rejected_log_sum_sq_probs`: `[B, Tr]`
+#[derive(Debug, Clone)]
+pub struct PreferenceBatch {
+    /// Policy log-probs of the chosen completions, summed over completion tokens: `[B]`.
+    pub chosen_logps: Tensor<1>,
+    /// Policy log-probs of the rejected completions, summed over completion tokens: `[B]`.
+    pub rejected_logps: Tensor<1>,
+    /// Reference-model log-probs of the chosen completions: `[B]` (constants; detach them or
+    /// compute them on a non-autodiff device / `model.valid()`).
+    pub reference_chosen_logps: Option<Tensor<1>>,
+    /// Reference-model log-probs of the rejected completions: `[B]`.
+    pub reference_rejected_logps: Option<Tensor<1>>,
+    /// Completion token count of each chosen sequence (float): `[B]`.
+    pub chosen_token_counts: Option<Tensor<1>>,
+    /// Completion token count of each rejected sequence (float): `[B]`.
+    pub rejected_token_counts: Option<Tensor<1>>,
+    /// Per-token policy log-probs of the chosen completions with their mask.
+    pub chosen_tokens: Option<GatheredLogprobs>,
+    /// Per-token policy log-probs of the rejected completions with their mask.
+    pub rejected_tokens: Option<GatheredLogprobs>,
+    /// Tokens the NLL / SFT term averages over, if not `chosen_tokens`.
+    pub nll_tokens: Option<GatheredLogprobs>,
+    /// Per-token `log Σ_v p_v²` of the chosen completions (WPO): `[B, Tc]`.
+    pub chosen_log_sum_sq_probs: Option<Tensor<2>>,
+    /// Per-token `log Σ_v p_v²` of the rejected completions (WPO): `[B, Tr]`.
+    pub rejected_log_sum_sq_probs: Option<Tensor<2>>,
+}
+
+impl PreferenceBatch {
+    /// A batch from summed sequence log-probs `[B]`; everything else absent.
+    pub fn new(chosen_logps: Tensor<1>, rejected_logps: Tensor<1>) -> Self {
+        Self {
+            chosen_logps,
+            rejected_logps,
+            reference_chosen_logps: None,
+            reference_rejected_logps: None,
+            chosen_token_counts: None,
+            rejected_token_counts: None,
+            chosen_tokens: None,
+            rejected_tokens: None,
+            nll_tokens: None,
+            chosen_log_sum_sq_probs: None,
+            rejected_log_sum_sq_probs: None,
+        }
+    }
+
+    /// A batch from the token-level path: the sequence log-probs are the masked sums, the
+    /// token counts the mask sums, and the per-token log-probs are kept (for LD-DPO, WPO and
+    /// the NLL/SFT term).
+    pub fn from_tokens(chosen: GatheredLogprobs, rejected: GatheredLogprobs) -> Self {
+        let mut batch = Self::new(chosen.sum(), rejected.sum());
+        batch.chosen_token_counts = Some(chosen.token_counts());
+        batch.rejected_token_counts = Some(rejected.token_counts());
+        batch.chosen_tokens = Some(chosen);
+        batch.rejected_tokens = Some(rejected);
+        batch
+    }
+
+    /// Adds the reference model's sequence log-probs `[B]` (detached here).
+    pub fn with_reference(mut self, chosen: Tensor<1>, rejected: Tensor<1>) -> Self {
+        self.reference_chosen_logps = Some(chosen.detach());
+        self.reference_rejected_logps = Some(rejected.detach());
+        self
+    }
+
+    /// Adds per-sequence completion token counts `[B]` (float, in the log-probs' dtype).
+    pub fn with_token_counts(mut self, chosen: Tensor<1>, rejected: Tensor<1>) -> Self {
+        self.chosen_token_counts = Some(chosen);
+        self.rejected_token_counts = Some(rejected);
+        self
+    }
+
+    /// Sets the tokens the NLL / SFT term averages over (default: `chosen_tokens`).
+    pub fn with_nll_tokens(mut self, tokens: GatheredLogprobs) -> Self {
+        self.nll_tokens = Some(tokens);
+        self
+    }
+
+    /// Adds the per-token `log Σ_v p_v²` WPO needs (`[B, Tc]`, `[B, Tr]`, aligned with the
+    /// token log-probs). Compute it from logits `z` as `logsumexp(2z) - 2 logsumexp(z)`.
+    pub fn with_log_sum_sq_probs(mut self, chosen: Tensor<2>, rejected: Tensor<2>) -> Self {
+        self.chosen_log_sum_sq_probs = Some(chosen.detach());
+        self.rejected_log_sum_sq_probs = Some(rejected.detach());
+        self
+    }
+
+    /// Number of pairs.
+    pub fn len(&self) -> usize {
+        self.chosen_logps.dims()[0]
+    }
+
+    /// True when the batch has no pair.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Checks every present field against `B` (and the token fields against each other).
+    pub fn validate(&self) -> Result<()> {
+        let b = self.chosen_logps.dims();
+        if b[0] == 0 {
+            return Err(Error::Empty {
+                arg: "chosen_logps",
+                what: "the batch has no pair".into(),
+            });
+        }
+        check_same_shape(
+            "rejected_logps",
+            &self.rejected_logps.dims(),
+            &b,
+            "chosen_logps",
+        )?;
+        let vectors = [
+            ("reference_chosen_logps", &self.reference_chosen_logps),
+            ("reference_rejected_logps", &self.reference_rejected_logps),
+            ("chosen_token_counts", &self.chosen_token_counts),
+            ("rejected_token_counts", &self.rejected_token_counts),
+        ];
+        for (arg, t) in vectors {
+            if let Some(t) = t {
+                check_same_shape(arg, &t.dims(), &b, "chosen_logps")?;
+            }
+        }
+        if self.reference_chosen_logps.is_some() != self.reference_rejected_logps.is_some() {
+            return Err(Error::Incompatible(
+                "give both reference_chosen_logps and reference_rejected_logps, or neither".into(),
+            ));
+        }
+        let tokens = [
+            ("chosen_tokens", &self.chosen_tokens),
+            ("rejected_tokens", &self.rejected_tokens),
+            ("nll_tokens", &self.nll_tokens),
+        ];
+        for (arg, t) in tokens {
+            if let Some(t) = t {
+                let dims = t.logprobs.dims();
+                check_same_shape(format_mask(arg), &t.mask.dims(), &dims, arg)?;
+                if dims[0] != b[0] {
+                    return Err(Error::shape(
+                        arg,
+                        format!("[B, T] with B = {}", b[0]),
+                        &dims,
+                    ));
+                }
+            }
+        }
+        let sq = [
+            (
+                "chosen_log_sum_sq_probs",
+                &self.chosen_log_sum_sq_probs,
+                &self.chosen_tokens,
+            ),
+            (
+                "rejected_log_sum_sq_probs",
+                &self.rejected_log_sum_sq_probs,
+                &self.rejected_tokens,
+            ),
+        ];
+        for (arg, t, tokens) in sq {
+            if let (Some(t), Some(tokens)) = (t, tokens) {
+                check_same_shape(
+                    arg,
+                    &t.dims(),
+                    &tokens.logprobs.dims(),
+                    "the token log-probs",
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reference log-probs, or zeros (reference-free) when absent.
+    pub(crate) fn reference_or_zeros(&self) -> (Tensor<1>, Tensor<1>) {
+        match (&self.reference_chosen_logps, &self.reference_rejected_logps) {
+            (Some(c), Some(r)) => (c.clone(), r.clone()),
+            _ => (
+                Tensor::zeros_like(&self.chosen_logps).detach(),
+                Tensor::zeros_like(&self.rejected_logps).detach(),
+            ),
+        }
+    }
+
+    /// Token counts, from the explicit field or the token masks.
+    pub(crate) fn token_counts(&self, needed_by: &str) -> Result<(Tensor<1>, Tensor<1>)> {
+        let chosen = self.chosen_token_counts.clone().or_else(|| {
+            self.chosen_tokens
+                .as_ref()
+                .map(GatheredLogprobs::token_counts)
+        });
+        let rejected = self.rejected_token_counts.clone().or_else(|| {
+            self.rejected_tokens
+                .as_ref()
+                .map(GatheredLogprobs::token_counts)
+        });
+        match (chosen, rejected) {
+            (Some(c), Some(r)) => Ok((c, r)),
+            _ => Err(Error::Incompatible(format!(
+                "{needed_by} needs per-sequence token counts: set chosen_token_counts and rejected_token_counts (or build the batch with PreferenceBatch::from_tokens)"
+            ))),
+        }
+    }
+
+    /// The per-token chosen and rejected log-probs, or an error naming the feature.
+    pub(crate) fn tokens(&self, needed_by: &str) -> Result<(&GatheredLogprobs, &GatheredLogprobs)> {
+        match (&self.chosen_tokens, &self.rejected_tokens) {
+            (Some(c), Some(r)) => Ok((c, r)),
+            _ => Err(Error::Incompatible(format!(
+                "{needed_by} needs per-token log-probs: set chosen_tokens and rejected_tokens (PreferenceBatch::from_tokens)"
+            ))),
+        }
+    }
+
+    /// The token-mean negative log-likelihood over all tokens of the NLL tokens (or the chosen
+    /// tokens): `-Σ logp / max(#tokens, 1)`, a scalar `[1]` (PyTorch's `CrossEntropyLoss`
+    /// mean, except that a batch with no token gives 0, not NaN).
+    pub(crate) fn nll(&self, needed_by: &str) -> Result<Tensor<1>> {
+        let tokens = self.nll_tokens.as_ref().or(self.chosen_tokens.as_ref()).ok_or_else(|| {
+            Error::Incompatible(format!(
+                "{needed_by} needs per-token chosen log-probs for its NLL term: set chosen_tokens (PreferenceBatch::from_tokens) or nll_tokens"
+            ))
+        })?;
+        let count = mask_like(&tokens.logprobs, tokens.mask.clone())
+            .sum()
+            .clamp_min(1.0);
+        Ok(zero_masked(tokens.logprobs.clone(), tokens.mask.clone())
+            .sum()
+            .neg()
+            / count)
+    }
+}
+
+fn format_mask(arg: &'static str) -> &'static str {
+    match arg {
+        "chosen_tokens" => "chosen_tokens.mask",
+        "rejected_tokens" => "rejected_tokens.mask",
+        _ => "nll_tokens.mask",
+    }
+}
+
+/// Mean of a `[B]` tensor of 0/1 comparisons, in the dtype of `like`.
+pub(crate) fn fraction_greater(a: Tensor<1>, b: Tensor<1>) -> Tensor<1> {
+    let like = a.clone();
+    mask_like(&like, a.greater(b)).mean()
+}
