@@ -18,7 +18,10 @@ fn fused(c: &mut Criterion) {
     let weight = Tensor::<2>::random([v, h], Distribution::Normal(0.0, 0.03), &device);
     let targets = Tensor::<1, Int>::random([n], Distribution::Uniform(0.0, v as f64), &device);
     let mut group = c.benchmark_group("fused_lm_head_fwd_bwd_N2048_H1024_V32000");
-    group.sample_size(10).measurement_time(Duration::from_secs(30)).warm_up_time(Duration::from_secs(3));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(30))
+        .warm_up_time(Duration::from_secs(3));
     fn timed(device: &Device, f: &dyn Fn(), iters: u64) -> Duration {
         let start = Instant::now();
         for _ in 0..iters {
@@ -29,19 +32,42 @@ fn fused(c: &mut Criterion) {
     }
     let fused_op = FusedLogprobsConfig::new().with_check_targets(false).init();
     let run_fused = || {
-        let (hh, ww) = (hidden.clone().autodiff().require_grad(), weight.clone().autodiff().require_grad());
-        let grads = fused_op.forward(hh.clone(), ww.clone(), None, targets.clone()).logprobs.sum().backward();
+        let (hh, ww) = (
+            hidden.clone().autodiff().require_grad(),
+            weight.clone().autodiff().require_grad(),
+        );
+        let grads = fused_op
+            .forward(hh.clone(), ww.clone(), None, targets.clone())
+            .logprobs
+            .sum()
+            .backward();
         black_box((hh.grad(&grads), ww.grad(&grads)));
     };
-    group.bench_function("fused", |b| b.iter_custom(|iters| timed(&device, &run_fused, iters)));
-    let gather = TokenLogprobsConfig::new(LabelAlignment::Aligned).with_check_labels(false).init();
+    group.bench_function("fused", |b| {
+        b.iter_custom(|iters| timed(&device, &run_fused, iters))
+    });
+    let gather = TokenLogprobsConfig::new(LabelAlignment::Aligned)
+        .with_check_labels(false)
+        .init();
     let run_materialized = || {
-        let (hh, ww) = (hidden.clone().autodiff().require_grad(), weight.clone().autodiff().require_grad());
-        let logits = hh.clone().matmul(ww.clone().transpose()).unsqueeze_dim::<3>(0);
-        let grads = gather.forward(logits, targets.clone().unsqueeze_dim::<2>(0)).logprobs.sum().backward();
+        let (hh, ww) = (
+            hidden.clone().autodiff().require_grad(),
+            weight.clone().autodiff().require_grad(),
+        );
+        let logits = hh
+            .clone()
+            .matmul(ww.clone().transpose())
+            .unsqueeze_dim::<3>(0);
+        let grads = gather
+            .forward(logits, targets.clone().unsqueeze_dim::<2>(0))
+            .logprobs
+            .sum()
+            .backward();
         black_box((hh.grad(&grads), ww.grad(&grads)));
     };
-    group.bench_function("materialized_lean_gather", |b| b.iter_custom(|iters| timed(&device, &run_materialized, iters)));
+    group.bench_function("materialized_lean_gather", |b| {
+        b.iter_custom(|iters| timed(&device, &run_materialized, iters))
+    });
     let run_gemms = || {
         let logits = hidden.clone().matmul(weight.clone().transpose());
         let dh = logits.clone().matmul(weight.clone());
@@ -49,7 +75,9 @@ fn fused(c: &mut Criterion) {
         let again = hidden.clone().matmul(weight.clone().transpose());
         black_box((dh, dw, again));
     };
-    group.bench_function("bare_gemms", |b| b.iter_custom(|iters| timed(&device, &run_gemms, iters)));
+    group.bench_function("bare_gemms", |b| {
+        b.iter_custom(|iters| timed(&device, &run_gemms, iters))
+    });
     group.finish();
 }
 

@@ -27,7 +27,10 @@ fn arg(name: &str, default: usize) -> usize {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} needs an integer, got {v}")))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} needs an integer, got {v}"))
+        })
         .unwrap_or(default)
 }
 
@@ -38,7 +41,13 @@ enum Variant {
     BareGemms,
 }
 
-fn run_once(variant: Variant, hidden: &Tensor<2>, weight: &Tensor<2>, targets: &Tensor<1, Int>, device: &Device) -> (f64, usize) {
+fn run_once(
+    variant: Variant,
+    hidden: &Tensor<2>,
+    weight: &Tensor<2>,
+    targets: &Tensor<1, Int>,
+    device: &Device,
+) -> (f64, usize) {
     device.sync().unwrap();
     let before = alloc::reset_peak();
     let start = Instant::now();
@@ -46,14 +55,22 @@ fn run_once(variant: Variant, hidden: &Tensor<2>, weight: &Tensor<2>, targets: &
     let w = weight.clone().autodiff().require_grad();
     let (dh, dw) = match variant {
         Variant::Fused => {
-            let out = FusedLogprobsConfig::new().with_check_targets(false).init().forward(h.clone(), w.clone(), None, targets.clone());
+            let out = FusedLogprobsConfig::new()
+                .with_check_targets(false)
+                .init()
+                .forward(h.clone(), w.clone(), None, targets.clone());
             let grads = out.logprobs.sum().backward();
             (h.grad(&grads).unwrap(), w.grad(&grads).unwrap())
         }
         Variant::Materialized => {
-            let logits = h.clone().matmul(w.clone().transpose()).unsqueeze_dim::<3>(0);
+            let logits = h
+                .clone()
+                .matmul(w.clone().transpose())
+                .unsqueeze_dim::<3>(0);
             let labels = targets.clone().unsqueeze_dim::<2>(0);
-            let op = TokenLogprobsConfig::new(LabelAlignment::Aligned).with_check_labels(false).init();
+            let op = TokenLogprobsConfig::new(LabelAlignment::Aligned)
+                .with_check_labels(false)
+                .init();
             let grads = op.forward(logits, labels).logprobs.sum().backward();
             (h.grad(&grads).unwrap(), w.grad(&grads).unwrap())
         }
@@ -68,16 +85,24 @@ fn run_once(variant: Variant, hidden: &Tensor<2>, weight: &Tensor<2>, targets: &
             (dh, dw)
         }
     };
-    let _ = dh.clone().slice([0..1, 0..1]).into_scalar::<f32>() + dw.clone().slice([0..1, 0..1]).into_scalar::<f32>();
+    let _ = dh.clone().slice([0..1, 0..1]).into_scalar::<f32>()
+        + dw.clone().slice([0..1, 0..1]).into_scalar::<f32>();
     device.sync().unwrap();
     let elapsed = start.elapsed().as_secs_f64();
     let grads_bytes = (dh.shape().num_elements() + dw.shape().num_elements()) * 4;
-    let extra = alloc::peak().saturating_sub(before).saturating_sub(grads_bytes);
+    let extra = alloc::peak()
+        .saturating_sub(before)
+        .saturating_sub(grads_bytes);
     (elapsed, extra)
 }
 
 fn main() {
-    let (n, h, v, reps) = (arg("--n", 2048), arg("--h", 1024), arg("--v", 32000), arg("--reps", 3));
+    let (n, h, v, reps) = (
+        arg("--n", 2048),
+        arg("--h", 1024),
+        arg("--v", 32000),
+        arg("--reps", 3),
+    );
     let skip_materialized = std::env::args().any(|a| a == "--skip-materialized");
     let (device_name, device) = device_arg::from_args().unwrap_or_else(|e| {
         eprintln!("error: {e}");
@@ -88,13 +113,25 @@ fn main() {
     let weight = Tensor::<2>::random([v, h], Distribution::Normal(0.0, 0.03), &device);
     let targets = Tensor::<1, Int>::random([n], Distribution::Uniform(0.0, v as f64), &device);
     let gflop = 4.0 * 2.0 * (n * h * v) as f64 / 1e9;
-    println!("fused LM-head log-probs fwd+bwd on {device_name} (f32), N={n} H={h} V={v}; logits would be {:.0} MB; median of {reps}", (n * v * 4) as f64 / 1e6);
-    println!("{:<44} {:>9} {:>10} {:>16}", "variant", "time ms", "GFLOP/s*", "peak extra MB");
+    println!(
+        "fused LM-head log-probs fwd+bwd on {device_name} (f32), N={n} H={h} V={v}; logits would be {:.0} MB; median of {reps}",
+        (n * v * 4) as f64 / 1e6
+    );
+    println!(
+        "{:<44} {:>9} {:>10} {:>16}",
+        "variant", "time ms", "GFLOP/s*", "peak extra MB"
+    );
     let mut rows = Vec::new();
     for (name, variant) in [
         ("(a) fused op", Variant::Fused),
-        ("(b) materialized logits + lean gather", Variant::Materialized),
-        ("(c) bare GEMMs (4 products, no softmax)", Variant::BareGemms),
+        (
+            "(b) materialized logits + lean gather",
+            Variant::Materialized,
+        ),
+        (
+            "(c) bare GEMMs (4 products, no softmax)",
+            Variant::BareGemms,
+        ),
     ] {
         if skip_materialized && matches!(variant, Variant::Materialized) {
             rows.push((f64::NAN, 0));
@@ -110,7 +147,12 @@ fn main() {
         }
         times.sort_by(|a, b| a.partial_cmp(b).unwrap());
         let t = times[times.len() / 2];
-        println!("{name:<44} {:>9.0} {:>10.1} {:>16.1}", t * 1e3, gflop / t, mem as f64 / 1e6);
+        println!(
+            "{name:<44} {:>9.0} {:>10.1} {:>16.1}",
+            t * 1e3,
+            gflop / t,
+            mem as f64 / 1e6
+        );
         rows.push((t, mem));
     }
     println!("* GFLOP/s counts the 4 GEMMs ({gflop:.0} GFLOP) for every variant");
@@ -119,6 +161,10 @@ fn main() {
     let (fc, _) = rows[2];
     println!("fused / bare GEMMs time: {:.2}x (target <= 1.3x)", fa / fc);
     if !skip_materialized {
-        println!("fused vs materialized: {:.2}x time, {:.1}x less peak extra memory (target >= 10x)", fb / fa, mb as f64 / ma.max(1) as f64);
+        println!(
+            "fused vs materialized: {:.2}x time, {:.1}x less peak extra memory (target >= 10x)",
+            fb / fa,
+            mb as f64 / ma.max(1) as f64
+        );
     }
 }

@@ -11,7 +11,10 @@ use burn::tensor::{DType, FloatDType, Tensor};
 use crate::error::{Error, Result};
 
 /// Checks that the tensor's dtype can be computed on its device, and upcasts f16/bf16 to f32.
-pub(crate) fn accumulate_in_f32<const D: usize>(tensor: Tensor<D>, arg: &'static str) -> Result<Tensor<D>> {
+pub(crate) fn accumulate_in_f32<const D: usize>(
+    tensor: Tensor<D>,
+    arg: &'static str,
+) -> Result<Tensor<D>> {
     let dtype = tensor.dtype();
     let device = tensor.device();
     if !device.supports_dtype(dtype) {

@@ -504,7 +504,7 @@ fn normalizer_global_counts_make_micro_batches_exact() {
         let op = TokenLogprobsConfig::new(LabelAlignment::CausalShift).init();
         let whole_logits = tensor::<3>(p.logits.clone(), [b, t, v], &dev, &device).require_grad();
         let whole = op.forward(whole_logits.clone(), labels_all.clone());
-        let tokens = burn_rlhf::reduce::global_token_count(&[whole.mask.clone()]);
+        let tokens = burn_rlhf::reduce::global_token_count(std::slice::from_ref(&whole.mask));
         let cases = [
             (Normalizer::TokenMean, Normalizer::GlobalTokens(tokens)),
             (

@@ -4,6 +4,7 @@
 //!   difference is f32 summation order);
 //! - against the f32 run on the unrounded values: the rounding of the inputs dominates,
 //!   |delta logp| <= 0.05 (f16) / 0.5 (bf16) for logits of magnitude ~5.
+//!
 //! Gradients come back in the input's dtype.
 
 mod common;
@@ -19,8 +20,12 @@ fn f32_tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Devi
 
 fn logits_and_labels(seed: u64, b: usize, t: usize, v: usize, scale: f64) -> (Vec<f32>, Vec<i64>) {
     let mut r = Rng::new(seed);
-    let logits = (0..b * t * v).map(|_| (r.normal() * scale) as f32).collect();
-    let labels = (0..b * t).map(|i| if i % 5 == 0 { -100 } else { r.below(v) as i64 }).collect();
+    let logits = (0..b * t * v)
+        .map(|_| (r.normal() * scale) as f32)
+        .collect();
+    let labels = (0..b * t)
+        .map(|i| if i % 5 == 0 { -100 } else { r.below(v) as i64 })
+        .collect();
     (logits, labels)
 }
 
@@ -33,24 +38,64 @@ fn half_precision_token_logprobs_accumulate_in_f32() {
         assert!(device.supports_dtype(half));
         let op = TokenLogprobsConfig::new(LabelAlignment::CausalShift).init();
         let labels = || int_tensor::<2>(labels_v.clone(), [b, t], &device);
-        let half_logits = f32_tensor::<3>(values.clone(), [b, t, v], &device).cast(half).require_grad();
+        let half_logits = f32_tensor::<3>(values.clone(), [b, t, v], &device)
+            .cast(half)
+            .require_grad();
         let out = op.forward(half_logits.clone(), labels());
-        assert_eq!(out.logprobs.dtype(), DType::F32, "{half:?}: log-probs are f32");
+        assert_eq!(
+            out.logprobs.dtype(),
+            DType::F32,
+            "{half:?}: log-probs are f32"
+        );
         let grads = out.logprobs.clone().sum().backward();
         let grad_half = half_logits.grad(&grads).unwrap();
-        assert_eq!(grad_half.dtype(), DType::from(half), "gradient in the input dtype");
+        assert_eq!(
+            grad_half.dtype(),
+            DType::from(half),
+            "gradient in the input dtype"
+        );
 
         // Same rounded values in f32: equal up to summation order.
-        let rounded = half_logits.clone().inner().cast(FloatDType::F32).autodiff().require_grad();
+        let rounded = half_logits
+            .clone()
+            .inner()
+            .cast(FloatDType::F32)
+            .autodiff()
+            .require_grad();
         let out32 = op.forward(rounded.clone(), labels());
         let grads32 = out32.logprobs.clone().sum().backward();
-        assert_close(&format!("{half:?} vs f32 on rounded values"), &to_vec(out.logprobs.clone()), &to_vec(out32.logprobs), 1e-5, 1e-5);
-        let g32 = rounded.grad(&grads32).unwrap().cast(half).cast(FloatDType::F32);
-        assert_close(&format!("{half:?} grad"), &to_vec(grad_half.cast(FloatDType::F32)), &to_vec(g32), 1e-2, 1e-3);
+        assert_close(
+            &format!("{half:?} vs f32 on rounded values"),
+            &to_vec(out.logprobs.clone()),
+            &to_vec(out32.logprobs),
+            1e-5,
+            1e-5,
+        );
+        let g32 = rounded
+            .grad(&grads32)
+            .unwrap()
+            .cast(half)
+            .cast(FloatDType::F32);
+        assert_close(
+            &format!("{half:?} grad"),
+            &to_vec(grad_half.cast(FloatDType::F32)),
+            &to_vec(g32),
+            1e-2,
+            1e-3,
+        );
 
         // Against the unrounded f32 run: within the input rounding.
-        let exact = op.forward(f32_tensor::<3>(values.clone(), [b, t, v], &device), labels());
-        assert_close(&format!("{half:?} vs unrounded f32"), &to_vec(out.logprobs), &to_vec(exact.logprobs), 0.0, loose);
+        let exact = op.forward(
+            f32_tensor::<3>(values.clone(), [b, t, v], &device),
+            labels(),
+        );
+        assert_close(
+            &format!("{half:?} vs unrounded f32"),
+            &to_vec(out.logprobs),
+            &to_vec(exact.logprobs),
+            0.0,
+            loose,
+        );
     }
 }
 
@@ -60,11 +105,21 @@ fn half_precision_extreme_logits_stay_finite() {
     let (b, t, v) = (1, 3, 50);
     for (half, magnitude) in [(FloatDType::F16, 60000.0), (FloatDType::BF16, 1e38)] {
         let mut r = Rng::new(9);
-        let values: Vec<f32> = (0..b * t * v).map(|_| (r.range(-1.0, 1.0) * magnitude) as f32).collect();
+        let values: Vec<f32> = (0..b * t * v)
+            .map(|_| (r.range(-1.0, 1.0) * magnitude) as f32)
+            .collect();
         let logits = f32_tensor::<3>(values, [b, t, v], &device).cast(half);
         let labels = int_tensor::<2>(vec![3, 7, 11], [b, t], &device);
-        let lp = to_vec(TokenLogprobsConfig::new(LabelAlignment::Aligned).init().forward(logits, labels).logprobs);
-        assert!(lp.iter().all(|x| x.is_finite() && *x <= 0.0), "{half:?}: {lp:?}");
+        let lp = to_vec(
+            TokenLogprobsConfig::new(LabelAlignment::Aligned)
+                .init()
+                .forward(logits, labels)
+                .logprobs,
+        );
+        assert!(
+            lp.iter().all(|x| x.is_finite() && *x <= 0.0),
+            "{half:?}: {lp:?}"
+        );
     }
 }
 
@@ -75,12 +130,21 @@ fn half_precision_fused_logprobs_accumulate_in_f32() {
     let mut r = Rng::new(4);
     let hidden_v: Vec<f32> = (0..n * h).map(|_| r.normal() as f32).collect();
     let weight_v: Vec<f32> = (0..v * h).map(|_| (r.normal() * 0.5) as f32).collect();
-    let targets_v: Vec<i64> = (0..n).map(|i| if i == 4 { -100 } else { r.below(v) as i64 }).collect();
+    let targets_v: Vec<i64> = (0..n)
+        .map(|i| if i == 4 { -100 } else { r.below(v) as i64 })
+        .collect();
     for half in [FloatDType::F16, FloatDType::BF16] {
-        let op = FusedLogprobsConfig::new().with_vocab_chunk_size(Some(64)).with_with_stats(true).init();
+        let op = FusedLogprobsConfig::new()
+            .with_vocab_chunk_size(Some(64))
+            .with_with_stats(true)
+            .init();
         let targets = || int_tensor::<1>(targets_v.clone(), [n], &device);
-        let hh = f32_tensor::<2>(hidden_v.clone(), [n, h], &device).cast(half).require_grad();
-        let ww = f32_tensor::<2>(weight_v.clone(), [v, h], &device).cast(half).require_grad();
+        let hh = f32_tensor::<2>(hidden_v.clone(), [n, h], &device)
+            .cast(half)
+            .require_grad();
+        let ww = f32_tensor::<2>(weight_v.clone(), [v, h], &device)
+            .cast(half)
+            .require_grad();
         let out = op.forward(hh.clone(), ww.clone(), None, targets());
         assert_eq!(out.logprobs.dtype(), DType::F32);
         let grads = out.logprobs.clone().sum().backward();
@@ -89,8 +153,20 @@ fn half_precision_fused_logprobs_accumulate_in_f32() {
         let h32 = hh.clone().inner().cast(FloatDType::F32);
         let w32 = ww.clone().inner().cast(FloatDType::F32);
         let out32 = op.forward(h32, w32, None, targets());
-        assert_close(&format!("{half:?} fused vs f32 on rounded values"), &to_vec(out.logprobs), &to_vec(out32.logprobs), 1e-5, 1e-5);
-        assert_close(&format!("{half:?} entropy"), &to_vec(out.entropy.unwrap()), &to_vec(out32.entropy.unwrap()), 1e-5, 1e-5);
+        assert_close(
+            &format!("{half:?} fused vs f32 on rounded values"),
+            &to_vec(out.logprobs),
+            &to_vec(out32.logprobs),
+            1e-5,
+            1e-5,
+        );
+        assert_close(
+            &format!("{half:?} entropy"),
+            &to_vec(out.entropy.unwrap()),
+            &to_vec(out32.entropy.unwrap()),
+            1e-5,
+            1e-5,
+        );
     }
 }
 
@@ -106,12 +182,21 @@ fn a_dtype_the_device_cannot_compute_is_an_error() {
                 continue;
             }
             let device = dev.device.clone();
-            let Ok(logits) = std::panic::catch_unwind(|| Tensor::<3>::zeros([1, 2, 3], (&device, DType::from(half)))) else {
+            let Ok(logits) = std::panic::catch_unwind(|| {
+                Tensor::<3>::zeros([1, 2, 3], (&device, DType::from(half)))
+            }) else {
                 continue;
             };
             let labels = Tensor::<2, Int>::zeros([1, 2], &dev.device);
-            let err = TokenLogprobsConfig::new(LabelAlignment::Aligned).init().try_forward(logits, labels, None).unwrap_err();
-            assert!(matches!(err, Error::UnsupportedDType { arg: "logits", .. }), "{}: {err}", dev.name);
+            let err = TokenLogprobsConfig::new(LabelAlignment::Aligned)
+                .init()
+                .try_forward(logits, labels, None)
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::UnsupportedDType { arg: "logits", .. }),
+                "{}: {err}",
+                dev.name
+            );
             checked += 1;
         }
     }

@@ -21,7 +21,11 @@ pub fn from_args() -> Result<(String, Device), String> {
     let name = args
         .iter()
         .position(|a| a == "--device")
-        .map(|i| args.get(i + 1).cloned().ok_or("--device needs a value (flex, wgpu or cuda)".to_string()))
+        .map(|i| {
+            args.get(i + 1)
+                .cloned()
+                .ok_or("--device needs a value (flex, wgpu or cuda)".to_string())
+        })
         .transpose()?
         .unwrap_or_else(|| "flex".to_string());
     let device = match name.as_str() {
@@ -31,9 +35,17 @@ pub fn from_args() -> Result<(String, Device), String> {
         #[cfg(feature = "cuda")]
         "cuda" => Device::cuda(0),
         "wgpu" | "cuda" => {
-            return Err(format!("--device {name}: this binary was built without the `{name}` feature; rebuild with `--features {name}` (available: {:?})", available()));
+            return Err(format!(
+                "--device {name}: this binary was built without the `{name}` feature; rebuild with `--features {name}` (available: {:?})",
+                available()
+            ));
         }
-        other => return Err(format!("--device {other}: unknown device (available: {:?})", available())),
+        other => {
+            return Err(format!(
+                "--device {other}: unknown device (available: {:?})",
+                available()
+            ));
+        }
     };
     Ok((name, device))
 }

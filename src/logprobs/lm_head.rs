@@ -187,7 +187,9 @@ impl FusedLogprobs {
         }
         let hidden = crate::precision::accumulate_in_f32(hidden, "hidden")?;
         let weight = crate::precision::accumulate_in_f32(weight, "weight")?;
-        let bias = bias.map(|b| crate::precision::accumulate_in_f32(b, "bias")).transpose()?;
+        let bias = bias
+            .map(|b| crate::precision::accumulate_in_f32(b, "bias"))
+            .transpose()?;
         let valid = targets.clone().not_equal_elem(self.ignore_index);
         let safe = targets.mask_fill(valid.clone().bool_not(), 0);
         let native = self.implementation == LogprobsImplementation::Auto
@@ -294,7 +296,9 @@ impl FusedLogprobs {
         let z = z.mul_scalar(1.0 / p.temperature);
         let lse = crate::reduce::logsumexp(z.clone(), 1);
         let logp = z.clone() - lse.clone();
-        let lp = logp.clone().gather(1, targets.clone().unsqueeze_dim::<2>(1));
+        let lp = logp
+            .clone()
+            .gather(1, targets.clone().unsqueeze_dim::<2>(1));
         let probs = logp.exp();
         let mean_z = (probs.clone() * z.clone()).sum_dim(1);
         let entropy = lse.clone() - mean_z.clone();

@@ -154,7 +154,8 @@ pub fn check_close(
     let mut worst: Option<(usize, f64)> = None;
     for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
         let excess = (a - e).abs() - (atol + rtol * e.abs());
-        if !(excess <= 0.0) && worst.is_none_or(|(_, w)| excess > w || excess.is_nan()) {
+        let within = excess <= 0.0; // false for NaN
+        if !within && worst.is_none_or(|(_, w)| excess > w || excess.is_nan()) {
             worst = Some((i, excess));
         }
     }
