@@ -27,15 +27,17 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::nn::attention::generate_autoregressive_mask;
-use burn::nn::transformer::{TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput};
+use burn::nn::transformer::{
+    TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput,
+};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use burn_rlhf::losses::{
-    BcoLossConfig, CpoLossConfig, CpoLossType, DpoLossConfig, DpoLossType, KtoLossConfig, LossOutput, OrpoLossConfig,
-    PreferenceBatch, RunningMoments, UnpairedBatch, kto_kl_estimate,
-};
 use burn_rlhf::logprobs::FusedLogprobsConfig;
+use burn_rlhf::losses::{
+    BcoLossConfig, CpoLossConfig, CpoLossType, DpoLossConfig, DpoLossType, KtoLossConfig,
+    LossOutput, OrpoLossConfig, PreferenceBatch, RunningMoments, UnpairedBatch, kto_kl_estimate,
+};
 use burn_rlhf::{GatheredLogprobs, IGNORE_INDEX, Normalizer};
 
 const DIGITS: usize = 10;
@@ -60,8 +62,12 @@ impl TinyLm {
         Self {
             tokens: EmbeddingConfig::new(VOCAB, d_model).init(device),
             positions: EmbeddingConfig::new(SEQ, d_model).init(device),
-            encoder: TransformerEncoderConfig::new(d_model, 4 * d_model, 4, layers).with_dropout(0.0).init(device),
-            lm_head: LinearConfig::new(d_model, VOCAB).with_bias(false).init(device),
+            encoder: TransformerEncoderConfig::new(d_model, 4 * d_model, 4, layers)
+                .with_dropout(0.0)
+                .init(device),
+            lm_head: LinearConfig::new(d_model, VOCAB)
+                .with_bias(false)
+                .init(device),
         }
     }
 
@@ -69,10 +75,13 @@ impl TinyLm {
     pub fn hidden(&self, ids: Tensor<2, Int>) -> Tensor<3> {
         let [b, t] = ids.dims();
         let device = ids.device();
-        let pos = Tensor::<1, Int>::arange(0..t as i64, &device).unsqueeze_dim::<2>(0).repeat_dim(0, b);
+        let pos = Tensor::<1, Int>::arange(0..t as i64, &device)
+            .unsqueeze_dim::<2>(0)
+            .repeat_dim(0, b);
         let x = self.tokens.forward(ids) + self.positions.forward(pos);
         let mask = generate_autoregressive_mask(b, t, &device);
-        self.encoder.forward(TransformerEncoderInput::new(x).mask_attn(mask))
+        self.encoder
+            .forward(TransformerEncoderInput::new(x).mask_attn(mask))
     }
 
     /// The LM head's weight as `[V, d]` (burn's `Linear` stores `[d, V]`).
@@ -125,7 +134,10 @@ fn sequence(p: &[i64], c: &[i64]) -> Vec<i64> {
 }
 /// Labels: -100 on the prompt and SEP (the model is scored on completion + EOS).
 fn labels(seq: &[i64]) -> Vec<i64> {
-    seq.iter().enumerate().map(|(i, &x)| if i <= PROMPT { IGNORE_INDEX } else { x }).collect()
+    seq.iter()
+        .enumerate()
+        .map(|(i, &x)| if i <= PROMPT { IGNORE_INDEX } else { x })
+        .collect()
 }
 
 struct Pairs {
@@ -134,14 +146,21 @@ struct Pairs {
 }
 
 fn make_pairs(n: usize, rng: &mut Rng) -> Pairs {
-    let mut pairs = Pairs { chosen: vec![], rejected: vec![] };
+    let mut pairs = Pairs {
+        chosen: vec![],
+        rejected: vec![],
+    };
     for _ in 0..n {
         let mut p = prompt(rng);
         while rule(&p) == p {
             p = prompt(rng); // palindromes would make "copy" follow the rule
         }
         pairs.chosen.push(sequence(&p, &rule(&p)));
-        let bad = if rng.chance(0.6) { p.clone() } else { near_miss(&p, rng) };
+        let bad = if rng.chance(0.6) {
+            p.clone()
+        } else {
+            near_miss(&p, rng)
+        };
         pairs.rejected.push(sequence(&p, &bad));
     }
     pairs
@@ -156,9 +175,29 @@ fn ints(rows: &[Vec<i64>], device: &Device) -> Tensor<2, Int> {
 
 /// The `--loss` values, by family.
 pub const LOSSES: &[&str] = &[
-    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
-    "apo_zero", "apo_down", "discopop", "sigmoid_norm", "rpo", "cdpo", "cpo", "simpo", "alphapo", "orpo", "kto",
-    "apo_zero_unpaired", "bco",
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sigmoid_norm",
+    "rpo",
+    "cdpo",
+    "cpo",
+    "simpo",
+    "alphapo",
+    "orpo",
+    "kto",
+    "apo_zero_unpaired",
+    "bco",
 ];
 
 enum Objective {
@@ -175,9 +214,15 @@ fn objective(name: &str) -> Result<Objective, String> {
         "sigmoid" => dpo(DpoLossType::Sigmoid).try_init().map(Objective::Dpo),
         "hinge" => dpo(DpoLossType::Hinge).try_init().map(Objective::Dpo),
         "ipo" => dpo(DpoLossType::Ipo).try_init().map(Objective::Dpo),
-        "exo_pair" => dpo(DpoLossType::ExoPair).with_label_smoothing(1e-3).try_init().map(Objective::Dpo),
+        "exo_pair" => dpo(DpoLossType::ExoPair)
+            .with_label_smoothing(1e-3)
+            .try_init()
+            .map(Objective::Dpo),
         "nca_pair" => dpo(DpoLossType::NcaPair).try_init().map(Objective::Dpo),
-        "robust" => dpo(DpoLossType::Robust).with_label_smoothing(0.1).try_init().map(Objective::Dpo),
+        "robust" => dpo(DpoLossType::Robust)
+            .with_label_smoothing(0.1)
+            .try_init()
+            .map(Objective::Dpo),
         "bco_pair" => dpo(DpoLossType::BcoPair).try_init().map(Objective::Dpo),
         "sppo_hard" => dpo(DpoLossType::SppoHard).try_init().map(Objective::Dpo),
         "aot" => dpo(DpoLossType::Aot).try_init().map(Objective::Dpo),
@@ -187,18 +232,31 @@ fn objective(name: &str) -> Result<Objective, String> {
         "discopop" => dpo(DpoLossType::Discopop).try_init().map(Objective::Dpo),
         "sigmoid_norm" => dpo(DpoLossType::SigmoidNorm).try_init().map(Objective::Dpo),
         "rpo" => DpoLossConfig::rpo(1.0).try_init().map(Objective::Dpo),
-        "cdpo" => dpo(DpoLossType::Sigmoid).with_cdpo_label_smoothing(0.1).try_init().map(Objective::Dpo),
+        "cdpo" => dpo(DpoLossType::Sigmoid)
+            .with_cdpo_label_smoothing(0.1)
+            .try_init()
+            .map(Objective::Dpo),
         "cpo" => CpoLossConfig::new().try_init().map(Objective::Cpo),
         "simpo" => CpoLossConfig::simpo().try_init().map(Objective::Cpo),
-        "alphapo" => CpoLossConfig::alphapo(0.25).with_loss_type(CpoLossType::Simpo).try_init().map(Objective::Cpo),
+        "alphapo" => CpoLossConfig::alphapo(0.25)
+            .with_loss_type(CpoLossType::Simpo)
+            .try_init()
+            .map(Objective::Cpo),
         "orpo" => OrpoLossConfig::new().try_init().map(Objective::Orpo),
-        "kto" => KtoLossConfig::new().try_init().map(|l| Objective::Kto(l, true)),
+        "kto" => KtoLossConfig::new()
+            .try_init()
+            .map(|l| Objective::Kto(l, true)),
         "apo_zero_unpaired" => KtoLossConfig::new()
             .with_loss_type(burn_rlhf::losses::KtoLossType::ApoZeroUnpaired)
             .try_init()
             .map(|l| Objective::Kto(l, false)),
         "bco" => BcoLossConfig::new().try_init().map(Objective::Bco),
-        other => return Err(format!("--loss {other}: unknown loss (one of: {})", LOSSES.join(", "))),
+        other => {
+            return Err(format!(
+                "--loss {other}: unknown loss (one of: {})",
+                LOSSES.join(", ")
+            ));
+        }
     };
     built.map_err(|e| format!("--loss {name}: {e}"))
 }
@@ -216,6 +274,10 @@ pub struct Args {
     pub precompute_ref: bool,
     pub seed: u64,
     pub quiet: bool,
+    /// Held-out pairs and prompts for evaluation.
+    pub heldout: usize,
+    /// Model width.
+    pub d_model: usize,
 }
 
 impl Default for Args {
@@ -230,6 +292,8 @@ impl Default for Args {
             precompute_ref: false,
             seed: 0,
             quiet: false,
+            heldout: 256,
+            d_model: 64,
         }
     }
 }
@@ -239,9 +303,15 @@ impl Args {
         let mut a = Args::default();
         let mut i = 1;
         while i < args.len() {
-            let value = |i: usize| args.get(i + 1).cloned().ok_or(format!("{} needs a value", args[i]));
+            let value = |i: usize| {
+                args.get(i + 1)
+                    .cloned()
+                    .ok_or(format!("{} needs a value", args[i]))
+            };
             let number = |i: usize| -> Result<usize, String> {
-                value(i)?.parse().map_err(|_| format!("{} needs a positive integer, got {}", args[i], args[i + 1]))
+                value(i)?.parse().map_err(|_| {
+                    format!("{} needs a positive integer, got {}", args[i], args[i + 1])
+                })
             };
             match args[i].as_str() {
                 "--loss" => a.loss = value(i)?,
@@ -261,7 +331,11 @@ impl Args {
                     i += 1;
                     continue;
                 }
-                other => return Err(format!("unknown flag {other} (flags: --loss --steps --sft-steps --batch --device --out --seed --precompute-ref)")),
+                other => {
+                    return Err(format!(
+                        "unknown flag {other} (flags: --loss --steps --sft-steps --batch --device --out --seed --precompute-ref)"
+                    ));
+                }
             }
             i += 2;
         }
@@ -284,11 +358,18 @@ pub struct Summary {
 
 /// Sequence-level log-probs of `ids` under `model`, through the fused LM-head op.
 fn gather(model: &TinyLm, ids: Tensor<2, Int>, lbl: Tensor<2, Int>) -> GatheredLogprobs {
-    FusedLogprobsConfig::new().with_check_targets(false).init().forward_causal(model.hidden(ids), model.head_weight(), None, lbl).0
+    FusedLogprobsConfig::new()
+        .with_check_targets(false)
+        .init()
+        .forward_causal(model.hidden(ids), model.head_weight(), None, lbl)
+        .0
 }
 
 fn split(g: &GatheredLogprobs, n: usize) -> (GatheredLogprobs, GatheredLogprobs) {
-    let part = |s: usize| GatheredLogprobs { logprobs: g.logprobs.clone().narrow(0, s, n), mask: g.mask.clone().narrow(0, s, n) };
+    let part = |s: usize| GatheredLogprobs {
+        logprobs: g.logprobs.clone().narrow(0, s, n),
+        mask: g.mask.clone().narrow(0, s, n),
+    };
     (part(0), part(n))
 }
 
@@ -307,14 +388,21 @@ fn preference_loss(
 ) -> LossOutput {
     let n = chosen.logprobs.dims()[0];
     match obj {
-        Objective::Dpo(loss) => loss.forward(&PreferenceBatch::from_tokens(chosen, rejected).with_reference(ref_c, ref_r)),
+        Objective::Dpo(loss) => loss
+            .forward(&PreferenceBatch::from_tokens(chosen, rejected).with_reference(ref_c, ref_r)),
         Objective::Cpo(loss) => loss.forward(&PreferenceBatch::from_tokens(chosen, rejected)),
         Objective::Orpo(loss) => loss.forward(&PreferenceBatch::from_tokens(chosen, rejected)),
         Objective::Kto(_, _) | Objective::Bco(_) => {
             let device = chosen.logprobs.device();
             let logps = Tensor::cat(vec![chosen.sum(), rejected.sum()], 0);
             let refs = Tensor::cat(vec![ref_c, ref_r], 0);
-            let desirable = Tensor::cat(vec![Tensor::<1, Bool>::full([n], true, &device), Tensor::<1, Bool>::full([n], false, &device)], 0);
+            let desirable = Tensor::cat(
+                vec![
+                    Tensor::<1, Bool>::full([n], true, &device),
+                    Tensor::<1, Bool>::full([n], false, &device),
+                ],
+                0,
+            );
             let batch = UnpairedBatch::new(logps, refs, desirable);
             match obj {
                 Objective::Kto(loss, with_kl) => {
@@ -335,7 +423,11 @@ fn progress(step: usize, total: usize, m: &BTreeMap<String, f64>, loss: f64) -> 
     let width = 24;
     let filled = (step * width) / total.max(1);
     let bar: String = "#".repeat(filled) + &".".repeat(width - filled);
-    let get = |k: &str| m.get(k).map(|v| format!("{v:+.3}")).unwrap_or_else(|| "   -  ".into());
+    let get = |k: &str| {
+        m.get(k)
+            .map(|v| format!("{v:+.3}"))
+            .unwrap_or_else(|| "   -  ".into())
+    };
     format!(
         "[{bar}] {step:>4}/{total} loss {loss:.4} rewards/accuracies {} rewards/margins {} rewards/chosen {} rewards/rejected {}",
         get("rewards/accuracies"),
@@ -348,21 +440,36 @@ fn progress(step: usize, total: usize, m: &BTreeMap<String, f64>, loss: f64) -> 
 /// Greedy completions of `prompts`; returns the fraction that follow the rule exactly.
 fn rule_rate(model: &TinyLm, prompts: &[Vec<i64>], device: &Device) -> f64 {
     let n = prompts.len();
-    let mut rows: Vec<Vec<i64>> = prompts.iter().map(|p| {
-        let mut s = p.clone();
-        s.push(SEP);
-        s.resize(SEQ, EOS);
-        s
-    }).collect();
+    let mut rows: Vec<Vec<i64>> = prompts
+        .iter()
+        .map(|p| {
+            let mut s = p.clone();
+            s.push(SEP);
+            s.resize(SEQ, EOS);
+            s
+        })
+        .collect();
     for pos in PROMPT + 1..PROMPT + 1 + PROMPT {
         let logits = model.logits(ints(&rows, device));
-        let next = logits.narrow(1, pos - 1, 1).narrow(2, 0, DIGITS).argmax(2).reshape([n]);
-        let next: Vec<i64> = next.into_data().convert::<i64>().try_into_vec::<i64>().unwrap();
+        let next = logits
+            .narrow(1, pos - 1, 1)
+            .narrow(2, 0, DIGITS)
+            .argmax(2)
+            .reshape([n]);
+        let next: Vec<i64> = next
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .unwrap();
         for (row, t) in rows.iter_mut().zip(next) {
             row[pos] = t;
         }
     }
-    let ok = rows.iter().zip(prompts).filter(|(r, p)| r[PROMPT + 1..PROMPT + 1 + PROMPT] == rule(p)[..]).count();
+    let ok = rows
+        .iter()
+        .zip(prompts)
+        .filter(|(r, p)| r[PROMPT + 1..PROMPT + 1 + PROMPT] == rule(p)[..])
+        .count();
     ok as f64 / n as f64
 }
 
@@ -379,18 +486,32 @@ pub fn run(args: &Args) -> Result<Summary, String> {
         "wgpu" => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
         #[cfg(feature = "cuda")]
         "cuda" => Device::cuda(0),
-        other => return Err(format!("--device {other}: not available in this build (available: {:?})", device_arg::available())),
+        other => {
+            return Err(format!(
+                "--device {other}: not available in this build (available: {:?})",
+                device_arg::available()
+            ));
+        }
     };
     let device = base.clone().autodiff();
     base.seed(args.seed);
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (args.seed.wrapping_add(1)).wrapping_mul(0x2545_F491_4F6C_DD1D));
+    let mut rng = Rng(
+        0x9E37_79B9_7F4A_7C15 ^ (args.seed.wrapping_add(1)).wrapping_mul(0x2545_F491_4F6C_DD1D)
+    );
     let obj = objective(&args.loss)?;
-    let say = |s: String| if !args.quiet { println!("{s}") };
+    let say = |s: String| {
+        if !args.quiet {
+            println!("{s}")
+        }
+    };
 
     // --- SFT warm-up on a 40% reverse / 60% copy mix.
-    let mut model = TinyLm::new(64, 2, &device);
+    let mut model = TinyLm::new(args.d_model, 2, &device);
     let mut optim = AdamConfig::new().init();
-    say(format!("SFT warm-up: {} steps on a 40% rule / 60% copy mix (device {})", args.sft_steps, args.device));
+    say(format!(
+        "SFT warm-up: {} steps on a 40% rule / 60% copy mix (device {})",
+        args.sft_steps, args.device
+    ));
     for step in 1..=args.sft_steps {
         let rows: Vec<Vec<i64>> = (0..args.batch)
             .map(|_| {
@@ -402,7 +523,10 @@ pub fn run(args: &Args) -> Result<Summary, String> {
         let g = gather(&model, ints(&rows, &device), labels_of(&rows, &device));
         let nll = Normalizer::TokenMean.reduce_tokens(g.logprobs.neg(), g.mask);
         if step % 50 == 0 || step == args.sft_steps {
-            say(format!("  sft step {step:>4} nll {:.4}", nll.clone().into_scalar::<f64>()));
+            say(format!(
+                "  sft step {step:>4} nll {:.4}",
+                nll.clone().into_scalar::<f64>()
+            ));
         }
         model = step_optim(model, &mut optim, 3e-3, nll);
     }
@@ -410,22 +534,43 @@ pub fn run(args: &Args) -> Result<Summary, String> {
 
     // --- Data: training pairs (with optional precomputed reference log-probs), held-out pairs.
     let train = make_pairs(args.steps * args.batch, &mut rng);
-    let heldout = make_pairs(256, &mut rng);
-    let heldout_prompts: Vec<Vec<i64>> = heldout.chosen.iter().map(|s| s[..PROMPT].to_vec()).collect();
+    let heldout = make_pairs(args.heldout, &mut rng);
+    let heldout_prompts: Vec<Vec<i64>> = heldout
+        .chosen
+        .iter()
+        .map(|s| s[..PROMPT].to_vec())
+        .collect();
     let ref_logps = |rows: &[Vec<i64>]| -> Tensor<1> {
         let inner = base.clone();
         gather(&reference, ints(rows, &inner), labels_of(rows, &inner)).sum()
     };
     let precomputed: Option<(Vec<f64>, Vec<f64>)> = args.precompute_ref.then(|| {
-        let to_vec = |t: Tensor<1>| t.into_data().convert::<f64>().try_into_vec::<f64>().unwrap();
-        (to_vec(ref_logps(&train.chosen)), to_vec(ref_logps(&train.rejected)))
+        let to_vec = |t: Tensor<1>| {
+            t.into_data()
+                .convert::<f64>()
+                .try_into_vec::<f64>()
+                .unwrap()
+        };
+        (
+            to_vec(ref_logps(&train.chosen)),
+            to_vec(ref_logps(&train.rejected)),
+        )
     });
     if precomputed.is_some() {
-        say(format!("reference log-probs precomputed for {} pairs; the reference model is not used in training", train.chosen.len()));
+        say(format!(
+            "reference log-probs precomputed for {} pairs; the reference model is not used in training",
+            train.chosen.len()
+        ));
     }
 
     // --- Preference optimization.
-    say(format!("{} on {} pairs, batch {}, {} steps", args.loss, train.chosen.len(), args.batch, args.steps));
+    say(format!(
+        "{} on {} pairs, batch {}, {} steps",
+        args.loss,
+        train.chosen.len(),
+        args.batch,
+        args.steps
+    ));
     let mut optim = AdamConfig::new().init();
     let mut running = RunningMoments::default();
     let mut summary = Summary::default();
@@ -438,8 +583,14 @@ pub fn run(args: &Args) -> Result<Summary, String> {
         let (gc, gr) = split(&g, args.batch);
         let (ref_c, ref_r) = match &precomputed {
             Some((c, r)) => (
-                Tensor::<1>::from_data(TensorData::new(c[lo..lo + args.batch].to_vec(), [args.batch]), &device),
-                Tensor::<1>::from_data(TensorData::new(r[lo..lo + args.batch].to_vec(), [args.batch]), &device),
+                Tensor::<1>::from_data(
+                    TensorData::new(c[lo..lo + args.batch].to_vec(), [args.batch]),
+                    &device,
+                ),
+                Tensor::<1>::from_data(
+                    TensorData::new(r[lo..lo + args.batch].to_vec(), [args.batch]),
+                    &device,
+                ),
             ),
             None => (ref_logps(chosen).autodiff(), ref_logps(rejected).autodiff()),
         };
@@ -453,7 +604,13 @@ pub fn run(args: &Args) -> Result<Summary, String> {
                     s
                 })
                 .collect();
-            let policy = gather(&model, ints(&shifted, &device), labels_of(&shifted, &device)).sum().detach();
+            let policy = gather(
+                &model,
+                ints(&shifted, &device),
+                labels_of(&shifted, &device),
+            )
+            .sum()
+            .detach();
             kto_kl_estimate(policy, ref_logps(&shifted).autodiff())
         });
         let out = preference_loss(&obj, gc, gr, ref_c, ref_r, kl, &mut running);
@@ -473,7 +630,8 @@ pub fn run(args: &Args) -> Result<Summary, String> {
 
     // --- Evaluation on held-out pairs and prompts.
     let policy = model.valid();
-    let eval = |m: &TinyLm, rows: &[Vec<i64>]| gather(m, ints(rows, &base), labels_of(rows, &base)).sum();
+    let eval =
+        |m: &TinyLm, rows: &[Vec<i64>]| gather(m, ints(rows, &base), labels_of(rows, &base)).sum();
     let margin = (eval(&policy, &heldout.chosen) - eval(&reference, &heldout.chosen))
         - (eval(&policy, &heldout.rejected) - eval(&reference, &heldout.rejected));
     summary.heldout_reward_accuracy = margin.greater_elem(0.0).float().mean().into_scalar::<f64>();
@@ -486,7 +644,11 @@ pub fn run(args: &Args) -> Result<Summary, String> {
 fn write_plot(args: &Args, s: &Summary) -> std::io::Result<PathBuf> {
     let series = |key: &str| plot::Series {
         name: key.to_string(),
-        points: s.history.iter().filter_map(|(i, m)| m.get(key).map(|v| (*i as f64, *v))).collect(),
+        points: s
+            .history
+            .iter()
+            .filter_map(|(i, m)| m.get(key).map(|v| (*i as f64, *v)))
+            .collect(),
     };
     let panel = |title: &str, keys: &[&str]| plot::Panel {
         title: title.to_string(),
@@ -496,11 +658,17 @@ fn write_plot(args: &Args, s: &Summary) -> std::io::Result<PathBuf> {
     let path = args.out.join("training.svg");
     plot::write_svg(
         &path,
-        &format!("{} on a tiny causal LM (rule: reverse the prompt)", args.loss),
+        &format!(
+            "{} on a tiny causal LM (rule: reverse the prompt)",
+            args.loss
+        ),
         &[
             panel("loss", &["loss"]),
             panel("rewards/accuracies", &["rewards/accuracies"]),
-            panel("rewards", &["rewards/margins", "rewards/chosen", "rewards/rejected"]),
+            panel(
+                "rewards",
+                &["rewards/margins", "rewards/chosen", "rewards/rejected"],
+            ),
         ],
     )?;
     Ok(path)
@@ -517,8 +685,17 @@ fn main() {
         std::process::exit(2)
     });
     let path = write_plot(&args, &summary).expect("write plot");
-    println!("done in {:.1} s: loss {:.4} -> {:.4}", summary.seconds, summary.first_loss, summary.last_loss);
-    println!("held-out reward accuracy (policy vs reference implicit reward): {:.3}", summary.heldout_reward_accuracy);
-    println!("greedy completions following the rule: policy {:.3}, reference {:.3}", summary.policy_rule_rate, summary.reference_rule_rate);
+    println!(
+        "done in {:.1} s: loss {:.4} -> {:.4}",
+        summary.seconds, summary.first_loss, summary.last_loss
+    );
+    println!(
+        "held-out reward accuracy (policy vs reference implicit reward): {:.3}",
+        summary.heldout_reward_accuracy
+    );
+    println!(
+        "greedy completions following the rule: policy {:.3}, reference {:.3}",
+        summary.policy_rule_rate, summary.reference_rule_rate
+    );
     println!("plot: {}", path.display());
 }
