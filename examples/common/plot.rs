@@ -40,6 +40,8 @@ fn ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
 fn fmt_tick(v: f64) -> String {
     if v.abs() >= 1000.0 || (v != 0.0 && v.abs() < 0.01) {
         format!("{v:.1e}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.0}")
     } else {
         format!("{v:.2}")
     }
