@@ -134,7 +134,9 @@ fn main() {
         );
         rows.push((median, mem));
     }
-    println!("* heap allocated during fwd+bwd, the returned gradient included (it is logits-sized)");
+    println!(
+        "* heap allocated during fwd+bwd, the returned gradient included (it is logits-sized)"
+    );
     let (naive_t, naive_m) = rows[0];
     for (i, name) in [(1, "lean op"), (2, "lean op, in place")] {
         let (t_ms, m) = rows[i];

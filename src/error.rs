@@ -149,3 +149,40 @@ pub(crate) fn unwrap_or_panic<T>(result: Result<T>) -> T {
         Err(error) => panic!("burn-rlhf: {error}"),
     }
 }
+
+static CHECKED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
+
+/// Switches checked mode on or off for the whole process.
+///
+/// **Non-finite input policy.** In checked mode every `try_` entry point reads its float
+/// inputs back and returns [`Error::NonFinite`] (naming the argument) when one holds NaN or
+/// infinity; this costs one host sync per input. Outside checked mode (the default) inputs are
+/// not inspected and non-finite values propagate to the outputs as NaN/inf: they are never
+/// silently masked. Finite inputs never produce NaN or inf where the math is finite, in either
+/// mode. The environment variable `BURN_RLHF_CHECKED=1` turns checked mode on at start-up.
+pub fn set_checked_mode(on: bool) {
+    CHECKED.store(on as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether checked mode is on (see [`set_checked_mode`]).
+pub fn checked_mode() -> bool {
+    match CHECKED.load(std::sync::atomic::Ordering::Relaxed) {
+        2 => {
+            let on = std::env::var("BURN_RLHF_CHECKED").is_ok_and(|v| v == "1" || v == "true");
+            CHECKED.store(on as u8, std::sync::atomic::Ordering::Relaxed);
+            on
+        }
+        v => v == 1,
+    }
+}
+
+/// In checked mode, [`Error::NonFinite`] when `tensor` holds NaN or infinity.
+pub fn check_finite<const D: usize>(
+    tensor: &burn::tensor::Tensor<D>,
+    arg: &'static str,
+) -> Result<()> {
+    if checked_mode() && !tensor.clone().is_finite().all().into_scalar::<bool>() {
+        return Err(Error::NonFinite { arg });
+    }
+    Ok(())
+}

@@ -9,7 +9,7 @@ pub mod losses;
 mod precision;
 pub mod reduce;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, checked_mode, set_checked_mode};
 pub use logprobs::{
     GatheredLogprobs, LabelAlignment, SequenceReduction, TokenLogprobs, TokenLogprobsConfig,
 };

@@ -215,6 +215,7 @@ impl TokenLogprobs {
         if self.check_labels {
             check_label_range(&labels, v, self.ignore_index)?;
         }
+        crate::error::check_finite(&logits, "logits")?;
         let logits = crate::precision::accumulate_in_f32(logits, "logits")?;
 
         let mut valid = labels.clone().not_equal_elem(self.ignore_index);

@@ -185,6 +185,11 @@ impl FusedLogprobs {
         if self.check_targets {
             check_targets(&targets, v, self.ignore_index)?;
         }
+        crate::error::check_finite(&hidden, "hidden")?;
+        crate::error::check_finite(&weight, "weight")?;
+        if let Some(b) = &bias {
+            crate::error::check_finite(b, "bias")?;
+        }
         let hidden = crate::precision::accumulate_in_f32(hidden, "hidden")?;
         let weight = crate::precision::accumulate_in_f32(weight, "weight")?;
         let bias = bias

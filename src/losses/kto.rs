@@ -67,7 +67,10 @@ impl UnpairedBatch {
         check_same_shape("desirable", &self.desirable.dims(), &b, "logps")?;
         if let Some(kl) = &self.kl {
             check_same_shape("kl", &kl.dims(), &[1], "a scalar")?;
+            crate::error::check_finite(kl, "kl")?;
         }
+        crate::error::check_finite(&self.logps, "logps")?;
+        crate::error::check_finite(&self.reference_logps, "reference_logps")?;
         Ok(())
     }
 

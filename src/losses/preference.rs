@@ -146,8 +146,11 @@ impl PreferenceBatch {
         for (arg, t) in vectors {
             if let Some(t) = t {
                 check_same_shape(arg, &t.dims(), &b, "chosen_logps")?;
+                crate::error::check_finite(t, arg)?;
             }
         }
+        crate::error::check_finite(&self.chosen_logps, "chosen_logps")?;
+        crate::error::check_finite(&self.rejected_logps, "rejected_logps")?;
         if self.reference_chosen_logps.is_some() != self.reference_rejected_logps.is_some() {
             return Err(Error::Incompatible(
                 "give both reference_chosen_logps and reference_rejected_logps, or neither".into(),
