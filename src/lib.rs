@@ -7,6 +7,7 @@ pub mod error;
 pub mod logprobs;
 pub mod losses;
 pub mod reduce;
+pub mod rl;
 
 pub use error::{Error, Result};
 pub use logprobs::{

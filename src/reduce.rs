@@ -117,9 +117,9 @@ impl Normalizer {
             }
             Normalizer::SequenceMean => masked_row_mean(terms, mask).mean(),
             Normalizer::Constant(c) | Normalizer::GlobalTokens(c) => {
-                zero_masked(terms, mask).sum().div_scalar(c)
+                zero_masked(terms, mask).sum().mul_scalar(1.0 / c)
             }
-            Normalizer::GlobalSequences(n) => masked_row_mean(terms, mask).sum().div_scalar(n),
+            Normalizer::GlobalSequences(n) => masked_row_mean(terms, mask).sum().mul_scalar(1.0 / n),
         })
     }
 
@@ -137,7 +137,7 @@ impl Normalizer {
         Ok(match *self {
             Normalizer::Sum => terms.sum(),
             Normalizer::SequenceMean => terms.mean(),
-            Normalizer::Constant(c) | Normalizer::GlobalSequences(c) => terms.sum().div_scalar(c),
+            Normalizer::Constant(c) | Normalizer::GlobalSequences(c) => terms.sum().mul_scalar(1.0 / c),
             Normalizer::TokenMean | Normalizer::GlobalTokens(_) => {
                 return Err(Error::Incompatible(format!(
                     "{self:?} needs per-token terms and a mask; this loss produces one term per sequence"

@@ -14,6 +14,7 @@
 mod common;
 mod fixture;
 mod logprobs;
+mod rl;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -37,18 +38,6 @@ const NOT_YET: &[&str] = &[
     "RSOLoss.forward",
     // reward/: the reward-modeling issue.
     "RewardTrainer.compute_loss",
-    // grpo/, rloo/, ppo/, gae/: the online-RL issue.
-    "GRPOTrainer._compute_loss",
-    "GRPOTrainer._generate_and_score_completions",
-    "RLOOTrainer._compute_loss",
-    "RLOOTrainer._generate_and_score_completions",
-    "PPOLoss.forward",
-    "get_rewards_ppo",
-    "get_reward_penalty_mask",
-    "estimate_advantages",
-    "whiten",
-    "masked_mean",
-    "masked_var",
     // logprob/: the fused LM-head issue.
     "ChunkedLogProbFunction.apply",
     "add_fused_lm_head",
@@ -58,6 +47,17 @@ fn runner(function: &str) -> Option<Runner> {
     Some(match function {
         "logits_to_logprobs" => logprobs::logits_to_logprobs,
         "get_batch_log_probs" => logprobs::get_batch_log_probs,
+        "GRPOTrainer._compute_loss" => rl::grpo_compute_loss,
+        "GRPOTrainer._generate_and_score_completions" => rl::grpo_advantages,
+        "RLOOTrainer._compute_loss" => rl::rloo_compute_loss,
+        "RLOOTrainer._generate_and_score_completions" => rl::rloo_advantages,
+        "PPOLoss.forward" => rl::ppo_loss_forward,
+        "get_rewards_ppo" => rl::get_rewards_ppo,
+        "get_reward_penalty_mask" => rl::get_reward_penalty_mask,
+        "estimate_advantages" => rl::estimate_advantages,
+        "whiten" => rl::whiten,
+        "masked_mean" => rl::masked_mean,
+        "masked_var" => rl::masked_var,
         _ => return None,
     })
 }
