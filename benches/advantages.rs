@@ -26,7 +26,9 @@ fn inputs(device: &Device) -> (Tensor<2>, Tensor<2>, Tensor<2, Bool>) {
     let lens: Vec<i64> = (0..B as i64).map(|b| 512 + 8 * b).collect();
     let r = Tensor::<2>::from_data(TensorData::new(rewards, [B, T]), device);
     let v = Tensor::<2>::from_data(TensorData::new(values, [B, T]), device);
-    let pos = Tensor::<1, Int>::arange(0..T as i64, device).reshape([1, T]).expand([B, T]);
+    let pos = Tensor::<1, Int>::arange(0..T as i64, device)
+        .reshape([1, T])
+        .expand([B, T]);
     let len = Tensor::<2, Int>::from_data(TensorData::new(lens, [B, 1]), device).expand([B, T]);
     (r, v, pos.lower(len))
 }
@@ -36,8 +38,13 @@ fn gae_host_loop(rewards: &Tensor<2>, values: &Tensor<2>, gamma: f64, lam: f64) 
     let mut last: Option<Tensor<2>> = None;
     let mut out = Vec::with_capacity(T);
     for t in (0..T).rev() {
-        let next = if t + 1 < T { values.clone().slice([0..B, t + 1..t + 2]) } else { values.clone().slice([0..B, 0..1]).zeros_like() };
-        let delta = rewards.clone().slice([0..B, t..t + 1]) + next.mul_scalar(gamma) - values.clone().slice([0..B, t..t + 1]);
+        let next = if t + 1 < T {
+            values.clone().slice([0..B, t + 1..t + 2])
+        } else {
+            values.clone().slice([0..B, 0..1]).zeros_like()
+        };
+        let delta = rewards.clone().slice([0..B, t..t + 1]) + next.mul_scalar(gamma)
+            - values.clone().slice([0..B, t..t + 1]);
         let cur = match last {
             Some(l) => delta + l.mul_scalar(gamma * lam),
             None => delta,

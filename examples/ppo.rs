@@ -57,14 +57,22 @@ impl Policy {
     fn forward(&self, x: Tensor<2>) -> (Tensor<2>, Tensor<1>) {
         let h = activation::relu(self.hidden.forward(x));
         let n = h.dims()[0];
-        (self.logits.forward(h.clone()), self.value.forward(h).reshape([n]))
+        (
+            self.logits.forward(h.clone()),
+            self.value.forward(h).reshape([n]),
+        )
     }
 
     /// Scores full sequences `[B, 1 + LEN]` (prompt then generated tokens): per-token
     /// log-probs, values and entropies of the generated tokens, each `[B, LEN]`.
     fn score(&self, tokens: &Tensor<2, Int>) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
         let [b, _] = tokens.dims();
-        let host: Vec<i64> = tokens.clone().into_data().convert::<i64>().try_into_vec().unwrap();
+        let host: Vec<i64> = tokens
+            .clone()
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec()
+            .unwrap();
         let mut feats = vec![0.0f32; b * LEN * FEATURES];
         let mut targets = vec![0i64; b * LEN];
         for row in 0..b {
@@ -79,7 +87,9 @@ impl Policy {
         let x = Tensor::<2>::from_data(TensorData::new(feats, [b * LEN, FEATURES]), &device);
         let (logits, values) = self.forward(x);
         let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [b * LEN, 1]), &device);
-        let logp = activation::log_softmax(logits.clone(), 1).gather(1, targets).reshape([b, LEN]);
+        let logp = activation::log_softmax(logits.clone(), 1)
+            .gather(1, targets)
+            .reshape([b, LEN]);
         let entropy = token_entropy(logits.reshape([b, LEN, VOCAB]), 1.0).unwrap();
         (logp, values.reshape([b, LEN]), entropy)
     }
@@ -93,7 +103,10 @@ fn features(prompt: usize, prev: usize, position: usize, out: &mut [f32]) {
 
 /// The programmatic reward: fraction of generated tokens equal to `previous + 1 (mod V)`.
 pub fn reward(seq: &[i64]) -> f64 {
-    (0..LEN).filter(|&t| seq[t + 1] == (seq[t] + 1) % VOCAB as i64).count() as f64 / LEN as f64
+    (0..LEN)
+        .filter(|&t| seq[t + 1] == (seq[t] + 1) % VOCAB as i64)
+        .count() as f64
+        / LEN as f64
 }
 
 struct XorShift(u64);
@@ -116,10 +129,19 @@ fn sample(policy: &Policy, batch: usize, rng: &mut XorShift, device: &Device) ->
         let mut feats = vec![0.0f32; batch * FEATURES];
         for row in 0..batch {
             let seq = &seqs[row * (LEN + 1)..];
-            features(seq[0] as usize, seq[t] as usize, t, &mut feats[row * FEATURES..(row + 1) * FEATURES]);
+            features(
+                seq[0] as usize,
+                seq[t] as usize,
+                t,
+                &mut feats[row * FEATURES..(row + 1) * FEATURES],
+            );
         }
         let x = Tensor::<2>::from_data(TensorData::new(feats, [batch, FEATURES]), device);
-        let probs: Vec<f32> = activation::softmax(policy.forward(x).0, 1).into_data().convert::<f32>().try_into_vec().unwrap();
+        let probs: Vec<f32> = activation::softmax(policy.forward(x).0, 1)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec()
+            .unwrap();
         for row in 0..batch {
             let u = rng.uniform() as f32;
             let mut acc = 0.0;
@@ -158,8 +180,15 @@ pub fn train(options: &TrainOptions, device: &Device) -> Vec<(usize, f64, f64)> 
     let mut optim = AdamConfig::new().init();
     let kl_penalty = KlPenaltyConfig::new().with_kl_coef(0.02).init();
     let gae = GaeConfig::new().with_gamma(1.0).with_lam(0.95).init();
-    let loss = PpoLossConfig::new().with_epsilon(0.2).with_value_coeff(0.5).with_entropy_coeff(0.01).init();
-    let step_config = PpoStepConfig::new().with_epochs(4).with_num_minibatches(4).with_learning_rate(3e-3);
+    let loss = PpoLossConfig::new()
+        .with_epsilon(0.2)
+        .with_value_coeff(0.5)
+        .with_entropy_coeff(0.01)
+        .init();
+    let step_config = PpoStepConfig::new()
+        .with_epochs(4)
+        .with_num_minibatches(4)
+        .with_learning_rate(3e-3);
     let mut rng = XorShift(options.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut history = Vec::with_capacity(options.steps);
     let start = Instant::now();
@@ -169,15 +198,25 @@ pub fn train(options: &TrainOptions, device: &Device) -> Vec<(usize, f64, f64)> 
         let seqs = sample(&snapshot, options.batch, &mut rng, &inner);
         let scores: Vec<f64> = seqs.chunks(LEN + 1).map(reward).collect();
         let mean_reward = scores.iter().sum::<f64>() / scores.len() as f64;
-        let tokens = Tensor::<2, Int>::from_data(TensorData::new(seqs, [options.batch, LEN + 1]), &inner);
+        let tokens =
+            Tensor::<2, Int>::from_data(TensorData::new(seqs, [options.batch, LEN + 1]), &inner);
         let (old_logp, old_values, _) = snapshot.score(&tokens);
         let (ref_logp, _, _) = reference.score(&tokens);
         let mask = Tensor::<2, Int>::ones([options.batch, LEN], &inner).equal_elem(1);
         let scores_t = Tensor::<1>::from_data(
-            TensorData::new(scores.iter().map(|&s| s as f32).collect::<Vec<_>>(), [options.batch]),
+            TensorData::new(
+                scores.iter().map(|&s| s as f32).collect::<Vec<_>>(),
+                [options.batch],
+            ),
             &inner,
         );
-        let shaped = kl_penalty.forward(scores_t, old_logp.clone(), ref_logp, Some(mask.clone()), None);
+        let shaped = kl_penalty.forward(
+            scores_t,
+            old_logp.clone(),
+            ref_logp,
+            Some(mask.clone()),
+            None,
+        );
         let kl = shaped.kl.clone().sum_dim(1).mean().into_scalar::<f64>();
         let adv = gae.forward(shaped.rewards, old_values.clone(), Some(mask.clone()));
         let rollout = Rollout {
@@ -189,11 +228,20 @@ pub fn train(options: &TrainOptions, device: &Device) -> Vec<(usize, f64, f64)> 
             returns: Some(adv.returns),
         };
         let config = step_config.clone().with_seed(step as u64);
-        let (updated, stats) = ppo_update(policy, &mut optim, &config, &rollout, &loss, |model: &Policy, batch| {
-            let tokens = batch.tokens.clone();
-            let (logp, values, entropy) = model.score(&tokens);
-            PolicyOutput::new(logp).with_values(values).with_entropy(entropy)
-        });
+        let (updated, stats) = ppo_update(
+            policy,
+            &mut optim,
+            &config,
+            &rollout,
+            &loss,
+            |model: &Policy, batch| {
+                let tokens = batch.tokens.clone();
+                let (logp, values, entropy) = model.score(&tokens);
+                PolicyOutput::new(logp)
+                    .with_values(values)
+                    .with_entropy(entropy)
+            },
+        );
         policy = updated;
         history.push((step, mean_reward, kl));
         if options.log_every > 0 && (step % options.log_every == 0 || step + 1 == options.steps) {
@@ -225,9 +273,20 @@ fn main() {
         }
     }
     let device = Device::default();
-    println!("PPO toy task: count up from the prompt digit (V = {VOCAB}, L = {LEN}, chance reward {:.3})", 1.0 / VOCAB as f64);
+    println!(
+        "PPO toy task: count up from the prompt digit (V = {VOCAB}, L = {LEN}, chance reward {:.3})",
+        1.0 / VOCAB as f64
+    );
     let start = Instant::now();
-    let history = train(&TrainOptions { steps, batch: 64, log_every: 10, seed: 7 }, &device);
+    let history = train(
+        &TrainOptions {
+            steps,
+            batch: 64,
+            log_every: 10,
+            seed: 7,
+        },
+        &device,
+    );
     let tail = &history[history.len().saturating_sub(5)..];
     let final_reward = tail.iter().map(|h| h.1).sum::<f64>() / tail.len() as f64;
     println!(

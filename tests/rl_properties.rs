@@ -9,9 +9,9 @@ use burn::optim::SgdConfig;
 use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 use burn_rlhf::Normalizer;
 use burn_rlhf::rl::{
-    GaeConfig, GaeMasking, GrpoLossConfig, GrpoLossInput, GrpoLossType, GroupAdvantageConfig, KlEstimator,
-    PolicyOutput, PpoLossConfig, PpoLossInput, PpoStepConfig, Rollout, ScaleRewards, Whitening, kl_estimate,
-    ppo_update,
+    GaeConfig, GaeMasking, GroupAdvantageConfig, GrpoLossConfig, GrpoLossInput, GrpoLossType,
+    KlEstimator, PolicyOutput, PpoLossConfig, PpoLossInput, PpoStepConfig, Rollout, ScaleRewards,
+    Whitening, kl_estimate, ppo_update,
 };
 use proptest::prelude::*;
 
@@ -33,7 +33,10 @@ fn mask(values: Vec<bool>, shape: [usize; 2]) -> Tensor<2, Bool> {
 }
 
 fn host<const D: usize>(t: Tensor<D>) -> Vec<f64> {
-    t.into_data().convert::<f64>().try_into_vec::<f64>().unwrap()
+    t.into_data()
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .unwrap()
 }
 
 fn close(a: f64, b: f64, tol: f64) -> bool {
@@ -41,7 +44,10 @@ fn close(a: f64, b: f64, tol: f64) -> bool {
 }
 
 fn config() -> ProptestConfig {
-    ProptestConfig::with_cases(256)
+    ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::with_cases(256)
+    }
 }
 
 proptest! {
@@ -271,7 +277,10 @@ fn ppo_update_gradient_accumulation_is_exact() {
     let old: Vec<f64> = (0..b * t).map(|_| next() * 0.1 - 1.0).collect();
     let mask_v: Vec<bool> = (0..b * t).map(|i| i % 7 != 3 && i % 5 != 4).collect();
     let x = Tensor::<3>::from_data(TensorData::new(feats, [b, t, f]), (&device, DType::F64));
-    let rows = Tensor::<2, Int>::from_data(TensorData::new((0..b as i64).collect::<Vec<_>>(), [b, 1]), &device);
+    let rows = Tensor::<2, Int>::from_data(
+        TensorData::new((0..b as i64).collect::<Vec<_>>(), [b, 1]),
+        &device,
+    );
     let rollout = Rollout {
         tokens: rows,
         mask: mask(mask_v, [b, t]),
@@ -282,7 +291,9 @@ fn ppo_update_gradient_accumulation_is_exact() {
     };
     let loss = PpoLossConfig::new().init();
     let run = |gas: usize| -> Vec<f64> {
-        let model = Linear1 { w: Param::from_tensor(t2(w0.clone(), [f, 1])) };
+        let model = Linear1 {
+            w: Param::from_tensor(t2(w0.clone(), [f, 1])),
+        };
         let mut optim = SgdConfig::new().init();
         let config = PpoStepConfig::new()
             .with_epochs(1)
@@ -290,13 +301,26 @@ fn ppo_update_gradient_accumulation_is_exact() {
             .with_gradient_accumulation_steps(gas)
             .with_learning_rate(0.5)
             .with_max_grad_norm(None);
-        let (model, stats) = ppo_update(model, &mut optim, &config, &rollout, &loss, |m: &Linear1, batch| {
-            let idx: Vec<i64> = batch.tokens.clone().into_data().convert::<i64>().try_into_vec().unwrap();
-            let n = idx.len();
-            let sel = Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), &device);
-            let xb = x.clone().select(0, sel).reshape([n * t, f]);
-            PolicyOutput::new(xb.matmul(m.w.val()).reshape([n, t]))
-        });
+        let (model, stats) = ppo_update(
+            model,
+            &mut optim,
+            &config,
+            &rollout,
+            &loss,
+            |m: &Linear1, batch| {
+                let idx: Vec<i64> = batch
+                    .tokens
+                    .clone()
+                    .into_data()
+                    .convert::<i64>()
+                    .try_into_vec()
+                    .unwrap();
+                let n = idx.len();
+                let sel = Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), &device);
+                let xb = x.clone().select(0, sel).reshape([n * t, f]);
+                PolicyOutput::new(xb.matmul(m.w.val()).reshape([n, t]))
+            },
+        );
         assert_eq!(stats.optimizer_steps, 1);
         host(model.w.val())
     };
@@ -307,5 +331,8 @@ fn ppo_update_gradient_accumulation_is_exact() {
             assert!(close(*a, *e, 1e-12), "gas {gas}: {a} vs {e}");
         }
     }
-    assert!(base.iter().zip(&w0).any(|(a, b)| (a - b).abs() > 1e-6), "the step moved the weights");
+    assert!(
+        base.iter().zip(&w0).any(|(a, b)| (a - b).abs() > 1e-6),
+        "the step moved the weights"
+    );
 }

@@ -27,17 +27,31 @@ const SCAN_BLOCK: usize = 128;
 
 /// torchtune's `masked_mean(x, mask, dim)`: `sum(x * mask) / (sum(mask) + 1e-8)`, over all
 /// elements (`dim = None`, output `[1]`) or along `dim` (output: the other dims, flattened).
-pub fn masked_mean<const D: usize>(x: Tensor<D>, mask: Tensor<D, Bool>, dim: Option<usize>) -> Tensor<1> {
+pub fn masked_mean<const D: usize>(
+    x: Tensor<D>,
+    mask: Tensor<D, Bool>,
+    dim: Option<usize>,
+) -> Tensor<1> {
     masked_mean_eps(x, mask, dim, TORCHTUNE_EPS)
 }
 
 /// torchtune's `masked_var(centered_values, mask, unbiased)`: `masked_mean(x^2)`, times the
 /// Bessel factor `n / (n - 1)` with `n = sum(mask) + 1e-8` when `unbiased`. The input must
 /// already be centered. Output `[1]`.
-pub fn masked_var<const D: usize>(centered: Tensor<D>, mask: Tensor<D, Bool>, unbiased: bool) -> Tensor<1> {
-    let n = mask_like(&centered, mask.clone()).sum().add_scalar(TORCHTUNE_EPS);
+pub fn masked_var<const D: usize>(
+    centered: Tensor<D>,
+    mask: Tensor<D, Bool>,
+    unbiased: bool,
+) -> Tensor<1> {
+    let n = mask_like(&centered, mask.clone())
+        .sum()
+        .add_scalar(TORCHTUNE_EPS);
     let var = masked_mean(centered.square(), mask, None);
-    if unbiased { var * n.clone() / n.sub_scalar(1.0) } else { var }
+    if unbiased {
+        var * n.clone() / n.sub_scalar(1.0)
+    } else {
+        var
+    }
 }
 
 /// Whether whitening keeps the mean, removes it, or is skipped.
@@ -59,8 +73,14 @@ pub enum Whitening {
 
 /// Masked whitening with torchtune's formulas.
 ///
-#[cfg_attr(doc, doc = r#"$$w = \frac{x - \mu}{\sqrt{\sigma^2 + 10^{-8}}}\;(+\mu \text{ with KeepMean})$$"#)]
-#[cfg_attr(not(doc), doc = "`w = (x - mu) / sqrt(var + 1e-8)` (`+ mu` with KeepMean)")]
+#[cfg_attr(
+    doc,
+    doc = r#"$$w = \frac{x - \mu}{\sqrt{\sigma^2 + 10^{-8}}}\;(+\mu \text{ with KeepMean})$$"#
+)]
+#[cfg_attr(
+    not(doc),
+    doc = "`w = (x - mu) / sqrt(var + 1e-8)` (`+ mu` with KeepMean)"
+)]
 ///
 /// With a mask: `mu` = [`masked_mean`], `var` = unbiased [`masked_var`] of `x - mu` (Bessel
 /// factor with `n + 1e-8`). Without: the plain mean and unbiased variance over all elements.
@@ -86,7 +106,12 @@ pub fn whiten(x: Tensor<2>, mask: Option<Tensor<2, Bool>>, mode: Whitening) -> T
         }
     };
     let mean2 = mean.unsqueeze::<2>();
-    let whitened = (x - mean2.clone()) * var.add_scalar(TORCHTUNE_EPS).sqrt().recip().unsqueeze::<2>();
+    let whitened = (x - mean2.clone())
+        * var
+            .add_scalar(TORCHTUNE_EPS)
+            .sqrt()
+            .recip()
+            .unsqueeze::<2>();
     match mode {
         Whitening::KeepMean => whitened + mean2,
         _ => whitened,
@@ -98,8 +123,14 @@ pub fn whiten(x: Tensor<2>, mask: Option<Tensor<2, Bool>>, mode: Whitening) -> T
 // ---------------------------------------------------------------------------------------------
 
 /// Discounted reverse cumulative sum along dim 1:
-#[cfg_attr(doc, doc = r#"$$y_t = \sum_{k \ge t} c^{\,k-t} x_k \qquad (y_t = x_t + c\, y_{t+1})$$"#)]
-#[cfg_attr(not(doc), doc = "`y_t = sum_{k >= t} c^(k - t) x_k` (`y_t = x_t + c y_{t+1}`)")]
+#[cfg_attr(
+    doc,
+    doc = r#"$$y_t = \sum_{k \ge t} c^{\,k-t} x_k \qquad (y_t = x_t + c\, y_{t+1})$$"#
+)]
+#[cfg_attr(
+    not(doc),
+    doc = "`y_t = sum_{k >= t} c^(k - t) x_k` (`y_t = x_t + c y_{t+1}`)"
+)]
 ///
 /// Computed as a blocked upper-triangular Toeplitz matmul (blocks of 128 columns, one small
 /// host loop over blocks carrying `y` at each block's start), so cost is `O(B T 128)` and there
@@ -133,7 +164,11 @@ pub fn discounted_reverse_cumsum(x: Tensor<2>, discount: f64) -> Tensor<2> {
     while end > 0 {
         let start = end.saturating_sub(block);
         let k = end - start;
-        let (mt, w) = if k == block { full.clone() } else { toeplitz(k) };
+        let (mt, w) = if k == block {
+            full.clone()
+        } else {
+            toeplitz(k)
+        };
         let xb = x.clone().slice([0..b, start..end]);
         let mut yb = xb.matmul(mt);
         if let Some(c) = carry {
@@ -269,14 +304,18 @@ impl Gae {
             check_same_shape("mask", &m.dims(), &rewards.dims(), "rewards")?;
         }
         let (rewards, values) = match (&mask, self.masking) {
-            (Some(m), GaeMasking::ZeroOutside) => {
-                (zero_masked(rewards, m.clone()), zero_masked(values, m.clone()))
-            }
+            (Some(m), GaeMasking::ZeroOutside) => (
+                zero_masked(rewards, m.clone()),
+                zero_masked(values, m.clone()),
+            ),
             _ => (rewards, values),
         };
         let [b, t] = values.dims();
         let next_values = Tensor::cat(
-            vec![values.clone().slice([0..b, 1..t]), Tensor::zeros_like(&values).slice([0..b, 0..1])],
+            vec![
+                values.clone().slice([0..b, 1..t]),
+                Tensor::zeros_like(&values).slice([0..b, 0..1]),
+            ],
             1,
         );
         let delta = rewards + next_values.mul_scalar(self.gamma) - values.clone();
@@ -286,14 +325,22 @@ impl Gae {
             Some(m) => zero_masked(whiten(raw, Some(m.clone()), self.whitening), m),
             None => whiten(raw, None, self.whitening),
         };
-        Ok(GaeOutput { advantages, returns })
+        Ok(GaeOutput {
+            advantages,
+            returns,
+        })
     }
 
     /// Panicking form of [`try_forward`](Self::try_forward).
     ///
     /// # Panics
     /// On shape mismatches.
-    pub fn forward(&self, rewards: Tensor<2>, values: Tensor<2>, mask: Option<Tensor<2, Bool>>) -> GaeOutput {
+    pub fn forward(
+        &self,
+        rewards: Tensor<2>,
+        values: Tensor<2>,
+        mask: Option<Tensor<2, Bool>>,
+    ) -> GaeOutput {
         unwrap_or_panic(self.try_forward(rewards, values, mask))
     }
 }
@@ -333,7 +380,10 @@ fn weighted_rewards(rewards_per_func: Tensor<2>, weights: &[f64]) -> Tensor<1> {
     let w = constant_like(&rewards_per_func, weights.to_vec(), [1, k]);
     let summed = zero_masked(rewards_per_func, valid.clone()) * w;
     let scorable = valid.any_dim(1);
-    summed.sum_dim(1).mask_fill(scorable.bool_not(), f64::NAN).reshape([n])
+    summed
+        .sum_dim(1)
+        .mask_fill(scorable.bool_not(), f64::NAN)
+        .reshape([n])
 }
 
 fn resolve_weights(weights: &Option<Vec<f64>>, k: usize) -> crate::Result<Vec<f64>> {
@@ -349,11 +399,14 @@ fn resolve_weights(weights: &Option<Vec<f64>>, k: usize) -> crate::Result<Vec<f6
 }
 
 fn reward_name(names: &[String], k: usize) -> String {
-    names.get(k).cloned().unwrap_or_else(|| format!("reward_{k}"))
+    names
+        .get(k)
+        .cloned()
+        .unwrap_or_else(|| format!("reward_{k}"))
 }
 
 fn check_groups(n: usize, g: usize) -> crate::Result<()> {
-    if g == 0 || n % g != 0 {
+    if g == 0 || !n.is_multiple_of(g) {
         return Err(Error::config(
             "num_generations",
             format!("must be >= 1 and divide the number of completions ({n})"),
@@ -364,13 +417,24 @@ fn check_groups(n: usize, g: usize) -> crate::Result<()> {
 }
 
 /// Per-function `rewards/<name>/mean|std` and the `reward` / `reward_std` of the weighted sum.
-fn reward_metrics(metrics: &mut Metrics, rewards_per_func: &Tensor<2>, weighted: &Tensor<1>, names: &[String]) {
+fn reward_metrics(
+    metrics: &mut Metrics,
+    rewards_per_func: &Tensor<2>,
+    weighted: &Tensor<1>,
+    names: &[String],
+) {
     let [_, k] = rewards_per_func.dims();
     let (mean_k, std_k) = nan_stats(rewards_per_func.clone(), 0);
     for i in 0..k {
         let name = reward_name(names, i);
-        metrics.insert(format!("rewards/{name}/mean"), mean_k.clone().slice([0..1, i..i + 1]).reshape([1]));
-        metrics.insert(format!("rewards/{name}/std"), std_k.clone().slice([0..1, i..i + 1]).reshape([1]));
+        metrics.insert(
+            format!("rewards/{name}/mean"),
+            mean_k.clone().slice([0..1, i..i + 1]).reshape([1]),
+        );
+        metrics.insert(
+            format!("rewards/{name}/std"),
+            std_k.clone().slice([0..1, i..i + 1]).reshape([1]),
+        );
     }
     let (mean, std) = nan_stats(weighted.clone(), 0);
     metrics.insert("reward", mean);
@@ -435,8 +499,14 @@ pub struct GroupAdvantages {
 impl GroupAdvantageConfig {
     /// Group-relative advantages from per-function rewards.
     ///
-    #[cfg_attr(doc, doc = r#"$$A_i = \frac{R_i - \operatorname{mean}_{g(i)} R}{\operatorname{std}_{g(i)} R + 10^{-4}}$$"#)]
-    #[cfg_attr(not(doc), doc = "`A_i = (R_i - mean_group(R)) / (std_group(R) + 1e-4)`")]
+    #[cfg_attr(
+        doc,
+        doc = r#"$$A_i = \frac{R_i - \operatorname{mean}_{g(i)} R}{\operatorname{std}_{g(i)} R + 10^{-4}}$$"#
+    )]
+    #[cfg_attr(
+        not(doc),
+        doc = "`A_i = (R_i - mean_group(R)) / (std_group(R) + 1e-4)`"
+    )]
     ///
     /// `R_i` = weighted NaN-sum over reward functions (a NaN is a function that returned
     /// nothing); a row where every function is NaN is unscorable: excluded from the statistics
@@ -457,7 +527,9 @@ impl GroupAdvantageConfig {
                 let (mean_g, std_g) = nan_stats(grouped.clone(), 1);
                 let centered = (grouped - mean_g).reshape([n]);
                 let std = match self.scale_rewards {
-                    ScaleRewards::Group | ScaleRewards::None if g > 1 => std_g.expand([p, g]).reshape([n]),
+                    ScaleRewards::Group | ScaleRewards::None if g > 1 => {
+                        std_g.expand([p, g]).reshape([n])
+                    }
                     ScaleRewards::Group | ScaleRewards::None => Tensor::zeros_like(&rewards),
                     ScaleRewards::Batch if n > 1 => nan_stats(rewards.clone(), 0).1.expand([n]),
                     ScaleRewards::Batch => Tensor::zeros_like(&rewards),
@@ -471,25 +543,49 @@ impl GroupAdvantageConfig {
             RewardAggregation::NormalizeThenSum => {
                 let grouped = rewards_per_func.clone().reshape([p, g, k]);
                 let (mean_k, std_k) = nan_stats(grouped.clone(), 1);
-                let std_k = if g > 1 { std_k } else { Tensor::zeros_like(&mean_k) };
+                let std_k = if g > 1 {
+                    std_k
+                } else {
+                    Tensor::zeros_like(&mean_k)
+                };
                 let normed = ((grouped - mean_k) / std_k.add_scalar(TRL_STD_EPS)).reshape([n, k]);
-                let scorable = rewards_per_func.clone().is_nan().bool_not().any_dim(1).reshape([n]);
+                let scorable = rewards_per_func
+                    .clone()
+                    .is_nan()
+                    .bool_not()
+                    .any_dim(1)
+                    .reshape([n]);
                 let summed = weighted_rewards(normed, &weights);
                 // A row with NaN only in some normalized cells keeps its partial sum; a fully
                 // unscorable row is NaN (weighted_rewards already does both).
                 let summed = summed.mask_fill(scorable.bool_not(), f64::NAN);
                 let (mean, std) = nan_stats(summed.clone(), 0);
-                let std = if n > 1 { std.expand([n]) } else { Tensor::zeros_like(&summed) };
-                ((summed - mean.expand([n])) / std.clone().add_scalar(TRL_STD_EPS), std)
+                let std = if n > 1 {
+                    std.expand([n])
+                } else {
+                    Tensor::zeros_like(&summed)
+                };
+                (
+                    (summed - mean.expand([n])) / std.clone().add_scalar(TRL_STD_EPS),
+                    std,
+                )
             }
         };
         let advantages = nan_to_zero(advantages);
         let mut metrics = Metrics::new();
         let weighted = weighted_rewards(rewards_per_func.clone(), &weights);
-        reward_metrics(&mut metrics, &rewards_per_func, &weighted, &self.reward_names);
+        reward_metrics(
+            &mut metrics,
+            &rewards_per_func,
+            &weighted,
+            &self.reward_names,
+        );
         let zero_std = mask_like(&std, is_zero_std(std.clone())).mean();
         metrics.insert("frac_reward_zero_std", zero_std);
-        Ok(GroupAdvantages { advantages, metrics })
+        Ok(GroupAdvantages {
+            advantages,
+            metrics,
+        })
     }
 
     /// Panicking form of [`try_forward`](Self::try_forward).
@@ -541,8 +637,14 @@ pub struct RlooAdvantages {
 impl RlooAdvantageConfig {
     /// Leave-one-out advantages.
     ///
-    #[cfg_attr(doc, doc = r#"$$A_i = R_i - \frac{\sum_{j \in g(i)} R_j - R_i}{|g(i)| - 1}$$"#)]
-    #[cfg_attr(not(doc), doc = "`A_i = R_i - (sum_{j in group} R_j - R_i) / (count - 1)`")]
+    #[cfg_attr(
+        doc,
+        doc = r#"$$A_i = R_i - \frac{\sum_{j \in g(i)} R_j - R_i}{|g(i)| - 1}$$"#
+    )]
+    #[cfg_attr(
+        not(doc),
+        doc = "`A_i = R_i - (sum_{j in group} R_j - R_i) / (count - 1)`"
+    )]
     ///
     /// NaN-aware like [`GroupAdvantageConfig`]: the baseline averages the scorable siblings; an
     /// unscorable row or a group with one scorable completion gets advantage 0.
@@ -561,7 +663,11 @@ impl RlooAdvantageConfig {
         check_groups(n, g)?;
         check_same_shape("mask", &mask.dims(), &old_logps.dims(), "old_logps")?;
         if old_logps.dims()[0] != n {
-            return Err(Error::shape("old_logps", format!("[{n}, C] (one row per completion)"), &old_logps.dims()));
+            return Err(Error::shape(
+                "old_logps",
+                format!("[{n}, C] (one row per completion)"),
+                &old_logps.dims(),
+            ));
         }
         let weights = resolve_weights(&self.reward_weights, k)?;
         let p = n / g;
@@ -575,7 +681,12 @@ impl RlooAdvantageConfig {
             let reference = ref_logps.ok_or_else(|| {
                 Error::Incompatible("RLOO with beta != 0 needs ref_logps".to_string())
             })?;
-            check_same_shape("ref_logps", &reference.dims(), &old_logps.dims(), "old_logps")?;
+            check_same_shape(
+                "ref_logps",
+                &reference.dims(),
+                &old_logps.dims(),
+                "old_logps",
+            )?;
             let per_token_kl = zero_masked(old_logps.clone() - reference, mask.clone());
             let kl_seq = per_token_kl.clone().sum_dim(1).reshape([n]);
             rewards = rewards - kl_seq.mul_scalar(self.beta);
@@ -584,7 +695,11 @@ impl RlooAdvantageConfig {
         }
         let grouped = rewards.clone().reshape([p, g]);
         let (_, std_g) = nan_stats(grouped.clone(), 1);
-        let std_g = if g > 1 { std_g } else { Tensor::zeros_like(&std_g) };
+        let std_g = if g > 1 {
+            std_g
+        } else {
+            Tensor::zeros_like(&std_g)
+        };
         let valid = grouped.clone().is_nan().bool_not();
         let count = mask_like(&grouped, valid.clone()).sum_dim(1);
         let sum = zero_masked(grouped.clone(), valid).sum_dim(1);
@@ -603,7 +718,13 @@ impl RlooAdvantageConfig {
         let zero_std = mask_like(&std_g, is_zero_std(std_g.clone())).mean();
         metrics.insert("frac_reward_zero_std", zero_std);
         let old_seq = zero_masked(old_logps, mask).sum_dim(1).reshape([n]);
-        Ok(RlooAdvantages { group: GroupAdvantages { advantages, metrics }, old_logps: old_seq })
+        Ok(RlooAdvantages {
+            group: GroupAdvantages {
+                advantages,
+                metrics,
+            },
+            old_logps: old_seq,
+        })
     }
 
     /// Panicking form of [`try_forward`](Self::try_forward).

@@ -120,7 +120,11 @@ impl GrpoLossConfig {
             return Err(Error::config("epsilon", "must be in [0, 1)", self.epsilon));
         }
         if !(eps_high.is_finite() && eps_high >= 0.0) {
-            return Err(Error::config("epsilon_high", "must be finite and >= 0", eps_high));
+            return Err(Error::config(
+                "epsilon_high",
+                "must be finite and >= 0",
+                eps_high,
+            ));
         }
         if !(self.beta.is_finite() && self.beta >= 0.0) {
             return Err(Error::config("beta", "must be finite and >= 0", self.beta));
@@ -128,16 +132,27 @@ impl GrpoLossConfig {
         if let Some(d) = self.delta
             && !(d.is_finite() && d > 1.0 + eps_high)
         {
-            return Err(Error::config("delta", "must be finite and > 1 + epsilon_high", d));
+            return Err(Error::config(
+                "delta",
+                "must be finite and > 1 + epsilon_high",
+                d,
+            ));
         }
         if !(self.top_entropy_quantile > 0.0 && self.top_entropy_quantile <= 1.0) {
-            return Err(Error::config("top_entropy_quantile", "must be in (0, 1]", self.top_entropy_quantile));
+            return Err(Error::config(
+                "top_entropy_quantile",
+                "must be in (0, 1]",
+                self.top_entropy_quantile,
+            ));
         }
         check_positive("sapo_temperature_pos", self.sapo_temperature_pos)?;
         check_positive("sapo_temperature_neg", self.sapo_temperature_neg)?;
         for (field, v) in [
             ("max_completion_length", self.max_completion_length),
-            ("gradient_accumulation_steps", self.gradient_accumulation_steps),
+            (
+                "gradient_accumulation_steps",
+                self.gradient_accumulation_steps,
+            ),
             ("steps_per_generation", self.steps_per_generation),
             ("num_processes", self.num_processes),
         ] {
@@ -148,7 +163,10 @@ impl GrpoLossConfig {
         if let Some(n) = &self.normalizer {
             n.validate()?;
         }
-        Ok(GrpoLoss { config: self.clone(), eps_high })
+        Ok(GrpoLoss {
+            config: self.clone(),
+            eps_high,
+        })
     }
 
     /// Panicking form of [`try_init`](Self::try_init).
@@ -194,7 +212,11 @@ impl GrpoLossInput {
         Self::with_token_advantages(logprobs, mask, advantages.reshape([b, 1]))
     }
     /// Required inputs; advantages `[B, 1]` or per token `[B, C]`.
-    pub fn with_token_advantages(logprobs: Tensor<2>, mask: Tensor<2, Bool>, advantages: Tensor<2>) -> Self {
+    pub fn with_token_advantages(
+        logprobs: Tensor<2>,
+        mask: Tensor<2, Bool>,
+        advantages: Tensor<2>,
+    ) -> Self {
         Self {
             logprobs,
             mask,
@@ -287,8 +309,8 @@ fn masked_quantile(values: Tensor<2>, mask: Tensor<2, Bool>, q: f64) -> Option<T
     let pos = q * (n - 1) as f64;
     let lo = pos.floor() as usize;
     let hi = pos.ceil() as usize;
-    let a = sorted.clone().slice([lo..lo + 1]);
-    let b = sorted.slice([hi..hi + 1]);
+    let a = sorted.clone().narrow(0, lo, 1);
+    let b = sorted.narrow(0, hi, 1);
     Some(a.clone() + (b - a).mul_scalar(pos - lo as f64))
 }
 
@@ -302,7 +324,10 @@ impl GrpoLoss {
     pub fn with_normalizer(&self, normalizer: Normalizer) -> Self {
         let mut config = self.config.clone();
         config.normalizer = Some(normalizer);
-        Self { config, eps_high: self.eps_high }
+        Self {
+            config,
+            eps_high: self.eps_high,
+        }
     }
 
     /// The GRPO-family loss, term for term as TRL's `GRPOTrainer._compute_loss` (one process).
@@ -345,7 +370,11 @@ impl GrpoLoss {
         check_same_shape("mask", &mask.dims(), &dims, "logprobs")?;
         let adv_dims = advantages.dims();
         if adv_dims != [b, 1] && adv_dims != dims {
-            return Err(Error::shape("advantages", format!("[{b}, 1] or [{b}, {t}]"), &adv_dims));
+            return Err(Error::shape(
+                "advantages",
+                format!("[{b}, 1] or [{b}, {t}]"),
+                &adv_dims,
+            ));
         }
         for (name, x) in [
             ("old_logprobs", &old_logprobs),
@@ -360,27 +389,37 @@ impl GrpoLoss {
         }
         let advantages = advantages.detach();
         let maskf = mask_like(&logprobs, mask.clone());
-        let old = old_logprobs.map(Tensor::detach).unwrap_or_else(|| logprobs.clone().detach());
+        let old = old_logprobs
+            .map(Tensor::detach)
+            .unwrap_or_else(|| logprobs.clone().detach());
 
         let entropy_mask = match (&entropies, c.top_entropy_quantile < 1.0) {
             (Some(h), true) => {
                 let h = h.clone().detach();
-                Some(match masked_quantile(h.clone(), mask.clone(), 1.0 - c.top_entropy_quantile) {
-                    Some(threshold) => {
-                        let above = (h * maskf.clone() - threshold.reshape([1, 1])).greater_equal_elem(0.0);
-                        above.bool_and(mask.clone())
-                    }
-                    None => mask.clone().bool_and(mask.clone().bool_not()),
-                })
+                Some(
+                    match masked_quantile(h.clone(), mask.clone(), 1.0 - c.top_entropy_quantile) {
+                        Some(threshold) => {
+                            let above = (h * maskf.clone() - threshold.reshape([1, 1]))
+                                .greater_equal_elem(0.0);
+                            above.bool_and(mask.clone())
+                        }
+                        None => mask.clone().bool_and(mask.clone().bool_not()),
+                    },
+                )
             }
             (None, true) => {
-                return Err(Error::Incompatible("top_entropy_quantile < 1 needs entropies".into()));
+                return Err(Error::Incompatible(
+                    "top_entropy_quantile < 1 needs entropies".into(),
+                ));
             }
             _ => None,
         };
 
         let off_policy_mask = c.off_policy_mask_threshold.map(|threshold| {
-            let sampling = sampling_logprobs.clone().map(Tensor::detach).unwrap_or_else(|| old.clone());
+            let sampling = sampling_logprobs
+                .clone()
+                .map(Tensor::detach)
+                .unwrap_or_else(|| old.clone());
             let kl = sampling - logprobs.clone().detach();
             let avg = masked_row_mean(kl, mask.clone()).reshape([b, 1]);
             let keep = mask_like(&avg, avg.clone().lower_equal_elem(threshold));
@@ -392,7 +431,9 @@ impl GrpoLoss {
         let log_ratio = logprobs.clone() - old;
         let log_iw = match c.importance_sampling_level {
             ImportanceSamplingLevel::Token => log_ratio.clone(),
-            ImportanceSamplingLevel::Sequence => masked_row_mean(log_ratio.clone(), mask.clone()).reshape([b, 1]),
+            ImportanceSamplingLevel::Sequence => {
+                masked_row_mean(log_ratio.clone(), mask.clone()).reshape([b, 1])
+            }
         };
         let mut coef_1 = log_iw.exp();
 
@@ -402,7 +443,11 @@ impl GrpoLoss {
                 .ok_or_else(|| Error::Incompatible("beta != 0 needs ref_logprobs".into()))?
                 .detach();
             let kl = kl_estimate(logprobs.clone(), reference, KlEstimator::K3);
-            Some(if c.use_bias_correction_kl { kl * coef_1.clone() } else { kl })
+            Some(if c.use_bias_correction_kl {
+                kl * coef_1.clone()
+            } else {
+                kl
+            })
         } else {
             None
         };
@@ -432,7 +477,11 @@ impl GrpoLoss {
                     .add_scalar(c.sapo_temperature_neg)
                     .mask_fill(positive, c.sapo_temperature_pos);
                 // sigmoid as 1 / (1 + e^-x): ndarray's sigmoid is not f64-exact.
-                let gate = (temps.clone() * coef_1.clone().sub_scalar(1.0)).neg().exp().add_scalar(1.0).recip();
+                let gate = (temps.clone() * coef_1.clone().sub_scalar(1.0))
+                    .neg()
+                    .exp()
+                    .add_scalar(1.0)
+                    .recip();
                 let soft = gate.mul_scalar(4.0) / temps;
                 (soft * advantages.clone()).neg()
             }
@@ -447,13 +496,18 @@ impl GrpoLoss {
                 let log_w = seq.clamp(lower, 20.0);
                 let w = log_w.clone().exp();
                 let nonneg = advantages.clone().greater_equal_elem(0.0);
-                let k = Tensor::zeros_like(&advantages).add_scalar(c.vespo_k_neg).mask_fill(nonneg.clone(), c.vespo_k_pos);
+                let k = Tensor::zeros_like(&advantages)
+                    .add_scalar(c.vespo_k_neg)
+                    .mask_fill(nonneg.clone(), c.vespo_k_pos);
                 let lambda = Tensor::zeros_like(&advantages)
                     .add_scalar(c.vespo_lambda_neg)
                     .mask_fill(nonneg, c.vespo_lambda_pos)
                     .clamp_min(1e-4);
                 let phi = (lambda.clone() + k * log_w - lambda * w).exp();
-                let bad = phi.clone().is_nan().bool_or(phi.clone().is_finite().bool_not());
+                let bad = phi
+                    .clone()
+                    .is_nan()
+                    .bool_or(phi.clone().is_finite().bool_not());
                 let phi = phi.clone().mask_fill(bad, 0.0).detach();
                 metrics.insert("vespo/phi_seq_mean", global_masked_mean(phi.clone(), &mask));
                 (phi * advantages.clone() * logprobs.clone()).neg()
@@ -466,7 +520,10 @@ impl GrpoLoss {
         if let Some(m) = &entropy_mask {
             per_token_loss = per_token_loss * mask_like(&logprobs, m.clone());
         }
-        if let (Some(is), true) = (&importance_sampling_ratio, c.loss_type != GrpoLossType::Vespo) {
+        if let (Some(is), true) = (
+            &importance_sampling_ratio,
+            c.loss_type != GrpoLossType::Vespo,
+        ) {
             per_token_loss = per_token_loss * is.clone().detach();
         }
         if let Some(kl) = &per_token_kl {
@@ -482,20 +539,26 @@ impl GrpoLoss {
             let (normalizer, divisor) = match c.loss_type {
                 GrpoLossType::Grpo | GrpoLossType::Sapo => (Normalizer::SequenceMean, gas),
                 GrpoLossType::Bnpo => (Normalizer::TokenMean, gas),
-                GrpoLossType::DrGrpo => {
-                    (Normalizer::Constant((b * c.max_completion_length) as f64), gas)
-                }
+                GrpoLossType::DrGrpo => (
+                    Normalizer::Constant((b * c.max_completion_length) as f64),
+                    gas,
+                ),
                 GrpoLossType::Dapo | GrpoLossType::Cispo | GrpoLossType::Vespo => {
                     let n = num_items_in_batch.ok_or_else(|| {
-                        Error::Incompatible(format!("loss_type {:?} needs num_items_in_batch", c.loss_type))
+                        Error::Incompatible(format!(
+                            "loss_type {:?} needs num_items_in_batch",
+                            c.loss_type
+                        ))
                     })?;
-                    let global = n.max(1.0) / c.num_processes as f64 * gas / c.steps_per_generation as f64;
+                    let global =
+                        n.max(1.0) / c.num_processes as f64 * gas / c.steps_per_generation as f64;
                     (Normalizer::GlobalTokens(global), 1.0)
                 }
                 // mean over sequences of the masked token sum: sum / B
                 GrpoLossType::Luspo => (Normalizer::Constant(b as f64), gas),
             };
-            let policy = normalizer.try_reduce_tokens(per_token_loss.clone().expand(dims), mask.clone())?;
+            let policy =
+                normalizer.try_reduce_tokens(per_token_loss.clone().expand(dims), mask.clone())?;
             (policy.clone().mul_scalar(1.0 / divisor), policy, None)
         };
 
@@ -510,11 +573,16 @@ impl GrpoLoss {
             };
             let bonus = match entropy_norm {
                 Some(n) => n.try_reduce_tokens(h, effective)?,
-                None => Normalizer::TokenMean.try_reduce_tokens(h, effective)?.mul_scalar(1.0 / gas),
+                None => Normalizer::TokenMean
+                    .try_reduce_tokens(h, effective)?
+                    .mul_scalar(1.0 / gas),
             };
             loss = loss - bonus.mul_scalar(c.entropy_coef);
             metrics.insert("policy_loss", policy_loss);
-            metrics.insert("entropy_coef", Tensor::<1>::zeros([1], &logprobs.device()).add_scalar(c.entropy_coef));
+            metrics.insert(
+                "entropy_coef",
+                Tensor::<1>::zeros([1], &logprobs.device()).add_scalar(c.entropy_coef),
+            );
         }
 
         if let Some(kl) = &per_token_kl {
@@ -534,8 +602,14 @@ impl GrpoLoss {
                 let high = mask_like(&coef_1, coef_1.clone().greater_elem(1.0 + self.eps_high))
                     * mask_like(&advantages, advantages.clone().greater_elem(0.0));
                 let region = low.clone() + high.clone();
-                metrics.insert("clip_ratio/low_mean", global_masked_mean(low.clone(), &mask));
-                metrics.insert("clip_ratio/high_mean", global_masked_mean(high.clone(), &mask));
+                metrics.insert(
+                    "clip_ratio/low_mean",
+                    global_masked_mean(low.clone(), &mask),
+                );
+                metrics.insert(
+                    "clip_ratio/high_mean",
+                    global_masked_mean(high.clone(), &mask),
+                );
                 metrics.insert("clip_ratio/region_mean", global_masked_mean(region, &mask));
                 metrics.insert("clip_ratio/low_min", seq_mean_extreme(low, &mask, false));
                 metrics.insert("clip_ratio/high_max", seq_mean_extreme(high, &mask, true));
@@ -548,7 +622,11 @@ impl GrpoLoss {
             _ => {}
         }
         let per_example = masked_row_mean(per_token_loss.expand(dims), mask);
-        Ok(LossOutput { loss, per_example, metrics })
+        Ok(LossOutput {
+            loss,
+            per_example,
+            metrics,
+        })
     }
 
     /// Panicking form of [`try_forward`](Self::try_forward).
@@ -582,13 +660,26 @@ impl RlooLossConfig {
             return Err(Error::config("epsilon", "must be in [0, 1)", self.epsilon));
         }
         if !(eps_high.is_finite() && eps_high >= 0.0) {
-            return Err(Error::config("epsilon_high", "must be finite and >= 0", eps_high));
+            return Err(Error::config(
+                "epsilon_high",
+                "must be finite and >= 0",
+                eps_high,
+            ));
         }
         self.normalizer.validate()?;
-        if matches!(self.normalizer, Normalizer::TokenMean | Normalizer::GlobalTokens(_)) {
-            return Err(Error::Incompatible("the RLOO loss has one term per sequence".into()));
+        if matches!(
+            self.normalizer,
+            Normalizer::TokenMean | Normalizer::GlobalTokens(_)
+        ) {
+            return Err(Error::Incompatible(
+                "the RLOO loss has one term per sequence".into(),
+            ));
         }
-        Ok(RlooLoss { eps_low: self.epsilon, eps_high, normalizer: self.normalizer })
+        Ok(RlooLoss {
+            eps_low: self.epsilon,
+            eps_high,
+            normalizer: self.normalizer,
+        })
     }
 
     /// Panicking form of [`try_init`](Self::try_init).
@@ -611,7 +702,10 @@ pub struct RlooLoss {
 impl RlooLoss {
     /// A copy reducing with `normalizer` (a sequence-level one).
     pub fn with_normalizer(&self, normalizer: Normalizer) -> Self {
-        Self { normalizer, ..self.clone() }
+        Self {
+            normalizer,
+            ..self.clone()
+        }
     }
 
     /// Sequence-level PPO clip on summed log-probs.
@@ -620,7 +714,10 @@ impl RlooLoss {
         doc,
         doc = r#"$$\rho_i = e^{\sum_t m_t \log\pi_t - \text{old}_i},\quad \ell_i = -\min\!\big(\rho_i A_i,\; \operatorname{clip}(\rho_i, 1-\epsilon_{lo}, 1+\epsilon_{hi})A_i\big)$$"#
     )]
-    #[cfg_attr(not(doc), doc = "`rho_i = exp(sum_t m_t logp_t - old_i)`, `l_i = -min(rho_i A_i, clip(rho_i) A_i)`")]
+    #[cfg_attr(
+        not(doc),
+        doc = "`rho_i = exp(sum_t m_t logp_t - old_i)`, `l_i = -min(rho_i A_i, clip(rho_i) A_i)`"
+    )]
     ///
     /// Metrics: `entropy` (token mean, if given), `clip_ratio/{low_mean,low_min,high_mean,
     /// high_max,region_mean}` over sequences.
@@ -643,7 +740,9 @@ impl RlooLoss {
         let logps = masked_row_sum(logprobs, mask.clone());
         let ratio = (logps - old_logps.detach()).exp();
         let clipped = ratio.clone().clamp(1.0 - self.eps_low, 1.0 + self.eps_high);
-        let per_seq = (ratio.clone() * advantages.clone()).min_pair(clipped * advantages.clone()).neg();
+        let per_seq = (ratio.clone() * advantages.clone())
+            .min_pair(clipped * advantages.clone())
+            .neg();
         let loss = self.normalizer.try_reduce_sequences(per_seq.clone())?;
         let mut metrics = Metrics::new();
         if let Some(h) = entropies {
@@ -660,7 +759,11 @@ impl RlooLoss {
         metrics.insert("clip_ratio/high_mean", high.clone().mean());
         metrics.insert("clip_ratio/high_max", high.clone().max());
         metrics.insert("clip_ratio/region_mean", (low + high).mean());
-        Ok(LossOutput { loss, per_example: per_seq, metrics })
+        Ok(LossOutput {
+            loss,
+            per_example: per_seq,
+            metrics,
+        })
     }
 
     /// Panicking form of [`try_forward`](Self::try_forward).

@@ -27,13 +27,20 @@ pub enum KlEstimator {
     doc,
     doc = r#"$$\ell = \log\pi_{\text{ref}} - \log\pi:\quad k_1 = -\ell,\; k_2 = \tfrac12\ell^2,\; k_3 = e^{\ell} - \ell - 1,\; \text{abs} = |\ell|$$"#
 )]
-#[cfg_attr(not(doc), doc = "`l = ref - logp`: k1 = -l, k2 = l^2/2, k3 = exp(l) - l - 1, abs = |l|")]
+#[cfg_attr(
+    not(doc),
+    doc = "`l = ref - logp`: k1 = -l, k2 = l^2/2, k3 = exp(l) - l - 1, abs = |l|"
+)]
 ///
 /// Differentiable in both arguments.
 ///
 /// # Shapes
 /// - logprobs, ref_logprobs: any shape (the same) -> same shape
-pub fn kl_estimate<const D: usize>(logprobs: Tensor<D>, ref_logprobs: Tensor<D>, estimator: KlEstimator) -> Tensor<D> {
+pub fn kl_estimate<const D: usize>(
+    logprobs: Tensor<D>,
+    ref_logprobs: Tensor<D>,
+    estimator: KlEstimator,
+) -> Tensor<D> {
     let log_ratio = ref_logprobs - logprobs; // l = log(ref / pi)
     match estimator {
         KlEstimator::K1 => log_ratio.neg(),
@@ -58,9 +65,16 @@ impl KlPenaltyConfig {
     /// Validates and builds.
     pub fn try_init(&self) -> crate::Result<KlPenalty> {
         if !(self.kl_coef.is_finite() && self.kl_coef >= 0.0) {
-            return Err(Error::config("kl_coef", "must be finite and >= 0", self.kl_coef));
+            return Err(Error::config(
+                "kl_coef",
+                "must be finite and >= 0",
+                self.kl_coef,
+            ));
         }
-        Ok(KlPenalty { kl_coef: self.kl_coef, estimator: self.estimator })
+        Ok(KlPenalty {
+            kl_coef: self.kl_coef,
+            estimator: self.estimator,
+        })
     }
 
     /// Panicking form of [`try_init`](Self::try_init).
@@ -98,7 +112,10 @@ impl KlPenalty {
 
     /// A copy with another coefficient (e.g. from a [`KlController`]).
     pub fn with_kl_coef(&self, kl_coef: f64) -> Self {
-        Self { kl_coef, estimator: self.estimator }
+        Self {
+            kl_coef,
+            estimator: self.estimator,
+        }
     }
 
     /// KL-penalized rewards.
@@ -130,7 +147,9 @@ impl KlPenalty {
             kl = zero_masked(kl, m.clone());
         }
         let kl_reward = kl.clone().mul_scalar(-self.kl_coef);
-        let positions = Tensor::<1, Int>::arange(0..t as i64, &device).reshape([1, t]).expand([b, t]);
+        let positions = Tensor::<1, Int>::arange(0..t as i64, &device)
+            .reshape([1, t])
+            .expand([b, t]);
         let index: Tensor<2, Int> = match (score_index, &mask) {
             (Some(idx), _) => {
                 check_same_shape("score_index", &idx.dims(), &[b], "logprobs rows")?;
@@ -141,7 +160,11 @@ impl KlPenalty {
         };
         let at_score = positions.equal(index.expand([b, t]));
         let placed = mask_like(&kl_reward, at_score) * scores.reshape([b, 1]);
-        Ok(KlPenaltyOutput { rewards: kl_reward.clone() + placed, kl, kl_reward })
+        Ok(KlPenaltyOutput {
+            rewards: kl_reward.clone() + placed,
+            kl,
+            kl_reward,
+        })
     }
 
     /// Panicking form of [`try_forward`](Self::try_forward).
@@ -213,7 +236,10 @@ impl KlController for FixedKlController {
     doc,
     doc = r#"$$\beta \leftarrow \beta\left(1 + \operatorname{clip}\!\left(\tfrac{\mathrm{KL}}{\mathrm{target}} - 1, -0.2, 0.2\right)\tfrac{n}{\mathrm{horizon}}\right)$$"#
 )]
-#[cfg_attr(not(doc), doc = "`beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon)`")]
+#[cfg_attr(
+    not(doc),
+    doc = "`beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon)`"
+)]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AdaptiveKlController {
     /// The current coefficient (TRL legacy `init_kl_coef` 0.2).
@@ -230,15 +256,27 @@ impl AdaptiveKlController {
         check_positive("target", target)?;
         check_positive("horizon", horizon)?;
         if !(init_value.is_finite() && init_value >= 0.0) {
-            return Err(Error::config("init_value", "must be finite and >= 0", init_value));
+            return Err(Error::config(
+                "init_value",
+                "must be finite and >= 0",
+                init_value,
+            ));
         }
-        Ok(Self { value: init_value, target, horizon })
+        Ok(Self {
+            value: init_value,
+            target,
+            horizon,
+        })
     }
 }
 
 impl Default for AdaptiveKlController {
     fn default() -> Self {
-        Self { value: 0.2, target: 6.0, horizon: 10000.0 }
+        Self {
+            value: 0.2,
+            target: 6.0,
+            horizon: 10000.0,
+        }
     }
 }
 

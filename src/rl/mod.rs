@@ -22,9 +22,9 @@ pub mod ppo;
 pub mod step;
 
 pub use advantages::{
-    Gae, GaeConfig, GaeMasking, GaeOutput, GroupAdvantageConfig, GroupAdvantages, RewardAggregation,
-    RlooAdvantageConfig, RlooAdvantages, ScaleRewards, Whitening, discounted_returns,
-    discounted_reverse_cumsum, masked_mean, masked_var, whiten,
+    Gae, GaeConfig, GaeMasking, GaeOutput, GroupAdvantageConfig, GroupAdvantages,
+    RewardAggregation, RlooAdvantageConfig, RlooAdvantages, ScaleRewards, Whitening,
+    discounted_returns, discounted_reverse_cumsum, masked_mean, masked_var, whiten,
 };
 pub use grpo::{
     GrpoLoss, GrpoLossConfig, GrpoLossInput, GrpoLossType, ImportanceSamplingLevel, RlooLoss,
@@ -52,6 +52,9 @@ pub(crate) fn constant_like<const D: usize, const E: usize>(
 }
 
 /// An all-true mask of the given shape on `device`.
-pub(crate) fn all_true<const D: usize>(dims: [usize; D], device: &burn::tensor::Device) -> Tensor<D, burn::tensor::Bool> {
+pub(crate) fn all_true<const D: usize>(
+    dims: [usize; D],
+    device: &burn::tensor::Device,
+) -> Tensor<D, burn::tensor::Bool> {
     Tensor::<D, burn::tensor::Int>::zeros(dims, device).equal_elem(0)
 }

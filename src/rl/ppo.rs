@@ -52,7 +52,10 @@ impl PpoLossConfig {
             return Err(Error::config("dual_clip", "must be finite and > 1", c));
         }
         check_positive("value_clip_range", self.value_clip_range)?;
-        for (field, v) in [("value_coeff", self.value_coeff), ("entropy_coeff", self.entropy_coeff)] {
+        for (field, v) in [
+            ("value_coeff", self.value_coeff),
+            ("entropy_coeff", self.entropy_coeff),
+        ] {
             if !v.is_finite() {
                 return Err(Error::config(field, "must be finite", v));
             }
@@ -108,7 +111,15 @@ pub struct PpoLossInput {
 impl PpoLossInput {
     /// Policy inputs only.
     pub fn new(logprobs: Tensor<2>, old_logprobs: Tensor<2>, advantages: Tensor<2>) -> Self {
-        Self { logprobs, old_logprobs, advantages, mask: None, values: None, value_mask: None, entropy: None }
+        Self {
+            logprobs,
+            old_logprobs,
+            advantages,
+            mask: None,
+            values: None,
+            value_mask: None,
+            entropy: None,
+        }
     }
     /// Sets the mask.
     pub fn with_mask(mut self, mask: Tensor<2, Bool>) -> Self {
@@ -116,7 +127,12 @@ impl PpoLossInput {
         self
     }
     /// Adds the value loss inputs.
-    pub fn with_values(mut self, values: Tensor<2>, old_values: Tensor<2>, returns: Tensor<2>) -> Self {
+    pub fn with_values(
+        mut self,
+        values: Tensor<2>,
+        old_values: Tensor<2>,
+        returns: Tensor<2>,
+    ) -> Self {
         self.values = Some((values, old_values, returns));
         self
     }
@@ -149,13 +165,21 @@ impl PpoLoss {
     /// A copy using `normalizer` for every term (the policy, value and entropy terms); used by
     /// the update step to pass the optimizer step's global token count.
     pub fn with_normalizer(&self, normalizer: Normalizer) -> Self {
-        Self { normalizer, value_normalizer: None, ..self.clone() }
+        Self {
+            normalizer,
+            value_normalizer: None,
+            ..self.clone()
+        }
     }
 
     /// A copy with separate policy and value normalizers (e.g. torchtune's
     /// `sum / (count + 1e-8)` for each mask: `Normalizer::Constant(count + 1e-8)`).
     pub fn with_normalizers(&self, policy: Normalizer, value: Normalizer) -> Self {
-        Self { normalizer: policy, value_normalizer: Some(value), ..self.clone() }
+        Self {
+            normalizer: policy,
+            value_normalizer: Some(value),
+            ..self.clone()
+        }
     }
 
     /// The PPO objective.
@@ -182,7 +206,15 @@ $$\ell^{V}_t = \tfrac12\max\!\big((V_t - R_t)^2,\; (\operatorname{clip}(V_t, V^{
     /// # Shapes
     /// - every input `[B, T]`; loss `[1]`, per_example `[B]`
     pub fn try_forward(&self, input: PpoLossInput) -> crate::Result<LossOutput> {
-        let PpoLossInput { logprobs, old_logprobs, advantages, mask, values, value_mask, entropy } = input;
+        let PpoLossInput {
+            logprobs,
+            old_logprobs,
+            advantages,
+            mask,
+            values,
+            value_mask,
+            entropy,
+        } = input;
         let dims = logprobs.dims();
         check_same_shape("old_logprobs", &old_logprobs.dims(), &dims, "logprobs")?;
         check_same_shape("advantages", &advantages.dims(), &dims, "logprobs")?;
@@ -205,7 +237,9 @@ $$\ell^{V}_t = \tfrac12\max\!\big((V_t - R_t)^2,\; (\operatorname{clip}(V_t, V^{
             let negative = advantages.clone().lower_elem(0.0);
             pg = pg.clone().mask_where(negative, pg.min_pair(cap));
         }
-        let policy_loss = self.normalizer.try_reduce_tokens(pg.clone(), mask.clone())?;
+        let policy_loss = self
+            .normalizer
+            .try_reduce_tokens(pg.clone(), mask.clone())?;
         let mut loss = policy_loss.clone();
         let mut metrics = Metrics::new();
         let mean = |x: Tensor<2>, m: Tensor<2, Bool>| -> Tensor<1> {
@@ -222,7 +256,10 @@ $$\ell^{V}_t = \tfrac12\max\!\big((V_t - R_t)^2,\; (\operatorname{clip}(V_t, V^{
         metrics.insert("clip_ratio/low_mean", mean(low.clone(), mask.clone()));
         metrics.insert("clip_ratio/high_mean", mean(high.clone(), mask.clone()));
         metrics.insert("clip_ratio/region_mean", mean(low + high, mask.clone()));
-        metrics.insert("approx_kl", mean(log_ratio.square().mul_scalar(0.5), mask.clone()));
+        metrics.insert(
+            "approx_kl",
+            mean(log_ratio.square().mul_scalar(0.5), mask.clone()),
+        );
         let ratio_mean = mean(ratio.clone(), mask.clone());
         let centered = ratio.clone() - ratio_mean.clone().unsqueeze::<2>();
         metrics.insert("ratio_var", mean(centered.square(), mask.clone()));
@@ -249,7 +286,9 @@ $$\ell^{V}_t = \tfrac12\max\!\big((V_t - R_t)^2,\; (\operatorname{clip}(V_t, V^{
             let vclip = mask_like(&vf1, vf2.clone().greater(vf1.clone()));
             let vf = vf1.max_pair(vf2);
             let normalizer = self.value_normalizer.unwrap_or(self.normalizer);
-            let value_loss = normalizer.try_reduce_tokens(vf, vmask.clone())?.mul_scalar(0.5);
+            let value_loss = normalizer
+                .try_reduce_tokens(vf, vmask.clone())?
+                .mul_scalar(0.5);
             loss = loss + value_loss.clone().mul_scalar(self.value_coeff);
             metrics.insert("value_loss", value_loss);
             metrics.insert("val/clipfrac", mean(vclip, vmask));
@@ -263,7 +302,11 @@ $$\ell^{V}_t = \tfrac12\max\!\big((V_t - R_t)^2,\; (\operatorname{clip}(V_t, V^{
             }
         }
         let per_example = crate::reduce::masked_row_mean(pg, mask);
-        Ok(LossOutput { loss, per_example, metrics })
+        Ok(LossOutput {
+            loss,
+            per_example,
+            metrics,
+        })
     }
 
     /// Panicking form of [`try_forward`](Self::try_forward).

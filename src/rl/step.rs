@@ -56,12 +56,20 @@ impl Rollout {
     pub fn validate(&self) -> crate::Result<()> {
         let dims = self.mask.dims();
         if self.tokens.dims()[0] != dims[0] {
-            return Err(Error::shape("tokens", format!("[{}, S] (rows as mask)", dims[0]), &self.tokens.dims()));
+            return Err(Error::shape(
+                "tokens",
+                format!("[{}, S] (rows as mask)", dims[0]),
+                &self.tokens.dims(),
+            ));
         }
         check_same_shape("old_logprobs", &self.old_logprobs.dims(), &dims, "mask")?;
         let adv = self.advantages.dims();
         if adv != dims && adv != [dims[0], 1] {
-            return Err(Error::shape("advantages", format!("{dims:?} or [{}, 1]", dims[0]), &adv));
+            return Err(Error::shape(
+                "advantages",
+                format!("{dims:?} or [{}, 1]", dims[0]),
+                &adv,
+            ));
         }
         for (name, x) in [("old_values", &self.old_values), ("returns", &self.returns)] {
             if let Some(x) = x {
@@ -75,13 +83,17 @@ impl Rollout {
     pub fn select(&self, rows: &[usize]) -> Rollout {
         let device = self.mask.device();
         let idx = Tensor::<1, Int>::from_data(
-            TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [rows.len()]),
+            TensorData::new(
+                rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                [rows.len()],
+            ),
             &device,
         );
         let pick2 = |x: &Tensor<2>| x.clone().select(0, idx.clone());
         Rollout {
             tokens: self.tokens.clone().select(0, idx.clone()),
-            mask: self.mask.clone().select(0, idx.clone()),
+            // (select on a Bool tensor yields a U8-stored mask on flex that bool ops reject)
+            mask: self.mask.clone().int().select(0, idx.clone()).equal_elem(1),
             old_logprobs: pick2(&self.old_logprobs),
             advantages: pick2(&self.advantages),
             old_values: self.old_values.as_ref().map(pick2),
@@ -104,7 +116,11 @@ pub struct PolicyOutput {
 impl PolicyOutput {
     /// Log-probs only.
     pub fn new(logprobs: Tensor<2>) -> Self {
-        Self { logprobs, values: None, entropy: None }
+        Self {
+            logprobs,
+            values: None,
+            entropy: None,
+        }
     }
     /// Adds values.
     pub fn with_values(mut self, values: Tensor<2>) -> Self {
@@ -127,16 +143,28 @@ pub trait StepLoss {
         Normalizer::GlobalTokens(tokens.max(1.0))
     }
     /// The loss of one micro-batch.
-    fn step_loss(&self, batch: &RolloutBatch, output: PolicyOutput, normalizer: Normalizer) -> crate::Result<LossOutput>;
+    fn step_loss(
+        &self,
+        batch: &RolloutBatch,
+        output: PolicyOutput,
+        normalizer: Normalizer,
+    ) -> crate::Result<LossOutput>;
 }
 
 impl StepLoss for PpoLoss {
-    fn step_loss(&self, batch: &RolloutBatch, output: PolicyOutput, normalizer: Normalizer) -> crate::Result<LossOutput> {
+    fn step_loss(
+        &self,
+        batch: &RolloutBatch,
+        output: PolicyOutput,
+        normalizer: Normalizer,
+    ) -> crate::Result<LossOutput> {
         let dims = batch.mask.dims();
         let advantages = batch.advantages.clone().expand(dims);
         let mut input = PpoLossInput::new(output.logprobs, batch.old_logprobs.clone(), advantages)
             .with_mask(batch.mask.clone());
-        if let (Some(v), Some(v_old), Some(ret)) = (output.values, &batch.old_values, &batch.returns) {
+        if let (Some(v), Some(v_old), Some(ret)) =
+            (output.values, &batch.old_values, &batch.returns)
+        {
             input = input.with_values(v, v_old.clone(), ret.clone());
         }
         if let Some(h) = output.entropy {
@@ -147,9 +175,18 @@ impl StepLoss for PpoLoss {
 }
 
 impl StepLoss for GrpoLoss {
-    fn step_loss(&self, batch: &RolloutBatch, output: PolicyOutput, normalizer: Normalizer) -> crate::Result<LossOutput> {
-        let mut input = GrpoLossInput::with_token_advantages(output.logprobs, batch.mask.clone(), batch.advantages.clone())
-            .with_old_logprobs(batch.old_logprobs.clone());
+    fn step_loss(
+        &self,
+        batch: &RolloutBatch,
+        output: PolicyOutput,
+        normalizer: Normalizer,
+    ) -> crate::Result<LossOutput> {
+        let mut input = GrpoLossInput::with_token_advantages(
+            output.logprobs,
+            batch.mask.clone(),
+            batch.advantages.clone(),
+        )
+        .with_old_logprobs(batch.old_logprobs.clone());
         if let Some(h) = output.entropy {
             input = input.with_entropies(h);
         }
@@ -161,12 +198,22 @@ impl StepLoss for RlooLoss {
     fn normalizer(&self, _tokens: f64, rows: f64) -> Normalizer {
         Normalizer::GlobalSequences(rows.max(1.0))
     }
-    fn step_loss(&self, batch: &RolloutBatch, output: PolicyOutput, normalizer: Normalizer) -> crate::Result<LossOutput> {
+    fn step_loss(
+        &self,
+        batch: &RolloutBatch,
+        output: PolicyOutput,
+        normalizer: Normalizer,
+    ) -> crate::Result<LossOutput> {
         let b = batch.len();
         let old = masked_row_sum(batch.old_logprobs.clone(), batch.mask.clone());
         let adv = batch.advantages.clone().slice([0..b, 0..1]).reshape([b]);
-        self.with_normalizer(normalizer)
-            .try_forward(output.logprobs, batch.mask.clone(), old, adv, output.entropy)
+        self.with_normalizer(normalizer).try_forward(
+            output.logprobs,
+            batch.mask.clone(),
+            old,
+            adv,
+            output.entropy,
+        )
     }
 }
 
@@ -258,7 +305,8 @@ struct GradScale<'a> {
 impl ModuleVisitor for GradScale<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.remove::<D>(param.id) {
-            self.grads.register::<D>(param.id, g.mul_scalar(self.factor));
+            self.grads
+                .register::<D>(param.id, g.mul_scalar(self.factor));
         }
     }
 }
@@ -269,9 +317,15 @@ impl ModuleVisitor for GradScale<'_> {
 pub fn clip_grad_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
     let mut visitor = GradSquaredNorm { grads, total: None };
     module.visit(&mut visitor);
-    let norm = visitor.total.map(|t| t.into_scalar::<f64>().sqrt()).unwrap_or(0.0);
+    let norm = visitor
+        .total
+        .map(|t| t.into_scalar::<f64>().sqrt())
+        .unwrap_or(0.0);
     if norm > max_norm {
-        let mut scale = GradScale { grads, factor: max_norm / (norm + 1e-6) };
+        let mut scale = GradScale {
+            grads,
+            factor: max_norm / (norm + 1e-6),
+        };
         module.visit(&mut scale);
     }
     norm
@@ -305,7 +359,12 @@ where
     }
     let b = rollout.len();
     let (mb, gas) = (config.num_minibatches, config.gradient_accumulation_steps);
-    if config.epochs == 0 || mb == 0 || gas == 0 || b % mb != 0 || (b / mb) % gas != 0 {
+    if config.epochs == 0
+        || mb == 0
+        || gas == 0
+        || !b.is_multiple_of(mb)
+        || !(b / mb).is_multiple_of(gas)
+    {
         return Err(Error::Incompatible(format!(
             "epochs ({}) >= 1 and rollout rows ({b}) must split into num_minibatches ({mb}) x \
              gradient_accumulation_steps ({gas}) equal parts",
@@ -345,7 +404,9 @@ where
             for micro in minibatch.chunks(micro_size) {
                 let batch = rollout.select(micro);
                 let out = forward(&model, &batch);
-                let LossOutput { loss: l, metrics, .. } = loss.step_loss(&batch, out, normalizer)?;
+                let LossOutput {
+                    loss: l, metrics, ..
+                } = loss.step_loss(&batch, out, normalizer)?;
                 let grads = GradientsParams::from_grads(l.backward(), &model);
                 accumulator.accumulate(&model, grads);
                 // The micro-batch losses sum to the minibatch loss; log that sum's average.
@@ -372,7 +433,10 @@ where
             }
         }
     }
-    stats.metrics = sums.into_iter().map(|(k, (s, n))| (k, s / n as f64)).collect();
+    stats.metrics = sums
+        .into_iter()
+        .map(|(k, (s, n))| (k, s / n as f64))
+        .collect();
     Ok((model, stats))
 }
 

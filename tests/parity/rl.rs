@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 use burn_rlhf::Normalizer;
 use burn_rlhf::rl::{
-    GaeConfig, GrpoLossConfig, GrpoLossInput, GrpoLossType, GroupAdvantageConfig, ImportanceSamplingLevel,
-    KlPenaltyConfig, PpoLossConfig, PpoLossInput, RewardAggregation, RlooAdvantageConfig, RlooLossConfig,
-    ScaleRewards, Whitening, masked_mean as tt_masked_mean, masked_var as tt_masked_var, reward_penalty_mask,
-    whiten as tt_whiten,
+    GaeConfig, GroupAdvantageConfig, GrpoLossConfig, GrpoLossInput, GrpoLossType,
+    ImportanceSamplingLevel, KlPenaltyConfig, PpoLossConfig, PpoLossInput, RewardAggregation,
+    RlooAdvantageConfig, RlooLossConfig, ScaleRewards, Whitening, masked_mean as tt_masked_mean,
+    masked_var as tt_masked_var, reward_penalty_mask, whiten as tt_whiten,
 };
 use serde_json::Value;
 
@@ -29,12 +29,26 @@ fn check(what: &str, actual: &[f64], expected: &[f64], dev: &TestDevice) -> Resu
 }
 
 /// Metrics tolerance (some TRL metrics are float32-rounded): 1e-6 / 1e-7.
-fn check_metrics(actual: &BTreeMap<String, f64>, expected: &Value, dev: &TestDevice) -> Result<(), String> {
-    let (rtol, atol) = if dev.has_f64() { (1e-6, 1e-7) } else { (1e-4, 1e-5) };
-    let Some(map) = expected.as_object() else { return Ok(()) };
+fn check_metrics(
+    actual: &BTreeMap<String, f64>,
+    expected: &Value,
+    dev: &TestDevice,
+) -> Result<(), String> {
+    let (rtol, atol) = if dev.has_f64() {
+        (1e-6, 1e-7)
+    } else {
+        (1e-4, 1e-5)
+    };
+    let Some(map) = expected.as_object() else {
+        return Ok(());
+    };
     for (key, want) in map {
-        let want = want.as_f64().ok_or_else(|| format!("metric {key}: not a number"))?;
-        let got = actual.get(key).ok_or_else(|| format!("metric `{key}` not produced (have {:?})", actual.keys()))?;
+        let want = want
+            .as_f64()
+            .ok_or_else(|| format!("metric {key}: not a number"))?;
+        let got = actual
+            .get(key)
+            .ok_or_else(|| format!("metric `{key}` not produced (have {:?})", actual.keys()))?;
         check_close(&format!("metric {key}"), &[*got], &[want], rtol, atol)?;
     }
     Ok(())
@@ -50,13 +64,18 @@ fn mask2(a: &Array, device: &Device) -> Tensor<2, Bool> {
     bool_tensor::<2>(a.bools(), a.shape(), device)
 }
 fn scalar(case: &Case, key: &str) -> f64 {
-    case.expected[key].as_f64().unwrap_or_else(|| panic!("{}: expected `{key}` not a number", case.name))
+    case.expected[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{}: expected `{key}` not a number", case.name))
 }
 fn cfg_opt_f64(case: &Case, key: &str) -> Option<f64> {
     case.config.get(key).and_then(Value::as_f64)
 }
 fn cfg_str(case: &Case, key: &str) -> String {
-    case.config[key].as_str().unwrap_or_else(|| panic!("{}: config `{key}`", case.name)).to_string()
+    case.config[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}: config `{key}`", case.name))
+        .to_string()
 }
 fn cfg_usize(case: &Case, key: &str) -> usize {
     case.config_f64(key) as usize
@@ -80,8 +99,18 @@ pub fn estimate_advantages(case: &Case, dev: &TestDevice) -> Result<(), String> 
     let mask = case.input_opt("masks").map(|m| mask2(&m, &device));
     let gae = GaeConfig::torchtune(case.config_f64("gamma"), case.config_f64("lmbda")).init();
     let out = gae.forward(rewards, values, mask);
-    check("advantages", &to_vec(out.advantages), &case.expect("advantages").values, dev)?;
-    check("returns", &to_vec(out.returns), &case.expect("returns").values, dev)
+    check(
+        "advantages",
+        &to_vec(out.advantages),
+        &case.expect("advantages").values,
+        dev,
+    )?;
+    check(
+        "returns",
+        &to_vec(out.returns),
+        &case.expect("returns").values,
+        dev,
+    )
 }
 
 /// `whiten(x, mask, shift_mean)`: torchtune's `shift_mean=True` adds the mean back.
@@ -89,8 +118,17 @@ pub fn whiten(case: &Case, dev: &TestDevice) -> Result<(), String> {
     let device = dev.device.clone();
     let x = t2(&case.input("x"), dev, &device);
     let mask = case.input_opt("mask").map(|m| mask2(&m, &device));
-    let mode = if case.config_bool("shift_mean") { Whitening::KeepMean } else { Whitening::ZeroMean };
-    check("whitened", &to_vec(tt_whiten(x, mask, mode)), &case.expect("whitened").values, dev)
+    let mode = if case.config_bool("shift_mean") {
+        Whitening::KeepMean
+    } else {
+        Whitening::ZeroMean
+    };
+    check(
+        "whitened",
+        &to_vec(tt_whiten(x, mask, mode)),
+        &case.expect("whitened").values,
+        dev,
+    )
 }
 
 /// `masked_mean(x, mask, dim)`.
@@ -99,7 +137,12 @@ pub fn masked_mean(case: &Case, dev: &TestDevice) -> Result<(), String> {
     let x = t2(&case.input("x"), dev, &device);
     let mask = mask2(&case.input("mask"), &device);
     let dim = cfg_opt_f64(case, "dim").map(|d| d as usize);
-    check("mean", &to_vec(tt_masked_mean(x, mask, dim)), &case.expect("mean").values, dev)
+    check(
+        "mean",
+        &to_vec(tt_masked_mean(x, mask, dim)),
+        &case.expect("mean").values,
+        dev,
+    )
 }
 
 /// `masked_var(centered_values, mask, unbiased)`.
@@ -162,16 +205,34 @@ pub fn ppo_loss_forward(case: &Case, dev: &TestDevice) -> Result<(), String> {
     }
     let mut clip = BTreeMap::new();
     clip.insert("clipfrac".to_string(), metrics["clipfrac"]);
-    check_metrics(&clip, &serde_json::json!({"clipfrac": scalar(case, "clipfrac")}), dev)?;
-    check("grad_pi_logprobs", &to_vec(pi.grad(&grads).unwrap()), &case.expect("grad_pi_logprobs").values, dev)?;
-    check("grad_phi_values", &to_vec(phi.grad(&grads).unwrap()), &case.expect("grad_phi_values").values, dev)
+    check_metrics(
+        &clip,
+        &serde_json::json!({"clipfrac": scalar(case, "clipfrac")}),
+        dev,
+    )?;
+    check(
+        "grad_pi_logprobs",
+        &to_vec(pi.grad(&grads).unwrap()),
+        &case.expect("grad_pi_logprobs").values,
+        dev,
+    )?;
+    check(
+        "grad_phi_values",
+        &to_vec(phi.grad(&grads).unwrap()),
+        &case.expect("grad_phi_values").values,
+        dev,
+    )
 }
 
 /// `get_rewards_ppo(scores, logprobs, ref_logprobs, kl_coeff, valid_score_idxs)`: k1, no mask.
 pub fn get_rewards_ppo(case: &Case, dev: &TestDevice) -> Result<(), String> {
     let device = dev.device.clone();
-    let penalty = KlPenaltyConfig::new().with_kl_coef(case.config_f64("kl_coeff")).init();
-    let idx = case.input_opt("valid_score_idxs").map(|a| int_tensor::<1>(a.ints(), a.shape(), &device));
+    let penalty = KlPenaltyConfig::new()
+        .with_kl_coef(case.config_f64("kl_coeff"))
+        .init();
+    let idx = case
+        .input_opt("valid_score_idxs")
+        .map(|a| int_tensor::<1>(a.ints(), a.shape(), &device));
     let out = penalty.forward(
         t1(&case.input("scores"), dev, &device),
         t2(&case.input("logprobs"), dev, &device),
@@ -179,9 +240,19 @@ pub fn get_rewards_ppo(case: &Case, dev: &TestDevice) -> Result<(), String> {
         None,
         idx,
     );
-    check("total_reward", &to_vec(out.rewards), &case.expect("total_reward").values, dev)?;
+    check(
+        "total_reward",
+        &to_vec(out.rewards),
+        &case.expect("total_reward").values,
+        dev,
+    )?;
     check("kl", &to_vec(out.kl), &case.expect("kl").values, dev)?;
-    check("kl_reward", &to_vec(out.kl_reward), &case.expect("kl_reward").values, dev)
+    check(
+        "kl_reward",
+        &to_vec(out.kl_reward),
+        &case.expect("kl_reward").values,
+        dev,
+    )
 }
 
 /// `get_reward_penalty_mask(padding_masks, seq_lens, penalise_no_eos, min_response_length)`.
@@ -192,9 +263,23 @@ pub fn get_reward_penalty_mask(case: &Case, dev: &TestDevice) -> Result<(), Stri
     let lens = int_tensor::<1>(lens.ints(), lens.shape(), &device);
     let min = cfg_opt_f64(case, "min_response_length").map(|m| m as usize);
     let got = reward_penalty_mask(padding, lens, case.config_bool("penalise_no_eos"), min);
-    let got: Vec<f64> = got.int().into_data().convert::<i64>().try_into_vec::<i64>().unwrap().into_iter().map(|x| x as f64).collect();
+    let got: Vec<f64> = got
+        .int()
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as f64)
+        .collect();
     let want = case.expect("reward_penalty_mask").values;
-    if got == want { Ok(()) } else { Err(format!("reward_penalty_mask: got {got:?} expected {want:?}")) }
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "reward_penalty_mask: got {got:?} expected {want:?}"
+        ))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -203,11 +288,18 @@ pub fn get_reward_penalty_mask(case: &Case, dev: &TestDevice) -> Result<(), Stri
 
 /// `rewards_per_func` with `null` (a reward function that returned None) as NaN.
 fn rewards_per_func(case: &Case, dev: &TestDevice, device: &Device) -> Tensor<2> {
-    let rows = case.inputs["rewards_per_func"].as_array().expect("rewards_per_func");
+    let rows = case.inputs["rewards_per_func"]
+        .as_array()
+        .expect("rewards_per_func");
     let k = rows[0].as_array().unwrap().len();
     let values: Vec<f64> = rows
         .iter()
-        .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap_or(f64::NAN)))
+        .flat_map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap_or(f64::NAN))
+        })
         .collect();
     let dtype: burn::tensor::DType = dev.float().into();
     Tensor::<2>::from_data(TensorData::new(values, [rows.len(), k]), (device, dtype))
@@ -216,7 +308,12 @@ fn rewards_per_func(case: &Case, dev: &TestDevice, device: &Device) -> Tensor<2>
 /// TRL keeps `reward_weights` as a float32 tensor (`torch.tensor(args.reward_weights,
 /// dtype=torch.float32)`), so the weights it multiplies by are the float32 roundings.
 fn weights(case: &Case) -> Vec<f64> {
-    case.config["reward_weights"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32 as f64).collect()
+    case.config["reward_weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32 as f64)
+        .collect()
 }
 
 /// `GRPOTrainer._generate_and_score_completions`: the advantage part.
@@ -239,14 +336,21 @@ pub fn grpo_advantages(case: &Case, dev: &TestDevice) -> Result<(), String> {
         .with_multi_objective_aggregation(aggregation)
         .with_reward_weights(Some(weights(case)))
         .forward(rewards_per_func(case, dev, &device));
-    check("advantages", &to_vec(out.advantages), &case.expect("advantages").values, dev)?;
+    check(
+        "advantages",
+        &to_vec(out.advantages),
+        &case.expect("advantages").values,
+        dev,
+    )?;
     check_metrics(&out.metrics.to_host(), &case.expected["metrics"], dev)
 }
 
 /// `RLOOTrainer._generate_and_score_completions`: the advantage part.
 pub fn rloo_advantages(case: &Case, dev: &TestDevice) -> Result<(), String> {
     let device = dev.device.clone();
-    let clip = case.config["reward_clip_range"].as_array().map(|a| [a[0].as_f64().unwrap(), a[1].as_f64().unwrap()]);
+    let clip = case.config["reward_clip_range"]
+        .as_array()
+        .map(|a| [a[0].as_f64().unwrap(), a[1].as_f64().unwrap()]);
     let out = RlooAdvantageConfig::new()
         .with_num_generations(cfg_usize(case, "num_generations"))
         .with_beta(case.config_f64("beta"))
@@ -256,11 +360,22 @@ pub fn rloo_advantages(case: &Case, dev: &TestDevice) -> Result<(), String> {
         .forward(
             rewards_per_func(case, dev, &device),
             t2(&case.input("old_per_token_logps"), dev, &device),
-            case.input_opt("ref_per_token_logps").map(|a| t2(&a, dev, &device)),
+            case.input_opt("ref_per_token_logps")
+                .map(|a| t2(&a, dev, &device)),
             mask2(&case.input("completion_mask"), &device),
         );
-    check("advantages", &to_vec(out.group.advantages), &case.expect("advantages").values, dev)?;
-    check("old_logps", &to_vec(out.old_logps), &case.expect("old_logps").values, dev)?;
+    check(
+        "advantages",
+        &to_vec(out.group.advantages),
+        &case.expect("advantages").values,
+        dev,
+    )?;
+    check(
+        "old_logps",
+        &to_vec(out.old_logps),
+        &case.expect("old_logps").values,
+        dev,
+    )?;
     check_metrics(&out.group.metrics.to_host(), &case.expected["metrics"], dev)
 }
 
@@ -287,7 +402,10 @@ pub fn grpo_compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
     let (gas, spg) = if eval {
         (1, 1)
     } else {
-        (cfg_usize(case, "current_gradient_accumulation_steps"), cfg_usize(case, "steps_per_generation"))
+        (
+            cfg_usize(case, "current_gradient_accumulation_steps"),
+            cfg_usize(case, "steps_per_generation"),
+        )
     };
     let loss = GrpoLossConfig::new()
         .with_loss_type(loss_type)
@@ -351,7 +469,10 @@ pub fn grpo_compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
         dev,
     )?;
     if let Some(want) = case.expect_opt("grad_entropies") {
-        let got = entropies.grad(&grads).map(to_vec).unwrap_or_else(|| vec![0.0; want.values.len()]);
+        let got = entropies
+            .grad(&grads)
+            .map(to_vec)
+            .unwrap_or_else(|| vec![0.0; want.values.len()]);
         check("grad_entropies", &got, &want.values, dev)?;
     }
     Ok(())
