@@ -8,6 +8,7 @@ pub mod logprobs;
 pub mod losses;
 mod precision;
 pub mod reduce;
+pub mod rl;
 
 pub use error::{Error, Result, checked_mode, set_checked_mode};
 pub use logprobs::{

@@ -18,6 +18,7 @@ mod fixture;
 mod fused;
 mod kto;
 mod logprobs;
+mod rl;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -32,18 +33,6 @@ type Runner = fn(&Case, &TestDevice) -> Result<(), String>;
 const NOT_YET: &[&str] = &[
     // reward/: the reward-modeling issue.
     "RewardTrainer.compute_loss",
-    // grpo/, rloo/, ppo/, gae/: the online-RL issue.
-    "GRPOTrainer._compute_loss",
-    "GRPOTrainer._generate_and_score_completions",
-    "RLOOTrainer._compute_loss",
-    "RLOOTrainer._generate_and_score_completions",
-    "PPOLoss.forward",
-    "get_rewards_ppo",
-    "get_reward_penalty_mask",
-    "estimate_advantages",
-    "whiten",
-    "masked_mean",
-    "masked_var",
 ];
 
 fn runner(function: &str) -> Option<Runner> {
@@ -60,6 +49,17 @@ fn runner(function: &str) -> Option<Runner> {
         "CPOTrainer.get_batch_loss_metrics" => cpo::cpo_batch_loss_metrics,
         "ORPOTrainer.odds_ratio_loss" => cpo::orpo_odds_ratio_loss,
         "ORPOTrainer.get_batch_loss_metrics" => cpo::orpo_batch_loss_metrics,
+        "GRPOTrainer._compute_loss" => rl::grpo_compute_loss,
+        "GRPOTrainer._generate_and_score_completions" => rl::grpo_advantages,
+        "RLOOTrainer._compute_loss" => rl::rloo_compute_loss,
+        "RLOOTrainer._generate_and_score_completions" => rl::rloo_advantages,
+        "PPOLoss.forward" => rl::ppo_loss_forward,
+        "get_rewards_ppo" => rl::get_rewards_ppo,
+        "get_reward_penalty_mask" => rl::get_reward_penalty_mask,
+        "estimate_advantages" => rl::estimate_advantages,
+        "whiten" => rl::whiten,
+        "masked_mean" => rl::masked_mean,
+        "masked_var" => rl::masked_var,
         _ => return None,
     })
 }

@@ -1,0 +1,60 @@
+//! Online RL: advantages, KL control, PPO / GRPO / RLOO losses and a PPO update step.
+//!
+//! - [`advantages`]: masked GAE and returns (vectorized, no per-element host loop), REINFORCE
+//!   returns, group-relative (GRPO) and leave-one-out (RLOO) advantages, masked whitening.
+//! - [`kl`]: KL estimators k1/k2/k3/abs, KL-penalized per-token rewards, fixed and adaptive
+//!   KL controllers.
+//! - [`ppo`]: the PPO clipped surrogate (asymmetric and dual clip), clipped value loss and
+//!   entropy bonus.
+//! - [`grpo`]: the GRPO loss family (`grpo`, `bnpo`, `dr_grpo`, `dapo`, `cispo`, `sapo`,
+//!   `luspo`, `vespo`; token- or sequence-level ratios) and the RLOO sequence-level loss.
+//! - [`step`]: an update step over any burn [`Module`](burn::module::Module) and optimizer:
+//!   epochs x shuffled minibatches x micro-batches, global-norm gradient clipping, KL early stop.
+//!
+//! Every loss reduces its terms through the shared [`Normalizer`](crate::Normalizer), so with
+//! a global count ([`Normalizer::GlobalTokens`](crate::Normalizer::GlobalTokens)) gradient
+//! accumulation and data-parallel ranks do not change the gradient.
+
+pub mod advantages;
+pub mod grpo;
+pub mod kl;
+pub mod ppo;
+pub mod step;
+
+pub use advantages::{
+    Gae, GaeConfig, GaeMasking, GaeOutput, GroupAdvantageConfig, GroupAdvantages,
+    RewardAggregation, RlooAdvantageConfig, RlooAdvantages, ScaleRewards, Whitening,
+    discounted_returns, discounted_reverse_cumsum, masked_mean, masked_var, whiten,
+};
+pub use grpo::{
+    GrpoLoss, GrpoLossConfig, GrpoLossInput, GrpoLossType, ImportanceSamplingLevel, RlooLoss,
+    RlooLossConfig,
+};
+pub use kl::{
+    AdaptiveKlController, FixedKlController, KlController, KlEstimator, KlPenalty, KlPenaltyConfig,
+    KlPenaltyOutput, kl_estimate, reward_penalty_mask,
+};
+pub use ppo::{PpoLoss, PpoLossConfig, PpoLossInput};
+pub use step::{
+    PolicyOutput, PpoStepConfig, Rollout, RolloutBatch, StepLoss, StepStats, ppo_update,
+};
+
+use burn::tensor::{Tensor, TensorData};
+
+/// A constant tensor from host `f64` values, in the dtype and on the device of `like`.
+pub(crate) fn constant_like<const D: usize, const E: usize>(
+    like: &Tensor<E>,
+    values: Vec<f64>,
+    shape: [usize; D],
+) -> Tensor<D> {
+    let device = like.device();
+    Tensor::<D>::from_data(TensorData::new(values, shape), (&device, like.dtype()))
+}
+
+/// An all-true mask of the given shape on `device`.
+pub(crate) fn all_true<const D: usize>(
+    dims: [usize; D],
+    device: &burn::tensor::Device,
+) -> Tensor<D, burn::tensor::Bool> {
+    Tensor::<D, burn::tensor::Int>::zeros(dims, device).equal_elem(0)
+}

@@ -1,0 +1,319 @@
+//! PPO losses: clipped surrogate (asymmetric and dual clip), clipped value loss, entropy bonus.
+
+use burn::config::Config;
+use burn::tensor::{Bool, Tensor};
+
+use crate::error::{Error, check_positive, check_same_shape, unwrap_or_panic};
+use crate::losses::{LossOutput, Metrics};
+use crate::reduce::{Normalizer, mask_like, zero_masked};
+
+/// Configuration of [`PpoLoss`]. Defaults follow TRL's PPO (`cliprange` 0.2,
+/// `cliprange_value` 0.2, `vf_coef` 0.1, no entropy bonus); torchtune's `PPOLoss` is
+/// `epsilon` 0.1 with the same value settings.
+#[derive(Config, Debug)]
+pub struct PpoLossConfig {
+    /// Lower clip `eps_low`: ratios below `1 - eps_low` are clipped. Default 0.2. In `(0, 1)`.
+    #[config(default = 0.2)]
+    pub epsilon: f64,
+    /// Upper clip `eps_high` (DAPO "clip-higher"); `None` = `epsilon`.
+    pub epsilon_high: Option<f64>,
+    /// Dual-clip constant `c > 1` (Ye et al. 2020): for negative advantages the per-token loss
+    /// is capped at `-c * A`. `None` = off (default).
+    pub dual_clip: Option<f64>,
+    /// Value clip range around the old values. Default 0.2.
+    #[config(default = 0.2)]
+    pub value_clip_range: f64,
+    /// Value-loss coefficient. Default 0.1.
+    #[config(default = 0.1)]
+    pub value_coeff: f64,
+    /// Entropy-bonus coefficient (`loss -= coeff * mean entropy`). Default 0.
+    #[config(default = 0.0)]
+    pub entropy_coeff: f64,
+    /// Normalizer of the policy and entropy terms. Default [`Normalizer::TokenMean`]; pass
+    /// [`Normalizer::GlobalTokens`] with the optimizer step's token count for exact gradient
+    /// accumulation (the [`ppo_update`](super::ppo_update) step does).
+    #[config(default = "Normalizer::TokenMean")]
+    pub normalizer: Normalizer,
+    /// Normalizer of the value term; `None` = same as `normalizer`.
+    pub value_normalizer: Option<Normalizer>,
+}
+
+impl PpoLossConfig {
+    /// Validates and builds.
+    pub fn try_init(&self) -> crate::Result<PpoLoss> {
+        let eps_high = self.epsilon_high.unwrap_or(self.epsilon);
+        if !(self.epsilon.is_finite() && self.epsilon > 0.0 && self.epsilon < 1.0) {
+            return Err(Error::config("epsilon", "must be in (0, 1)", self.epsilon));
+        }
+        check_positive("epsilon_high", eps_high)?;
+        if let Some(c) = self.dual_clip
+            && !(c.is_finite() && c > 1.0)
+        {
+            return Err(Error::config("dual_clip", "must be finite and > 1", c));
+        }
+        check_positive("value_clip_range", self.value_clip_range)?;
+        for (field, v) in [
+            ("value_coeff", self.value_coeff),
+            ("entropy_coeff", self.entropy_coeff),
+        ] {
+            if !v.is_finite() {
+                return Err(Error::config(field, "must be finite", v));
+            }
+        }
+        self.normalizer.validate()?;
+        if let Some(n) = &self.value_normalizer {
+            n.validate()?;
+        }
+        Ok(PpoLoss {
+            eps_low: self.epsilon,
+            eps_high,
+            dual_clip: self.dual_clip,
+            value_clip_range: self.value_clip_range,
+            value_coeff: self.value_coeff,
+            entropy_coeff: self.entropy_coeff,
+            normalizer: self.normalizer,
+            value_normalizer: self.value_normalizer,
+        })
+    }
+
+    /// Panicking form of [`try_init`](Self::try_init).
+    ///
+    /// # Panics
+    /// On an invalid configuration (see the field docs).
+    pub fn init(&self) -> PpoLoss {
+        unwrap_or_panic(self.try_init())
+    }
+}
+
+/// Inputs of [`PpoLoss::forward`]. Build with [`PpoLossInput::new`] and the `with_*` methods.
+///
+/// # Shapes
+/// Every tensor is `[B, T]`.
+#[derive(Debug, Clone)]
+pub struct PpoLossInput {
+    /// New per-token log-probs (differentiable).
+    pub logprobs: Tensor<2>,
+    /// Log-probs at rollout time (constants).
+    pub old_logprobs: Tensor<2>,
+    /// Advantages (constants).
+    pub advantages: Tensor<2>,
+    /// Valid positions (`true` = counts); `None` = all.
+    pub mask: Option<Tensor<2, Bool>>,
+    /// `(values, old_values, returns)`: new value predictions (differentiable), values at rollout
+    /// time and value targets. `None` = no value loss.
+    pub values: Option<(Tensor<2>, Tensor<2>, Tensor<2>)>,
+    /// Mask of the value loss; `None` = `mask`.
+    pub value_mask: Option<Tensor<2, Bool>>,
+    /// Per-token entropies (differentiable) for the bonus and the `entropy` metric.
+    pub entropy: Option<Tensor<2>>,
+}
+
+impl PpoLossInput {
+    /// Policy inputs only.
+    pub fn new(logprobs: Tensor<2>, old_logprobs: Tensor<2>, advantages: Tensor<2>) -> Self {
+        Self {
+            logprobs,
+            old_logprobs,
+            advantages,
+            mask: None,
+            values: None,
+            value_mask: None,
+            entropy: None,
+        }
+    }
+    /// Sets the mask.
+    pub fn with_mask(mut self, mask: Tensor<2, Bool>) -> Self {
+        self.mask = Some(mask);
+        self
+    }
+    /// Adds the value loss inputs.
+    pub fn with_values(
+        mut self,
+        values: Tensor<2>,
+        old_values: Tensor<2>,
+        returns: Tensor<2>,
+    ) -> Self {
+        self.values = Some((values, old_values, returns));
+        self
+    }
+    /// Sets a separate value mask.
+    pub fn with_value_mask(mut self, mask: Tensor<2, Bool>) -> Self {
+        self.value_mask = Some(mask);
+        self
+    }
+    /// Adds per-token entropies.
+    pub fn with_entropy(mut self, entropy: Tensor<2>) -> Self {
+        self.entropy = Some(entropy);
+        self
+    }
+}
+
+/// PPO loss (see [`PpoLossConfig`]).
+#[derive(Debug, Clone)]
+pub struct PpoLoss {
+    eps_low: f64,
+    eps_high: f64,
+    dual_clip: Option<f64>,
+    value_clip_range: f64,
+    value_coeff: f64,
+    entropy_coeff: f64,
+    normalizer: Normalizer,
+    value_normalizer: Option<Normalizer>,
+}
+
+impl PpoLoss {
+    /// A copy using `normalizer` for every term (the policy, value and entropy terms); used by
+    /// the update step to pass the optimizer step's global token count.
+    pub fn with_normalizer(&self, normalizer: Normalizer) -> Self {
+        Self {
+            normalizer,
+            value_normalizer: None,
+            ..self.clone()
+        }
+    }
+
+    /// A copy with separate policy and value normalizers (e.g. torchtune's
+    /// `sum / (count + 1e-8)` for each mask: `Normalizer::Constant(count + 1e-8)`).
+    pub fn with_normalizers(&self, policy: Normalizer, value: Normalizer) -> Self {
+        Self {
+            normalizer: policy,
+            value_normalizer: Some(value),
+            ..self.clone()
+        }
+    }
+
+    /// The PPO objective.
+    ///
+    #[cfg_attr(
+        doc,
+        doc = r#"$$\rho_t = e^{\log\pi_t - \log\pi^{\text{old}}_t},\quad \ell^{\pi}_t = \max\!\big(-A_t\rho_t,\; -A_t\operatorname{clip}(\rho_t, 1-\epsilon_{lo}, 1+\epsilon_{hi})\big)$$
+$$\ell^{V}_t = \tfrac12\max\!\big((V_t - R_t)^2,\; (\operatorname{clip}(V_t, V^{\text{old}}_t \pm \epsilon_V) - R_t)^2\big),\quad L = N(\ell^\pi) + c_V N_V(\ell^V) - c_H N(H)$$"#
+    )]
+    #[cfg_attr(
+        not(doc),
+        doc = "`l_pi = max(-A rho, -A clip(rho, 1-eps_lo, 1+eps_hi))`, `l_V = 0.5 max((V-R)^2, (clip(V, V_old +- eps_V) - R)^2)`, `L = N(l_pi) + c_V N_V(l_V) - c_H N(H)`"
+    )]
+    ///
+    /// With dual clip `c`, `l_pi = min(l_pi, -c A)` where `A < 0`. `N` is the configured
+    /// normalizer over the mask.
+    ///
+    /// Metrics: `policy_loss`, `value_loss`, `clipfrac` (fraction of valid tokens where the
+    /// clip is active), `clip_ratio/low_mean`, `clip_ratio/high_mean`, `clip_ratio/region_mean`
+    /// (ratio outside the range on the side that matters), `approx_kl` (`mean(log_ratio^2) / 2`),
+    /// `ratio_mean` / `ratio_var` (masked), `ratios_mean` (torchtune's **unmasked** mean),
+    /// `val/clipfrac`, `entropy`. `per_example` is the per-sequence mean of `l_pi`.
+    ///
+    /// # Shapes
+    /// - every input `[B, T]`; loss `[1]`, per_example `[B]`
+    pub fn try_forward(&self, input: PpoLossInput) -> crate::Result<LossOutput> {
+        let PpoLossInput {
+            logprobs,
+            old_logprobs,
+            advantages,
+            mask,
+            values,
+            value_mask,
+            entropy,
+        } = input;
+        let dims = logprobs.dims();
+        check_same_shape("old_logprobs", &old_logprobs.dims(), &dims, "logprobs")?;
+        check_same_shape("advantages", &advantages.dims(), &dims, "logprobs")?;
+        let mask = match mask {
+            Some(m) => {
+                check_same_shape("mask", &m.dims(), &dims, "logprobs")?;
+                m
+            }
+            None => super::all_true(dims, &logprobs.device()),
+        };
+        let advantages = advantages.detach();
+        let log_ratio = logprobs - old_logprobs.detach();
+        let ratio = log_ratio.clone().exp();
+        let clipped = ratio.clone().clamp(1.0 - self.eps_low, 1.0 + self.eps_high);
+        let unclipped_loss = advantages.clone().neg() * ratio.clone();
+        let clipped_loss = advantages.clone().neg() * clipped;
+        let mut pg = unclipped_loss.clone().max_pair(clipped_loss.clone());
+        if let Some(c) = self.dual_clip {
+            let cap = advantages.clone().mul_scalar(-c);
+            let negative = advantages.clone().lower_elem(0.0);
+            pg = pg.clone().mask_where(negative, pg.min_pair(cap));
+        }
+        let policy_loss = self
+            .normalizer
+            .try_reduce_tokens(pg.clone(), mask.clone())?;
+        let mut loss = policy_loss.clone();
+        let mut metrics = Metrics::new();
+        let mean = |x: Tensor<2>, m: Tensor<2, Bool>| -> Tensor<1> {
+            let count = mask_like(&x, m.clone()).sum().clamp_min(1.0);
+            zero_masked(x, m).sum() / count
+        };
+        metrics.insert("policy_loss", policy_loss);
+        let active = mask_like(&pg, clipped_loss.clone().greater(unclipped_loss));
+        metrics.insert("clipfrac", mean(active, mask.clone()));
+        let low = mask_like(&ratio, ratio.clone().lower_elem(1.0 - self.eps_low))
+            * mask_like(&advantages, advantages.clone().lower_elem(0.0));
+        let high = mask_like(&ratio, ratio.clone().greater_elem(1.0 + self.eps_high))
+            * mask_like(&advantages, advantages.clone().greater_elem(0.0));
+        metrics.insert("clip_ratio/low_mean", mean(low.clone(), mask.clone()));
+        metrics.insert("clip_ratio/high_mean", mean(high.clone(), mask.clone()));
+        metrics.insert("clip_ratio/region_mean", mean(low + high, mask.clone()));
+        metrics.insert(
+            "approx_kl",
+            mean(log_ratio.square().mul_scalar(0.5), mask.clone()),
+        );
+        let ratio_mean = mean(ratio.clone(), mask.clone());
+        let centered = ratio.clone() - ratio_mean.clone().unsqueeze::<2>();
+        metrics.insert("ratio_var", mean(centered.square(), mask.clone()));
+        metrics.insert("ratio_mean", ratio_mean);
+        metrics.insert("ratios_mean", ratio.mean());
+        if let Some((v, v_old, returns)) = values {
+            check_same_shape("values", &v.dims(), &dims, "logprobs")?;
+            check_same_shape("old_values", &v_old.dims(), &dims, "logprobs")?;
+            check_same_shape("returns", &returns.dims(), &dims, "logprobs")?;
+            let vmask = match value_mask {
+                Some(m) => {
+                    check_same_shape("value_mask", &m.dims(), &dims, "logprobs")?;
+                    m
+                }
+                None => mask.clone(),
+            };
+            let (v_old, returns) = (v_old.detach(), returns.detach());
+            let v_clipped = v
+                .clone()
+                .max_pair(v_old.clone().sub_scalar(self.value_clip_range))
+                .min_pair(v_old.add_scalar(self.value_clip_range));
+            let vf1 = (v - returns.clone()).square();
+            let vf2 = (v_clipped - returns).square();
+            let vclip = mask_like(&vf1, vf2.clone().greater(vf1.clone()));
+            let vf = vf1.max_pair(vf2);
+            let normalizer = self.value_normalizer.unwrap_or(self.normalizer);
+            let value_loss = normalizer
+                .try_reduce_tokens(vf, vmask.clone())?
+                .mul_scalar(0.5);
+            loss = loss + value_loss.clone().mul_scalar(self.value_coeff);
+            metrics.insert("value_loss", value_loss);
+            metrics.insert("val/clipfrac", mean(vclip, vmask));
+        }
+        if let Some(h) = entropy {
+            check_same_shape("entropy", &h.dims(), &dims, "logprobs")?;
+            metrics.insert("entropy", mean(h.clone(), mask.clone()));
+            if self.entropy_coeff != 0.0 {
+                let bonus = self.normalizer.try_reduce_tokens(h, mask.clone())?;
+                loss = loss - bonus.mul_scalar(self.entropy_coeff);
+            }
+        }
+        let per_example = crate::reduce::masked_row_mean(pg, mask);
+        Ok(LossOutput {
+            loss,
+            per_example,
+            metrics,
+        })
+    }
+
+    /// Panicking form of [`try_forward`](Self::try_forward).
+    ///
+    /// # Panics
+    /// On shape mismatches.
+    pub fn forward(&self, input: PpoLossInput) -> LossOutput {
+        unwrap_or_panic(self.try_forward(input))
+    }
+}

@@ -1,0 +1,506 @@
+//! Online RL parity: torchtune 0.6.1 PPO helpers (`ppo/`, `gae/`) and TRL 1.16.0 GRPO / RLOO
+//! (`grpo/`, `rloo/`). Every expected value comes from the fixture files.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::{Bool, Device, Tensor, TensorData};
+use burn_rlhf::Normalizer;
+use burn_rlhf::rl::{
+    GaeConfig, GroupAdvantageConfig, GrpoLossConfig, GrpoLossInput, GrpoLossType,
+    ImportanceSamplingLevel, KlPenaltyConfig, PpoLossConfig, PpoLossInput, RewardAggregation,
+    RlooAdvantageConfig, RlooLossConfig, ScaleRewards, Whitening, masked_mean as tt_masked_mean,
+    masked_var as tt_masked_var, reward_penalty_mask, whiten as tt_whiten,
+};
+use serde_json::Value;
+
+use crate::common::{TestDevice, bool_tensor, check_close, int_tensor, tensor, to_vec};
+use crate::fixture::{Array, Case};
+
+/// Fixture README tolerances for values / gradients: float64 1e-9 / 1e-12; f32 devices 1e-4
+/// relative with an absolute floor scaled to the array.
+fn check(what: &str, actual: &[f64], expected: &[f64], dev: &TestDevice) -> Result<(), String> {
+    let (rtol, atol) = if dev.has_f64() {
+        (1e-9, 1e-12)
+    } else {
+        let max = expected.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+        (1e-4, 1e-5 * max)
+    };
+    check_close(what, actual, expected, rtol, atol)
+}
+
+/// Metrics tolerance (some TRL metrics are float32-rounded): 1e-6 / 1e-7.
+fn check_metrics(
+    actual: &BTreeMap<String, f64>,
+    expected: &Value,
+    dev: &TestDevice,
+) -> Result<(), String> {
+    let (rtol, atol) = if dev.has_f64() {
+        (1e-6, 1e-7)
+    } else {
+        (1e-4, 1e-5)
+    };
+    let Some(map) = expected.as_object() else {
+        return Ok(());
+    };
+    for (key, want) in map {
+        let want = want
+            .as_f64()
+            .ok_or_else(|| format!("metric {key}: not a number"))?;
+        let got = actual
+            .get(key)
+            .ok_or_else(|| format!("metric `{key}` not produced (have {:?})", actual.keys()))?;
+        check_close(&format!("metric {key}"), &[*got], &[want], rtol, atol)?;
+    }
+    Ok(())
+}
+
+fn t2(a: &Array, dev: &TestDevice, device: &Device) -> Tensor<2> {
+    tensor::<2>(a.values.clone(), a.shape(), dev, device)
+}
+fn t1(a: &Array, dev: &TestDevice, device: &Device) -> Tensor<1> {
+    tensor::<1>(a.values.clone(), a.shape(), dev, device)
+}
+fn mask2(a: &Array, device: &Device) -> Tensor<2, Bool> {
+    bool_tensor::<2>(a.bools(), a.shape(), device)
+}
+fn scalar(case: &Case, key: &str) -> f64 {
+    case.expected[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{}: expected `{key}` not a number", case.name))
+}
+fn cfg_opt_f64(case: &Case, key: &str) -> Option<f64> {
+    case.config.get(key).and_then(Value::as_f64)
+}
+fn cfg_str(case: &Case, key: &str) -> String {
+    case.config[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}: config `{key}`", case.name))
+        .to_string()
+}
+fn cfg_usize(case: &Case, key: &str) -> usize {
+    case.config_f64(key) as usize
+}
+
+/// Number of true entries of a 0/1 array (host).
+fn count(a: &Array) -> f64 {
+    a.values.iter().filter(|&&x| x != 0.0).count() as f64
+}
+
+// ---------------------------------------------------------------------------------------------
+// torchtune: gae/
+// ---------------------------------------------------------------------------------------------
+
+/// `estimate_advantages(values, rewards, gamma, lmbda, masks)`: torchtune's recursion ignores the
+/// mask and its `whiten` keeps the mean ([`GaeConfig::torchtune`]).
+pub fn estimate_advantages(case: &Case, dev: &TestDevice) -> Result<(), String> {
+    let device = dev.device.clone();
+    let values = t2(&case.input("values"), dev, &device);
+    let rewards = t2(&case.input("rewards"), dev, &device);
+    let mask = case.input_opt("masks").map(|m| mask2(&m, &device));
+    let gae = GaeConfig::torchtune(case.config_f64("gamma"), case.config_f64("lmbda")).init();
+    let out = gae.forward(rewards, values, mask);
+    check(
+        "advantages",
+        &to_vec(out.advantages),
+        &case.expect("advantages").values,
+        dev,
+    )?;
+    check(
+        "returns",
+        &to_vec(out.returns),
+        &case.expect("returns").values,
+        dev,
+    )
+}
+
+/// `whiten(x, mask, shift_mean)`: torchtune's `shift_mean=True` adds the mean back.
+pub fn whiten(case: &Case, dev: &TestDevice) -> Result<(), String> {
+    let device = dev.device.clone();
+    let x = t2(&case.input("x"), dev, &device);
+    let mask = case.input_opt("mask").map(|m| mask2(&m, &device));
+    let mode = if case.config_bool("shift_mean") {
+        Whitening::KeepMean
+    } else {
+        Whitening::ZeroMean
+    };
+    check(
+        "whitened",
+        &to_vec(tt_whiten(x, mask, mode)),
+        &case.expect("whitened").values,
+        dev,
+    )
+}
+
+/// `masked_mean(x, mask, dim)`.
+pub fn masked_mean(case: &Case, dev: &TestDevice) -> Result<(), String> {
+    let device = dev.device.clone();
+    let x = t2(&case.input("x"), dev, &device);
+    let mask = mask2(&case.input("mask"), &device);
+    let dim = cfg_opt_f64(case, "dim").map(|d| d as usize);
+    check(
+        "mean",
+        &to_vec(tt_masked_mean(x, mask, dim)),
+        &case.expect("mean").values,
+        dev,
+    )
+}
+
+/// `masked_var(centered_values, mask, unbiased)`.
+pub fn masked_var(case: &Case, dev: &TestDevice) -> Result<(), String> {
+    let device = dev.device.clone();
+    let x = t2(&case.input("centered_values"), dev, &device);
+    let mask = mask2(&case.input("mask"), &device);
+    let var = tt_masked_var(x, mask, case.config_bool("unbiased"));
+    check("var", &to_vec(var), &case.expect("var").values, dev)
+}
+
+// ---------------------------------------------------------------------------------------------
+// torchtune: ppo/
+// ---------------------------------------------------------------------------------------------
+
+/// `PPOLoss.forward`: torchtune's `masked_mean` is `sum / (count + 1e-8)` for each mask, i.e.
+/// `Normalizer::Constant(count + 1e-8)`; without a mask a plain mean (`TokenMean`).
+pub fn ppo_loss_forward(case: &Case, dev: &TestDevice) -> Result<(), String> {
+    let device = dev.autodiff();
+    let pi = t2(&case.input("pi_logprobs"), dev, &device).require_grad();
+    let phi = t2(&case.input("phi_values"), dev, &device).require_grad();
+    let pmask = case.input_opt("padding_masks");
+    let vmask = case.input_opt("value_padding_masks");
+    let norm = |m: &Option<Array>| match m {
+        Some(m) => Normalizer::Constant(count(m) + 1e-8),
+        None => Normalizer::TokenMean,
+    };
+    let loss = PpoLossConfig::new()
+        .with_epsilon(case.config_f64("epsilon"))
+        .with_value_clip_range(case.config_f64("value_clip_range"))
+        .with_value_coeff(case.config_f64("value_coeff"))
+        .init()
+        .with_normalizers(norm(&pmask), norm(&vmask));
+    let mut input = PpoLossInput::new(
+        pi.clone(),
+        t2(&case.input("pi_old_logprobs"), dev, &device),
+        t2(&case.input("advantages"), dev, &device),
+    )
+    .with_values(
+        phi.clone(),
+        t2(&case.input("phi_old_values"), dev, &device),
+        t2(&case.input("returns"), dev, &device),
+    );
+    if let Some(m) = &pmask {
+        input = input.with_mask(mask2(m, &device));
+    }
+    if let Some(m) = &vmask {
+        input = input.with_value_mask(mask2(m, &device));
+    }
+    let out = loss.forward(input);
+    let metrics = out.metrics.to_host();
+    let grads = out.loss.backward();
+    check("loss", &to_vec(out.loss), &[scalar(case, "loss")], dev)?;
+    for (ours, theirs) in [
+        ("policy_loss", "policy_loss"),
+        ("value_loss", "value_loss"),
+        ("ratios_mean", "ratios_mean"),
+    ] {
+        check(theirs, &[metrics[ours]], &[scalar(case, theirs)], dev)?;
+    }
+    let mut clip = BTreeMap::new();
+    clip.insert("clipfrac".to_string(), metrics["clipfrac"]);
+    check_metrics(
+        &clip,
+        &serde_json::json!({"clipfrac": scalar(case, "clipfrac")}),
+        dev,
+    )?;
+    check(
+        "grad_pi_logprobs",
+        &to_vec(pi.grad(&grads).unwrap()),
+        &case.expect("grad_pi_logprobs").values,
+        dev,
+    )?;
+    check(
+        "grad_phi_values",
+        &to_vec(phi.grad(&grads).unwrap()),
+        &case.expect("grad_phi_values").values,
+        dev,
+    )
+}
+
+/// `get_rewards_ppo(scores, logprobs, ref_logprobs, kl_coeff, valid_score_idxs)`: k1, no mask.
+pub fn get_rewards_ppo(case: &Case, dev: &TestDevice) -> Result<(), String> {
+    let device = dev.device.clone();
+    let penalty = KlPenaltyConfig::new()
+        .with_kl_coef(case.config_f64("kl_coeff"))
+        .init();
+    let idx = case
+        .input_opt("valid_score_idxs")
+        .map(|a| int_tensor::<1>(a.ints(), a.shape(), &device));
+    let out = penalty.forward(
+        t1(&case.input("scores"), dev, &device),
+        t2(&case.input("logprobs"), dev, &device),
+        t2(&case.input("ref_logprobs"), dev, &device),
+        None,
+        idx,
+    );
+    check(
+        "total_reward",
+        &to_vec(out.rewards),
+        &case.expect("total_reward").values,
+        dev,
+    )?;
+    check("kl", &to_vec(out.kl), &case.expect("kl").values, dev)?;
+    check(
+        "kl_reward",
+        &to_vec(out.kl_reward),
+        &case.expect("kl_reward").values,
+        dev,
+    )
+}
+
+/// `get_reward_penalty_mask(padding_masks, seq_lens, penalise_no_eos, min_response_length)`.
+pub fn get_reward_penalty_mask(case: &Case, dev: &TestDevice) -> Result<(), String> {
+    let device = dev.device.clone();
+    let padding = mask2(&case.input("padding_masks"), &device);
+    let lens = case.input("seq_lens");
+    let lens = int_tensor::<1>(lens.ints(), lens.shape(), &device);
+    let min = cfg_opt_f64(case, "min_response_length").map(|m| m as usize);
+    let got = reward_penalty_mask(padding, lens, case.config_bool("penalise_no_eos"), min);
+    let got: Vec<f64> = got
+        .int()
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as f64)
+        .collect();
+    let want = case.expect("reward_penalty_mask").values;
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "reward_penalty_mask: got {got:?} expected {want:?}"
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TRL: grpo/ and rloo/
+// ---------------------------------------------------------------------------------------------
+
+/// `rewards_per_func` with `null` (a reward function that returned None) as NaN.
+fn rewards_per_func(case: &Case, dev: &TestDevice, device: &Device) -> Tensor<2> {
+    let rows = case.inputs["rewards_per_func"]
+        .as_array()
+        .expect("rewards_per_func");
+    let k = rows[0].as_array().unwrap().len();
+    let values: Vec<f64> = rows
+        .iter()
+        .flat_map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap_or(f64::NAN))
+        })
+        .collect();
+    let dtype: burn::tensor::DType = dev.float().into();
+    Tensor::<2>::from_data(TensorData::new(values, [rows.len(), k]), (device, dtype))
+}
+
+/// TRL keeps `reward_weights` as a float32 tensor (`torch.tensor(args.reward_weights,
+/// dtype=torch.float32)`), so the weights it multiplies by are the float32 roundings.
+fn weights(case: &Case) -> Vec<f64> {
+    case.config["reward_weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32 as f64)
+        .collect()
+}
+
+/// `GRPOTrainer._generate_and_score_completions`: the advantage part.
+pub fn grpo_advantages(case: &Case, dev: &TestDevice) -> Result<(), String> {
+    let device = dev.device.clone();
+    let scale = match cfg_str(case, "scale_rewards").as_str() {
+        "group" => ScaleRewards::Group,
+        "batch" => ScaleRewards::Batch,
+        "none" => ScaleRewards::None,
+        other => return Err(format!("unknown scale_rewards {other}")),
+    };
+    let aggregation = match cfg_str(case, "multi_objective_aggregation").as_str() {
+        "sum_then_normalize" => RewardAggregation::SumThenNormalize,
+        "normalize_then_sum" => RewardAggregation::NormalizeThenSum,
+        other => return Err(format!("unknown aggregation {other}")),
+    };
+    let out = GroupAdvantageConfig::new()
+        .with_num_generations(cfg_usize(case, "num_generations"))
+        .with_scale_rewards(scale)
+        .with_multi_objective_aggregation(aggregation)
+        .with_reward_weights(Some(weights(case)))
+        .forward(rewards_per_func(case, dev, &device));
+    check(
+        "advantages",
+        &to_vec(out.advantages),
+        &case.expect("advantages").values,
+        dev,
+    )?;
+    check_metrics(&out.metrics.to_host(), &case.expected["metrics"], dev)
+}
+
+/// `RLOOTrainer._generate_and_score_completions`: the advantage part.
+pub fn rloo_advantages(case: &Case, dev: &TestDevice) -> Result<(), String> {
+    let device = dev.device.clone();
+    let clip = case.config["reward_clip_range"]
+        .as_array()
+        .map(|a| [a[0].as_f64().unwrap(), a[1].as_f64().unwrap()]);
+    let out = RlooAdvantageConfig::new()
+        .with_num_generations(cfg_usize(case, "num_generations"))
+        .with_beta(case.config_f64("beta"))
+        .with_normalize_advantages(case.config_bool("normalize_advantages"))
+        .with_reward_clip_range(clip)
+        .with_reward_weights(Some(weights(case)))
+        .forward(
+            rewards_per_func(case, dev, &device),
+            t2(&case.input("old_per_token_logps"), dev, &device),
+            case.input_opt("ref_per_token_logps")
+                .map(|a| t2(&a, dev, &device)),
+            mask2(&case.input("completion_mask"), &device),
+        );
+    check(
+        "advantages",
+        &to_vec(out.group.advantages),
+        &case.expect("advantages").values,
+        dev,
+    )?;
+    check(
+        "old_logps",
+        &to_vec(out.old_logps),
+        &case.expect("old_logps").values,
+        dev,
+    )?;
+    check_metrics(&out.group.metrics.to_host(), &case.expected["metrics"], dev)
+}
+
+/// `GRPOTrainer._compute_loss`. Eval mode: TRL does not divide by grad-accum steps, which is
+/// `gradient_accumulation_steps = steps_per_generation = 1` here.
+pub fn grpo_compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
+    let device = dev.autodiff();
+    let loss_type = match cfg_str(case, "loss_type").as_str() {
+        "grpo" => GrpoLossType::Grpo,
+        "bnpo" => GrpoLossType::Bnpo,
+        "dr_grpo" => GrpoLossType::DrGrpo,
+        "dapo" => GrpoLossType::Dapo,
+        "cispo" => GrpoLossType::Cispo,
+        "sapo" => GrpoLossType::Sapo,
+        "luspo" => GrpoLossType::Luspo,
+        "vespo" => GrpoLossType::Vespo,
+        other => return Err(format!("unknown loss_type {other}")),
+    };
+    let level = match cfg_str(case, "importance_sampling_level").as_str() {
+        "token" => ImportanceSamplingLevel::Token,
+        _ => ImportanceSamplingLevel::Sequence,
+    };
+    let eval = cfg_str(case, "mode") == "eval";
+    let (gas, spg) = if eval {
+        (1, 1)
+    } else {
+        (
+            cfg_usize(case, "current_gradient_accumulation_steps"),
+            cfg_usize(case, "steps_per_generation"),
+        )
+    };
+    let loss = GrpoLossConfig::new()
+        .with_loss_type(loss_type)
+        .with_beta(case.config_f64("beta"))
+        .with_epsilon(case.config_f64("epsilon_low"))
+        .with_epsilon_high(Some(case.config_f64("epsilon_high")))
+        .with_delta(cfg_opt_f64(case, "delta"))
+        .with_importance_sampling_level(level)
+        .with_use_bias_correction_kl(case.config_bool("use_bias_correction_kl"))
+        .with_top_entropy_quantile(case.config_f64("top_entropy_quantile"))
+        .with_off_policy_mask_threshold(cfg_opt_f64(case, "off_policy_mask_threshold"))
+        .with_entropy_coef(case.config_f64("entropy_coef"))
+        .with_sapo_temperature_pos(case.config_f64("sapo_temperature_pos"))
+        .with_sapo_temperature_neg(case.config_f64("sapo_temperature_neg"))
+        .with_vespo_k_pos(case.config_f64("vespo_k_pos"))
+        .with_vespo_lambda_pos(case.config_f64("vespo_lambda_pos"))
+        .with_vespo_k_neg(case.config_f64("vespo_k_neg"))
+        .with_vespo_lambda_neg(case.config_f64("vespo_lambda_neg"))
+        .with_max_completion_length(cfg_usize(case, "max_completion_length"))
+        .with_gradient_accumulation_steps(gas)
+        .with_steps_per_generation(spg)
+        .with_num_processes(cfg_usize(case, "num_processes"))
+        .init();
+    let logps = t2(&case.input("per_token_logps"), dev, &device).require_grad();
+    let entropies = t2(&case.input("entropies"), dev, &device).require_grad();
+    let mut mask = mask2(&case.input("completion_mask"), &device);
+    if let Some(tool) = case.input_opt("tool_mask") {
+        mask = mask.bool_and(mask2(&tool, &device));
+    }
+    let adv = case.input("advantages");
+    let advantages = match adv.shape.len() {
+        1 => tensor::<1>(adv.values.clone(), adv.shape(), dev, &device).reshape([adv.shape[0], 1]),
+        _ => t2(&adv, dev, &device),
+    };
+    let mut input = GrpoLossInput::with_token_advantages(logps.clone(), mask, advantages)
+        .with_entropies(entropies.clone())
+        .with_num_items_in_batch(case.input("num_items_in_batch").values[0]);
+    if let Some(a) = case.input_opt("old_per_token_logps") {
+        input = input.with_old_logprobs(t2(&a, dev, &device));
+    }
+    if let Some(a) = case.input_opt("ref_per_token_logps") {
+        input = input.with_ref_logprobs(t2(&a, dev, &device));
+    }
+    if let Some(a) = case.input_opt("sampling_per_token_logps") {
+        input = input.with_sampling_logprobs(t2(&a, dev, &device));
+    }
+    if case.config_bool("use_vllm_importance_sampling_correction")
+        && let Some(a) = case.input_opt("importance_sampling_ratio")
+    {
+        input = input.with_importance_sampling_ratio(t2(&a, dev, &device));
+    }
+    let out = loss.forward(input);
+    let metrics = out.metrics.to_host();
+    let grads = out.loss.backward();
+    check("loss", &to_vec(out.loss), &[scalar(case, "loss")], dev)?;
+    check_metrics(&metrics, &case.expected["metrics"], dev)?;
+    check(
+        "grad_per_token_logps",
+        &to_vec(logps.grad(&grads).unwrap()),
+        &case.expect("grad_per_token_logps").values,
+        dev,
+    )?;
+    if let Some(want) = case.expect_opt("grad_entropies") {
+        let got = entropies
+            .grad(&grads)
+            .map(to_vec)
+            .unwrap_or_else(|| vec![0.0; want.values.len()]);
+        check("grad_entropies", &got, &want.values, dev)?;
+    }
+    Ok(())
+}
+
+/// `RLOOTrainer._compute_loss`.
+pub fn rloo_compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
+    let device = dev.autodiff();
+    let loss = RlooLossConfig::new()
+        .with_epsilon(case.config_f64("epsilon_low"))
+        .with_epsilon_high(Some(case.config_f64("epsilon_high")))
+        .init();
+    let logps = t2(&case.input("per_token_logps"), dev, &device).require_grad();
+    let out = loss.forward(
+        logps.clone(),
+        mask2(&case.input("completion_mask"), &device),
+        t1(&case.input("old_logps"), dev, &device),
+        t1(&case.input("advantages"), dev, &device),
+        Some(t2(&case.input("entropies"), dev, &device)),
+    );
+    let metrics = out.metrics.to_host();
+    let grads = out.loss.backward();
+    check("loss", &to_vec(out.loss), &[scalar(case, "loss")], dev)?;
+    check_metrics(&metrics, &case.expected["metrics"], dev)?;
+    check(
+        "grad_per_token_logps",
+        &to_vec(logps.grad(&grads).unwrap()),
+        &case.expect("grad_per_token_logps").values,
+        dev,
+    )
+}
