@@ -14,6 +14,7 @@
 mod common;
 mod fixture;
 mod logprobs;
+mod reward;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,8 +36,6 @@ const NOT_YET: &[&str] = &[
     "ORPOTrainer.odds_ratio_loss",
     "DPOLoss.forward",
     "RSOLoss.forward",
-    // reward/: the reward-modeling issue.
-    "RewardTrainer.compute_loss",
     // grpo/, rloo/, ppo/, gae/: the online-RL issue.
     "GRPOTrainer._compute_loss",
     "GRPOTrainer._generate_and_score_completions",
@@ -58,6 +57,7 @@ fn runner(function: &str) -> Option<Runner> {
     Some(match function {
         "logits_to_logprobs" => logprobs::logits_to_logprobs,
         "get_batch_log_probs" => logprobs::get_batch_log_probs,
+        "RewardTrainer.compute_loss" => reward::compute_loss,
         _ => return None,
     })
 }
