@@ -116,7 +116,11 @@ impl Scorer {
     /// would see them), so only the last attended position holds the whole sequence and
     /// nothing after it.
     pub fn forward(&self, tokens: Tensor<2, Int>, mask: Tensor<2, Bool>) -> Tensor<1> {
-        let prefix = self.embedding.forward(tokens).cumsum(1).div_scalar(T as f64);
+        let prefix = self
+            .embedding
+            .forward(tokens)
+            .cumsum(1)
+            .div_scalar(T as f64);
         let h = activation::relu(self.hidden.forward(prefix));
         self.head.forward_reward(h, mask)
     }
@@ -198,7 +202,9 @@ pub fn make_batch(pairs: usize, rng: &mut Rng, device: &Device) -> PairBatch {
 
 /// Held-out pairwise accuracy `mean(r_c > r_r)` without gradient tracking.
 pub fn accuracy(model: &Scorer, batch: &PairBatch) -> f64 {
-    let rewards = model.valid().forward(batch.tokens.clone(), batch.mask.clone());
+    let rewards = model
+        .valid()
+        .forward(batch.tokens.clone(), batch.mask.clone());
     let b = batch.pairs;
     let chosen = rewards.clone().narrow(0, 0, b);
     let rejected = rewards.narrow(0, b, b);
@@ -211,7 +217,11 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> History {
     let device = device.clone().autodiff();
     device.seed(cfg.seed);
     let mut rng = Rng::new(cfg.seed);
-    let heldout = make_batch(cfg.heldout_pairs, &mut Rng::new(cfg.seed ^ 0xDEAD_BEEF), &device);
+    let heldout = make_batch(
+        cfg.heldout_pairs,
+        &mut Rng::new(cfg.seed ^ 0xDEAD_BEEF),
+        &device,
+    );
     let mut model = Scorer::new(cfg, &device);
     let mut optim = AdamConfig::new().init();
     let loss_fn = BradleyTerryLossConfig::new().init();
@@ -221,14 +231,22 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> History {
     let acc0 = accuracy(&model, &heldout);
     history.heldout_accuracy.push((0.0, acc0));
     if cfg.verbose {
-        println!("step    0  held-out accuracy {:5.1}%  (before training)", 100.0 * acc0);
+        println!(
+            "step    0  held-out accuracy {:5.1}%  (before training)",
+            100.0 * acc0
+        );
     }
     for step in 1..=cfg.steps {
         let batch = make_batch(cfg.batch_pairs, &mut rng, &device);
         let rewards = model.forward(batch.tokens, batch.mask);
         let out = loss_fn.forward_stacked(rewards, None);
         let loss = out.loss.clone().into_scalar::<f64>();
-        let train_acc = out.metrics.get("accuracy").unwrap().clone().into_scalar::<f64>();
+        let train_acc = out
+            .metrics
+            .get("accuracy")
+            .unwrap()
+            .clone()
+            .into_scalar::<f64>();
         let grads = GradientsParams::from_grads(out.loss.backward(), &model);
         model = optim.step(cfg.lr, model, grads);
         history.loss.push((step as f64, loss));

@@ -19,9 +19,18 @@ fn reward_model_example_learns_the_rule() {
     let history = reward_model::train(&cfg, &Device::flex());
     let (first, last) = (history.initial_accuracy(), history.final_accuracy());
     println!("held-out accuracy {first:.3} -> {last:.3}");
-    assert!(last >= 0.8, "held-out accuracy only reached {last:.3} (from {first:.3})");
-    assert!(last > first + 0.1, "held-out accuracy did not rise: {first:.3} -> {last:.3}");
+    assert!(
+        last >= 0.9,
+        "held-out accuracy only reached {last:.3} (from {first:.3})"
+    );
+    assert!(
+        last > first + 0.1,
+        "held-out accuracy did not rise: {first:.3} -> {last:.3}"
+    );
     let first_loss = history.loss.first().unwrap().1;
     let last_loss = history.loss.last().unwrap().1;
-    assert!(last_loss < first_loss, "loss did not fall: {first_loss} -> {last_loss}");
+    assert!(
+        last_loss < first_loss,
+        "loss did not fall: {first_loss} -> {last_loss}"
+    );
 }

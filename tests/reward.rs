@@ -6,7 +6,7 @@
 mod common;
 
 use burn::module::Param;
-use burn::tensor::{Bool, Device, Tensor};
+use burn::tensor::{Bool, Device, FloatDType, Tensor};
 use burn_rlhf::Error;
 use burn_rlhf::heads::{
     RewardHeadConfig, last_attended_index, pool_last_attended, try_last_attended_index,
@@ -27,7 +27,11 @@ fn sigmoid(x: f64) -> f64 {
 
 /// `-log σ(x) = softplus(-x)`, evaluated stably on the host.
 fn neg_log_sigmoid(x: f64) -> f64 {
-    if x >= 0.0 { (-x).exp().ln_1p() } else { -x + x.exp().ln_1p() }
+    if x >= 0.0 {
+        (-x).exp().ln_1p()
+    } else {
+        -x + x.exp().ln_1p()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -46,7 +50,10 @@ fn bt_case() -> impl Strategy<Value = BtCase> {
             prop::collection::vec(-8.0f64..8.0, b),
             prop::option::of(prop::collection::vec(-1.0f64..3.0, b)),
             prop::option::of(0.0f64..1.0),
-            prop_oneof![Just(BradleyTerryForm::LogSigmoid), Just(BradleyTerryForm::LogExp)],
+            prop_oneof![
+                Just(BradleyTerryForm::LogSigmoid),
+                Just(BradleyTerryForm::LogExp)
+            ],
         )
             .prop_map(|(chosen, rejected, margin, coef, form)| BtCase {
                 chosen,
@@ -91,12 +98,34 @@ fn check_bt_closed_form(case: &BtCase, dev: &TestDevice) {
         .init()
         .forward(c.clone(), r.clone(), m.clone());
     let grads = loss.loss.backward();
-    let (rtol, atol) = if dev.has_f64() { (1e-10, 1e-13) } else { (1e-4, 1e-6) };
+    let (rtol, atol) = if dev.has_f64() {
+        (1e-10, 1e-13)
+    } else {
+        (1e-4, 1e-6)
+    };
     assert_close("loss", &to_vec(loss.loss), &[want_loss], rtol, atol);
-    assert_close("dL/d chosen", &to_vec(c.grad(&grads).unwrap()), &want_dc, rtol, atol);
-    assert_close("dL/d rejected", &to_vec(r.grad(&grads).unwrap()), &want_dr, rtol, atol);
+    assert_close(
+        "dL/d chosen",
+        &to_vec(c.grad(&grads).unwrap()),
+        &want_dc,
+        rtol,
+        atol,
+    );
+    assert_close(
+        "dL/d rejected",
+        &to_vec(r.grad(&grads).unwrap()),
+        &want_dr,
+        rtol,
+        atol,
+    );
     if let Some(m) = m {
-        assert_close("dL/d margin", &to_vec(m.grad(&grads).unwrap()), &want_dm, rtol, atol);
+        assert_close(
+            "dL/d margin",
+            &to_vec(m.grad(&grads).unwrap()),
+            &want_dm,
+            rtol,
+            atol,
+        );
     }
 }
 
@@ -118,12 +147,26 @@ fn bradley_terry_extreme_differences_stay_finite() {
         let device = dev.autodiff();
         let c = tensor::<1>(vec![1e4, -5e3], [2], &dev, &device).require_grad();
         let r = tensor::<1>(vec![0.0, 5e3], [2], &dev, &device).require_grad();
-        let out = BradleyTerryLossConfig::new().init().forward(c.clone(), r.clone(), None);
+        let out = BradleyTerryLossConfig::new()
+            .init()
+            .forward(c.clone(), r.clone(), None);
         let grads = out.loss.backward();
         assert_close("loss", &to_vec(out.loss), &[(0.0 + 1e4) / 2.0], 1e-6, 0.0);
         // σ(-1e4) = 0 and σ(1e4) = 1 to every digit of f64/f32.
-        assert_close("grad chosen", &to_vec(c.grad(&grads).unwrap()), &[0.0, -0.5], 0.0, 1e-12);
-        assert_close("grad rejected", &to_vec(r.grad(&grads).unwrap()), &[0.0, 0.5], 0.0, 1e-12);
+        assert_close(
+            "grad chosen",
+            &to_vec(c.grad(&grads).unwrap()),
+            &[0.0, -0.5],
+            0.0,
+            1e-12,
+        );
+        assert_close(
+            "grad rejected",
+            &to_vec(r.grad(&grads).unwrap()),
+            &[0.0, 0.5],
+            0.0,
+            1e-12,
+        );
     }
 }
 
@@ -142,7 +185,13 @@ fn bradley_terry_metrics_by_hand() {
         assert_close("margin", &[h["margin"]], &[1.75], 1e-6, 0.0);
         assert_eq!(h["min_reward"], -4.0);
         assert_eq!(h["max_reward"], 3.0);
-        assert_close("mean_reward", &[h["mean_reward"]], &[(1.0 + 0.5 - 2.0 + 3.0 + 0.0 + 0.5 - 1.0 - 4.0) / 8.0], 1e-6, 1e-7);
+        assert_close(
+            "mean_reward",
+            &[h["mean_reward"]],
+            &[(1.0 + 0.5 - 2.0 + 3.0 + 0.0 + 0.5 - 1.0 - 4.0) / 8.0],
+            1e-6,
+            1e-7,
+        );
         assert_eq!(out.per_example.dims(), [4]);
     }
 }
@@ -167,7 +216,9 @@ fn stacked_layout_is_chosen_then_rejected() {
 fn mask_rows(rows: &[&[u8]], device: &Device) -> Tensor<2, Bool> {
     let t = rows[0].len();
     bool_tensor(
-        rows.iter().flat_map(|r| r.iter().map(|&v| v != 0)).collect(),
+        rows.iter()
+            .flat_map(|r| r.iter().map(|&v| v != 0))
+            .collect(),
         [rows.len(), t],
         device,
     )
@@ -188,7 +239,10 @@ fn coded_hidden(b: usize, t: usize, h: usize, dev: &TestDevice, device: &Device)
 }
 
 fn ints(t: Tensor<1, burn::tensor::Int>) -> Vec<i64> {
-    t.into_data().convert::<i64>().try_into_vec::<i64>().unwrap()
+    t.into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .unwrap()
 }
 
 #[test]
@@ -225,9 +279,17 @@ fn pooling_reads_the_eos_when_pad_equals_eos() {
     let attention = [[1u8, 1, 1, 0, 0], [0, 0, 1, 1, 1]];
     let first_pad_minus_one: Vec<i64> = input_ids
         .iter()
-        .map(|row| row.iter().position(|&x| x == 2).map_or(row.len() as i64 - 1, |p| p as i64 - 1))
+        .map(|row| {
+            row.iter()
+                .position(|&x| x == 2)
+                .map_or(row.len() as i64 - 1, |p| p as i64 - 1)
+        })
         .collect();
-    assert_eq!(first_pad_minus_one, vec![1, -1], "the naive rule is wrong here");
+    assert_eq!(
+        first_pad_minus_one,
+        vec![1, -1],
+        "the naive rule is wrong here"
+    );
     for dev in common::devices() {
         let device = dev.device.clone();
         let mask = mask_rows(&[&attention[0], &attention[1]], &device);
@@ -243,7 +305,13 @@ fn pooling_single_token_sequences() {
         assert_eq!(ints(try_last_attended_index(mask).unwrap()), vec![0, 1, 2]);
         let mask = mask_rows(&[&[1], &[1]], &device);
         let pooled = try_pool_last_attended(coded_hidden(2, 1, 3, &dev, &device), mask).unwrap();
-        assert_close("pooled", &to_vec(pooled), &[0.0, 1.0, 2.0, 100.0, 101.0, 102.0], 0.0, 0.0);
+        assert_close(
+            "pooled",
+            &to_vec(pooled),
+            &[0.0, 1.0, 2.0, 100.0, 101.0, 102.0],
+            0.0,
+            0.0,
+        );
     }
 }
 
@@ -252,7 +320,8 @@ fn pooling_rejects_rows_without_attended_token() {
     for dev in common::devices() {
         let device = dev.device.clone();
         let mask = mask_rows(&[&[1, 1, 0], &[0, 0, 0], &[0, 1, 1]], &device);
-        let err = try_pool_last_attended(coded_hidden(3, 3, 2, &dev, &device), mask.clone()).unwrap_err();
+        let err =
+            try_pool_last_attended(coded_hidden(3, 3, 2, &dev, &device), mask.clone()).unwrap_err();
         match &err {
             Error::Empty { arg, what } => {
                 assert_eq!(*arg, "attention_mask");
@@ -260,19 +329,38 @@ fn pooling_rejects_rows_without_attended_token() {
             }
             other => panic!("unexpected error {other}"),
         }
+        // The head's parameters use the device's default float dtype (f32).
+        let hidden32 = || coded_hidden(3, 3, 2, &dev, &device).cast(FloatDType::F32);
         let head = RewardHeadConfig::new(2).init(&device);
         assert!(matches!(
-            head.try_forward(coded_hidden(3, 3, 2, &dev, &device), mask.clone()),
+            head.try_forward(hidden32(), mask.clone()),
             Err(Error::Empty { .. })
         ));
         // Unchecked: the empty row is NaN, the others are finite.
-        let head = RewardHeadConfig::new(2).with_check_attended(false).init(&device);
-        let scores = to_vec(head.forward(coded_hidden(3, 3, 2, &dev, &device), mask));
-        assert!(scores[0].is_finite() && scores[1].is_nan() && scores[2].is_finite(), "{scores:?}");
+        let head = RewardHeadConfig::new(2)
+            .with_check_attended(false)
+            .init(&device);
+        let scores = to_vec(head.forward(hidden32(), mask));
+        assert!(
+            scores[0].is_finite() && scores[1].is_nan() && scores[2].is_finite(),
+            "{scores:?}"
+        );
         // Shape errors name the argument.
-        let err = try_pool_last_attended(coded_hidden(3, 3, 2, &dev, &device), mask_rows(&[&[1, 1]], &device))
-            .unwrap_err();
-        assert!(matches!(err, Error::Shape { arg: "attention_mask", .. }), "{err}");
+        let err = try_pool_last_attended(
+            coded_hidden(3, 3, 2, &dev, &device),
+            mask_rows(&[&[1, 1]], &device),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Shape {
+                    arg: "attention_mask",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }
 
@@ -281,15 +369,39 @@ fn reward_head_scores_the_last_attended_hidden_state() {
     for dev in common::devices() {
         let device = dev.autodiff();
         // K = 2 scores with weight [[1, 0], [0, 2], [1, 1]] (H = 3) and bias [0.5, -1].
-        let mut head = RewardHeadConfig::new(3).with_num_scores(2).with_bias(true).init(&device);
-        head.linear.weight = Param::from_tensor(tensor::<2>(vec![1.0, 0.0, 0.0, 2.0, 1.0, 1.0], [3, 2], &dev, &device));
-        head.linear.bias = Some(Param::from_tensor(tensor::<1>(vec![0.5, -1.0], [2], &dev, &device)));
+        let mut head = RewardHeadConfig::new(3)
+            .with_num_scores(2)
+            .with_bias(true)
+            .init(&device);
+        head.linear.weight = Param::from_tensor(tensor::<2>(
+            vec![1.0, 0.0, 0.0, 2.0, 1.0, 1.0],
+            [3, 2],
+            &dev,
+            &device,
+        ));
+        head.linear.bias = Some(Param::from_tensor(tensor::<1>(
+            vec![0.5, -1.0],
+            [2],
+            &dev,
+            &device,
+        )));
         let hidden = coded_hidden(2, 4, 3, &dev, &device).require_grad();
         let mask = mask_rows(&[&[1, 1, 0, 0], &[0, 1, 1, 1]], &device);
         let scores = head.forward(hidden.clone(), mask);
         // Row 0 reads t = 1: h = [10, 11, 12]; row 1 reads t = 3: h = [130, 131, 132].
-        let want = [10.0 + 12.0 + 0.5, 2.0 * 11.0 + 12.0 - 1.0, 130.0 + 132.0 + 0.5, 2.0 * 131.0 + 132.0 - 1.0];
-        assert_close("scores", &to_vec(scores.clone()), &want, dev.rtol(1e-12), 1e-9);
+        let want = [
+            10.0 + 12.0 + 0.5,
+            2.0 * 11.0 + 12.0 - 1.0,
+            130.0 + 132.0 + 0.5,
+            2.0 * 131.0 + 132.0 - 1.0,
+        ];
+        assert_close(
+            "scores",
+            &to_vec(scores.clone()),
+            &want,
+            dev.rtol(1e-12),
+            1e-9,
+        );
         // d sum(scores) / d hidden = row sums of W at the read positions, 0 elsewhere.
         let grads = scores.sum().backward();
         let g = to_vec(hidden.grad(&grads).unwrap());
@@ -298,6 +410,9 @@ fn reward_head_scores_the_last_attended_hidden_state() {
             want_g[(b * 4 + t) * 3..(b * 4 + t) * 3 + 3].copy_from_slice(&[1.0, 2.0, 2.0]);
         }
         assert_close("grad hidden", &g, &want_g, 0.0, 0.0);
-        assert!(matches!(head.try_forward_reward(hidden, mask_rows(&[&[1, 0, 0, 0], &[1, 0, 0, 0]], &device)), Err(Error::Config { .. })));
+        assert!(matches!(
+            head.try_forward_reward(hidden, mask_rows(&[&[1, 0, 0, 0], &[1, 0, 0, 0]], &device)),
+            Err(Error::Config { .. })
+        ));
     }
 }

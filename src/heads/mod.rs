@@ -11,7 +11,7 @@ mod reward;
 mod value;
 
 pub use reward::{
-    RewardHead, RewardHeadConfig, last_attended_index, pool_last_attended,
-    try_last_attended_index, try_pool_last_attended,
+    RewardHead, RewardHeadConfig, last_attended_index, pool_last_attended, try_last_attended_index,
+    try_pool_last_attended,
 };
 pub use value::{ValueHead, ValueHeadConfig};

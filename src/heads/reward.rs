@@ -112,7 +112,10 @@ fn check_mask_shape(hidden: &Tensor<3>, attention_mask: &Tensor<2, Bool>) -> cra
     if dims != [b, t] {
         return Err(Error::shape(
             "attention_mask",
-            format!("[B, T] = [{b}, {t}] (the first two dims of hidden {:?})", [b, t, h]),
+            format!(
+                "[B, T] = [{b}, {t}] (the first two dims of hidden {:?})",
+                [b, t, h]
+            ),
             &dims,
         ));
     }
@@ -232,7 +235,11 @@ impl RewardHead {
             ));
         }
         if b == 0 || t == 0 {
-            return Err(Error::shape("hidden", "[B, T, H] with B >= 1 and T >= 1", &[b, t, h]));
+            return Err(Error::shape(
+                "hidden",
+                "[B, T, H] with B >= 1 and T >= 1",
+                &[b, t, h],
+            ));
         }
         if self.check_attended {
             let pooled = try_pool_last_attended(hidden, attention_mask)?;
@@ -288,7 +295,10 @@ mod tests {
 
     fn mask(rows: &[&[u8]], device: &Device) -> Tensor<2, Bool> {
         let t = rows[0].len();
-        let values: Vec<bool> = rows.iter().flat_map(|r| r.iter().map(|&v| v != 0)).collect();
+        let values: Vec<bool> = rows
+            .iter()
+            .flat_map(|r| r.iter().map(|&v| v != 0))
+            .collect();
         Tensor::from_data(TensorData::new(values, [rows.len(), t]), device)
     }
 
@@ -296,10 +306,19 @@ mod tests {
     fn index_right_left_and_holes() {
         let device = Device::flex();
         let m = mask(
-            &[&[1, 1, 1, 0, 0], &[0, 0, 1, 1, 1], &[1, 0, 1, 0, 0], &[0, 0, 0, 0, 0]],
+            &[
+                &[1, 1, 1, 0, 0],
+                &[0, 0, 1, 1, 1],
+                &[1, 0, 1, 0, 0],
+                &[0, 0, 0, 0, 0],
+            ],
             &device,
         );
-        let idx = last_attended_index(m.clone()).into_data().convert::<i64>().try_into_vec::<i64>().unwrap();
+        let idx = last_attended_index(m.clone())
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .unwrap();
         assert_eq!(idx, vec![2, 4, 2, -1]);
         let err = try_last_attended_index(m).unwrap_err();
         assert!(err.to_string().contains("[3]"), "{err}");
@@ -311,10 +330,28 @@ mod tests {
         let head = RewardHeadConfig::new(16).init(&device);
         assert!(head.linear.bias.is_none());
         assert_eq!(head.num_scores(), 1);
-        let w = head.linear.weight.val().into_data().convert::<f64>().try_into_vec::<f64>().unwrap();
+        let w = head
+            .linear
+            .weight
+            .val()
+            .into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap();
         assert!(w.iter().all(|x| x.abs() < 6.0 / 17.0));
-        let head = RewardHeadConfig::new(4).with_bias(true).with_num_scores(3).init(&device);
-        let b = head.linear.bias.unwrap().val().into_data().convert::<f64>().try_into_vec::<f64>().unwrap();
+        let head = RewardHeadConfig::new(4)
+            .with_bias(true)
+            .with_num_scores(3)
+            .init(&device);
+        let b = head
+            .linear
+            .bias
+            .unwrap()
+            .val()
+            .into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap();
         assert_eq!(b, vec![0.0; 3]);
         assert!(RewardHeadConfig::new(0).try_init(&device).is_err());
     }

@@ -158,10 +158,21 @@ mod tests {
             TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], [1, 3, 2]),
             &device,
         );
-        let mask = Tensor::<2, Bool>::from_data(TensorData::new(vec![true, true, false], [1, 3]), &device);
-        let v = head.forward_masked(hidden, mask).into_data().convert::<f64>().try_into_vec::<f64>().unwrap();
+        let mask =
+            Tensor::<2, Bool>::from_data(TensorData::new(vec![true, true, false], [1, 3]), &device);
+        let v = head
+            .forward_masked(hidden, mask)
+            .into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap();
         // w = [1, 1], b = 0: v_t = h_t0 + h_t1.
         assert_eq!(v, vec![3.0, 7.0, 0.0]);
-        assert!(ValueHeadConfig::new(2).with_dropout(1.0).try_init(&device).is_err());
+        assert!(
+            ValueHeadConfig::new(2)
+                .with_dropout(1.0)
+                .try_init(&device)
+                .is_err()
+        );
     }
 }

@@ -23,8 +23,9 @@ pub enum BradleyTerryForm {
     LogExp,
 }
 
-/// Configuration of [`BradleyTerryLoss`]. Field names follow TRL's `RewardConfig`, so a TRL
-/// config's JSON deserializes into it (unknown keys aside).
+/// Configuration of [`BradleyTerryLoss`]. Serializes with serde (burn `Config`: every field
+/// must be present when deserializing); `center_rewards_coefficient` has TRL's `RewardConfig`
+/// name and meaning (`null` = off).
 #[derive(Config, Debug)]
 pub struct BradleyTerryLossConfig {
     /// Weight `λ` of the reward-centering term `λ · mean((r_c + r_r)²)` (Eisenstein et al. 2023,
@@ -272,7 +273,10 @@ mod tests {
     }
 
     fn host(t: Tensor<1>) -> Vec<f64> {
-        t.into_data().convert::<f64>().try_into_vec::<f64>().unwrap()
+        t.into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap()
     }
 
     #[test]
@@ -292,7 +296,10 @@ mod tests {
                 xi - xi.exp().ln_1p()
             };
             let want_grad = 1.0 / (1.0 + xi.exp());
-            assert!((values[i] - want).abs() <= 1e-12 * want.abs().max(1.0), "value at {xi}");
+            assert!(
+                (values[i] - want).abs() <= 1e-12 * want.abs().max(1.0),
+                "value at {xi}"
+            );
             assert!(
                 (grad[i] - want_grad).abs() <= 1e-15 + 1e-12 * want_grad,
                 "grad at {xi}: {} vs {want_grad}",
@@ -335,7 +342,16 @@ mod tests {
                 None,
             )
             .unwrap_err();
-        assert!(matches!(err, Error::Shape { arg: "rewards_rejected", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::Shape {
+                    arg: "rewards_rejected",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let err = loss
             .try_forward(
                 f64_tensor(&[1.0, 2.0], &device),
@@ -356,10 +372,14 @@ mod tests {
         let config: BradleyTerryLossConfig = serde_json::from_str(json).unwrap();
         assert_eq!(config.center_rewards_coefficient, Some(0.01));
         assert_eq!(config.form, BradleyTerryForm::LogExp);
-        // TRL's default (`null`) and missing optional fields.
-        let config: BradleyTerryLossConfig =
-            serde_json::from_str(r#"{"center_rewards_coefficient": null}"#).unwrap();
+        // TRL's default (`null` = off) and a serde round trip.
+        let json = r#"{"center_rewards_coefficient": null, "form": "log_sigmoid", "normalizer": {"global_sequences": 64.0}}"#;
+        let config: BradleyTerryLossConfig = serde_json::from_str(json).unwrap();
         assert_eq!(config.center_rewards_coefficient, None);
-        assert_eq!(config.normalizer, Normalizer::SequenceMean);
+        assert_eq!(config.normalizer, Normalizer::GlobalSequences(64.0));
+        let back: BradleyTerryLossConfig =
+            serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
+        assert_eq!(back.normalizer, config.normalizer);
+        assert_eq!(back.form, config.form);
     }
 }

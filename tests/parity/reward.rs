@@ -18,7 +18,13 @@ fn tolerances(dev: &TestDevice, expected: &[f64], metric: bool) -> (f64, f64) {
     }
 }
 
-fn check(what: &str, actual: &[f64], expected: &[f64], dev: &TestDevice, metric: bool) -> Result<(), String> {
+fn check(
+    what: &str,
+    actual: &[f64],
+    expected: &[f64],
+    dev: &TestDevice,
+    metric: bool,
+) -> Result<(), String> {
     let (rtol, atol) = tolerances(dev, expected, metric);
     check_close(what, actual, expected, rtol, atol)
 }
@@ -31,7 +37,10 @@ pub fn compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
     if case.config_bool("has_margin") != margin.is_some() {
         return Err("config.has_margin disagrees with inputs.margin".into());
     }
-    let coef = case.config.get("center_rewards_coefficient").and_then(|v| v.as_f64());
+    let coef = case
+        .config
+        .get("center_rewards_coefficient")
+        .and_then(|v| v.as_f64());
 
     let rc = tensor::<1>(chosen.values.clone(), chosen.shape(), dev, &device).require_grad();
     let rr = tensor::<1>(rejected.values.clone(), rejected.shape(), dev, &device).require_grad();
@@ -43,18 +52,50 @@ pub fn compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let grads = loss.loss.backward();
 
-    check("loss", &to_vec(loss.loss), &case.expect("loss").values, dev, false)?;
-    check("grad_rewards_chosen", &to_vec(rc.grad(&grads).unwrap()), &case.expect("grad_rewards_chosen").values, dev, false)?;
-    check("grad_rewards_rejected", &to_vec(rr.grad(&grads).unwrap()), &case.expect("grad_rewards_rejected").values, dev, false)?;
+    check(
+        "loss",
+        &to_vec(loss.loss),
+        &case.expect("loss").values,
+        dev,
+        false,
+    )?;
+    check(
+        "grad_rewards_chosen",
+        &to_vec(rc.grad(&grads).unwrap()),
+        &case.expect("grad_rewards_chosen").values,
+        dev,
+        false,
+    )?;
+    check(
+        "grad_rewards_rejected",
+        &to_vec(rr.grad(&grads).unwrap()),
+        &case.expect("grad_rewards_rejected").values,
+        dev,
+        false,
+    )?;
 
-    let expected = case.expected["metrics"].as_object().ok_or("no expected metrics")?;
+    let expected = case.expected["metrics"]
+        .as_object()
+        .ok_or("no expected metrics")?;
     let host = loss.metrics.to_host();
     if host.len() != expected.len() {
-        return Err(format!("metric keys {:?} vs expected {:?}", host.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>()));
+        return Err(format!(
+            "metric keys {:?} vs expected {:?}",
+            host.keys().collect::<Vec<_>>(),
+            expected.keys().collect::<Vec<_>>()
+        ));
     }
     for (key, want) in expected {
-        let got = host.get(key).ok_or_else(|| format!("missing metric `{key}`"))?;
-        check(&format!("metrics/{key}"), &[*got], &[want.as_f64().unwrap()], dev, true)?;
+        let got = host
+            .get(key)
+            .ok_or_else(|| format!("missing metric `{key}`"))?;
+        check(
+            &format!("metrics/{key}"),
+            &[*got],
+            &[want.as_f64().unwrap()],
+            dev,
+            true,
+        )?;
     }
     Ok(())
 }
