@@ -4,6 +4,7 @@
 
 pub mod backends;
 pub mod error;
+pub mod heads;
 pub mod logprobs;
 pub mod losses;
 mod precision;

@@ -7,6 +7,7 @@ mod kto;
 mod metrics;
 mod orpo;
 mod preference;
+mod reward;
 pub mod stable;
 
 pub use bco::{BcoLoss, BcoLossConfig, RunningMoments};
@@ -16,3 +17,4 @@ pub use kto::{KtoLoss, KtoLossConfig, KtoLossType, UnpairedBatch, kto_kl_estimat
 pub use metrics::{LossOutput, Metrics};
 pub use orpo::{OddsRatioTerms, OrpoLoss, OrpoLossConfig};
 pub use preference::PreferenceBatch;
+pub use reward::{BradleyTerryForm, BradleyTerryLoss, BradleyTerryLossConfig};

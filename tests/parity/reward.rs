@@ -1,0 +1,101 @@
+//! TRL 1.16.0 `RewardTrainer.compute_loss`: Bradley-Terry loss with optional margin and
+//! centering term, TRL's reward metrics, and gradients w.r.t. both reward vectors.
+
+use burn_rlhf::losses::BradleyTerryLossConfig;
+
+use crate::common::{TestDevice, check_close, tensor, to_vec};
+use crate::fixture::Case;
+
+/// Fixture README tolerances: float64 1e-9 / 1e-12, metrics 1e-6 / 1e-7 (accuracy is
+/// float32-rounded in TRL); f32 devices get 1e-4 relative and an absolute floor scaled to the
+/// array.
+fn tolerances(dev: &TestDevice, expected: &[f64], metric: bool) -> (f64, f64) {
+    if dev.has_f64() {
+        if metric { (1e-6, 1e-7) } else { (1e-9, 1e-12) }
+    } else {
+        let max = expected.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+        (1e-4, 1e-5 * max)
+    }
+}
+
+fn check(
+    what: &str,
+    actual: &[f64],
+    expected: &[f64],
+    dev: &TestDevice,
+    metric: bool,
+) -> Result<(), String> {
+    let (rtol, atol) = tolerances(dev, expected, metric);
+    check_close(what, actual, expected, rtol, atol)
+}
+
+pub fn compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
+    let device = dev.autodiff();
+    let chosen = case.input("rewards_chosen");
+    let rejected = case.input("rewards_rejected");
+    let margin = case.input_opt("margin");
+    if case.config_bool("has_margin") != margin.is_some() {
+        return Err("config.has_margin disagrees with inputs.margin".into());
+    }
+    let coef = case
+        .config
+        .get("center_rewards_coefficient")
+        .and_then(|v| v.as_f64());
+
+    let rc = tensor::<1>(chosen.values.clone(), chosen.shape(), dev, &device).require_grad();
+    let rr = tensor::<1>(rejected.values.clone(), rejected.shape(), dev, &device).require_grad();
+    let m = margin.map(|m| tensor::<1>(m.values.clone(), m.shape(), dev, &device));
+    let loss = BradleyTerryLossConfig::new()
+        .with_center_rewards_coefficient(coef)
+        .init()
+        .try_forward(rc.clone(), rr.clone(), m)
+        .map_err(|e| e.to_string())?;
+    let grads = loss.loss.backward();
+
+    check(
+        "loss",
+        &to_vec(loss.loss),
+        &case.expect("loss").values,
+        dev,
+        false,
+    )?;
+    check(
+        "grad_rewards_chosen",
+        &to_vec(rc.grad(&grads).unwrap()),
+        &case.expect("grad_rewards_chosen").values,
+        dev,
+        false,
+    )?;
+    check(
+        "grad_rewards_rejected",
+        &to_vec(rr.grad(&grads).unwrap()),
+        &case.expect("grad_rewards_rejected").values,
+        dev,
+        false,
+    )?;
+
+    let expected = case.expected["metrics"]
+        .as_object()
+        .ok_or("no expected metrics")?;
+    let host = loss.metrics.to_host();
+    if host.len() != expected.len() {
+        return Err(format!(
+            "metric keys {:?} vs expected {:?}",
+            host.keys().collect::<Vec<_>>(),
+            expected.keys().collect::<Vec<_>>()
+        ));
+    }
+    for (key, want) in expected {
+        let got = host
+            .get(key)
+            .ok_or_else(|| format!("missing metric `{key}`"))?;
+        check(
+            &format!("metrics/{key}"),
+            &[*got],
+            &[want.as_f64().unwrap()],
+            dev,
+            true,
+        )?;
+    }
+    Ok(())
+}
