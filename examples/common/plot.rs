@@ -135,6 +135,15 @@ pub fn write_svg(path: &Path, title: &str, panels: &[Panel]) -> std::io::Result<
             py(y0) + 32.0,
             panel.x_label
         );
+        let longest = panel.series.iter().map(|s| s.name.len()).max().unwrap_or(0) as f64;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{}" y="{}" width="{}" height="{}" fill="white" fill-opacity="0.85" stroke="#ccc"/>"#,
+            px(x0) + 4.0,
+            py(y1) + 4.0,
+            30.0 + 6.5 * longest,
+            14.0 * panel.series.len() as f64 + 6.0
+        );
         for (i, series) in panel.series.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
             let path: Vec<String> = series
