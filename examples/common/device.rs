@@ -15,6 +15,13 @@ pub fn available() -> Vec<&'static str> {
     names
 }
 
+fn not_built(name: &str) -> String {
+    format!(
+        "--device {name}: this binary was built without the `{name}` feature; rebuild with `--features {name}` (available: {:?})",
+        available()
+    )
+}
+
 /// The device named by `--device NAME` (default `flex`).
 pub fn from_args() -> Result<(String, Device), String> {
     let args: Vec<String> = std::env::args().collect();
@@ -34,12 +41,10 @@ pub fn from_args() -> Result<(String, Device), String> {
         "wgpu" => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
         #[cfg(feature = "cuda")]
         "cuda" => Device::cuda(0),
-        "wgpu" | "cuda" => {
-            return Err(format!(
-                "--device {name}: this binary was built without the `{name}` feature; rebuild with `--features {name}` (available: {:?})",
-                available()
-            ));
-        }
+        #[cfg(not(feature = "wgpu"))]
+        "wgpu" => return Err(not_built("wgpu")),
+        #[cfg(not(feature = "cuda"))]
+        "cuda" => return Err(not_built("cuda")),
         other => {
             return Err(format!(
                 "--device {other}: unknown device (available: {:?})",

@@ -138,7 +138,7 @@ pub fn write_svg(path: &Path, title: &str, panels: &[Panel]) -> std::io::Result<
         let longest = panel.series.iter().map(|s| s.name.len()).max().unwrap_or(0) as f64;
         let _ = writeln!(
             s,
-            r#"<rect x="{}" y="{}" width="{}" height="{}" fill="white" fill-opacity="0.85" stroke="#ccc"/>"#,
+            r##"<rect x="{}" y="{}" width="{}" height="{}" fill="white" fill-opacity="0.85" stroke="#ccc"/>"##,
             px(x0) + 4.0,
             py(y1) + 4.0,
             30.0 + 6.5 * longest,
