@@ -1,6 +1,5 @@
 //! Which devices are compiled in, and which of them run the crate's native kernels.
 
-use burn::backend::DispatchDevice;
 use burn::tensor::Device;
 
 /// True when the crate has a native implementation of its custom ops (lean token log-probs)
@@ -12,9 +11,9 @@ pub fn has_native_kernel(device: &Device) -> bool {
     let inner = device.clone().without_autodiff();
     match inner.as_dispatch() {
         #[cfg(feature = "flex")]
-        DispatchDevice::Flex(_) => true,
+        burn::backend::DispatchDevice::Flex(_) => true,
         #[cfg(any(feature = "wgpu", feature = "cuda"))]
-        DispatchDevice::Cube(_) => true,
+        burn::backend::DispatchDevice::Cube(_) => true,
         #[allow(unreachable_patterns)]
         _ => false,
     }

@@ -44,13 +44,12 @@ fn logits_tile<F: FusedFloat>(
     rows: (usize, usize),
     cols: (usize, usize),
     p: &FusedParams,
-) -> Vec<F> {
+) -> FlexTensor {
     let h = hidden.narrow(0, rows.0, rows.1 - rows.0);
     let w = weight.narrow(0, cols.0, cols.1 - cols.0).transpose(0, 1);
-    let tile = Flex::float_matmul(h, w);
+    let mut tile = contiguous(Flex::float_matmul(h, w));
     let width = cols.1 - cols.0;
-    let mut z: Vec<F> = slice_of::<F>(&tile).to_vec();
-    drop(tile);
+    let z = tile_mut::<F>(&mut tile);
     let scale = F::from_f64(p.logit_scale);
     let inv_t = F::from_f64(1.0 / p.temperature);
     let cap = p.softcap.map(F::from_f64);
@@ -67,7 +66,14 @@ fn logits_tile<F: FusedFloat>(
             *x = a.mul(inv_t);
         }
     });
-    z
+    tile
+}
+
+/// The tile's elements, mutable; the matmul output is fresh and unshared, so this does not
+/// copy (`storage_mut` would copy-on-write a shared buffer).
+fn tile_mut<F: FusedFloat>(tile: &mut FlexTensor) -> &mut [F] {
+    let n = tile.shape().num_elements();
+    &mut tile.storage_mut::<F>()[..n]
 }
 
 /// Running per-row statistics over vocab tiles.
@@ -113,7 +119,8 @@ fn forward_typed<F: FusedFloat>(
         for c0 in (0..v).step_by(tv) {
             let c1 = (c0 + tv).min(v);
             let width = c1 - c0;
-            let z = logits_tile::<F>(hidden, weight, bias, (r0, r1), (c0, c1), p);
+            let z_tile = logits_tile::<F>(hidden, weight, bias, (r0, r1), (c0, c1), p);
+            let z = slice_of::<F>(&z_tile);
             stats
                 .par_iter_mut()
                 .zip(z.par_chunks(width))
@@ -214,41 +221,44 @@ fn backward_typed<F: FusedFloat>(
         for c0 in (0..v).step_by(tv) {
             let c1 = (c0 + tv).min(v);
             let width = c1 - c0;
-            let mut z = logits_tile::<F>(hidden, weight, bias_s, (r0, r1), (c0, c1), p);
+            let mut z_tile = logits_tile::<F>(hidden, weight, bias_s, (r0, r1), (c0, c1), p);
             // z -> d loss / d raw logits, in place.
-            z.par_chunks_mut(width).enumerate().for_each(|(i, row)| {
-                let r = r0 + i;
-                let t = targets[r];
-                if t < 0 {
-                    row.fill(F::ZERO);
-                    return;
-                }
-                let g_lp = grad[r * OUT_COLS];
-                let g_h = grad[r * OUT_COLS + 1];
-                let lse = saved[r * OUT_COLS + 5];
-                let mean_z = saved[r * OUT_COLS + 6];
-                for (j, x) in row.iter_mut().enumerate() {
-                    let zj = *x;
-                    let prob = zj.sub(lse).exp();
-                    let onehot = if c0 + j == t as usize {
-                        F::from_f64(1.0)
-                    } else {
-                        F::ZERO
-                    };
-                    // d/dz of g_lp * logp_t + g_h * H
-                    let mut dz = g_lp
-                        .mul(onehot.sub(prob))
-                        .sub(g_h.mul(prob).mul(zj.sub(mean_z)));
-                    // z = cap * tanh(a / cap) / T with a = raw * scale
-                    dz = dz.mul(inv_t);
-                    if let Some(c) = cap {
-                        let th = zj.div(inv_t).div(c); // tanh(a / cap)
-                        dz = dz.mul(F::from_f64(1.0).sub(th.mul(th)));
+            tile_mut::<F>(&mut z_tile)
+                .par_chunks_mut(width)
+                .enumerate()
+                .for_each(|(i, row)| {
+                    let r = r0 + i;
+                    let t = targets[r];
+                    if t < 0 {
+                        row.fill(F::ZERO);
+                        return;
                     }
-                    *x = dz.mul(scale);
-                }
-            });
-            let dl = FlexTensor::from_data(TensorData::new(z, [rows, width]));
+                    let g_lp = grad[r * OUT_COLS];
+                    let g_h = grad[r * OUT_COLS + 1];
+                    let lse = saved[r * OUT_COLS + 5];
+                    let mean_z = saved[r * OUT_COLS + 6];
+                    for (j, x) in row.iter_mut().enumerate() {
+                        let zj = *x;
+                        let prob = zj.sub(lse).exp();
+                        let onehot = if c0 + j == t as usize {
+                            F::from_f64(1.0)
+                        } else {
+                            F::ZERO
+                        };
+                        // d/dz of g_lp * logp_t + g_h * H
+                        let mut dz = g_lp
+                            .mul(onehot.sub(prob))
+                            .sub(g_h.mul(prob).mul(zj.sub(mean_z)));
+                        // z = cap * tanh(a / cap) / T with a = raw * scale
+                        dz = dz.mul(inv_t);
+                        if let Some(c) = cap {
+                            let th = zj.div(inv_t).div(c); // tanh(a / cap)
+                            dz = dz.mul(F::from_f64(1.0).sub(th.mul(th)));
+                        }
+                        *x = dz.mul(scale);
+                    }
+                });
+            let dl = z_tile;
             if bias.is_some() {
                 let dl_s = slice_of::<F>(&dl);
                 for i in 0..rows {

@@ -24,10 +24,10 @@ pub struct FusedLogprobsConfig {
     /// Final logit soft-capping `cap * tanh(z / cap)` (Gemma 2 style). Default: none.
     #[config(default = "None")]
     pub final_logit_softcapping: Option<f64>,
-    /// Vocabulary columns per tile. Default: automatic (min(V, 8192)).
+    /// Vocabulary columns per tile. Default: automatic (min(V, 2048)).
     #[config(default = "None")]
     pub vocab_chunk_size: Option<usize>,
-    /// Token rows per tile. Default: automatic (a tile of about 8 Mi logits, 32 MiB in f32).
+    /// Token rows per tile. Default: automatic (a tile of about 2 Mi logits, 8 MiB in f32).
     #[config(default = "None")]
     pub token_chunk_size: Option<usize>,
     /// Also compute entropy (differentiable), log(sum p^2), mean logit and is-top-1.

@@ -7,6 +7,7 @@
 //! - [`FusedLogprobs`] (from [`FusedLogprobsConfig`]): hidden states x LM-head weight ->
 //!   per-token log-probs (and entropy etc.) without materializing the `[N, V]` logits.
 
+#[cfg(feature = "flex")]
 mod cpu;
 mod entropy;
 mod fused;
