@@ -40,7 +40,7 @@
 //! # Which burn mechanism
 //!
 //! [`CollectiveReducer`] sums the parts with burn 0.22's collective
-//! [`all_reduce`](burn::tensor::distributed::all_reduce) (`ReduceOperation::Sum`) across the
+//! [`all_reduce`] (`ReduceOperation::Sum`) across the
 //! devices of a [`DistributedContext`](burn::tensor::distributed::DistributedContext); gradients
 //! are all-reduced by burn-train's DDP strategy or by calling `all_reduce` on each gradient
 //! yourself. In burn 0.22 only the cubecl backends (CUDA, ROCm, wgpu/Vulkan/Metal) implement

@@ -15,7 +15,6 @@
 //! collective reducer refuses a flex device with a typed error.
 
 #[path = "../examples/dpo_data_parallel.rs"]
-#[allow(dead_code)]
 mod dpo_data_parallel;
 
 use std::ops::Range;
