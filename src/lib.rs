@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod backends;
+pub mod distributed;
 pub mod error;
 pub mod heads;
 pub mod logprobs;

@@ -10,6 +10,7 @@ use burn::tensor::{Bool, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::constant_like;
+use crate::distributed::MomentParts;
 use crate::error::{Error, check_in_closed, check_same_shape, unwrap_or_panic};
 use crate::losses::Metrics;
 use crate::reduce::{mask_like, masked_mean_eps, zero_masked};
@@ -386,6 +387,30 @@ fn weighted_rewards(rewards_per_func: Tensor<2>, weights: &[f64]) -> Tensor<1> {
         .reshape([n])
 }
 
+/// GDPO: per-group normalization of each reward function, then the weighted NaN-sum `[N]`
+/// (NaN for a fully unscorable row).
+fn normalize_then_sum(
+    rewards_per_func: Tensor<2>,
+    weights: &[f64],
+    p: usize,
+    g: usize,
+) -> Tensor<1> {
+    let [n, k] = rewards_per_func.dims();
+    let grouped = rewards_per_func.clone().reshape([p, g, k]);
+    let (mean_k, std_k) = nan_stats(grouped.clone(), 1);
+    let std_k = if g > 1 {
+        std_k
+    } else {
+        Tensor::zeros_like(&mean_k)
+    };
+    let normed = ((grouped - mean_k) / std_k.add_scalar(TRL_STD_EPS)).reshape([n, k]);
+    let scorable = rewards_per_func.is_nan().bool_not().any_dim(1).reshape([n]);
+    let summed = weighted_rewards(normed, weights);
+    // A row with NaN only in some normalized cells keeps its partial sum; a fully
+    // unscorable row is NaN (weighted_rewards already does both).
+    summed.mask_fill(scorable.bool_not(), f64::NAN)
+}
+
 fn resolve_weights(weights: &Option<Vec<f64>>, k: usize) -> crate::Result<Vec<f64>> {
     match weights {
         None => Ok(vec![1.0; k]),
@@ -515,6 +540,56 @@ impl GroupAdvantageConfig {
     /// # Shapes
     /// - rewards_per_func: `[N, K]` (N = prompts x G, each prompt's G completions consecutive)
     pub fn try_forward(&self, rewards_per_func: Tensor<2>) -> crate::Result<GroupAdvantages> {
+        self.forward_impl(rewards_per_func, None)
+    }
+
+    /// Whether the advantages depend on batch-wide statistics (`scale_rewards = batch`, or
+    /// the GDPO batch normalization of `normalize_then_sum`); those need the cross-rank form
+    /// below under data parallelism.
+    pub fn is_batch_coupled(&self) -> bool {
+        self.scale_rewards == ScaleRewards::Batch
+            || self.multi_objective_aggregation == RewardAggregation::NormalizeThenSum
+    }
+
+    /// This shard's contribution to the batch statistics (one host read): the moments of the
+    /// weighted rewards (`sum_then_normalize`) or of the per-group-normalized weighted sums
+    /// (`normalize_then_sum`), NaN (unscorable) rows excluded. Sum them over shards and ranks
+    /// ([`crate::distributed`]) and pass the total to
+    /// [`try_forward_with_batch_stats`](Self::try_forward_with_batch_stats).
+    ///
+    /// # Shapes
+    /// - rewards_per_func: `[N, K]`, whole groups (a prompt's `G` completions on one shard)
+    pub fn batch_reward_parts(&self, rewards_per_func: Tensor<2>) -> crate::Result<MomentParts> {
+        let [n, k] = rewards_per_func.dims();
+        let g = self.num_generations;
+        check_groups(n, g)?;
+        let weights = resolve_weights(&self.reward_weights, k)?;
+        let values = match self.multi_objective_aggregation {
+            RewardAggregation::SumThenNormalize => weighted_rewards(rewards_per_func, &weights),
+            RewardAggregation::NormalizeThenSum => {
+                normalize_then_sum(rewards_per_func, &weights, n / g, g)
+            }
+        };
+        Ok(MomentParts::from_non_nan(values))
+    }
+
+    /// [`try_forward`](Self::try_forward) with the batch mean and Bessel std taken from
+    /// `batch` (the [`batch_reward_parts`](Self::batch_reward_parts) of the whole step, summed
+    /// over shards and ranks) instead of this shard. Group statistics stay local (groups are
+    /// never split). On the whole batch's own parts this equals `try_forward`.
+    pub fn try_forward_with_batch_stats(
+        &self,
+        rewards_per_func: Tensor<2>,
+        batch: &MomentParts,
+    ) -> crate::Result<GroupAdvantages> {
+        self.forward_impl(rewards_per_func, Some(*batch))
+    }
+
+    fn forward_impl(
+        &self,
+        rewards_per_func: Tensor<2>,
+        batch: Option<MomentParts>,
+    ) -> crate::Result<GroupAdvantages> {
         let [n, k] = rewards_per_func.dims();
         let g = self.num_generations;
         check_groups(n, g)?;
@@ -531,6 +606,10 @@ impl GroupAdvantageConfig {
                         std_g.expand([p, g]).reshape([n])
                     }
                     ScaleRewards::Group | ScaleRewards::None => Tensor::zeros_like(&rewards),
+                    ScaleRewards::Batch if batch.is_some() => {
+                        let std = batch.map_or(f64::NAN, |b| b.std_unbiased());
+                        Tensor::zeros_like(&rewards).add_scalar(std)
+                    }
                     ScaleRewards::Batch if n > 1 => nan_stats(rewards.clone(), 0).1.expand([n]),
                     ScaleRewards::Batch => Tensor::zeros_like(&rewards),
                 };
@@ -541,34 +620,23 @@ impl GroupAdvantageConfig {
                 (adv, std)
             }
             RewardAggregation::NormalizeThenSum => {
-                let grouped = rewards_per_func.clone().reshape([p, g, k]);
-                let (mean_k, std_k) = nan_stats(grouped.clone(), 1);
-                let std_k = if g > 1 {
-                    std_k
-                } else {
-                    Tensor::zeros_like(&mean_k)
+                let summed = normalize_then_sum(rewards_per_func.clone(), &weights, p, g);
+                let (mean, std) = match batch {
+                    Some(b) => (
+                        Tensor::zeros_like(&summed).add_scalar(b.mean()),
+                        Tensor::zeros_like(&summed).add_scalar(b.std_unbiased()),
+                    ),
+                    None => {
+                        let (mean, std) = nan_stats(summed.clone(), 0);
+                        let std = if n > 1 {
+                            std.expand([n])
+                        } else {
+                            Tensor::zeros_like(&summed)
+                        };
+                        (mean.expand([n]), std)
+                    }
                 };
-                let normed = ((grouped - mean_k) / std_k.add_scalar(TRL_STD_EPS)).reshape([n, k]);
-                let scorable = rewards_per_func
-                    .clone()
-                    .is_nan()
-                    .bool_not()
-                    .any_dim(1)
-                    .reshape([n]);
-                let summed = weighted_rewards(normed, &weights);
-                // A row with NaN only in some normalized cells keeps its partial sum; a fully
-                // unscorable row is NaN (weighted_rewards already does both).
-                let summed = summed.mask_fill(scorable.bool_not(), f64::NAN);
-                let (mean, std) = nan_stats(summed.clone(), 0);
-                let std = if n > 1 {
-                    std.expand([n])
-                } else {
-                    Tensor::zeros_like(&summed)
-                };
-                (
-                    (summed - mean.expand([n])) / std.clone().add_scalar(TRL_STD_EPS),
-                    std,
-                )
+                ((summed - mean) / std.clone().add_scalar(TRL_STD_EPS), std)
             }
         };
         let advantages = nan_to_zero(advantages);
