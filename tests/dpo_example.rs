@@ -3,7 +3,6 @@
 //! losses are clear errors; every loss family runs end to end (a few steps each).
 
 #[path = "../examples/dpo.rs"]
-#[allow(dead_code)]
 mod dpo;
 
 fn short(loss: &str) -> dpo::Args {

@@ -41,18 +41,18 @@ pub struct FusedParams {
 }
 
 /// Elements per logits tile when the token chunk is automatic: 2 Mi elements (8 MiB in f32),
-/// large enough for GEMM efficiency (a 1024 x 2048 x H product), small enough that the
+/// large enough for GEMM efficiency (a 2048 x 1024 x H product), small enough that the
 /// tile plus its gradient GEMM outputs stay an order of magnitude below the logits.
 const AUTO_TILE_ELEMENTS: usize = 2 << 20;
 /// Automatic vocabulary chunk.
-const AUTO_VOCAB_CHUNK: usize = 2048;
+const AUTO_VOCAB_CHUNK: usize = 1024;
 
 impl FusedParams {
     /// `(rows, columns)` per tile for `n` rows and vocabulary `v`.
     pub(crate) fn tiles(&self, n: usize, v: usize) -> (usize, usize) {
         let tv = self
             .vocab_chunk
-            .unwrap_or_else(|| v.min(8192))
+            .unwrap_or_else(|| v.min(AUTO_VOCAB_CHUNK))
             .clamp(1, v.max(1));
         let tn = self
             .token_chunk

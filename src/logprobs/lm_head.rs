@@ -24,7 +24,7 @@ pub struct FusedLogprobsConfig {
     /// Final logit soft-capping `cap * tanh(z / cap)` (Gemma 2 style). Default: none.
     #[config(default = "None")]
     pub final_logit_softcapping: Option<f64>,
-    /// Vocabulary columns per tile. Default: automatic (min(V, 2048)).
+    /// Vocabulary columns per tile. Default: automatic (min(V, 1024)).
     #[config(default = "None")]
     pub vocab_chunk_size: Option<usize>,
     /// Token rows per tile. Default: automatic (a tile of about 2 Mi logits, 8 MiB in f32).
