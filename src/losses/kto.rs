@@ -40,12 +40,31 @@ impl UnpairedBatch {
     }
 
     /// A batch from the token-level path (log-probs summed over the mask).
+    ///
+    /// # Panics
+    /// On the errors of [`try_from_tokens`](Self::try_from_tokens).
     pub fn from_tokens(
         tokens: &GatheredLogprobs,
         reference_logps: Tensor<1>,
         desirable: Tensor<1, Bool>,
     ) -> Self {
-        Self::new(tokens.sum(), reference_logps, desirable)
+        crate::error::unwrap_or_panic(Self::try_from_tokens(tokens, reference_logps, desirable))
+    }
+
+    /// Non-panicking form of [`from_tokens`](Self::from_tokens): [`Error::Shape`] naming
+    /// `tokens.mask` when the mask's shape differs from the log-probs'.
+    pub fn try_from_tokens(
+        tokens: &GatheredLogprobs,
+        reference_logps: Tensor<1>,
+        desirable: Tensor<1, Bool>,
+    ) -> crate::Result<Self> {
+        check_same_shape(
+            "tokens.mask",
+            &tokens.mask.dims(),
+            &tokens.logprobs.dims(),
+            "tokens.logprobs",
+        )?;
+        Ok(Self::new(tokens.sum(), reference_logps, desirable))
     }
 
     /// Sets the KL estimate (`[1]`, detached here).
