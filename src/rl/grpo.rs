@@ -300,7 +300,8 @@ fn global_masked_mean(x: Tensor<2>, mask: &Tensor<2, Bool>) -> Tensor<1> {
     zero_masked(x, mask.clone()).sum() / count
 }
 
-/// Per-sequence means (NaN for empty rows) reduced by min or max ignoring NaN.
+/// Per-sequence means (NaN for empty rows) reduced by min or max ignoring NaN; 0 when every
+/// row is empty.
 fn seq_mean_extreme(x: Tensor<2>, mask: &Tensor<2, Bool>, max: bool) -> Tensor<1> {
     let [b, c] = x.dims();
     let per_seq = if c == 1 && mask.dims()[1] != 1 {
@@ -311,11 +312,14 @@ fn seq_mean_extreme(x: Tensor<2>, mask: &Tensor<2, Bool>, max: bool) -> Tensor<1
         (zero_masked(x, mask.clone()).sum_dim(1) / count).reshape([b])
     };
     let nan = per_seq.clone().is_nan();
-    if max {
+    let extreme = if max {
         per_seq.mask_fill(nan, f64::NEG_INFINITY).max()
     } else {
         per_seq.mask_fill(nan, f64::INFINITY).min()
-    }
+    };
+    // No sequence with a valid token: 0, not the +-inf of an empty min/max.
+    let empty = extreme.clone().is_inf();
+    extreme.mask_fill(empty, 0.0)
 }
 
 /// `torch.quantile(values, q)` (linear interpolation) of the valid entries; `None` if empty.
