@@ -51,7 +51,13 @@ pub fn masked_var<const D: usize>(
         .add_scalar(TORCHTUNE_EPS);
     let var = masked_mean(centered.square(), mask, None);
     if unbiased {
-        var * n.clone() / n.sub_scalar(1.0)
+        // One valid element: n - 1 = 1e-8 in f64 but exactly 0 in f32 (0 * inf = NaN); use
+        // torchtune's f64 value 1e-8 there.
+        let denom = n.clone().sub_scalar(1.0);
+        let denom = denom
+            .clone()
+            .mask_fill(denom.equal_elem(0.0), TORCHTUNE_EPS);
+        var * n / denom
     } else {
         var
     }
