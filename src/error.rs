@@ -123,6 +123,18 @@ pub(crate) fn check_in_closed(field: &'static str, value: f64, lo: f64, hi: f64)
     }
 }
 
+/// [`Error::Empty`] when `len` is 0.
+pub(crate) fn check_non_empty(arg: &'static str, len: usize, what: &str) -> Result<()> {
+    if len == 0 {
+        Err(Error::Empty {
+            arg,
+            what: what.to_string(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
 /// Checks that two shapes are equal; `what` describes the expectation for the message.
 pub(crate) fn check_same_shape(
     arg: &'static str,
@@ -173,6 +185,29 @@ pub fn checked_mode() -> bool {
             on
         }
         v => v == 1,
+    }
+}
+
+/// In checked mode, [`Error::NonFinite`] when `tensor` holds infinity (NaN is allowed: it is
+/// the "not scored" marker of reward functions, as in TRL).
+pub(crate) fn check_no_inf<const D: usize>(
+    tensor: &burn::tensor::Tensor<D>,
+    arg: &'static str,
+) -> Result<()> {
+    if checked_mode() && tensor.clone().is_inf().any().into_scalar::<bool>() {
+        return Err(Error::NonFinite { arg });
+    }
+    Ok(())
+}
+
+/// [`check_finite`] on an optional tensor.
+pub(crate) fn check_finite_opt<const D: usize>(
+    tensor: Option<&burn::tensor::Tensor<D>>,
+    arg: &'static str,
+) -> Result<()> {
+    match tensor {
+        Some(t) => check_finite(t, arg),
+        None => Ok(()),
     }
 }
 

@@ -15,7 +15,7 @@
 use burn::tensor::{Bool, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result, check_positive, check_same_shape};
+use crate::error::{Error, Result, check_non_empty, check_positive, check_same_shape};
 
 /// `logsumexp(x, dim)` with the maximum shifted out (the maximum is detached: it cancels
 /// exactly in the value and the gradient), keeping `dim` with size 1.
@@ -124,10 +124,14 @@ impl Normalizer {
 
     /// Reduces per-token terms `[B, T]` with their validity mask to the scalar loss `[1]`.
     ///
+    /// Errors: an invalid normalizer ([`Error::Config`]), a mask of another shape
+    /// ([`Error::Shape`]), `B = 0` ([`Error::Empty`]).
+    ///
     /// Masked positions contribute exactly 0 and receive exactly 0 gradient.
     pub fn try_reduce_tokens(&self, terms: Tensor<2>, mask: Tensor<2, Bool>) -> Result<Tensor<1>> {
         self.validate()?;
         check_same_shape("mask", &mask.dims(), &terms.dims(), "terms")?;
+        check_non_empty("terms", terms.dims()[0], "the batch has no row (B = 0)")?;
         Ok(match *self {
             Normalizer::Sum => zero_masked(terms, mask).sum(),
             Normalizer::TokenMean => {
@@ -147,14 +151,22 @@ impl Normalizer {
     /// Panicking form of [`try_reduce_tokens`](Self::try_reduce_tokens).
     ///
     /// # Panics
-    /// On an invalid normalizer or a mask whose shape differs from `terms`.
+    /// On the errors of [`try_reduce_tokens`](Self::try_reduce_tokens).
     pub fn reduce_tokens(&self, terms: Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<1> {
         crate::error::unwrap_or_panic(self.try_reduce_tokens(terms, mask))
     }
 
     /// Reduces per-sequence (or per-pair) terms `[B]` to the scalar loss `[1]`.
+    ///
+    /// Errors: an invalid normalizer ([`Error::Config`]), a token-level normalizer
+    /// ([`Error::Incompatible`]), `B = 0` ([`Error::Empty`]).
     pub fn try_reduce_sequences(&self, terms: Tensor<1>) -> Result<Tensor<1>> {
         self.validate()?;
+        check_non_empty(
+            "terms",
+            terms.dims()[0],
+            "the batch has no sequence (B = 0)",
+        )?;
         Ok(match *self {
             Normalizer::Sum => terms.sum(),
             Normalizer::SequenceMean => terms.mean(),
@@ -172,7 +184,7 @@ impl Normalizer {
     /// Panicking form of [`try_reduce_sequences`](Self::try_reduce_sequences).
     ///
     /// # Panics
-    /// On an invalid normalizer or a token-level normalizer.
+    /// On the errors of [`try_reduce_sequences`](Self::try_reduce_sequences).
     pub fn reduce_sequences(&self, terms: Tensor<1>) -> Tensor<1> {
         crate::error::unwrap_or_panic(self.try_reduce_sequences(terms))
     }

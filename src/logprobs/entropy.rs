@@ -16,10 +16,21 @@ use crate::error::{Result, check_positive};
 /// any magnitude give a finite result. Mask the output yourself (it is per logits position; with
 /// a causal shift drop the last column to align it with shifted labels).
 ///
+/// Errors: `temperature` not finite and > 0 ([`Error::Config`](crate::Error::Config)), an empty
+/// vocabulary `V = 0` ([`Error::Empty`](crate::Error::Empty)); in checked mode non-finite
+/// logits ([`Error::NonFinite`](crate::Error::NonFinite)).
+///
 /// # Shapes
 /// - logits: `[B, T, V]` -> output `[B, T]`
 pub fn token_entropy(logits: Tensor<3>, temperature: f64) -> Result<Tensor<2>> {
     check_positive("temperature", temperature)?;
+    let [b, t, v] = logits.dims();
+    crate::error::check_non_empty(
+        "logits",
+        v,
+        &format!("shape {:?} has no vocabulary (V = 0)", [b, t, v]),
+    )?;
+    crate::error::check_finite(&logits, "logits")?;
     let z = logits.mul_scalar(1.0 / temperature);
     let lse = crate::reduce::logsumexp(z.clone(), 2);
     let p = (z.clone() - lse.clone()).exp();

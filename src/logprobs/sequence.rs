@@ -3,7 +3,9 @@
 use burn::tensor::{Bool, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, check_in_closed, check_same_shape, unwrap_or_panic};
+use crate::error::{
+    Result, check_finite, check_in_closed, check_positive, check_same_shape, unwrap_or_panic,
+};
 use crate::reduce::{mask_like, masked_mean_eps, masked_row_mean, masked_row_sum, zero_masked};
 
 /// How per-token log-probs `[B, T]` become one log-prob per sequence `[B]`.
@@ -16,6 +18,7 @@ pub enum SequenceReduction {
     /// (IPO/SimPO/ORPO-style length-normalized log-probs.)
     Mean,
     /// torchtune's `masked_mean`: `sum / (count + eps)` (torchtune uses `eps = 1e-8`).
+    /// `eps` must be finite and > 0 (with 0, a sequence with no valid token is `0 / 0`).
     MeanEps(f64),
 }
 
@@ -23,14 +26,21 @@ impl SequenceReduction {
     /// Reduces `[B, T]` token log-probs with their mask to `[B]`.
     ///
     /// # Panics
-    /// If `mask` and `token_logps` differ in shape.
+    /// On the errors of [`try_reduce`](Self::try_reduce).
     pub fn reduce(&self, token_logps: Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<1> {
         unwrap_or_panic(self.try_reduce(token_logps, mask))
     }
 
-    /// Non-panicking form of [`reduce`](Self::reduce).
+    /// Non-panicking form of [`reduce`](Self::reduce): a mask of another shape is
+    /// [`Error::Shape`](crate::Error::Shape), `MeanEps` with `eps` not finite and > 0
+    /// [`Error::Config`](crate::Error::Config) naming `eps`; in checked mode a non-finite
+    /// `token_logps` is [`Error::NonFinite`](crate::Error::NonFinite).
     pub fn try_reduce(&self, token_logps: Tensor<2>, mask: Tensor<2, Bool>) -> Result<Tensor<1>> {
         check_same_shape("mask", &mask.dims(), &token_logps.dims(), "token_logps")?;
+        if let SequenceReduction::MeanEps(eps) = *self {
+            check_positive("eps", eps)?;
+        }
+        crate::error::check_finite(&token_logps, "token_logps")?;
         Ok(match *self {
             SequenceReduction::Sum => masked_row_sum(token_logps, mask),
             SequenceReduction::Mean => masked_row_mean(token_logps, mask),
@@ -78,6 +88,8 @@ pub fn ld_dpo_sequence_logps(
         &rejected_logps.dims(),
         "rejected_logps",
     )?;
+    check_finite(&chosen_logps, "chosen_logps")?;
+    check_finite(&rejected_logps, "rejected_logps")?;
     if chosen_logps.dims()[0] != rejected_logps.dims()[0] {
         return Err(crate::Error::shape(
             "rejected_logps",

@@ -125,7 +125,8 @@ impl BcoLossConfig {
 /// gradient. TRL's optional UDM density-ratio weighting of undesirable examples is not
 /// included.
 ///
-/// Metrics: `rewards/chosen`, `rewards/rejected` (class means, NaN for an absent class),
+/// Metrics: `rewards/chosen`, `rewards/rejected` (class means, 0 for a class absent from the
+/// batch; TRL: NaN),
 /// `rewards/margins`, `logps/chosen`, `logps/rejected`, `delta`.
 #[derive(Debug, Clone)]
 pub struct BcoLoss {
@@ -169,8 +170,9 @@ impl BcoLoss {
 
         let is_desirable = mask_like(&rho, batch.desirable.clone());
         let is_undesirable = is_desirable.clone().neg().add_scalar(1.0);
-        let class_mean =
-            |x: Tensor<1>, class: &Tensor<1>| (x * class.clone()).sum() / class.clone().sum();
+        let class_mean = |x: Tensor<1>, class: &Tensor<1>| {
+            (x * class.clone()).sum() / class.clone().sum().clamp_min(1.0)
+        };
         let rewards = rho.detach();
         let logps = batch.logps.clone().detach();
         let mut metrics = Metrics::new();

@@ -40,12 +40,31 @@ impl UnpairedBatch {
     }
 
     /// A batch from the token-level path (log-probs summed over the mask).
+    ///
+    /// # Panics
+    /// On the errors of [`try_from_tokens`](Self::try_from_tokens).
     pub fn from_tokens(
         tokens: &GatheredLogprobs,
         reference_logps: Tensor<1>,
         desirable: Tensor<1, Bool>,
     ) -> Self {
-        Self::new(tokens.sum(), reference_logps, desirable)
+        crate::error::unwrap_or_panic(Self::try_from_tokens(tokens, reference_logps, desirable))
+    }
+
+    /// Non-panicking form of [`from_tokens`](Self::from_tokens): [`Error::Shape`] naming
+    /// `tokens.mask` when the mask's shape differs from the log-probs'.
+    pub fn try_from_tokens(
+        tokens: &GatheredLogprobs,
+        reference_logps: Tensor<1>,
+        desirable: Tensor<1, Bool>,
+    ) -> crate::Result<Self> {
+        check_same_shape(
+            "tokens.mask",
+            &tokens.mask.dims(),
+            &tokens.logprobs.dims(),
+            "tokens.logprobs",
+        )?;
+        Ok(Self::new(tokens.sum(), reference_logps, desirable))
     }
 
     /// Sets the KL estimate (`[1]`, detached here).
@@ -183,8 +202,8 @@ impl KtoLossConfig {
 ///
 /// Metrics (no host sync): `kl`, `rewards/chosen` and `logps/chosen` (means over the desirable
 /// examples), `rewards/rejected`, `logps/rejected`, `rewards/margins`. TRL omits the keys of a
-/// class absent from the batch; knowing that would need a sync, so here they are NaN (`0/0`):
-/// filter NaN when logging.
+/// class absent from the batch; knowing that would need a sync, so here they are 0 (finite
+/// inputs never give a NaN metric, e.g. with a batch of one).
 #[derive(Debug, Clone)]
 pub struct KtoLoss {
     loss_type: KtoLossType,
@@ -242,8 +261,9 @@ impl KtoLoss {
         let is_undesirable = is_desirable.clone().neg().add_scalar(1.0);
         let rewards = delta.mul_scalar(beta).detach();
         let logps = batch.logps.clone().detach();
-        let class_mean =
-            |x: Tensor<1>, class: &Tensor<1>| (x * class.clone()).sum() / class.clone().sum();
+        let class_mean = |x: Tensor<1>, class: &Tensor<1>| {
+            (x * class.clone()).sum() / class.clone().sum().clamp_min(1.0)
+        };
         let mut metrics = Metrics::new();
         metrics.insert("kl", kl);
         let chosen_rewards = class_mean(rewards.clone(), &is_desirable);

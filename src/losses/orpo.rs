@@ -60,6 +60,9 @@ pub struct OddsRatioTerms {
     pub rejected_rewards: Tensor<1>,
 }
 
+/// Upper bound of the averaged log-probs ORPO takes the odds of (`p <= 1 - 1e-6`).
+const MAX_AVG_LOGP: f64 = -1e-6;
+
 /// ORPO, built by [`OrpoLossConfig::init`]. Reference-free; works on **average** log-probs.
 ///
 #[cfg_attr(
@@ -72,8 +75,10 @@ pub struct OddsRatioTerms {
 )]
 ///
 /// with `ĉ, r̂` the completion log-probs averaged over tokens (`chosen_logps / chosen_token_counts`;
-/// a sequence with no token gets 0, TRL gives NaN). `log(1 - e^x)` is [`log1mexp`], finite
-/// for averages up to 0⁻ (the naive `log1p(-exp(x))` of Liger/axolotl is not).
+/// a sequence with no token gets 0, TRL gives NaN), clamped to at most `-1e-6` (an average of
+/// 0 has infinite odds: loss and gradient would be NaN; the gradient is 0 above the clamp).
+/// `log(1 - e^x)` is [`log1mexp`], finite for averages up to 0⁻ (the naive
+/// `log1p(-exp(x))` of Liger/axolotl is not).
 ///
 /// The NLL is the token mean over `nll_tokens` (TRL: chosen prompt **and** completion tokens,
 /// every position with attention; set it with [`PreferenceBatch::with_nll_tokens`]) or, if
@@ -114,8 +119,10 @@ impl OrpoLoss {
     pub fn try_forward(&self, batch: &PreferenceBatch) -> crate::Result<LossOutput> {
         batch.validate()?;
         let (cc, cr) = batch.token_counts("ORPO (averaged log-probs)")?;
-        let chosen = batch.chosen_logps.clone() / cc.clamp_min(1.0);
-        let rejected = batch.rejected_logps.clone() / cr.clamp_min(1.0);
+        // Clamped below 0: an average log-prob of 0 (a completion with no token, or p = 1)
+        // has infinite odds, and log1mexp(0) = -inf made the loss and gradient NaN.
+        let chosen = (batch.chosen_logps.clone() / cc.clamp_min(1.0)).clamp_max(MAX_AVG_LOGP);
+        let rejected = (batch.rejected_logps.clone() / cr.clamp_min(1.0)).clamp_max(MAX_AVG_LOGP);
         let terms = self.odds_ratio(chosen.clone(), rejected.clone());
         let nll = batch.nll("ORPO's NLL term")?;
         let per_example = nll.clone() - terms.losses.clone();

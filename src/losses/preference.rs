@@ -75,13 +75,34 @@ impl PreferenceBatch {
     /// A batch from the token-level path: the sequence log-probs are the masked sums, the
     /// token counts the mask sums, and the per-token log-probs are kept (for LD-DPO, WPO and
     /// the NLL/SFT term).
+    ///
+    /// # Panics
+    /// On the errors of [`try_from_tokens`](Self::try_from_tokens).
     pub fn from_tokens(chosen: GatheredLogprobs, rejected: GatheredLogprobs) -> Self {
+        crate::error::unwrap_or_panic(Self::try_from_tokens(chosen, rejected))
+    }
+
+    /// Non-panicking form of [`from_tokens`](Self::from_tokens): [`Error::Shape`] naming
+    /// `chosen_tokens.mask` / `rejected_tokens.mask` when a mask's shape differs from its
+    /// log-probs'.
+    pub fn try_from_tokens(chosen: GatheredLogprobs, rejected: GatheredLogprobs) -> Result<Self> {
+        for (arg, t) in [
+            ("chosen_tokens.mask", &chosen),
+            ("rejected_tokens.mask", &rejected),
+        ] {
+            check_same_shape(
+                arg,
+                &t.mask.dims(),
+                &t.logprobs.dims(),
+                "the token log-probs",
+            )?;
+        }
         let mut batch = Self::new(chosen.sum(), rejected.sum());
         batch.chosen_token_counts = Some(chosen.token_counts());
         batch.rejected_token_counts = Some(rejected.token_counts());
         batch.chosen_tokens = Some(chosen);
         batch.rejected_tokens = Some(rejected);
-        batch
+        Ok(batch)
     }
 
     /// Adds the reference model's sequence log-probs `[B]` (detached here).

@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use super::constant_like;
 use crate::distributed::MomentParts;
-use crate::error::{Error, check_in_closed, check_same_shape, unwrap_or_panic};
+use crate::error::{
+    Error, check_finite, check_finite_opt, check_in_closed, check_no_inf, check_non_empty,
+    check_same_shape, unwrap_or_panic,
+};
 use crate::losses::Metrics;
 use crate::reduce::{mask_like, masked_mean_eps, zero_masked};
 
@@ -49,7 +52,13 @@ pub fn masked_var<const D: usize>(
         .add_scalar(TORCHTUNE_EPS);
     let var = masked_mean(centered.square(), mask, None);
     if unbiased {
-        var * n.clone() / n.sub_scalar(1.0)
+        // One valid element: n - 1 = 1e-8 in f64 but exactly 0 in f32 (0 * inf = NaN); use
+        // torchtune's f64 value 1e-8 there.
+        let denom = n.clone().sub_scalar(1.0);
+        let denom = denom
+            .clone()
+            .mask_fill(denom.equal_elem(0.0), TORCHTUNE_EPS);
+        var * n / denom
     } else {
         var
     }
@@ -84,7 +93,8 @@ pub enum Whitening {
 )]
 ///
 /// With a mask: `mu` = [`masked_mean`], `var` = unbiased [`masked_var`] of `x - mu` (Bessel
-/// factor with `n + 1e-8`). Without: the plain mean and unbiased variance over all elements.
+/// factor with `n + 1e-8`). Without: the plain mean and unbiased variance over all elements
+/// (a single element has variance 0 and whitens to 0).
 /// Masked-out positions are whitened too (not zeroed); zero them yourself if needed.
 ///
 /// # Shapes
@@ -103,7 +113,12 @@ pub fn whiten(x: Tensor<2>, mask: Option<Tensor<2, Bool>>, mode: Whitening) -> T
             let n = x.dims().iter().product::<usize>() as f64;
             let mean = x.clone().mean();
             let centered = x.clone() - mean.clone().unsqueeze::<2>();
-            (mean, centered.square().sum().mul_scalar(1.0 / (n - 1.0)))
+            // Bessel factor with n - 1 clamped to >= 1: a single element has variance 0
+            // (not 0 / 0 = NaN), so it whitens to 0.
+            (
+                mean,
+                centered.square().sum().mul_scalar(1.0 / (n - 1.0).max(1.0)),
+            )
         }
     };
     let mean2 = mean.unsqueeze::<2>();
@@ -304,6 +319,14 @@ impl Gae {
         if let Some(m) = &mask {
             check_same_shape("mask", &m.dims(), &rewards.dims(), "rewards")?;
         }
+        let [rb, rt] = rewards.dims();
+        check_non_empty(
+            "rewards",
+            rb * rt,
+            &format!("shape {:?} has a zero dimension", [rb, rt]),
+        )?;
+        check_finite(&rewards, "rewards")?;
+        check_finite(&values, "values")?;
         let (rewards, values) = match (&mask, self.masking) {
             (Some(m), GaeMasking::ZeroOutside) => (
                 zero_masked(rewards, m.clone()),
@@ -335,7 +358,7 @@ impl Gae {
     /// Panicking form of [`try_forward`](Self::try_forward).
     ///
     /// # Panics
-    /// On shape mismatches.
+    /// On the errors of [`try_forward`](Self::try_forward).
     pub fn forward(
         &self,
         rewards: Tensor<2>,
@@ -414,6 +437,11 @@ fn normalize_then_sum(
 fn resolve_weights(weights: &Option<Vec<f64>>, k: usize) -> crate::Result<Vec<f64>> {
     match weights {
         None => Ok(vec![1.0; k]),
+        Some(w) if w.iter().any(|x| !x.is_finite()) => Err(Error::config(
+            "reward_weights",
+            "must be finite",
+            format!("{w:?}"),
+        )),
         Some(w) if w.len() == k => Ok(w.clone()),
         Some(w) => Err(Error::config(
             "reward_weights",
@@ -431,6 +459,7 @@ fn reward_name(names: &[String], k: usize) -> String {
 }
 
 fn check_groups(n: usize, g: usize) -> crate::Result<()> {
+    check_non_empty("rewards_per_func", n, "the batch has no completion (N = 0)")?;
     if g == 0 || !n.is_multiple_of(g) {
         return Err(Error::config(
             "num_generations",
@@ -458,12 +487,13 @@ fn reward_metrics(
         );
         metrics.insert(
             format!("rewards/{name}/std"),
-            std_k.clone().slice([0..1, i..i + 1]).reshape([1]),
+            nan_to_zero(std_k.clone().slice([0..1, i..i + 1]).reshape([1])),
         );
     }
     let (mean, std) = nan_stats(weighted.clone(), 0);
     metrics.insert("reward", mean);
-    metrics.insert("reward_std", std);
+    // One scorable value: std 0 (TRL's nanstd gives NaN, which poisons averaged logs).
+    metrics.insert("reward_std", nan_to_zero(std));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -517,7 +547,8 @@ pub struct GroupAdvantages {
     /// Advantages `[N]` (0 for unscorable completions).
     pub advantages: Tensor<1>,
     /// Metrics: `reward`, `reward_std`, `frac_reward_zero_std`, `rewards/<name>/mean|std`
-    /// (RLOO adds `kl` when `beta != 0`).
+    /// (RLOO adds `kl` when `beta != 0`). A std over fewer than two scorable values is 0
+    /// (TRL's `nanstd`: NaN).
     pub metrics: Metrics,
 }
 
@@ -539,6 +570,10 @@ impl GroupAdvantageConfig {
     ///
     /// # Shapes
     /// - rewards_per_func: `[N, K]` (N = prompts x G, each prompt's G completions consecutive)
+    ///
+    /// Errors: `N = 0` ([`Error::Empty`]), `num_generations` not dividing `N` or
+    /// `reward_weights` not finite / not `K` long ([`Error::Config`]); in checked mode an
+    /// infinite reward ([`Error::NonFinite`]; NaN means "not scored" and is allowed).
     pub fn try_forward(&self, rewards_per_func: Tensor<2>) -> crate::Result<GroupAdvantages> {
         self.forward_impl(rewards_per_func, None)
     }
@@ -594,6 +629,7 @@ impl GroupAdvantageConfig {
         let g = self.num_generations;
         check_groups(n, g)?;
         let weights = resolve_weights(&self.reward_weights, k)?;
+        check_no_inf(&rewards_per_func, "rewards_per_func")?;
         let p = n / g;
         let (advantages, std) = match self.multi_objective_aggregation {
             RewardAggregation::SumThenNormalize => {
@@ -719,6 +755,10 @@ impl RlooAdvantageConfig {
     ///
     /// # Shapes
     /// - rewards_per_func: `[N, K]`; old_logps, ref_logps (required when `beta != 0`), mask: `[N, C]`
+    ///
+    /// Errors: as [`GroupAdvantageConfig::try_forward`], plus `num_generations < 2`, a
+    /// non-finite `beta` or an invalid `reward_clip_range` ([`Error::Config`]), shape
+    /// mismatches ([`Error::Shape`]); in checked mode non-finite `old_logps` / `ref_logps`.
     pub fn try_forward(
         &self,
         rewards_per_func: Tensor<2>,
@@ -737,7 +777,29 @@ impl RlooAdvantageConfig {
                 &old_logps.dims(),
             ));
         }
+        if g < 2 {
+            return Err(Error::config(
+                "num_generations",
+                "must be >= 2 for RLOO (the baseline leaves one completion out)",
+                g,
+            ));
+        }
         let weights = resolve_weights(&self.reward_weights, k)?;
+        if !self.beta.is_finite() {
+            return Err(Error::config("beta", "must be finite", self.beta));
+        }
+        if let Some([lo, hi]) = self.reward_clip_range
+            && !(lo.is_finite() && hi.is_finite() && lo <= hi)
+        {
+            return Err(Error::config(
+                "reward_clip_range",
+                "must be finite with lo <= hi",
+                format!("[{lo}, {hi}]"),
+            ));
+        }
+        check_no_inf(&rewards_per_func, "rewards_per_func")?;
+        check_finite(&old_logps, "old_logps")?;
+        check_finite_opt(ref_logps.as_ref(), "ref_logps")?;
         let p = n / g;
         let mut metrics = Metrics::new();
         let raw = weighted_rewards(rewards_per_func.clone(), &weights);

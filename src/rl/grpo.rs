@@ -148,6 +148,26 @@ impl GrpoLossConfig {
         check_positive("sapo_temperature_pos", self.sapo_temperature_pos)?;
         check_positive("sapo_temperature_neg", self.sapo_temperature_neg)?;
         for (field, v) in [
+            ("vespo_k_pos", self.vespo_k_pos),
+            ("vespo_lambda_pos", self.vespo_lambda_pos),
+            ("vespo_k_neg", self.vespo_k_neg),
+            ("vespo_lambda_neg", self.vespo_lambda_neg),
+            ("entropy_coef", self.entropy_coef),
+        ] {
+            if !v.is_finite() {
+                return Err(Error::config(field, "must be finite", v));
+            }
+        }
+        if let Some(t) = self.off_policy_mask_threshold
+            && !t.is_finite()
+        {
+            return Err(Error::config(
+                "off_policy_mask_threshold",
+                "must be finite",
+                t,
+            ));
+        }
+        for (field, v) in [
             ("max_completion_length", self.max_completion_length),
             (
                 "gradient_accumulation_steps",
@@ -280,7 +300,8 @@ fn global_masked_mean(x: Tensor<2>, mask: &Tensor<2, Bool>) -> Tensor<1> {
     zero_masked(x, mask.clone()).sum() / count
 }
 
-/// Per-sequence means (NaN for empty rows) reduced by min or max ignoring NaN.
+/// Per-sequence means (NaN for empty rows) reduced by min or max ignoring NaN; 0 when every
+/// row is empty.
 fn seq_mean_extreme(x: Tensor<2>, mask: &Tensor<2, Bool>, max: bool) -> Tensor<1> {
     let [b, c] = x.dims();
     let per_seq = if c == 1 && mask.dims()[1] != 1 {
@@ -291,11 +312,14 @@ fn seq_mean_extreme(x: Tensor<2>, mask: &Tensor<2, Bool>, max: bool) -> Tensor<1
         (zero_masked(x, mask.clone()).sum_dim(1) / count).reshape([b])
     };
     let nan = per_seq.clone().is_nan();
-    if max {
+    let extreme = if max {
         per_seq.mask_fill(nan, f64::NEG_INFINITY).max()
     } else {
         per_seq.mask_fill(nan, f64::INFINITY).min()
-    }
+    };
+    // No sequence with a valid token: 0, not the +-inf of an empty min/max.
+    let empty = extreme.clone().is_inf();
+    extreme.mask_fill(empty, 0.0)
 }
 
 /// `torch.quantile(values, q)` (linear interpolation) of the valid entries; `None` if empty.
@@ -386,6 +410,31 @@ impl GrpoLoss {
             if let Some(x) = x {
                 check_same_shape(name, &x.dims(), &dims, "logprobs")?;
             }
+        }
+        crate::error::check_non_empty(
+            "logprobs",
+            b * t,
+            &format!("shape {:?} has a zero dimension", [b, t]),
+        )?;
+        if let Some(n) = num_items_in_batch
+            && !(n.is_finite() && n >= 0.0)
+        {
+            return Err(Error::config(
+                "num_items_in_batch",
+                "must be finite and >= 0",
+                n,
+            ));
+        }
+        crate::error::check_finite(&logprobs, "logprobs")?;
+        crate::error::check_finite(&advantages, "advantages")?;
+        for (name, x) in [
+            ("old_logprobs", &old_logprobs),
+            ("ref_logprobs", &ref_logprobs),
+            ("entropies", &entropies),
+            ("sampling_logprobs", &sampling_logprobs),
+            ("importance_sampling_ratio", &importance_sampling_ratio),
+        ] {
+            crate::error::check_finite_opt(x.as_ref(), name)?;
         }
         let advantages = advantages.detach();
         let maskf = mask_like(&logprobs, mask.clone());
@@ -736,6 +785,11 @@ impl RlooLoss {
         check_same_shape("mask", &mask.dims(), &logprobs.dims(), "logprobs")?;
         check_same_shape("old_logps", &old_logps.dims(), &[b], "logprobs rows")?;
         check_same_shape("advantages", &advantages.dims(), &[b], "logprobs rows")?;
+        crate::error::check_non_empty("logprobs", b, "the batch has no sequence (B = 0)")?;
+        crate::error::check_finite(&logprobs, "logprobs")?;
+        crate::error::check_finite(&old_logps, "old_logps")?;
+        crate::error::check_finite(&advantages, "advantages")?;
+        crate::error::check_finite_opt(entropies.as_ref(), "entropies")?;
         let advantages = advantages.detach();
         let logps = masked_row_sum(logprobs, mask.clone());
         let ratio = (logps - old_logps.detach()).exp();

@@ -125,6 +125,11 @@ impl KlPenalty {
     /// else at the last column (torchtune's default). With a mask, `kl` and `kl_reward` are 0
     /// outside it. A row with no valid token gets its score at column 0.
     ///
+    /// Errors: shape mismatches ([`Error::Shape`]), `B * T = 0` ([`Error::Empty`]), a
+    /// `score_index` outside `[0, T)` (one host read) or a `kl_coef` (from
+    /// [`with_kl_coef`](Self::with_kl_coef)) not finite and >= 0 ([`Error::Config`]); in
+    /// checked mode non-finite inputs ([`Error::NonFinite`]).
+    ///
     /// # Shapes
     /// - scores: `[B]`; logprobs, ref_logprobs, mask: `[B, T]`; score_index: `[B]` -> `[B, T]`
     pub fn try_forward(
@@ -141,6 +146,37 @@ impl KlPenalty {
         if let Some(m) = &mask {
             check_same_shape("mask", &m.dims(), &[b, t], "logprobs")?;
         }
+        crate::error::check_non_empty(
+            "logprobs",
+            b * t,
+            &format!("shape {:?} has a zero dimension", [b, t]),
+        )?;
+        if !(self.kl_coef.is_finite() && self.kl_coef >= 0.0) {
+            return Err(Error::config(
+                "kl_coef",
+                "must be finite and >= 0",
+                self.kl_coef,
+            ));
+        }
+        if let Some(idx) = &score_index {
+            check_same_shape("score_index", &idx.dims(), &[b], "logprobs rows")?;
+            let values: Vec<i64> = idx
+                .clone()
+                .into_data()
+                .convert::<i64>()
+                .try_into_vec::<i64>()
+                .expect("int tensor data converts to i64");
+            if let Some(&bad) = values.iter().find(|&&i| i < 0 || i >= t as i64) {
+                return Err(Error::config(
+                    "score_index",
+                    format!("must be in [0, T) = [0, {t})"),
+                    bad,
+                ));
+            }
+        }
+        crate::error::check_finite(&scores, "scores")?;
+        crate::error::check_finite(&logprobs, "logprobs")?;
+        crate::error::check_finite(&ref_logprobs, "ref_logprobs")?;
         let device = logprobs.device();
         let mut kl = kl_estimate(logprobs, ref_logprobs, self.estimator);
         if let Some(m) = &mask {
@@ -170,7 +206,7 @@ impl KlPenalty {
     /// Panicking form of [`try_forward`](Self::try_forward).
     ///
     /// # Panics
-    /// On shape mismatches.
+    /// On the errors of [`try_forward`](Self::try_forward).
     pub fn forward(
         &self,
         scores: Tensor<1>,

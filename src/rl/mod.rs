@@ -37,6 +37,7 @@ pub use kl::{
 pub use ppo::{PpoLoss, PpoLossConfig, PpoLossInput};
 pub use step::{
     PolicyOutput, PpoStepConfig, Rollout, RolloutBatch, StepLoss, StepStats, ppo_update,
+    try_ppo_update,
 };
 
 use burn::tensor::{Tensor, TensorData};

@@ -225,6 +225,20 @@ $$\ell^{V}_t = \tfrac12\max\!\big((V_t - R_t)^2,\; (\operatorname{clip}(V_t, V^{
             }
             None => super::all_true(dims, &logprobs.device()),
         };
+        crate::error::check_non_empty(
+            "logprobs",
+            dims[0] * dims[1],
+            &format!("shape {dims:?} has a zero dimension"),
+        )?;
+        crate::error::check_finite(&logprobs, "logprobs")?;
+        crate::error::check_finite(&old_logprobs, "old_logprobs")?;
+        crate::error::check_finite(&advantages, "advantages")?;
+        if let Some((v, v_old, returns)) = &values {
+            crate::error::check_finite(v, "values")?;
+            crate::error::check_finite(v_old, "old_values")?;
+            crate::error::check_finite(returns, "returns")?;
+        }
+        crate::error::check_finite_opt(entropy.as_ref(), "entropy")?;
         let advantages = advantages.detach();
         let log_ratio = logprobs - old_logprobs.detach();
         let ratio = log_ratio.clone().exp();
@@ -312,7 +326,7 @@ $$\ell^{V}_t = \tfrac12\max\!\big((V_t - R_t)^2,\; (\operatorname{clip}(V_t, V^{
     /// Panicking form of [`try_forward`](Self::try_forward).
     ///
     /// # Panics
-    /// On shape mismatches.
+    /// On the errors of [`try_forward`](Self::try_forward).
     pub fn forward(&self, input: PpoLossInput) -> LossOutput {
         unwrap_or_panic(self.try_forward(input))
     }

@@ -52,9 +52,11 @@ impl Rollout {
         self.len() == 0
     }
 
-    /// Checks that the shapes agree.
+    /// Checks that the shapes agree and the rollout has rows ([`Error::Empty`] otherwise); in
+    /// checked mode also that the float fields are finite ([`Error::NonFinite`]).
     pub fn validate(&self) -> crate::Result<()> {
         let dims = self.mask.dims();
+        crate::error::check_non_empty("mask", dims[0], "the rollout has no row (B = 0)")?;
         if self.tokens.dims()[0] != dims[0] {
             return Err(Error::shape(
                 "tokens",
@@ -76,6 +78,10 @@ impl Rollout {
                 check_same_shape(name, &x.dims(), &dims, "mask")?;
             }
         }
+        crate::error::check_finite(&self.old_logprobs, "old_logprobs")?;
+        crate::error::check_finite(&self.advantages, "advantages")?;
+        crate::error::check_finite_opt(self.old_values.as_ref(), "old_values")?;
+        crate::error::check_finite_opt(self.returns.as_ref(), "returns")?;
         Ok(())
     }
 
