@@ -8,9 +8,12 @@ use crate::error::{Result, check_positive};
 ///
 #[cfg_attr(
     doc,
-    doc = r#"$$H_{b,t} = \operatorname{logsumexp}(z_{b,t}) - \sum_v p_{b,t,v}\, z_{b,t,v},\quad z = \text{logits}/T$$"#
+    doc = r#"$$H_{b,t} = -\sum_v p_{b,t,v} \log p_{b,t,v},\quad \log p = z - \operatorname{logsumexp}(z),\ z = \text{logits}/T$$"#
 )]
-#[cfg_attr(not(doc), doc = "`H = logsumexp(z) - sum_v p_v z_v`, `z = logits / T`")]
+#[cfg_attr(
+    not(doc),
+    doc = "`H = -sum_v p_v log p_v`, `log p = z - logsumexp(z)`, `z = logits / T`"
+)]
 ///
 /// Differentiable (for entropy bonuses); computed with a max-shifted log-softmax, so logits of
 /// any magnitude give a finite result. Mask the output yourself (it is per logits position; with
@@ -32,8 +35,10 @@ pub fn token_entropy(logits: Tensor<3>, temperature: f64) -> Result<Tensor<2>> {
     )?;
     crate::error::check_finite(&logits, "logits")?;
     let z = logits.mul_scalar(1.0 / temperature);
-    let lse = crate::reduce::logsumexp(z.clone(), 2);
-    let p = (z.clone() - lse.clone()).exp();
-    // H = lse - sum p z: no `p * log p`, which is 0 * -inf = NaN where p underflows.
-    Ok((lse - (p * z).sum_dim(2)).squeeze_dim::<2>(2))
+    // log p = z - logsumexp(z) is finite everywhere (burn's log_softmax may be evaluated as
+    // log(softmax) = -inf where p underflows, and 0 * -inf = NaN); -sum p log p is a sum of
+    // non-negative terms, so f32 keeps its relative precision for low-entropy rows.
+    let logp = crate::reduce::log_softmax(z, 2);
+    let p = logp.clone().exp();
+    Ok((p * logp).sum_dim(2).squeeze_dim::<2>(2).neg())
 }

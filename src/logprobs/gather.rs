@@ -245,7 +245,7 @@ impl TokenLogprobs {
                 let valid_f = bool_as_float_like(&logits, valid.clone());
                 let (lp, _lse) = token_logprobs_op(logits, safe_labels, valid_f, scale);
                 GatheredLogprobs {
-                    logprobs: lp,
+                    logprobs: zero_masked(lp, valid.clone()),
                     mask: valid,
                 }
             }
@@ -261,7 +261,7 @@ impl TokenLogprobs {
                 let valid_f = bool_as_float_like(&logits, row_valid);
                 let (lp, _lse) = token_logprobs_op(logits, row_labels, valid_f, scale);
                 GatheredLogprobs {
-                    logprobs: lp.narrow(1, 0, t - 1),
+                    logprobs: zero_masked(lp.narrow(1, 0, t - 1), shifted_valid.clone()),
                     mask: shifted_valid,
                 }
             }

@@ -38,8 +38,8 @@ use burn::tensor::{IndexingUpdateOp, Int, Shape, Tensor};
     Cube: cfg(any(feature = "wgpu", feature = "cuda"))
 )]
 pub trait TokenLogprobBackend: Backend {
-    /// Returns `(logprobs [B, T], logsumexp [B, T])` of `scale * logits`; both are 0 where
-    /// `valid` is 0.
+    /// Returns `(logprobs [B, T], logsumexp [B, T])` of `scale * logits`; the log-probs are
+    /// 0 where `valid` is 0 (the logsumexp there is unspecified).
     fn token_logprobs_forward(
         logits: FloatTensor<Self>,
         targets: IntTensor<Self>,
@@ -83,7 +83,10 @@ fn primitive_forward<B: Backend>(
     let picked = B::float_gather(2, x, idx);
     let lp = B::float_reshape(B::float_sub(picked, lse.clone()), Shape::new([b, t]));
     let lse = B::float_reshape(lse, Shape::new([b, t]));
-    (B::float_mul(lp, valid.clone()), B::float_mul(lse, valid))
+    // Ignored rows keep their (finite) logsumexp: zeroing it would make backward's
+    // exp(scale * x - lse) overflow to inf for large logits, and inf * 0 = NaN. The public
+    // wrapper zeroes ignored log-probs with a mask fill (exact +0.0, zero gradient).
+    (B::float_mul(lp, valid), lse)
 }
 
 fn primitive_backward<B: Backend>(

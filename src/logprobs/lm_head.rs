@@ -304,9 +304,9 @@ impl FusedLogprobs {
         let lp = logp
             .clone()
             .gather(1, targets.clone().unsqueeze_dim::<2>(1));
-        let probs = logp.exp();
+        let probs = logp.clone().exp();
         let mean_z = (probs.clone() * z.clone()).sum_dim(1);
-        let entropy = lse.clone() - mean_z.clone();
+        let entropy = (probs.clone() * logp.clone()).sum_dim(1).neg();
         let lss = (probs.clone() * probs).sum_dim(1).log();
         let mean = z.clone().mean_dim(1);
         let first_max = z.clone().argmax(1);
