@@ -194,7 +194,7 @@ pub(crate) fn check_no_inf<const D: usize>(
     tensor: &burn::tensor::Tensor<D>,
     arg: &'static str,
 ) -> Result<()> {
-    if checked_mode() && tensor.clone().is_inf().any().into_scalar::<bool>() {
+    if checked_mode() && count_true(tensor.clone().is_inf()) > 0 {
         return Err(Error::NonFinite { arg });
     }
     Ok(())
@@ -216,8 +216,14 @@ pub fn check_finite<const D: usize>(
     tensor: &burn::tensor::Tensor<D>,
     arg: &'static str,
 ) -> Result<()> {
-    if checked_mode() && !tensor.clone().is_finite().all().into_scalar::<bool>() {
+    if checked_mode() && count_true(tensor.clone().is_finite().bool_not()) > 0 {
         return Err(Error::NonFinite { arg });
     }
     Ok(())
+}
+
+/// Number of true elements, read back as one integer. (Reading a Bool reduction with
+/// `into_scalar::<bool>()` returned a wrong answer on wgpu/lavapipe; an integer sum does not.)
+pub(crate) fn count_true<const D: usize>(mask: burn::tensor::Tensor<D, burn::tensor::Bool>) -> i64 {
+    mask.int().sum().into_scalar::<i64>()
 }

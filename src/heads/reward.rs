@@ -53,12 +53,18 @@ pub fn try_last_attended_index(attention_mask: Tensor<2, Bool>) -> crate::Result
 }
 
 fn check_every_row_attended(attention_mask: Tensor<2, Bool>) -> crate::Result<()> {
-    let any = attention_mask.any_dim(1);
-    let all_rows: bool = any.clone().all().into_scalar();
-    if all_rows {
+    // One readback of the per-row attended-token counts `[B]` (ints: a Bool reduction read
+    // with `into_scalar::<bool>()` was wrong on wgpu/lavapipe).
+    let counts = attention_mask.int().sum_dim(1).into_data().convert::<i64>();
+    let rows: Vec<bool> = counts
+        .try_into_vec::<i64>()
+        .unwrap_or_default()
+        .iter()
+        .map(|&c| c > 0)
+        .collect();
+    if rows.iter().all(|&attended| attended) {
         return Ok(());
     }
-    let rows = any.into_data().try_into_vec::<bool>().unwrap_or_default();
     let empty: Vec<usize> = rows
         .iter()
         .enumerate()
