@@ -260,3 +260,135 @@ fn fused_rejects_bad_shapes_and_options() {
         Err(Error::Config { .. })
     ));
 }
+
+/// A DPO, a KTO and a GRPO batch computed from hidden states through the fused op give the same
+/// loss and gradients (w.r.t. hidden states and LM-head weight) as through materialized logits
+/// and the token gather: the losses consume one `GatheredLogprobs` type from either path.
+#[test]
+fn dpo_kto_grpo_from_fused_and_unfused_paths_agree() {
+    use burn::tensor::Bool;
+    use burn_rlhf::GatheredLogprobs;
+    use burn_rlhf::losses::{DpoLossConfig, KtoLossConfig, PreferenceBatch, UnpairedBatch};
+    use burn_rlhf::rl::{GrpoLossConfig, GrpoLossInput, GrpoLossType};
+
+    let (pairs, t, h, v) = (3, 7, 6, 29);
+    let rows = 2 * pairs;
+    let mut r = Rng::new(2024);
+    let hidden_v: Vec<f64> = (0..rows * t * h).map(|_| r.normal()).collect();
+    let weight_v: Vec<f64> = (0..v * h).map(|_| r.normal() * 0.6).collect();
+    // prompt (2 tokens, ignored) + completion; a ragged tail of -100 per row.
+    let labels_v: Vec<i64> = (0..rows * t)
+        .map(|i| {
+            let (row, col) = (i / t, i % t);
+            if col < 2 || col >= t - (row % 3) {
+                -100
+            } else {
+                r.below(v) as i64
+            }
+        })
+        .collect();
+    let reference_v: Vec<f64> = (0..rows).map(|_| r.range(-30.0, -10.0)).collect();
+    let advantages_v: Vec<f64> = (0..rows).map(|_| r.range(-1.0, 1.0)).collect();
+    for dev in common::devices() {
+        let device = dev.autodiff();
+        let split = |g: &GatheredLogprobs, s: usize| GatheredLogprobs {
+            logprobs: g.logprobs.clone().narrow(0, s, pairs),
+            mask: g.mask.clone().narrow(0, s, pairs),
+        };
+        let reference = tensor::<1>(reference_v.clone(), [rows], &dev, &device);
+        let losses: Vec<(&str, Box<dyn Fn(GatheredLogprobs) -> Tensor<1>>)> = vec![
+            (
+                "dpo",
+                Box::new(|g: GatheredLogprobs| {
+                    let batch = PreferenceBatch::from_tokens(split(&g, 0), split(&g, pairs))
+                        .with_reference(
+                            reference.clone().narrow(0, 0, pairs),
+                            reference.clone().narrow(0, pairs, pairs),
+                        );
+                    DpoLossConfig::new().init().forward(&batch).loss
+                }),
+            ),
+            (
+                "kto",
+                Box::new(|g: GatheredLogprobs| {
+                    let desirable = Tensor::<1, Bool>::cat(
+                        vec![
+                            Tensor::<1, Bool>::full([pairs], true, &device),
+                            Tensor::<1, Bool>::full([pairs], false, &device),
+                        ],
+                        0,
+                    );
+                    let batch = UnpairedBatch::new(g.sum(), reference.clone(), desirable)
+                        .with_kl(tensor::<1>(vec![0.3], [1], &dev, &device));
+                    KtoLossConfig::new().init().forward(&batch).loss
+                }),
+            ),
+            (
+                "grpo",
+                Box::new(|g: GatheredLogprobs| {
+                    let advantages = tensor::<1>(advantages_v.clone(), [rows], &dev, &device);
+                    let input = GrpoLossInput::new(g.logprobs, g.mask, advantages);
+                    GrpoLossConfig::new()
+                        .with_loss_type(GrpoLossType::Grpo)
+                        .init()
+                        .forward(input)
+                        .loss
+                }),
+            ),
+        ];
+        for (name, loss_of) in &losses {
+            let mut results = Vec::new();
+            for fused in [true, false] {
+                let hidden =
+                    tensor::<3>(hidden_v.clone(), [rows, t, h], &dev, &device).require_grad();
+                let weight = tensor::<2>(weight_v.clone(), [v, h], &dev, &device).require_grad();
+                let labels = int_tensor::<2>(labels_v.clone(), [rows, t], &device);
+                let gathered = if fused {
+                    FusedLogprobsConfig::new()
+                        .with_vocab_chunk_size(Some(8))
+                        .init()
+                        .forward_causal(hidden.clone(), weight.clone(), None, labels)
+                        .0
+                } else {
+                    let logits = hidden
+                        .clone()
+                        .matmul(weight.clone().transpose().unsqueeze_dim::<3>(0));
+                    TokenLogprobsConfig::new(LabelAlignment::CausalShift)
+                        .init()
+                        .forward(logits, labels)
+                };
+                let loss = loss_of(gathered);
+                let grads = loss.backward();
+                results.push((
+                    to_vec(loss),
+                    to_vec(hidden.grad(&grads).unwrap()),
+                    to_vec(weight.grad(&grads).unwrap()),
+                ));
+            }
+            let rtol = dev.rtol(1e-9);
+            let atol = if dev.has_f64() { 1e-11 } else { 1e-5 };
+            let what = format!("{} {name}", dev.name);
+            assert_close(
+                &format!("{what} loss"),
+                &results[0].0,
+                &results[1].0,
+                rtol,
+                atol,
+            );
+            assert_close(
+                &format!("{what} d hidden"),
+                &results[0].1,
+                &results[1].1,
+                rtol,
+                atol,
+            );
+            assert_close(
+                &format!("{what} d weight"),
+                &results[0].2,
+                &results[1].2,
+                rtol,
+                atol,
+            );
+        }
+    }
+}

@@ -202,3 +202,121 @@ fn a_dtype_the_device_cannot_compute_is_an_error() {
     }
     println!("unsupported-dtype cases checked: {checked}");
 }
+
+/// Three losses (DPO sigmoid, KTO, GRPO) on log-probs gathered from f16/bf16 logits: computed
+/// in f32 (the gathered log-probs are f32), equal to the f32 pipeline on the same rounded
+/// logits up to summation order (1e-5), gradients returned in the logits' dtype.
+#[test]
+fn half_precision_logits_through_three_losses() {
+    use burn::tensor::Bool;
+    use burn_rlhf::GatheredLogprobs;
+    use burn_rlhf::losses::{DpoLossConfig, KtoLossConfig, PreferenceBatch, UnpairedBatch};
+    use burn_rlhf::rl::{GrpoLossConfig, GrpoLossInput, GrpoLossType};
+
+    let device = Device::flex().autodiff();
+    let (pairs, t, v) = (2, 6, 97);
+    let rows = 2 * pairs;
+    let (values, labels_v) = logits_and_labels(11, rows, t, v, 4.0);
+    let f32_vec = |x: Vec<f64>| {
+        Tensor::<1>::from_data(
+            TensorData::new(x.iter().map(|&v| v as f32).collect::<Vec<_>>(), [x.len()]),
+            (&device, DType::F32),
+        )
+    };
+    let split = |g: &GatheredLogprobs, s: usize| GatheredLogprobs {
+        logprobs: g.logprobs.clone().narrow(0, s, pairs),
+        mask: g.mask.clone().narrow(0, s, pairs),
+    };
+    let reference = || f32_vec(vec![-20.0, -18.0, -22.0, -19.0]);
+    let desirable = || {
+        Tensor::<1, Bool>::from_data(
+            TensorData::new(vec![true, true, false, false], [rows]),
+            &device,
+        )
+    };
+    let losses: Vec<(&str, Box<dyn Fn(GatheredLogprobs) -> Tensor<1>>)> = vec![
+        (
+            "dpo",
+            Box::new(|g| {
+                let r = reference();
+                let batch = PreferenceBatch::from_tokens(split(&g, 0), split(&g, pairs))
+                    .with_reference(r.clone().narrow(0, 0, pairs), r.narrow(0, pairs, pairs));
+                DpoLossConfig::new().init().forward(&batch).loss
+            }),
+        ),
+        (
+            "kto",
+            Box::new(|g| {
+                KtoLossConfig::new()
+                    .init()
+                    .forward(
+                        &UnpairedBatch::new(g.sum(), reference(), desirable())
+                            .with_kl(f32_vec(vec![0.2])),
+                    )
+                    .loss
+            }),
+        ),
+        (
+            "grpo",
+            Box::new(|g| {
+                let input =
+                    GrpoLossInput::new(g.logprobs, g.mask, f32_vec(vec![0.5, -0.5, 1.0, -1.0]));
+                GrpoLossConfig::new()
+                    .with_loss_type(GrpoLossType::Grpo)
+                    .init()
+                    .forward(input)
+                    .loss
+            }),
+        ),
+    ];
+    let op = TokenLogprobsConfig::new(LabelAlignment::CausalShift).init();
+    for half in [FloatDType::F16, FloatDType::BF16] {
+        for (name, loss_of) in &losses {
+            let half_logits = f32_tensor::<3>(values.clone(), [rows, t, v], &device)
+                .cast(half)
+                .require_grad();
+            let loss = loss_of(op.forward(
+                half_logits.clone(),
+                int_tensor::<2>(labels_v.clone(), [rows, t], &device),
+            ));
+            assert_eq!(
+                loss.dtype(),
+                DType::F32,
+                "{half:?} {name}: the loss is computed in f32"
+            );
+            let grads = loss.clone().backward();
+            let grad = half_logits.grad(&grads).unwrap();
+            assert_eq!(grad.dtype(), DType::from(half));
+            let rounded = half_logits
+                .clone()
+                .inner()
+                .cast(FloatDType::F32)
+                .autodiff()
+                .require_grad();
+            let loss32 = loss_of(op.forward(
+                rounded.clone(),
+                int_tensor::<2>(labels_v.clone(), [rows, t], &device),
+            ));
+            let grads32 = loss32.clone().backward();
+            assert_close(
+                &format!("{half:?} {name} loss"),
+                &to_vec(loss),
+                &to_vec(loss32),
+                1e-5,
+                1e-6,
+            );
+            let g32 = rounded
+                .grad(&grads32)
+                .unwrap()
+                .cast(half)
+                .cast(FloatDType::F32);
+            assert_close(
+                &format!("{half:?} {name} grad"),
+                &to_vec(grad.cast(FloatDType::F32)),
+                &to_vec(g32),
+                1e-2,
+                1e-4,
+            );
+        }
+    }
+}
