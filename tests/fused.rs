@@ -296,7 +296,7 @@ fn dpo_kto_grpo_from_fused_and_unfused_paths_agree() {
             mask: g.mask.clone().narrow(0, s, pairs),
         };
         let reference = tensor::<1>(reference_v.clone(), [rows], &dev, &device);
-        let losses: Vec<(&str, Box<dyn Fn(GatheredLogprobs) -> Tensor<1>>)> = vec![
+        let losses: Vec<(&str, LossOf)> = vec![
             (
                 "dpo",
                 Box::new(|g: GatheredLogprobs| {
@@ -392,3 +392,6 @@ fn dpo_kto_grpo_from_fused_and_unfused_paths_agree() {
         }
     }
 }
+
+/// A loss as a function of the gathered log-probs (the shared loss core's input).
+type LossOf<'a> = Box<dyn Fn(burn_rlhf::GatheredLogprobs) -> Tensor<1> + 'a>;

@@ -234,7 +234,7 @@ fn half_precision_logits_through_three_losses() {
             &device,
         )
     };
-    let losses: Vec<(&str, Box<dyn Fn(GatheredLogprobs) -> Tensor<1>>)> = vec![
+    let losses: Vec<(&str, LossOf)> = vec![
         (
             "dpo",
             Box::new(|g| {
@@ -320,3 +320,6 @@ fn half_precision_logits_through_three_losses() {
         }
     }
 }
+
+/// A loss as a function of the gathered log-probs (the shared loss core's input).
+type LossOf<'a> = Box<dyn Fn(burn_rlhf::GatheredLogprobs) -> Tensor<1> + 'a>;
