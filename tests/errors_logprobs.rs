@@ -9,32 +9,9 @@ use burn_rlhf::{
 };
 
 /// Asserts `$res` is an error matching `$pat` whose message contains `$name`; counts it.
-macro_rules! bad {
-    ($n:ident, $res:expr, $pat:pat, $name:expr) => {{
-        let err = match $res {
-            Ok(_) => panic!("expected an error naming `{}`, got Ok", $name),
-            Err(e) => e,
-        };
-        assert!(
-            matches!(err, $pat),
-            "wrong variant for `{}`: {err:?}",
-            $name
-        );
-        let msg = err.to_string();
-        assert!(
-            msg.contains($name),
-            "message does not name `{}`: {msg}",
-            $name
-        );
-        if let Error::Shape { got, .. } = &err {
-            assert!(
-                msg.contains(&format!("{got:?}")),
-                "shape not in message: {msg}"
-            );
-        }
-        $n += 1;
-    }};
-}
+#[macro_use]
+#[path = "common/bad.rs"]
+mod bad;
 
 fn dev() -> Device {
     Device::flex()
