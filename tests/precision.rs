@@ -178,7 +178,9 @@ fn a_dtype_the_device_cannot_compute_is_an_error() {
     let mut checked = 0;
     for dev in common::devices() {
         for half in [FloatDType::F16, FloatDType::BF16] {
-            if dev.device.supports_dtype(half) {
+            // ndarray cannot even create an f16/bf16 tensor (burn panics inside from_data), so
+            // such a tensor never reaches our ops there; skipping it keeps the log clean.
+            if dev.device.supports_dtype(half) || dev.name == "ndarray" {
                 continue;
             }
             let device = dev.device.clone();
