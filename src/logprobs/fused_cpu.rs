@@ -130,35 +130,14 @@ fn forward_typed<F: FusedFloat>(
                     if t < 0 {
                         return;
                     }
-                    let mut m = F::NEG_INFINITY;
-                    let mut arg = 0;
-                    for (j, &x) in row.iter().enumerate() {
-                        if x > m {
-                            m = x;
-                            arg = j;
-                        }
-                    }
+                    let (m, arg) = row_first_max(row);
                     if m > s.best {
                         s.best = m;
                         s.best_idx = c0 + arg;
                     }
                     let new_max = s.max.max(m);
                     let alpha = s.max.sub(new_max).exp();
-                    let (mut e_sum, mut ez_sum, mut e2_sum, mut z_sum) =
-                        (F::ZERO, F::ZERO, F::ZERO, F::ZERO);
-                    if p.stats {
-                        for &x in row {
-                            let e = x.sub(new_max).exp();
-                            e_sum = e_sum.add(e);
-                            ez_sum = ez_sum.add(e.mul(x));
-                            e2_sum = e2_sum.add(e.mul(e));
-                            z_sum = z_sum.add(x);
-                        }
-                    } else {
-                        for &x in row {
-                            e_sum = e_sum.add(x.sub(new_max).exp());
-                        }
-                    }
+                    let [e_sum, ez_sum, e2_sum, z_sum] = row_sums(row, new_max, p.stats);
                     s.sum = s.sum.mul(alpha).add(e_sum);
                     s.sum_z = s.sum_z.mul(alpha).add(ez_sum);
                     s.sum_sq = s.sum_sq.mul(alpha.mul(alpha)).add(e2_sum);
@@ -237,26 +216,18 @@ fn backward_typed<F: FusedFloat>(
                     let g_h = grad[r * OUT_COLS + 1];
                     let lse = saved[r * OUT_COLS + 5];
                     let mean_z = saved[r * OUT_COLS + 6];
-                    for (j, x) in row.iter_mut().enumerate() {
-                        let zj = *x;
-                        let prob = zj.sub(lse).exp();
-                        let onehot = if c0 + j == t as usize {
-                            F::from_f64(1.0)
-                        } else {
-                            F::ZERO
-                        };
-                        // d/dz of g_lp * logp_t + g_h * H
-                        let mut dz = g_lp
-                            .mul(onehot.sub(prob))
-                            .sub(g_h.mul(prob).mul(zj.sub(mean_z)));
-                        // z = cap * tanh(a / cap) / T with a = raw * scale
-                        dz = dz.mul(inv_t);
-                        if let Some(c) = cap {
-                            let th = zj.div(inv_t).div(c); // tanh(a / cap)
-                            dz = dz.mul(F::from_f64(1.0).sub(th.mul(th)));
-                        }
-                        *x = dz.mul(scale);
-                    }
+                    let t = t as usize;
+                    let local_target = (t >= c0 && t < c1).then(|| t - c0);
+                    let k = RowGrad {
+                        g_lp,
+                        g_h,
+                        lse,
+                        mean_z,
+                        inv_t,
+                        cap,
+                        scale,
+                    };
+                    grad_row(row, local_target, &k);
                 });
             let dl = z_tile;
             if bias.is_some() {
@@ -369,4 +340,182 @@ pub(crate) fn backward(
         DType::F64 => run!(f64),
         _ => None,
     }
+}
+
+const LANES: usize = 16;
+
+#[inline(always)]
+fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `(max, index of its first occurrence)` of a row.
+#[inline(always)]
+fn row_first_max_impl<F: FusedFloat>(row: &[F]) -> (F, usize) {
+    let mut acc = [F::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for l in 0..LANES {
+            acc[l] = acc[l].max(chunk[l]);
+        }
+    }
+    let mut m = F::NEG_INFINITY;
+    for &x in acc.iter().chain(tail) {
+        m = m.max(x);
+    }
+    let arg = row.iter().position(|&x| x == m).unwrap_or(0);
+    (m, arg)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn row_first_max_avx2<F: FusedFloat>(row: &[F]) -> (F, usize) {
+    row_first_max_impl(row)
+}
+
+fn row_first_max<F: FusedFloat>(row: &[F]) -> (F, usize) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU has the features the function was compiled for.
+        return unsafe { row_first_max_avx2(row) };
+    }
+    row_first_max_impl(row)
+}
+
+/// `[sum e, sum e z, sum e^2, sum z]` with `e = exp(z - max)` (only `sum e` without stats).
+#[inline(always)]
+fn row_sums_impl<F: FusedFloat>(row: &[F], max: F, stats: bool) -> [F; 4] {
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    let mut e = [F::ZERO; LANES];
+    let mut out = [F::ZERO; 4];
+    if stats {
+        let (mut ez, mut e2, mut z) = ([F::ZERO; LANES], [F::ZERO; LANES], [F::ZERO; LANES]);
+        for chunk in chunks {
+            for l in 0..LANES {
+                let x = chunk[l];
+                let el = x.sub(max).exp();
+                e[l] = e[l].add(el);
+                ez[l] = ez[l].add(el.mul(x));
+                e2[l] = e2[l].add(el.mul(el));
+                z[l] = z[l].add(x);
+            }
+        }
+        for &x in tail {
+            let el = x.sub(max).exp();
+            out[0] = out[0].add(el);
+            out[1] = out[1].add(el.mul(x));
+            out[2] = out[2].add(el.mul(el));
+            out[3] = out[3].add(x);
+        }
+        for l in 0..LANES {
+            out[0] = out[0].add(e[l]);
+            out[1] = out[1].add(ez[l]);
+            out[2] = out[2].add(e2[l]);
+            out[3] = out[3].add(z[l]);
+        }
+    } else {
+        for chunk in chunks {
+            for l in 0..LANES {
+                e[l] = e[l].add(chunk[l].sub(max).exp());
+            }
+        }
+        for &x in tail {
+            out[0] = out[0].add(x.sub(max).exp());
+        }
+        for v in e {
+            out[0] = out[0].add(v);
+        }
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn row_sums_avx2<F: FusedFloat>(row: &[F], max: F, stats: bool) -> [F; 4] {
+    row_sums_impl(row, max, stats)
+}
+
+fn row_sums<F: FusedFloat>(row: &[F], max: F, stats: bool) -> [F; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU has the features the function was compiled for.
+        return unsafe { row_sums_avx2(row, max, stats) };
+    }
+    row_sums_impl(row, max, stats)
+}
+
+/// Per-row constants of the backward pass.
+struct RowGrad<F> {
+    g_lp: F,
+    g_h: F,
+    lse: F,
+    mean_z: F,
+    inv_t: F,
+    cap: Option<F>,
+    scale: F,
+}
+
+/// Overwrites a row of transformed logits `z` with `d loss / d raw logits`:
+/// `dz = -p (g_lp + g_h (z - E[z]))` (+ `g_lp` at the target), times `dz/d raw`.
+#[inline(always)]
+fn grad_row_impl<F: FusedFloat>(row: &mut [F], target: Option<usize>, k: &RowGrad<F>) {
+    let one = F::from_f64(1.0);
+    let neg_g_lp = F::ZERO.sub(k.g_lp);
+    let neg_g_h = F::ZERO.sub(k.g_h);
+    let factor = k.inv_t.mul(k.scale);
+    // dz/d raw = scale / T, times 1 - tanh^2 with soft-capping; the target's onehot term is
+    // added after the loop (it needs the same factor).
+    let target_z = target.map(|t| row[t]);
+    match k.cap {
+        None => {
+            for x in row.iter_mut() {
+                let z = *x;
+                let prob = z.sub(k.lse).exp();
+                let dz = prob.mul(neg_g_lp.add(neg_g_h.mul(z.sub(k.mean_z))));
+                *x = dz.mul(factor);
+            }
+        }
+        Some(c) => {
+            let tanh_scale = one.div(k.inv_t).div(c);
+            for x in row.iter_mut() {
+                let z = *x;
+                let prob = z.sub(k.lse).exp();
+                let dz = prob.mul(neg_g_lp.add(neg_g_h.mul(z.sub(k.mean_z))));
+                let th = z.mul(tanh_scale);
+                *x = dz.mul(factor).mul(one.sub(th.mul(th)));
+            }
+        }
+    }
+    if let (Some(t), Some(z)) = (target, target_z) {
+        let mut d = k.g_lp.mul(factor);
+        if let Some(c) = k.cap {
+            let th = z.div(k.inv_t).div(c);
+            d = d.mul(one.sub(th.mul(th)));
+        }
+        row[t] = row[t].add(d);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn grad_row_avx2<F: FusedFloat>(row: &mut [F], target: Option<usize>, k: &RowGrad<F>) {
+    grad_row_impl(row, target, k)
+}
+
+fn grad_row<F: FusedFloat>(row: &mut [F], target: Option<usize>, k: &RowGrad<F>) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU has the features the function was compiled for.
+        return unsafe { grad_row_avx2(row, target, k) };
+    }
+    grad_row_impl(row, target, k)
 }
