@@ -11,6 +11,8 @@ pub mod losses;
 mod precision;
 pub mod reduce;
 pub mod rl;
+#[cfg(test)]
+mod test_util;
 
 pub use error::{Error, Result, checked_mode, set_checked_mode};
 pub use logprobs::{

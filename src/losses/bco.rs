@@ -198,14 +198,8 @@ impl BcoLoss {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Bool, Device, FloatDType, TensorData};
-
-    fn t(values: &[f64], device: &Device) -> Tensor<1> {
-        Tensor::from_data(
-            TensorData::new(values.to_vec(), [values.len()]),
-            (device, FloatDType::F64.into()),
-        )
-    }
+    use crate::test_util::t;
+    use burn::tensor::{Bool, Device, TensorData};
 
     #[test]
     fn bco_uses_the_updated_running_mean_and_closed_form_gradient() {

@@ -622,21 +622,8 @@ fn sorted(x: Tensor<1>) -> Tensor<1> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Device, FloatDType, TensorData};
-
-    fn t(values: &[f64], device: &Device) -> Tensor<1> {
-        Tensor::from_data(
-            TensorData::new(values.to_vec(), [values.len()]),
-            (device, FloatDType::F64.into()),
-        )
-    }
-
-    fn v(x: Tensor<1>) -> Vec<f64> {
-        x.into_data()
-            .convert::<f64>()
-            .try_into_vec::<f64>()
-            .unwrap()
-    }
+    use crate::test_util::{t, v};
+    use burn::tensor::Device;
 
     fn sig(x: f64) -> f64 {
         1.0 / (1.0 + (-x).exp())

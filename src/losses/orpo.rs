@@ -147,21 +147,8 @@ impl OrpoLoss {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Device, FloatDType, TensorData};
-
-    fn t(values: &[f64], device: &Device) -> Tensor<1> {
-        Tensor::from_data(
-            TensorData::new(values.to_vec(), [values.len()]),
-            (device, FloatDType::F64.into()),
-        )
-    }
-
-    fn v(x: Tensor<1>) -> Vec<f64> {
-        x.into_data()
-            .convert::<f64>()
-            .try_into_vec::<f64>()
-            .unwrap()
-    }
+    use crate::test_util::{t, v};
+    use burn::tensor::Device;
 
     #[test]
     fn odds_ratio_value_and_gradient_match_closed_form() {

@@ -83,6 +83,7 @@ pub fn relu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::v;
     use burn::tensor::{Device, FloatDType, TensorData};
 
     fn t(values: Vec<f64>, device: &Device) -> Tensor<1> {
@@ -91,13 +92,6 @@ mod tests {
             TensorData::new(values, [n]),
             (device, FloatDType::F64.into()),
         )
-    }
-
-    fn v(x: Tensor<1>) -> Vec<f64> {
-        x.into_data()
-            .convert::<f64>()
-            .try_into_vec::<f64>()
-            .unwrap()
     }
 
     #[test]

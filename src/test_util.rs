@@ -1,0 +1,19 @@
+//! Helpers for the unit tests at the bottom of the source files.
+
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
+
+/// An f64 vector tensor on `device`.
+pub(crate) fn t(values: &[f64], device: &Device) -> Tensor<1> {
+    Tensor::from_data(
+        TensorData::new(values.to_vec(), [values.len()]),
+        (device, FloatDType::F64.into()),
+    )
+}
+
+/// A tensor's values as f64.
+pub(crate) fn v<const D: usize>(x: Tensor<D>) -> Vec<f64> {
+    x.into_data()
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .unwrap()
+}
