@@ -137,35 +137,16 @@ fn fused_and_unfused_paths_give_the_same_loss_and_gradients() {
         .map(|i| if i % 4 == 0 { -100 } else { r.below(v) as i64 })
         .collect();
     for dev in common::devices() {
-        let device = dev.autodiff();
-        let mut results = Vec::new();
-        for fused in [true, false] {
-            let hidden = tensor::<3>(hidden_v.clone(), [b, t, h], &dev, &device).require_grad();
-            let weight = tensor::<2>(weight_v.clone(), [v, h], &dev, &device).require_grad();
-            let labels: Tensor<2, Int> = int_tensor::<2>(labels_v.clone(), [b, t], &device);
-            let gathered = if fused {
-                FusedLogprobsConfig::new()
-                    .with_vocab_chunk_size(Some(7))
-                    .init()
-                    .forward_causal(hidden.clone(), weight.clone(), None, labels)
-                    .0
-            } else {
-                let logits = hidden
-                    .clone()
-                    .matmul(weight.clone().transpose().unsqueeze_dim::<3>(0));
-                TokenLogprobsConfig::new(LabelAlignment::CausalShift)
-                    .init()
-                    .forward(logits, labels)
-            };
-            let loss = Normalizer::TokenMean
-                .reduce_tokens(gathered.logprobs.clone().neg(), gathered.mask.clone());
-            let grads = loss.backward();
-            results.push((
-                to_vec(loss),
-                to_vec(hidden.grad(&grads).unwrap()),
-                to_vec(weight.grad(&grads).unwrap()),
-            ));
-        }
+        let nll = |g: burn_rlhf::GatheredLogprobs| {
+            Normalizer::TokenMean.reduce_tokens(g.logprobs.neg(), g.mask)
+        };
+        let results = both_paths(
+            &dev,
+            (&hidden_v, &weight_v, &labels_v),
+            [b, t, h, v],
+            7,
+            &nll,
+        );
         let rtol = dev.rtol(1e-10);
         assert_close(
             &format!("{} loss", dev.name),
@@ -337,34 +318,13 @@ fn dpo_kto_grpo_from_fused_and_unfused_paths_agree() {
             ),
         ];
         for (name, loss_of) in &losses {
-            let mut results = Vec::new();
-            for fused in [true, false] {
-                let hidden =
-                    tensor::<3>(hidden_v.clone(), [rows, t, h], &dev, &device).require_grad();
-                let weight = tensor::<2>(weight_v.clone(), [v, h], &dev, &device).require_grad();
-                let labels = int_tensor::<2>(labels_v.clone(), [rows, t], &device);
-                let gathered = if fused {
-                    FusedLogprobsConfig::new()
-                        .with_vocab_chunk_size(Some(8))
-                        .init()
-                        .forward_causal(hidden.clone(), weight.clone(), None, labels)
-                        .0
-                } else {
-                    let logits = hidden
-                        .clone()
-                        .matmul(weight.clone().transpose().unsqueeze_dim::<3>(0));
-                    TokenLogprobsConfig::new(LabelAlignment::CausalShift)
-                        .init()
-                        .forward(logits, labels)
-                };
-                let loss = loss_of(gathered);
-                let grads = loss.backward();
-                results.push((
-                    to_vec(loss),
-                    to_vec(hidden.grad(&grads).unwrap()),
-                    to_vec(weight.grad(&grads).unwrap()),
-                ));
-            }
+            let results = both_paths(
+                &dev,
+                (&hidden_v, &weight_v, &labels_v),
+                [rows, t, h, v],
+                8,
+                loss_of,
+            );
             let rtol = dev.rtol(1e-9);
             let atol = if dev.has_f64() { 1e-11 } else { 1e-5 };
             let what = format!("{} {name}", dev.name);
@@ -395,3 +355,45 @@ fn dpo_kto_grpo_from_fused_and_unfused_paths_agree() {
 
 /// A loss as a function of the gathered log-probs (the shared loss core's input).
 type LossOf<'a> = Box<dyn Fn(burn_rlhf::GatheredLogprobs) -> Tensor<1> + 'a>;
+
+/// (loss, d hidden, d weight) of `loss_of` applied to the log-probs of the same hidden states,
+/// LM-head weight and labels, through the fused op (`[0]`, vocabulary chunk `vocab_chunk`) and
+/// through materialized logits + the token gather (`[1]`).
+fn both_paths(
+    dev: &TestDevice,
+    (hidden_v, weight_v, labels_v): (&[f64], &[f64], &[i64]),
+    [b, t, h, v]: [usize; 4],
+    vocab_chunk: usize,
+    loss_of: &dyn Fn(burn_rlhf::GatheredLogprobs) -> Tensor<1>,
+) -> Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    let device = dev.autodiff();
+    [true, false]
+        .into_iter()
+        .map(|fused| {
+            let hidden = tensor::<3>(hidden_v.to_vec(), [b, t, h], dev, &device).require_grad();
+            let weight = tensor::<2>(weight_v.to_vec(), [v, h], dev, &device).require_grad();
+            let labels: Tensor<2, Int> = int_tensor::<2>(labels_v.to_vec(), [b, t], &device);
+            let gathered = if fused {
+                FusedLogprobsConfig::new()
+                    .with_vocab_chunk_size(Some(vocab_chunk))
+                    .init()
+                    .forward_causal(hidden.clone(), weight.clone(), None, labels)
+                    .0
+            } else {
+                let logits = hidden
+                    .clone()
+                    .matmul(weight.clone().transpose().unsqueeze_dim::<3>(0));
+                TokenLogprobsConfig::new(LabelAlignment::CausalShift)
+                    .init()
+                    .forward(logits, labels)
+            };
+            let loss = loss_of(gathered);
+            let grads = loss.backward();
+            (
+                to_vec(loss),
+                to_vec(hidden.grad(&grads).unwrap()),
+                to_vec(weight.grad(&grads).unwrap()),
+            )
+        })
+        .collect()
+}
