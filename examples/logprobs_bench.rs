@@ -22,17 +22,7 @@ use burn_rlhf::{LabelAlignment, TokenLogprobsConfig};
 #[global_allocator]
 static ALLOC: alloc::Counting = alloc::Counting;
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} needs an integer, got {v}"))
-        })
-        .unwrap_or(default)
-}
+use device_arg::usize_arg as arg;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Variant {

@@ -54,3 +54,19 @@ pub fn from_args() -> Result<(String, Device), String> {
     };
     Ok((name, device))
 }
+
+/// `--name N` as an integer, or `default` when absent.
+///
+/// # Panics
+/// When the value is not an integer (the message names the flag).
+pub fn usize_arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} needs an integer, got {v}"))
+        })
+        .unwrap_or(default)
+}

@@ -114,23 +114,7 @@ pub fn chunked_kernel(case: &Case, dev: &TestDevice) -> Result<(), String> {
             &case.expect("log_probs"),
         )?;
         check_stats(case, &out, &tag)?;
-        check(
-            &format!("{tag} grad_hidden"),
-            &to_vec(h.grad(&grads).unwrap()),
-            &case.expect("grad_hidden"),
-        )?;
-        check(
-            &format!("{tag} grad_weight"),
-            &to_vec(w.grad(&grads).unwrap()),
-            &case.expect("grad_weight"),
-        )?;
-        if let (Some(b), Some(want)) = (b, case.expect_opt("grad_bias")) {
-            check(
-                &format!("{tag} grad_bias"),
-                &to_vec(b.grad(&grads).unwrap()),
-                &want,
-            )?;
-        }
+        check_grads(case, &tag, &grads, (&h, &w, b.as_ref()))?;
     }
     Ok(())
 }
@@ -194,23 +178,34 @@ pub fn fused_lm_head(case: &Case, dev: &TestDevice) -> Result<(), String> {
             &case.expect("log_probs"),
         )?;
         check_stats(case, &out, &tag)?;
+        check_grads(case, &tag, &grads, (&h, &w, b.as_ref()))?;
+    }
+    Ok(())
+}
+
+/// Gradients w.r.t. hidden, weight and (when the case has one) bias against the fixture.
+fn check_grads<const D: usize>(
+    case: &Case,
+    tag: &str,
+    grads: &burn::tensor::Gradients,
+    (h, w, b): (&Tensor<D>, &Tensor<2>, Option<&Tensor<1>>),
+) -> Result<(), String> {
+    check(
+        &format!("{tag} grad_hidden"),
+        &to_vec(h.grad(grads).unwrap()),
+        &case.expect("grad_hidden"),
+    )?;
+    check(
+        &format!("{tag} grad_weight"),
+        &to_vec(w.grad(grads).unwrap()),
+        &case.expect("grad_weight"),
+    )?;
+    if let (Some(b), Some(want)) = (b, case.expect_opt("grad_bias")) {
         check(
-            &format!("{tag} grad_hidden"),
-            &to_vec(h.grad(&grads).unwrap()),
-            &case.expect("grad_hidden"),
+            &format!("{tag} grad_bias"),
+            &to_vec(b.grad(grads).unwrap()),
+            &want,
         )?;
-        check(
-            &format!("{tag} grad_weight"),
-            &to_vec(w.grad(&grads).unwrap()),
-            &case.expect("grad_weight"),
-        )?;
-        if let (Some(b), Some(want)) = (b, case.expect_opt("grad_bias")) {
-            check(
-                &format!("{tag} grad_bias"),
-                &to_vec(b.grad(&grads).unwrap()),
-                &want,
-            )?;
-        }
     }
     Ok(())
 }
