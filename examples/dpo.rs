@@ -40,12 +40,12 @@ use burn_rlhf::losses::{
 };
 use burn_rlhf::{GatheredLogprobs, IGNORE_INDEX, Normalizer};
 
-const DIGITS: usize = 10;
-const SEP: i64 = 10;
-const EOS: i64 = 11;
-const VOCAB: usize = 12;
-const PROMPT: usize = 4;
-const SEQ: usize = PROMPT + 1 + PROMPT + 1; // prompt SEP completion EOS
+pub const DIGITS: usize = 10;
+pub const SEP: i64 = 10;
+pub const EOS: i64 = 11;
+pub const VOCAB: usize = 12;
+pub const PROMPT: usize = 4;
+pub const SEQ: usize = PROMPT + 1 + PROMPT + 1; // prompt SEP completion EOS
 
 // ----------------------------------------------------------------------------- model
 
@@ -97,19 +97,20 @@ impl TinyLm {
 
 // ----------------------------------------------------------------------------- data
 
-struct Rng(u64);
+/// A small xorshift generator (no dependency), seeded by the caller.
+pub struct Rng(pub u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
     }
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
     }
 }
 
@@ -140,12 +141,14 @@ fn labels(seq: &[i64]) -> Vec<i64> {
         .collect()
 }
 
-struct Pairs {
-    chosen: Vec<Vec<i64>>,
-    rejected: Vec<Vec<i64>>,
+/// Preference pairs as token rows (`[prompt, SEP, completion, EOS]`).
+pub struct Pairs {
+    pub chosen: Vec<Vec<i64>>,
+    pub rejected: Vec<Vec<i64>>,
 }
 
-fn make_pairs(n: usize, rng: &mut Rng) -> Pairs {
+/// `n` pairs: chosen reverses the prompt; rejected copies it (60%) or misses one digit.
+pub fn make_pairs(n: usize, rng: &mut Rng) -> Pairs {
     let mut pairs = Pairs {
         chosen: vec![],
         rejected: vec![],
@@ -166,7 +169,8 @@ fn make_pairs(n: usize, rng: &mut Rng) -> Pairs {
     pairs
 }
 
-fn ints(rows: &[Vec<i64>], device: &Device) -> Tensor<2, Int> {
+/// Token rows as an `Int` tensor `[rows, SEQ]`.
+pub fn ints(rows: &[Vec<i64>], device: &Device) -> Tensor<2, Int> {
     let flat: Vec<i64> = rows.iter().flatten().copied().collect();
     Tensor::<2, Int>::from_data(TensorData::new(flat, [rows.len(), SEQ]), device)
 }
@@ -356,8 +360,8 @@ pub struct Summary {
     pub first_step_loss_precomputed_ref: Option<f64>,
 }
 
-/// Sequence-level log-probs of `ids` under `model`, through the fused LM-head op.
-fn gather(model: &TinyLm, ids: Tensor<2, Int>, lbl: Tensor<2, Int>) -> GatheredLogprobs {
+/// Completion log-probs of `ids` under `model`, through the fused LM-head op.
+pub fn gather(model: &TinyLm, ids: Tensor<2, Int>, lbl: Tensor<2, Int>) -> GatheredLogprobs {
     FusedLogprobsConfig::new()
         .with_check_targets(false)
         .init()
@@ -373,7 +377,8 @@ fn split(g: &GatheredLogprobs, n: usize) -> (GatheredLogprobs, GatheredLogprobs)
     (part(0), part(n))
 }
 
-fn labels_of(rows: &[Vec<i64>], device: &Device) -> Tensor<2, Int> {
+/// Labels of token rows: `-100` on the prompt and SEP.
+pub fn labels_of(rows: &[Vec<i64>], device: &Device) -> Tensor<2, Int> {
     ints(&rows.iter().map(|r| labels(r)).collect::<Vec<_>>(), device)
 }
 

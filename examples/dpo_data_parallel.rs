@@ -47,79 +47,17 @@
 use std::time::Instant;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::nn::attention::generate_autoregressive_mask;
-use burn::nn::transformer::{
-    TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput,
-};
-use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Tensor};
 use burn_rlhf::distributed::{Parts, StepCounts, sum_parts};
-use burn_rlhf::logprobs::FusedLogprobsConfig;
 use burn_rlhf::losses::{DpoLoss, DpoLossConfig, PreferenceBatch};
-use burn_rlhf::{GatheredLogprobs, IGNORE_INDEX};
 
-const DIGITS: usize = 10;
-const SEP: i64 = 10;
-const EOS: i64 = 11;
-const VOCAB: usize = 12;
-const PROMPT: usize = 4;
-const SEQ: usize = PROMPT + 1 + PROMPT + 1;
 const LR: f64 = 1e-3;
 
-// ----------------------------------------------------------------------------- model
-
-/// The `dpo` example's tiny causal transformer.
-#[derive(Module, Debug)]
-pub struct TinyLm {
-    tokens: Embedding,
-    positions: Embedding,
-    encoder: TransformerEncoder,
-    lm_head: Linear,
-}
-
-impl TinyLm {
-    /// A freshly initialized model, cast to f64.
-    pub fn new(d_model: usize, layers: usize, device: &Device) -> Self {
-        Self {
-            tokens: EmbeddingConfig::new(VOCAB, d_model).init(device),
-            positions: EmbeddingConfig::new(SEQ, d_model).init(device),
-            encoder: TransformerEncoderConfig::new(d_model, 4 * d_model, 4, layers)
-                .with_dropout(0.0)
-                .init(device),
-            lm_head: LinearConfig::new(d_model, VOCAB)
-                .with_bias(false)
-                .init(device),
-        }
-        .map(&mut ToF64)
-    }
-
-    fn hidden(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        let [b, t] = ids.dims();
-        let device = ids.device();
-        let pos = Tensor::<1, Int>::arange(0..t as i64, &device)
-            .unsqueeze_dim::<2>(0)
-            .repeat_dim(0, b);
-        let x = self.tokens.forward(ids) + self.positions.forward(pos);
-        let mask = generate_autoregressive_mask(b, t, &device);
-        self.encoder
-            .forward(TransformerEncoderInput::new(x).mask_attn(mask))
-    }
-
-    /// Completion log-probs through the fused LM-head op.
-    fn gather(&self, ids: Tensor<2, Int>, labels: Tensor<2, Int>) -> GatheredLogprobs {
-        FusedLogprobsConfig::new()
-            .with_check_targets(false)
-            .init()
-            .forward_causal(
-                self.hidden(ids),
-                self.lm_head.weight.val().transpose(),
-                None,
-                labels,
-            )
-            .0
-    }
-}
+// The `dpo` example's model, task and data (one copy of them, shared).
+#[path = "dpo.rs"]
+mod dpo;
+use dpo::{Rng, TinyLm, gather, ints, labels_of as labels, make_pairs};
 
 /// Casts every float parameter to f64 (a fresh leaf that requires grad).
 struct ToF64;
@@ -127,67 +65,6 @@ impl ModuleMapper for ToF64 {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         param.map(|t| t.cast(FloatDType::F64).detach().require_grad())
     }
-}
-
-// ----------------------------------------------------------------------------- data
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-fn sequence(p: &[i64], c: &[i64]) -> Vec<i64> {
-    let mut s = p.to_vec();
-    s.push(SEP);
-    s.extend_from_slice(c);
-    s.push(EOS);
-    s
-}
-
-/// `n` pairs: chosen = prompt reversed; rejected = a copy (even rows) or a near miss.
-fn make_pairs(n: usize, rng: &mut Rng) -> (Vec<Vec<i64>>, Vec<Vec<i64>>) {
-    let (mut chosen, mut rejected) = (vec![], vec![]);
-    for i in 0..n {
-        let p: Vec<i64> = (0..PROMPT).map(|_| rng.below(DIGITS) as i64).collect();
-        let rev: Vec<i64> = p.iter().rev().copied().collect();
-        let bad = if i % 2 == 0 {
-            p.clone()
-        } else {
-            let mut c = rev.clone();
-            let j = rng.below(PROMPT);
-            c[j] = ((c[j] as usize + 1 + rng.below(DIGITS - 1)) % DIGITS) as i64;
-            c
-        };
-        chosen.push(sequence(&p, &rev));
-        rejected.push(sequence(&p, &bad));
-    }
-    (chosen, rejected)
-}
-
-fn ints(rows: &[Vec<i64>], device: &Device) -> Tensor<2, Int> {
-    let flat: Vec<i64> = rows.iter().flatten().copied().collect();
-    Tensor::<2, Int>::from_data(TensorData::new(flat, [rows.len(), SEQ]), device)
-}
-
-fn labels(rows: &[Vec<i64>], device: &Device) -> Tensor<2, Int> {
-    let lbl: Vec<Vec<i64>> = rows
-        .iter()
-        .map(|r| {
-            r.iter()
-                .enumerate()
-                .map(|(i, &x)| if i <= PROMPT { IGNORE_INDEX } else { x })
-                .collect()
-        })
-        .collect();
-    ints(&lbl, device)
 }
 
 // ----------------------------------------------------------------------------- training
@@ -358,9 +235,10 @@ pub fn run(args: &Args) -> Result<Summary, String> {
         }
     };
 
-    let init = TinyLm::new(args.d_model, 1, &device);
+    let init = TinyLm::new(args.d_model, 1, &device).map(&mut ToF64);
     let reference = init.valid();
-    let (chosen, rejected) = make_pairs(args.steps * args.batch, &mut rng);
+    let pairs = make_pairs(args.steps * args.batch, &mut rng);
+    let (chosen, rejected) = (pairs.chosen, pairs.rejected);
     let shards = shard_ranges(args.batch, args.replicas);
     say(format!(
         "{} steps x {} pairs; {} simulated replicas with shards {:?}",
@@ -374,11 +252,11 @@ pub fn run(args: &Args) -> Result<Summary, String> {
     let pair_loss = |model: &TinyLm, loss: &DpoLoss, step: usize, r: std::ops::Range<usize>| {
         let rows = step * args.batch + r.start..step * args.batch + r.end;
         let (c, j) = (&chosen[rows.clone()], &rejected[rows]);
-        let ref_c = reference.gather(ints(c, &base), labels(c, &base)).sum();
-        let ref_r = reference.gather(ints(j, &base), labels(j, &base)).sum();
+        let ref_c = gather(&reference, ints(c, &base), labels(c, &base)).sum();
+        let ref_r = gather(&reference, ints(j, &base), labels(j, &base)).sum();
         let batch = PreferenceBatch::from_tokens(
-            model.gather(ints(c, &device), labels(c, &device)),
-            model.gather(ints(j, &device), labels(j, &device)),
+            gather(model, ints(c, &device), labels(c, &device)),
+            gather(model, ints(j, &device), labels(j, &device)),
         )
         .with_reference(ref_c, ref_r);
         loss.forward(&batch).loss
