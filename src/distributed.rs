@@ -43,10 +43,12 @@
 //! [`all_reduce`] (`ReduceOperation::Sum`) across the
 //! devices of a [`DistributedContext`](burn::tensor::distributed::DistributedContext); gradients
 //! are all-reduced by burn-train's DDP strategy or by calling `all_reduce` on each gradient
-//! yourself. In burn 0.22 only the cubecl backends (CUDA, ROCm, wgpu/Vulkan/Metal) implement
-//! the collective operations; Flex and NdArray keep the default `DistributedOps`, whose
-//! `all_reduce` is `unimplemented!()`, and Flex exposes one device. So on CPU the reducer
-//! refuses flex/ndarray devices with [`Error::Incompatible`] and data parallelism is
+//! yourself. In burn 0.22 only CUDA runs the collective operations (cubecl's CUDA server
+//! implements the device transport with NCCL): burn's dispatch routes `all_reduce` to the
+//! cubecl backends only, and cubecl's wgpu, CPU, HIP and Metal servers have no transport
+//! between devices, so they panic ("no transport between its devices"); Flex and NdArray are
+//! refused by the dispatch itself and Flex exposes one device. So the reducer refuses every
+//! non-CUDA device with [`Error::Device`] (instead of panicking inside burn) and data parallelism is
 //! *simulated*: [`LocalReducer`] (one rank) and [`sum_parts`] (sum over shards given as a
 //! slice), with gradients summed across replicas (see the `dpo_data_parallel` example).
 //!
@@ -317,6 +319,7 @@ impl MomentParts {
 
     /// The parts of the valid positions of `x` `[B, T]` (one host read).
     pub fn from_masked(x: Tensor<2>, mask: Tensor<2, Bool>) -> crate::Result<Self> {
+        let mask = crate::reduce::canonical_mask(mask);
         check_same_shape("mask", &mask.dims(), &x.dims(), "x")?;
         let x = x.detach();
         let count = mask_like(&x, mask.clone()).sum();
@@ -386,7 +389,31 @@ impl Parts for MomentParts {
 ///
 /// # Shapes
 /// - x: `[B, T]` -> `[B, T]`
+///
+/// # Panics
+/// On the errors of [`try_whiten_with`].
 pub fn whiten_with(x: Tensor<2>, mean: f64, var: f64, mode: Whitening) -> Tensor<2> {
+    crate::error::unwrap_or_panic(try_whiten_with(x, mean, var, mode))
+}
+
+/// Non-panicking form of [`whiten_with`]: `mean` not finite, or `var` not finite and `>= 0`
+/// ([`Error::Config`] naming it; a negative variance would give NaN).
+pub fn try_whiten_with(
+    x: Tensor<2>,
+    mean: f64,
+    var: f64,
+    mode: Whitening,
+) -> crate::Result<Tensor<2>> {
+    if !mean.is_finite() {
+        return Err(Error::config("mean", "must be finite", mean));
+    }
+    if !(var.is_finite() && var >= 0.0) {
+        return Err(Error::config("var", "must be finite and >= 0", var));
+    }
+    Ok(whiten_with_unchecked(x, mean, var, mode))
+}
+
+fn whiten_with_unchecked(x: Tensor<2>, mean: f64, var: f64, mode: Whitening) -> Tensor<2> {
     if mode == Whitening::None {
         return x;
     }
@@ -440,10 +467,9 @@ impl Reducer for LocalReducer {
 /// Requirements (burn 0.22): a
 /// [`DistributedContext`](burn::tensor::distributed::DistributedContext) started over the same
 /// devices lives for the duration; every rank calls [`Reducer::sum`] with values of the same
-/// length, concurrently (one thread per device); the backend implements the collective ops
-/// (cubecl: CUDA, ROCm, wgpu). Flex and NdArray do not (their `all_reduce` is
-/// `unimplemented!()`): this reducer returns [`Error::Incompatible`] for them instead of
-/// panicking.
+/// length, concurrently (one thread per device); the backend implements the collective ops:
+/// in burn 0.22 that is CUDA only (NCCL). For every other device this reducer returns
+/// [`Error::Device`] instead of panicking inside burn.
 ///
 /// The values travel as one `[k]` tensor, f64 where the device supports it (else f32: counts
 /// are exact up to 2^24).
@@ -457,18 +483,19 @@ impl CollectiveReducer {
     /// The reducer of the rank on `device`, among `devices` (all ranks, same order everywhere).
     pub fn new(device: Device, devices: Vec<Device>) -> crate::Result<Self> {
         if devices.is_empty() || !devices.contains(&device) {
-            return Err(Error::Incompatible(
-                "CollectiveReducer: `device` must be one of `devices`".into(),
-            ));
+            return Err(Error::Device {
+                arg: "device",
+                reason: format!("must be one of `devices` ({} given)", devices.len()),
+            });
         }
         Ok(Self { device, devices })
     }
 
-    /// Whether burn 0.22 implements collective ops for this device's backend (not Flex or
-    /// NdArray). Read from the device's debug name: burn does not expose the backend kind.
+    /// Whether burn 0.22 runs collective ops on this device (CUDA only: cubecl's CUDA server
+    /// is the only one with a device transport). Read from the device's debug name: burn does
+    /// not expose the backend kind.
     pub fn supports(device: &Device) -> bool {
-        let name = format!("{device:?}");
-        !(name.contains("Flex") || name.contains("NdArray"))
+        format!("{device:?}").contains("Cuda")
     }
 }
 
@@ -479,11 +506,14 @@ impl Reducer for CollectiveReducer {
 
     fn sum(&self, local: &[f64]) -> crate::Result<Vec<f64>> {
         if !Self::supports(&self.device) {
-            return Err(Error::Incompatible(format!(
-                "burn 0.22 has no collective all_reduce on {:?} (Flex/NdArray); use LocalReducer \
-                 and sum_parts to simulate ranks, or a cubecl device (cuda, rocm, wgpu)",
-                self.device
-            )));
+            return Err(Error::Device {
+                arg: "device",
+                reason: format!(
+                    "burn 0.22 runs a collective all_reduce only on CUDA devices (NCCL); {:?} has \
+                     none: use LocalReducer and sum_parts to simulate ranks",
+                    self.device
+                ),
+            });
         }
         let dtype = if self.device.supports_dtype(FloatDType::F64) {
             FloatDType::F64

@@ -29,9 +29,64 @@ pub enum Error {
         /// The offending value, formatted.
         value: String,
     },
-    /// Two options that cannot be combined.
-    #[error("incompatible options: {0}")]
-    Incompatible(String),
+    /// An input that this configuration reads was not given (e.g. `ref_logps` with `beta != 0`).
+    #[error("missing input `{arg}`: {needed_by}")]
+    MissingInput {
+        /// The input (or pair of inputs) that is missing, as named by its setter or field.
+        arg: &'static str,
+        /// Which option or loss type needs it, and how to provide it.
+        needed_by: String,
+    },
+    /// Two options (or an option and an input) that cannot be combined.
+    #[error("`{field}` conflicts with `{other}`: {reason}")]
+    Conflict {
+        /// The option (config field or input) that is rejected.
+        field: &'static str,
+        /// The option it conflicts with.
+        other: &'static str,
+        /// Why, and what to do instead.
+        reason: String,
+    },
+    /// A normalizer of the wrong kind: a per-token normalizer on a loss with one term per
+    /// sequence or pair (or the reverse).
+    #[error("normalizer `{field}` = {normalizer} does not fit: {reason}")]
+    NormalizerKind {
+        /// The config field holding the normalizer.
+        field: &'static str,
+        /// The normalizer, formatted.
+        normalizer: String,
+        /// Why it does not fit.
+        reason: String,
+    },
+    /// Float inputs of one call have different dtypes (e.g. f64 reference log-probs with f32
+    /// policy log-probs). Cast one of them (`tensor.cast(FloatDType::F32)`).
+    #[error("dtype mismatch for `{arg}`: expected {expected} (the dtype of `{like}`), got {got}")]
+    DType {
+        /// The argument whose dtype differs.
+        arg: &'static str,
+        /// The dtype of the reference argument.
+        expected: String,
+        /// The reference argument.
+        like: &'static str,
+        /// The dtype given.
+        got: String,
+    },
+    /// A device argument cannot be used for this operation.
+    #[error("device `{arg}`: {reason}")]
+    Device {
+        /// The device argument.
+        arg: &'static str,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// The backend failed while the crate read a tensor back (a device error, not bad input).
+    #[error("backend error while reading `{arg}`: {detail}")]
+    Backend {
+        /// The tensor being read.
+        arg: &'static str,
+        /// The backend's message.
+        detail: String,
+    },
     /// A label (token id) lies outside `[0, vocab_size)` and is not the ignore index.
     #[error(
         "label out of range in `{arg}`: {value} at flat position {position} is not in [0, {vocab_size}) and is not the ignore index {ignore_index}"
@@ -164,7 +219,12 @@ pub(crate) fn unwrap_or_panic<T>(result: Result<T>) -> T {
 
 static CHECKED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
 
-/// Switches checked mode on or off for the whole process.
+thread_local! {
+    /// The checked-mode override of the current thread, set by [`with_checked_mode`].
+    static CHECKED_SCOPE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Switches the process-wide default of checked mode on or off.
 ///
 /// **Non-finite input policy.** In checked mode every `try_` entry point reads its float
 /// inputs back and returns [`Error::NonFinite`] (naming the argument) when one holds NaN or
@@ -172,12 +232,38 @@ static CHECKED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2
 /// not inspected and non-finite values propagate to the outputs as NaN/inf: they are never
 /// silently masked. Finite inputs never produce NaN or inf where the math is finite, in either
 /// mode. The environment variable `BURN_RLHF_CHECKED=1` turns checked mode on at start-up.
+///
+/// This sets the default for every thread; [`with_checked_mode`] overrides it for one scope
+/// on one thread (two trainers, or parallel tests, do not interfere through it).
 pub fn set_checked_mode(on: bool) {
     CHECKED.store(on as u8, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Whether checked mode is on (see [`set_checked_mode`]).
+/// Runs `f` with checked mode `on` for the current thread only, whatever the process-wide
+/// default ([`set_checked_mode`]) says, and restores the previous state afterwards (also when
+/// `f` panics). Scopes nest; other threads are not affected.
+///
+/// ```
+/// let strict = burn_rlhf::with_checked_mode(true, || burn_rlhf::checked_mode());
+/// assert!(strict);
+/// ```
+pub fn with_checked_mode<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<bool>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CHECKED_SCOPE.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(CHECKED_SCOPE.with(|c| c.replace(Some(on))));
+    f()
+}
+
+/// Whether checked mode is on for the current thread: the innermost [`with_checked_mode`]
+/// scope, else the process-wide default ([`set_checked_mode`], `BURN_RLHF_CHECKED`).
 pub fn checked_mode() -> bool {
+    if let Some(on) = CHECKED_SCOPE.with(std::cell::Cell::get) {
+        return on;
+    }
     match CHECKED.load(std::sync::atomic::Ordering::Relaxed) {
         2 => {
             let on = std::env::var("BURN_RLHF_CHECKED").is_ok_and(|v| v == "1" || v == "true");
@@ -226,4 +312,55 @@ pub fn check_finite<const D: usize>(
 /// `into_scalar::<bool>()` returned a wrong answer on wgpu/lavapipe; an integer sum does not.)
 pub(crate) fn count_true<const D: usize>(mask: burn::tensor::Tensor<D, burn::tensor::Bool>) -> i64 {
     mask.int().sum().into_scalar::<i64>()
+}
+
+/// [`Error::DType`] when the float tensor `tensor` (argument `arg`) does not have the dtype of
+/// `like` (argument `like_arg`): burn panics on binary ops between float tensors of different
+/// dtypes, so every entry point checks this before computing.
+pub(crate) fn check_dtype_like<const D: usize, const E: usize>(
+    arg: &'static str,
+    tensor: &burn::tensor::Tensor<D>,
+    like_arg: &'static str,
+    like: &burn::tensor::Tensor<E>,
+) -> Result<()> {
+    let (got, expected) = (tensor.dtype(), like.dtype());
+    if got == expected {
+        Ok(())
+    } else {
+        Err(Error::DType {
+            arg,
+            expected: format!("{expected:?}"),
+            like: like_arg,
+            got: format!("{got:?}"),
+        })
+    }
+}
+
+/// [`check_dtype_like`] on an optional tensor.
+pub(crate) fn check_dtype_like_opt<const D: usize, const E: usize>(
+    arg: &'static str,
+    tensor: Option<&burn::tensor::Tensor<D>>,
+    like_arg: &'static str,
+    like: &burn::tensor::Tensor<E>,
+) -> Result<()> {
+    match tensor {
+        Some(t) => check_dtype_like(arg, t, like_arg, like),
+        None => Ok(()),
+    }
+}
+
+/// In checked mode, [`Error::NonFinite`] when `tensor` holds NaN or infinity at a position
+/// where `mask` is true (masked positions may hold anything: they are never read).
+pub(crate) fn check_finite_masked<const D: usize>(
+    tensor: &burn::tensor::Tensor<D>,
+    mask: &burn::tensor::Tensor<D, burn::tensor::Bool>,
+    arg: &'static str,
+) -> Result<()> {
+    if checked_mode() && tensor.dims() == mask.dims() {
+        let bad = tensor.clone().is_finite().bool_not().bool_and(mask.clone());
+        if count_true(bad) > 0 {
+            return Err(Error::NonFinite { arg });
+        }
+    }
+    Ok(())
 }

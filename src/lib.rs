@@ -14,7 +14,7 @@ pub mod rl;
 #[cfg(test)]
 mod test_util;
 
-pub use error::{Error, Result, checked_mode, set_checked_mode};
+pub use error::{Error, Result, checked_mode, set_checked_mode, with_checked_mode};
 pub use logprobs::{
     GatheredLogprobs, LabelAlignment, SequenceReduction, TokenLogprobs, TokenLogprobsConfig,
 };

@@ -23,6 +23,16 @@ pub(crate) fn accumulate_in_f32<const D: usize>(
     })
 }
 
+/// f16/bf16 -> f32 (differentiable), any other dtype unchanged. For losses whose math
+/// overflows in half precision (`exp` of a log-ratio): inputs already share one dtype (checked
+/// by the caller), so casting each keeps them consistent.
+pub(crate) fn upcast_half<const D: usize>(tensor: Tensor<D>) -> Tensor<D> {
+    match tensor.dtype() {
+        DType::F16 | DType::BF16 => tensor.cast(FloatDType::F32),
+        _ => tensor,
+    }
+}
+
 /// [`Error::UnsupportedDType`] when `device` cannot compute `dtype` (it may still store it:
 /// bf16 on wgpu/Vulkan).
 pub(crate) fn check_dtype(device: &Device, dtype: DType, arg: &'static str) -> Result<()> {

@@ -35,46 +35,71 @@ pub fn log_softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
 /// A float tensor of ones where `mask` is true and zeros elsewhere, in the dtype and on the
 /// device of `like` (so f64 inputs stay f64). Carries no gradient.
 pub fn mask_like<const D: usize>(like: &Tensor<D>, mask: Tensor<D, Bool>) -> Tensor<D> {
+    let mask = crate::reduce::canonical_mask(mask);
     Tensor::zeros_like(like).mask_fill(mask, 1.0)
 }
 
 /// Sets the positions where `mask` is false to exactly 0 (value **and** gradient).
 pub fn zero_masked<const D: usize>(x: Tensor<D>, mask: Tensor<D, Bool>) -> Tensor<D> {
-    x.mask_fill(mask.bool_not(), 0.0)
+    x.mask_fill(canonical_mask(mask).bool_not(), 0.0)
+}
+
+/// A Bool mask in the device's native bool storage. Some burn ops return Bool tensors stored
+/// as `U8` (on flex, `Tensor::select` on a Bool tensor does); flex's bool ops (`bool_not`,
+/// `bool_and`, ...) reject those with a panic. Every masked entry point of the crate passes
+/// its masks through this (a metadata check; a conversion only for such masks).
+pub fn canonical_mask<const D: usize>(mask: Tensor<D, Bool>) -> Tensor<D, Bool> {
+    if matches!(mask.dtype(), burn::tensor::DType::Bool(_)) {
+        mask
+    } else {
+        mask.int().equal_elem(1)
+    }
 }
 
 /// Per-row sum of the masked terms: `[B, T] -> [B]`.
 pub fn masked_row_sum(x: Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<1> {
+    let mask = crate::reduce::canonical_mask(mask);
     zero_masked(x, mask).sum_dim(1).squeeze_dim::<1>(1)
 }
 
 /// Per-row count of valid positions, as a float tensor in the dtype of `like`: `[B, T] -> [B]`.
 pub fn masked_row_count(like: &Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<1> {
+    let mask = crate::reduce::canonical_mask(mask);
     mask_like(like, mask).sum_dim(1).squeeze_dim::<1>(1)
 }
 
 /// Per-row mean over valid positions, dividing by `max(count, 1)` so that a row with no valid
 /// position gives exactly 0 (not NaN): `[B, T] -> [B]`.
 pub fn masked_row_mean(x: Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<1> {
+    let mask = crate::reduce::canonical_mask(mask);
     let count = masked_row_count(&x, mask.clone()).clamp_min(1.0);
     masked_row_sum(x, mask) / count
 }
 
 /// torchtune's `masked_mean(x, mask, dim)`: `sum(x * mask) / (sum(mask) + eps)` along `dim`
 /// (`None` = over everything), with torchtune's `eps = 1e-8` when you pass that. Rows with no
-/// valid position give 0.
+/// valid position give exactly 0 (value and gradient), also when `eps` underflows to 0 in the
+/// tensor's dtype (1e-8 is 0 in f16 and 1e-50 in f32, where torchtune's formula gives 0/0).
 pub fn masked_mean_eps<const D: usize>(
     x: Tensor<D>,
     mask: Tensor<D, Bool>,
     dim: Option<usize>,
     eps: f64,
 ) -> Tensor<1> {
+    let mask = crate::reduce::canonical_mask(mask);
     let count = mask_like(&x, mask.clone());
     let num = zero_masked(x, mask);
     match dim {
-        None => num.sum() / count.sum().add_scalar(eps),
-        Some(d) => (num.sum_dim(d) / count.sum_dim(d).add_scalar(eps)).flatten::<1>(0, D - 1),
+        None => safe_eps_divide(num.sum(), count.sum(), eps),
+        Some(d) => safe_eps_divide(num.sum_dim(d), count.sum_dim(d), eps).flatten::<1>(0, D - 1),
     }
+}
+
+/// `sum / (count + eps)`, with the denominator of an empty group (`count = 0`, so `sum = 0`)
+/// replaced by 1: exactly 0 there, whatever `eps` rounds to in the dtype.
+fn safe_eps_divide<const D: usize>(sum: Tensor<D>, count: Tensor<D>, eps: f64) -> Tensor<D> {
+    let empty = count.clone().equal_elem(0.0);
+    sum / count.add_scalar(eps).mask_fill(empty, 1.0)
 }
 
 /// How loss terms become the scalar loss. Shared by every loss in the crate.
@@ -87,6 +112,7 @@ pub fn masked_mean_eps<const D: usize>(
 /// | `Constant(c)` | sum / c | sum / c |
 /// | `GlobalTokens(n)` | sum / n | error: needs tokens |
 /// | `GlobalSequences(n)` | sum of row token means / n | sum / n |
+/// | `TokenMeanEps(eps)` | sum / (valid tokens + eps) (torchtune) | error: needs tokens |
 ///
 /// `TokenMean` and `SequenceMean` depend on the local batch: splitting a batch into
 /// micro-batches and averaging their losses changes the gradient unless every micro-batch has
@@ -109,6 +135,11 @@ pub enum Normalizer {
     GlobalTokens(f64),
     /// Divide the sum of per-sequence terms by the sequence count of the whole optimizer step.
     GlobalSequences(f64),
+    /// torchtune's `masked_mean`: sum of valid token terms / (valid tokens in this batch +
+    /// `eps`), computed on the device (torchtune 0.6.1's `PPOLoss` uses `eps = 1e-8`; see
+    /// [`PpoLossConfig::torchtune`](crate::rl::PpoLossConfig::torchtune)). A batch with no
+    /// valid token gives 0 whatever `eps` rounds to.
+    TokenMeanEps(f64),
 }
 
 impl Normalizer {
@@ -118,8 +149,30 @@ impl Normalizer {
             Normalizer::Constant(c) => check_positive("Normalizer::Constant", c),
             Normalizer::GlobalTokens(n) => check_positive("Normalizer::GlobalTokens", n),
             Normalizer::GlobalSequences(n) => check_positive("Normalizer::GlobalSequences", n),
+            Normalizer::TokenMeanEps(eps) => check_positive("Normalizer::TokenMeanEps", eps),
             _ => Ok(()),
         }
+    }
+
+    /// Validates the normalizer for a loss with one term per sequence or pair (`loss` names
+    /// it in the message): [`Error::NormalizerKind`] for the per-token `TokenMean` and
+    /// `GlobalTokens`, which such a loss cannot honour. Every sequence-level loss config calls
+    /// this at `init`, so the mistake is caught before the first forward.
+    pub fn validate_for_sequences(&self, loss: &str) -> Result<()> {
+        self.validate()?;
+        if matches!(
+            self,
+            Normalizer::TokenMean | Normalizer::GlobalTokens(_) | Normalizer::TokenMeanEps(_)
+        ) {
+            return Err(Error::NormalizerKind {
+                field: "normalizer",
+                normalizer: format!("{self:?}"),
+                reason: format!(
+                    "it needs per-token terms; {loss} has one term per sequence or pair (use SequenceMean, Sum, Constant or GlobalSequences)"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Reduces per-token terms `[B, T]` with their validity mask to the scalar loss `[1]`.
@@ -129,9 +182,11 @@ impl Normalizer {
     ///
     /// Masked positions contribute exactly 0 and receive exactly 0 gradient.
     pub fn try_reduce_tokens(&self, terms: Tensor<2>, mask: Tensor<2, Bool>) -> Result<Tensor<1>> {
+        let mask = crate::reduce::canonical_mask(mask);
         self.validate()?;
         check_same_shape("mask", &mask.dims(), &terms.dims(), "terms")?;
         check_non_empty("terms", terms.dims()[0], "the batch has no row (B = 0)")?;
+        crate::error::check_finite_masked(&terms, &mask, "terms")?;
         Ok(match *self {
             Normalizer::Sum => zero_masked(terms, mask).sum(),
             Normalizer::TokenMean => {
@@ -139,6 +194,7 @@ impl Normalizer {
                 zero_masked(terms, mask).sum() / count
             }
             Normalizer::SequenceMean => masked_row_mean(terms, mask).mean(),
+            Normalizer::TokenMeanEps(eps) => masked_mean_eps(terms, mask, None, eps),
             Normalizer::Constant(c) | Normalizer::GlobalTokens(c) => {
                 zero_masked(terms, mask).sum().mul_scalar(1.0 / c)
             }
@@ -159,7 +215,7 @@ impl Normalizer {
     /// Reduces per-sequence (or per-pair) terms `[B]` to the scalar loss `[1]`.
     ///
     /// Errors: an invalid normalizer ([`Error::Config`]), a token-level normalizer
-    /// ([`Error::Incompatible`]), `B = 0` ([`Error::Empty`]).
+    /// ([`Error::NormalizerKind`]), `B = 0` ([`Error::Empty`]).
     pub fn try_reduce_sequences(&self, terms: Tensor<1>) -> Result<Tensor<1>> {
         self.validate()?;
         check_non_empty(
@@ -167,16 +223,19 @@ impl Normalizer {
             terms.dims()[0],
             "the batch has no sequence (B = 0)",
         )?;
+        crate::error::check_finite(&terms, "terms")?;
         Ok(match *self {
             Normalizer::Sum => terms.sum(),
             Normalizer::SequenceMean => terms.mean(),
             Normalizer::Constant(c) | Normalizer::GlobalSequences(c) => {
                 terms.sum().mul_scalar(1.0 / c)
             }
-            Normalizer::TokenMean | Normalizer::GlobalTokens(_) => {
-                return Err(Error::Incompatible(format!(
-                    "{self:?} needs per-token terms and a mask; this loss produces one term per sequence"
-                )));
+            Normalizer::TokenMean | Normalizer::GlobalTokens(_) | Normalizer::TokenMeanEps(_) => {
+                return Err(Error::NormalizerKind {
+                    field: "normalizer",
+                    normalizer: format!("{self:?}"),
+                    reason: "it needs per-token terms and a mask; this loss produces one term per sequence or pair (use SequenceMean, Sum, Constant or GlobalSequences)".into(),
+                });
             }
         })
     }

@@ -25,8 +25,8 @@ use burn_rlhf::distributed::{
     whiten_with,
 };
 use burn_rlhf::losses::{
-    BcoLossConfig, DpoLossConfig, DpoLossType, KtoLossConfig, PreferenceBatch, RunningMoments,
-    UnpairedBatch, kto_kl_estimate,
+    BcoLossConfig, CpoLossConfig, DpoLossConfig, DpoLossType, KtoLossConfig, OrpoLossConfig,
+    PreferenceBatch, RunningMoments, UnpairedBatch, kto_kl_estimate,
 };
 use burn_rlhf::rl::{
     GroupAdvantageConfig, GrpoLossConfig, GrpoLossInput, GrpoLossType, PpoLossConfig, PpoLossInput,
@@ -269,6 +269,82 @@ fn dpo_sigmoid_sharded_gradient_equals_whole_batch() {
 #[test]
 fn dpo_ipo_length_normalized_sharded_gradient_equals_whole_batch() {
     dpo_check(DpoLossType::Ipo);
+}
+
+// ------------------------------------------------------------------------- NLL / SFT terms
+
+/// A paired loss with an NLL term (DPO `sft`, CPO `cpo_alpha`, ORPO): the whole batch with
+/// TRL's defaults (pair mean + batch token-mean NLL) vs shards with the step's pair count
+/// (`normalizer`) and the step's chosen-token count (`nll_normalizer`). Without the NLL
+/// normalizer the shards do not match (the per-micro-batch token mean), which shows the test
+/// can fail.
+fn nll_check(
+    what: &str,
+    loss: impl Fn(Option<Normalizer>, Option<Normalizer>) -> Box<dyn Fn(&PreferenceBatch) -> Tensor<1>>,
+) {
+    let d = data(31);
+    let batch = |w: &Tensor<1>, r: &Range<usize>| {
+        PreferenceBatch::from_tokens(d.gathered(w, r, 'a'), d.gathered(w, r, 'b'))
+            .with_reference(d.seq(&d.ref_a, r), d.seq(&d.ref_b, r))
+    };
+    let whole = loss(None, None);
+    let want = grad_whole(&d, |w, r| whole(&batch(w, r)));
+    for world in [2, 4] {
+        let counts = d.counts(world, 'a');
+        let pairs = counts.pair_normalizer().unwrap();
+        let tokens = counts.token_normalizer().unwrap();
+        let exact = loss(Some(pairs), Some(tokens));
+        let got = grad_sharded(&d, world, |w, r| exact(&batch(w, r)));
+        assert_close(&got, &want, &format!("{what} world {world}"));
+        let naive = loss(Some(pairs), None);
+        let off = grad_sharded(&d, world, |w, r| naive(&batch(w, r)));
+        assert!(
+            rel_diff(&off, &want) > 1e-4,
+            "{what}: the per-micro-batch NLL mean should differ ({})",
+            rel_diff(&off, &want)
+        );
+    }
+}
+
+#[test]
+fn dpo_with_sft_term_sharded_gradient_equals_whole_batch() {
+    nll_check("dpo sigmoid + sft", |pairs, nll| {
+        let mut config = DpoLossConfig::new()
+            .with_loss_type(vec![DpoLossType::Sigmoid, DpoLossType::Sft])
+            .with_loss_weights(Some(vec![1.0, 0.5]))
+            .with_nll_normalizer(nll);
+        if let Some(p) = pairs {
+            config = config.with_normalizer(p);
+        }
+        let loss = config.init();
+        Box::new(move |b| loss.forward(b).loss)
+    });
+}
+
+#[test]
+fn cpo_sharded_gradient_equals_whole_batch() {
+    nll_check("cpo sigmoid + nll", |pairs, nll| {
+        let mut config = CpoLossConfig::new()
+            .with_cpo_alpha(1.0)
+            .with_nll_normalizer(nll);
+        if let Some(p) = pairs {
+            config = config.with_normalizer(p);
+        }
+        let loss = config.init();
+        Box::new(move |b| loss.forward(b).loss)
+    });
+}
+
+#[test]
+fn orpo_sharded_gradient_equals_whole_batch() {
+    nll_check("orpo", |pairs, nll| {
+        let mut config = OrpoLossConfig::new().with_nll_normalizer(nll);
+        if let Some(p) = pairs {
+            config = config.with_normalizer(p);
+        }
+        let loss = config.init();
+        Box::new(move |b| loss.forward(b).loss)
+    });
 }
 
 // ------------------------------------------------------------------------------ KTO / BCO
@@ -643,7 +719,7 @@ fn reducers() {
     let reducer = CollectiveReducer::new(flex.clone(), vec![flex.clone()]).unwrap();
     assert!(matches!(
         reducer.reduce(&parts),
-        Err(Error::Incompatible(_))
+        Err(Error::Device { arg: "device", .. })
     ));
     assert!(CollectiveReducer::new(flex, vec![]).is_err());
 }

@@ -383,13 +383,13 @@ fn sequence_entropy_and_normalizer_bad_inputs() {
     bad!(
         n,
         Normalizer::TokenMean.try_reduce_sequences(Tensor::zeros([2], &dev())),
-        Error::Incompatible(_),
+        Error::NormalizerKind { .. },
         "TokenMean"
     );
     bad!(
         n,
         Normalizer::GlobalTokens(4.0).try_reduce_sequences(Tensor::zeros([2], &dev())),
-        Error::Incompatible(_),
+        Error::NormalizerKind { .. },
         "GlobalTokens"
     );
     println!("sequence reductions, entropy, normalizer: {n} bad-input cases");

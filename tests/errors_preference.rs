@@ -127,7 +127,10 @@ fn dpo_bad_configs() {
     bad!(
         n,
         c().with_label_smoothing(0.1).try_init(),
-        Error::Incompatible(_),
+        Error::Conflict {
+            field: "label_smoothing",
+            ..
+        },
         "label_smoothing"
     );
     bad!(
@@ -144,7 +147,10 @@ fn dpo_bad_configs() {
         c().with_loss_type(vec![DpoLossType::Hinge])
             .with_cdpo_label_smoothing(0.1)
             .try_init(),
-        Error::Incompatible(_),
+        Error::Conflict {
+            field: "cdpo_label_smoothing",
+            ..
+        },
         "cdpo_label_smoothing"
     );
     bad!(
@@ -152,7 +158,10 @@ fn dpo_bad_configs() {
         c().with_loss_type(vec![DpoLossType::BcoPair])
             .with_f_divergence_type(FDivergenceType::ForwardKl)
             .try_init(),
-        Error::Incompatible(_),
+        Error::Conflict {
+            field: "f_divergence_type",
+            ..
+        },
         "f_divergence_type"
     );
     bad!(
@@ -171,7 +180,10 @@ fn dpo_bad_configs() {
         c().with_loss_type(vec![DpoLossType::Aot])
             .with_use_weighting(true)
             .try_init(),
-        Error::Incompatible(_),
+        Error::Conflict {
+            field: "use_weighting",
+            ..
+        },
         "use_weighting"
     );
     for alpha in [-0.5, 1.5, f64::NAN] {
@@ -259,7 +271,7 @@ fn dpo_bad_batches() {
     bad!(
         n,
         dpo.try_forward(&one_ref),
-        Error::Incompatible(_),
+        Error::MissingInput { .. },
         "reference_rejected_logps"
     );
     bad!(
@@ -319,21 +331,24 @@ fn dpo_bad_batches() {
     bad!(
         n,
         ipo.try_forward(&pair(2)),
-        Error::Incompatible(_),
+        Error::MissingInput { .. },
         "chosen_token_counts"
     );
     let sft = DpoLossConfig::rpo(1.0).init();
     bad!(
         n,
         sft.try_forward(&pair(2)),
-        Error::Incompatible(_),
+        Error::MissingInput {
+            arg: "chosen_tokens",
+            ..
+        },
         "chosen_tokens"
     );
     let ld = DpoLossConfig::new().with_ld_alpha(Some(0.5)).init();
     bad!(
         n,
         ld.try_forward(&pair(2)),
-        Error::Incompatible(_),
+        Error::MissingInput { .. },
         "chosen_tokens"
     );
     let wpo = DpoLossConfig::new().with_use_weighting(true).init();
@@ -343,16 +358,15 @@ fn dpo_bad_batches() {
             tokens(2, 3, 3),
             tokens(2, 3, 3)
         )),
-        Error::Incompatible(_),
+        Error::MissingInput { .. },
         "chosen_log_sum_sq_probs"
     );
-    let token_mean = DpoLossConfig::new()
-        .with_normalizer(Normalizer::TokenMean)
-        .init();
     bad!(
         n,
-        token_mean.try_forward(&pair(2)),
-        Error::Incompatible(_),
+        DpoLossConfig::new()
+            .with_normalizer(Normalizer::TokenMean)
+            .try_init(),
+        Error::NormalizerKind { .. },
         "TokenMean"
     );
     bad!(
@@ -392,7 +406,10 @@ fn cpo_orpo_bad_inputs() {
         c().with_loss_type(CpoLossType::Hinge)
             .with_label_smoothing(0.1)
             .try_init(),
-        Error::Incompatible(_),
+        Error::Conflict {
+            field: "label_smoothing",
+            ..
+        },
         "label_smoothing"
     );
     bad!(
@@ -442,14 +459,17 @@ fn cpo_orpo_bad_inputs() {
     bad!(
         n,
         simpo.try_forward(&PreferenceBatch::new(v(2), v(2))),
-        Error::Incompatible(_),
+        Error::MissingInput { .. },
         "chosen_token_counts"
     );
     let with_nll = c().with_cpo_alpha(1.0).init();
     bad!(
         n,
         with_nll.try_forward(&PreferenceBatch::new(v(2), v(2))),
-        Error::Incompatible(_),
+        Error::MissingInput {
+            arg: "chosen_tokens",
+            ..
+        },
         "chosen_tokens"
     );
     let o = OrpoLossConfig::new;
@@ -469,13 +489,16 @@ fn cpo_orpo_bad_inputs() {
     bad!(
         n,
         orpo.try_forward(&PreferenceBatch::new(v(2), v(2))),
-        Error::Incompatible(_),
+        Error::MissingInput { .. },
         "chosen_token_counts"
     );
     bad!(
         n,
         orpo.try_forward(&PreferenceBatch::new(v(2), v(2)).with_token_counts(v(2), v(2))),
-        Error::Incompatible(_),
+        Error::MissingInput {
+            arg: "chosen_tokens",
+            ..
+        },
         "chosen_tokens"
     );
     bad!(
@@ -554,7 +577,7 @@ fn kto_bco_bad_inputs() {
     bad!(
         n,
         kto.try_forward(&UnpairedBatch::new(v(3), v(3), flags(3))),
-        Error::Incompatible(_),
+        Error::MissingInput { arg: "kl", .. },
         "kto_kl_estimate"
     );
     bad!(
@@ -566,11 +589,10 @@ fn kto_bco_bad_inputs() {
         },
         "tokens.mask"
     );
-    let token_mean = k().with_normalizer(Normalizer::TokenMean).init();
     bad!(
         n,
-        token_mean.try_forward(&UnpairedBatch::new(v(3), v(3), flags(3)).with_kl(kl())),
-        Error::Incompatible(_),
+        k().with_normalizer(Normalizer::TokenMean).try_init(),
+        Error::NormalizerKind { .. },
         "TokenMean"
     );
     let b = BcoLossConfig::new;
@@ -612,15 +634,11 @@ fn kto_bco_bad_inputs() {
         Error::Empty { arg: "logps", .. },
         "logps"
     );
-    let global_tokens = b().with_normalizer(Normalizer::GlobalTokens(4.0)).init();
     bad!(
         n,
-        global_tokens.try_forward(
-            &UnpairedBatch::new(v(2), v(2), flags(2)),
-            &mut running,
-            false
-        ),
-        Error::Incompatible(_),
+        b().with_normalizer(Normalizer::GlobalTokens(4.0))
+            .try_init(),
+        Error::NormalizerKind { .. },
         "GlobalTokens"
     );
     println!("KTO/BCO: {n} bad-input cases");

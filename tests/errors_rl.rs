@@ -187,7 +187,10 @@ fn advantages_and_kl_bad_inputs() {
         rloo(2)
             .with_beta(0.1)
             .try_forward(f2([4, 1]), f2([4, 5]), None, b2([4, 5])),
-        Error::Incompatible(_),
+        Error::MissingInput {
+            arg: "ref_logps",
+            ..
+        },
         "ref_logps"
     );
     bad!(
@@ -554,7 +557,10 @@ fn policy_losses_bad_inputs() {
     bad!(
         n,
         dapo.try_forward(gi()),
-        Error::Incompatible(_),
+        Error::MissingInput {
+            arg: "num_items_in_batch",
+            ..
+        },
         "num_items_in_batch"
     );
     bad!(
@@ -570,7 +576,10 @@ fn policy_losses_bad_inputs() {
     bad!(
         n,
         kl_grpo.try_forward(gi()),
-        Error::Incompatible(_),
+        Error::MissingInput {
+            arg: "ref_logprobs",
+            ..
+        },
         "ref_logprobs"
     );
     let top = g()
@@ -580,7 +589,10 @@ fn policy_losses_bad_inputs() {
     bad!(
         n,
         top.try_forward(gi()),
-        Error::Incompatible(_),
+        Error::MissingInput {
+            arg: "entropies",
+            ..
+        },
         "entropies"
     );
     let r = RlooLossConfig::new;
@@ -596,7 +608,7 @@ fn policy_losses_bad_inputs() {
     bad!(
         n,
         r().with_normalizer(Normalizer::TokenMean).try_init(),
-        Error::Incompatible(_),
+        Error::NormalizerKind { .. },
         "sequence"
     );
     let rl = r().init();
@@ -742,19 +754,28 @@ fn ppo_update_bad_inputs() {
     bad!(
         n,
         run(&rollout(4, 3), c().with_num_minibatches(3)),
-        Error::Incompatible(_),
+        Error::Conflict {
+            field: "num_minibatches",
+            ..
+        },
         "num_minibatches"
     );
     bad!(
         n,
         run(&rollout(4, 3), c().with_gradient_accumulation_steps(3)),
-        Error::Incompatible(_),
+        Error::Conflict {
+            field: "num_minibatches",
+            ..
+        },
         "gradient_accumulation_steps"
     );
     bad!(
         n,
         run(&rollout(4, 3), c().with_epochs(0)),
-        Error::Incompatible(_),
+        Error::Config {
+            field: "epochs",
+            ..
+        },
         "epochs"
     );
     println!("ppo_update: {n} bad-input cases");

@@ -8,9 +8,14 @@
 //! `BURN_RLHF_PROPTEST_CASES=20000 cargo test --release --test fuzz_losses`.
 //!
 //! Value ranges: exponentials of log-ratios (f-divergences other than reverse KL, AlphaPO,
-//! WPO weights, PPO/GRPO ratios, the k3 estimator) overflow f32 for log-ratios of a few
-//! hundred, where the math itself leaves the float range; those options are fuzzed with
-//! |log-ratio| <= 20. Everything else uses the full 1e4 range.
+//! WPO weights) overflow f32 for log-ratios of a few hundred, where the math itself leaves the
+//! float range; those options are fuzzed with |log-ratio| <= 20. PPO/GRPO/RLOO importance
+//! ratios and the k3 estimator are bounded (`rl::LOG_RATIO_LIMIT`) and fuzzed with
+//! |log-ratio| up to 200. Everything else uses the full 1e4 range.
+//!
+//! Every property generates valid configurations only (so its cases reach the assertions);
+//! `invalid_configs` generates arbitrary ones and checks that `try_init` returns (never
+//! panics) and that a rejection names a config field.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -199,7 +204,14 @@ proptest! {
         wpo in any::<bool>(), cdpo in any::<bool>(), with_ref in any::<bool>(),
     ) {
         let types: Vec<DpoLossType> = types.iter().map(|&i| DpoLossType::ALL[i]).collect();
-        let fdiv = [FDivergenceType::ReverseKl, FDivergenceType::ForwardKl, FDivergenceType::JsDivergence, FDivergenceType::AlphaDivergence][fdiv];
+        // Only valid combinations are generated (invalid ones have their own property below):
+        // an f-divergence only with loss types that accept one, WPO not with the sorted AOT.
+        let fdiv = if types.iter().all(|t| t.accepts_f_divergence()) {
+            [FDivergenceType::ReverseKl, FDivergenceType::ForwardKl, FDivergenceType::JsDivergence, FDivergenceType::AlphaDivergence][fdiv]
+        } else {
+            FDivergenceType::ReverseKl
+        };
+        let wpo = wpo && !types.iter().any(|t| t.is_batch_coupled());
         let scale = if fdiv != FDivergenceType::ReverseKl || wpo { scale.min(5.0) } else { scale };
         let needs_eps = types.iter().any(|t| t.reads_label_smoothing());
         let eps = if types.contains(&DpoLossType::ExoPair) { 1e-3 } else if needs_eps { 0.1 } else { 0.0 };
@@ -211,7 +223,7 @@ proptest! {
             .with_ld_alpha(ld)
             .with_use_weighting(wpo)
             .with_cdpo_label_smoothing(if cdpo && types.contains(&DpoLossType::Sigmoid) { 0.2 } else { 0.0 });
-        let Ok(loss) = config.try_init() else { return Ok(()); }; // invalid combination: fine
+        let loss = config.try_init().map_err(|e| TestCaseError::fail(format!("generated an invalid config: {e}")))?;
         let chosen = gathered(&vals, &flags, b, tc, scale);
         let rejected = gathered(&vals[20..], &flags[20..], b, tr, scale);
         let (cl, rl) = (chosen.logprobs.clone(), rejected.logprobs.clone());
@@ -245,12 +257,13 @@ proptest! {
             (PreferenceBatch::try_from_tokens(chosen, rejected).unwrap(), cl, rl)
         };
         let (batch, cl, rl) = make();
+        // label_smoothing only where CPO reads it (valid configs only; see `invalid_configs`).
+        let smoothing = if matches!(loss_type, CpoLossType::Sigmoid | CpoLossType::Simpo) { smoothing } else { 0.0 };
         let config = CpoLossConfig::new().with_loss_type(loss_type).with_alpha(alpha).with_cpo_alpha(cpo_alpha).with_label_smoothing(smoothing).with_beta(beta);
-        if let Ok(cpo) = config.try_init() {
-            let out = no_panic("CpoLoss::try_forward", || cpo.try_forward(&batch))?.unwrap();
-            let grads = check_output(&out)?;
-            grads_finite!(grads, cl, rl);
-        }
+        let cpo = config.try_init().map_err(|e| TestCaseError::fail(format!("generated an invalid config: {e}")))?;
+        let out = no_panic("CpoLoss::try_forward", || cpo.try_forward(&batch))?.unwrap();
+        let grads = check_output(&out)?;
+        grads_finite!(grads, cl, rl);
         let (batch, cl, rl) = make();
         let orpo = OrpoLossConfig::new().with_beta(beta).init();
         let out = no_panic("OrpoLoss::try_forward", || orpo.try_forward(&batch))?.unwrap();
@@ -333,8 +346,9 @@ proptest! {
         delta in prop_oneof![Just(None), Just(Some(3.0))], token_adv in any::<bool>(),
     ) {
         let lp_v: Vec<f64> = vals.iter().map(|x| -x.abs() * 50.0).collect();
-        // old = logprobs + up to +-10 (ratios up to e^10).
-        let old_v: Vec<f64> = lp_v.iter().zip(vals.iter().rev()).map(|(l, x)| l + x * 10.0).collect();
+        // old = logprobs + up to +-200: ratios far past f32's exp range (e^88.7), where an
+        // unbounded exp gave inf and NaN gradients (the ratio is bounded at e^20).
+        let old_v: Vec<f64> = lp_v.iter().zip(vals.iter().rev()).map(|(l, x)| l + x * 200.0).collect();
         let logprobs = t2(&lp_v, [b, t]).require_grad();
         let old = t2(&old_v, [b, t]);
         let mask = m2(&flags, [b, t]);
@@ -353,7 +367,8 @@ proptest! {
         let grpo = GrpoLossConfig::new().with_loss_type(loss_type).with_beta(beta).with_top_entropy_quantile(top).with_delta(delta)
             .with_importance_sampling_level(if sequence_level { ImportanceSamplingLevel::Sequence } else { ImportanceSamplingLevel::Token })
             .with_entropy_coef(0.01).with_off_policy_mask_threshold(Some(0.5));
-        if let Ok(grpo) = grpo.try_init() {
+        {
+            let grpo = grpo.try_init().map_err(|e| TestCaseError::fail(format!("generated an invalid config: {e}")))?;
             let adv = t1(&vals[50..50 + b].iter().map(|x| x * adv_scale).collect::<Vec<_>>());
             let input = if token_adv { GrpoLossInput::with_token_advantages(logprobs.clone(), mask.clone(), adv2.clone()) } else { GrpoLossInput::new(logprobs.clone(), mask.clone(), adv) };
             let input = input.with_old_logprobs(old.clone()).with_ref_logprobs(old.clone().add_scalar(0.5)).with_entropies(entropy.clone()).with_num_items_in_batch(3.0);
@@ -364,12 +379,44 @@ proptest! {
 
         let rloo = RlooLossConfig::new().init();
         let summed = burn_rlhf::SequenceReduction::Sum.try_reduce(old.clone(), mask.clone()).unwrap();
-        // old sequence log-probs within +-10 of the new ones.
-        let old_seq = summed + t1(&vals[56..56 + b]).mul_scalar(10.0);
+        // old sequence log-probs within +-200 of the new ones.
+        let old_seq = summed + t1(&vals[56..56 + b]).mul_scalar(200.0);
         let adv = t1(&vals[60..60 + b].iter().map(|x| x * adv_scale).collect::<Vec<_>>());
         let logprobs_r = t2(&old_v, [b, t]).require_grad();
         let out = no_panic("RlooLoss::try_forward", || rloo.try_forward(logprobs_r.clone(), mask.clone(), old_seq, adv, Some(entropy.clone())))?.unwrap();
         let grads = check_output(&out)?;
         grads_finite!(grads, logprobs_r);
+    }
+
+    #[test]
+    fn invalid_configs(
+        types in prop::collection::vec(0usize..15, 0..=3),
+        beta in prop_oneof![Just(0.1), Just(0.0), Just(-1.0), Just(f64::NAN)],
+        eps in prop_oneof![Just(0.0), Just(0.1), Just(0.7), Just(1.5), Just(f64::INFINITY)],
+        fdiv in 0usize..4, wpo in any::<bool>(), cdpo in prop_oneof![Just(0.0), Just(0.2), Just(0.9)],
+        normalizer in 0usize..5, weights in prop_oneof![Just(None), Just(Some(vec![1.0])), Just(Some(vec![f64::NAN, 1.0]))],
+    ) {
+        let types: Vec<DpoLossType> = types.iter().map(|&i| DpoLossType::ALL[i]).collect();
+        let fdiv = [FDivergenceType::ReverseKl, FDivergenceType::ForwardKl, FDivergenceType::JsDivergence, FDivergenceType::AlphaDivergence][fdiv];
+        let normalizer = [Normalizer::SequenceMean, Normalizer::TokenMean, Normalizer::GlobalSequences(0.0), Normalizer::Constant(f64::NAN), Normalizer::Sum][normalizer];
+        let fields = ["beta", "loss_type", "loss_weights", "label_smoothing", "cdpo_label_smoothing",
+            "f_divergence_type", "use_weighting", "normalizer", "Normalizer::GlobalSequences", "Normalizer::Constant"];
+        let dpo = DpoLossConfig::new().with_loss_type(types).with_beta(beta).with_label_smoothing(eps)
+            .with_f_divergence_type(fdiv).with_use_weighting(wpo).with_cdpo_label_smoothing(cdpo)
+            .with_normalizer(normalizer).with_loss_weights(weights);
+        if let Err(e) = no_panic("DpoLossConfig::try_init", || dpo.try_init())? {
+            let msg = e.to_string();
+            prop_assert!(fields.iter().any(|f| msg.contains(f)), "error names no field: {msg}");
+        }
+        let cpo = CpoLossConfig::new().with_beta(beta).with_label_smoothing(eps).with_normalizer(normalizer);
+        if let Err(e) = no_panic("CpoLossConfig::try_init", || cpo.try_init())? {
+            let msg = e.to_string();
+            prop_assert!(fields.iter().any(|f| msg.contains(f)), "error names no field: {msg}");
+        }
+        let grpo = GrpoLossConfig::new().with_beta(beta).with_epsilon(eps).with_top_entropy_quantile(cdpo);
+        if let Err(e) = no_panic("GrpoLossConfig::try_init", || grpo.try_init())? {
+            let msg = e.to_string();
+            prop_assert!(["beta", "epsilon", "top_entropy_quantile"].iter().any(|f| msg.contains(f)), "{msg}");
+        }
     }
 }

@@ -565,6 +565,6 @@ fn normalizer_rejects_bad_counts_and_shapes() {
     ));
     assert!(matches!(
         Normalizer::TokenMean.try_reduce_sequences(Tensor::<1>::zeros([3], &device)),
-        Err(Error::Incompatible(_))
+        Err(Error::NormalizerKind { .. })
     ));
 }

@@ -23,6 +23,7 @@ use crate::error::{Error, unwrap_or_panic};
 ///   `mask.equal_elem(1)`.
 /// - output: `[B]` (`Int`)
 pub fn last_attended_index(attention_mask: Tensor<2, Bool>) -> Tensor<1, Int> {
+    let attention_mask = crate::reduce::canonical_mask(attention_mask);
     let [b, t] = attention_mask.dims();
     let device = attention_mask.device();
     let positions = Tensor::<1, Int>::arange(0..t as i64, &device)
@@ -40,6 +41,7 @@ pub fn last_attended_index(attention_mask: Tensor<2, Bool>) -> Tensor<1, Int> {
 /// The check reads **one boolean** back from the device (`all(any(mask, dim 1))`), which
 /// synchronizes; the row indices are only read on the error path.
 pub fn try_last_attended_index(attention_mask: Tensor<2, Bool>) -> crate::Result<Tensor<1, Int>> {
+    let attention_mask = crate::reduce::canonical_mask(attention_mask);
     let [b, t] = attention_mask.dims();
     if b == 0 || t == 0 {
         return Err(Error::shape(
@@ -98,6 +100,7 @@ pub fn try_pool_last_attended(
     hidden: Tensor<3>,
     attention_mask: Tensor<2, Bool>,
 ) -> crate::Result<Tensor<2>> {
+    let attention_mask = crate::reduce::canonical_mask(attention_mask);
     check_mask_shape(&hidden, &attention_mask)?;
     let index = try_last_attended_index(attention_mask)?;
     Ok(gather_rows(hidden, index))
@@ -230,6 +233,7 @@ impl RewardHead {
         hidden: Tensor<3>,
         attention_mask: Tensor<2, Bool>,
     ) -> crate::Result<Tensor<2>> {
+        let attention_mask = crate::reduce::canonical_mask(attention_mask);
         check_mask_shape(&hidden, &attention_mask)?;
         let [b, t, h] = hidden.dims();
         let d_input = self.linear.weight.val().dims()[0];
@@ -247,6 +251,8 @@ impl RewardHead {
                 &[b, t, h],
             ));
         }
+        crate::error::check_dtype_like("hidden", &hidden, "weight", &self.linear.weight.val())?;
+        crate::error::check_finite(&hidden, "hidden")?;
         if self.check_attended {
             let pooled = try_pool_last_attended(hidden, attention_mask)?;
             return Ok(self.linear.forward(pooled));
@@ -275,6 +281,7 @@ impl RewardHead {
         hidden: Tensor<3>,
         attention_mask: Tensor<2, Bool>,
     ) -> crate::Result<Tensor<1>> {
+        let attention_mask = crate::reduce::canonical_mask(attention_mask);
         let k = self.num_scores();
         if k != 1 {
             return Err(Error::config(

@@ -114,6 +114,7 @@ impl ValueHead {
         hidden: Tensor<3>,
         mask: Option<Tensor<2, Bool>>,
     ) -> crate::Result<Tensor<2>> {
+        let mask = mask.map(crate::reduce::canonical_mask);
         let [b, t, h] = hidden.dims();
         let d_input = self.linear.weight.val().dims()[0];
         if h != d_input {
@@ -132,6 +133,8 @@ impl ValueHead {
                 &mask.dims(),
             ));
         }
+        crate::error::check_dtype_like("hidden", &hidden, "weight", &self.linear.weight.val())?;
+        crate::error::check_finite(&hidden, "hidden")?;
         let values = self
             .linear
             .forward(self.dropout.forward(hidden))

@@ -111,8 +111,18 @@ impl GatheredLogprobs {
     }
 
     /// Any [`SequenceReduction`]: `[B]`.
+    ///
+    /// # Panics
+    /// On the errors of [`try_reduce`](Self::try_reduce).
     pub fn reduce(&self, reduction: SequenceReduction) -> Tensor<1> {
         reduction.reduce(self.logprobs.clone(), self.mask.clone())
+    }
+
+    /// Non-panicking form of [`reduce`](Self::reduce) (see [`SequenceReduction::try_reduce`]):
+    /// a mask of another shape, an invalid `eps`, or (checked mode) non-finite log-probs are
+    /// errors.
+    pub fn try_reduce(&self, reduction: SequenceReduction) -> crate::Result<Tensor<1>> {
+        reduction.try_reduce(self.logprobs.clone(), self.mask.clone())
     }
 
     /// Per-sequence count of valid tokens, in the dtype of the log-probs: `[B]`.
@@ -178,6 +188,7 @@ impl TokenLogprobs {
         labels: Tensor<2, Int>,
         mask: Option<Tensor<2, Bool>>,
     ) -> crate::Result<GatheredLogprobs> {
+        let mask = mask.map(crate::reduce::canonical_mask);
         let [b, t, v] = logits.dims();
         let label_dims = labels.dims();
         if label_dims != [b, t] {
@@ -213,7 +224,7 @@ impl TokenLogprobs {
             ));
         }
         if self.check_labels {
-            check_label_range(&labels, v, self.ignore_index)?;
+            check_label_range(&labels, "labels", v, self.ignore_index, 0)?;
         }
         crate::error::check_finite(&logits, "logits")?;
         let logits = crate::precision::accumulate_in_f32(logits, "logits")?;
@@ -276,23 +287,35 @@ fn bool_as_float_like(logits: &Tensor<3>, mask: Tensor<2, Bool>) -> Tensor<2> {
     mask_like(&like, mask)
 }
 
-fn check_label_range(
-    labels: &Tensor<2, Int>,
+/// The one label range check of the crate (lean gather and fused op): every label of the
+/// caller's tensor `arg` whose last-dim index is `>= first_col` must be in `[0, vocab)` or the
+/// ignore index. The error reports the flat row-major position **in the caller's tensor**
+/// (with a causal shift, `first_col = 1`: the first label of each row is never scored).
+/// Reads the labels back (one transfer).
+pub(crate) fn check_label_range<const D: usize>(
+    labels: &Tensor<D, Int>,
+    arg: &'static str,
     vocab: usize,
     ignore_index: i64,
+    first_col: usize,
 ) -> crate::Result<()> {
-    let data = labels.clone().into_data();
-    let values: Vec<i64> = data
+    let cols = labels.dims()[D - 1].max(1);
+    let values: Vec<i64> = labels
+        .clone()
+        .into_data()
         .convert::<i64>()
         .try_into_vec::<i64>()
-        .expect("int tensor data converts to i64");
+        .map_err(|e| Error::Backend {
+            arg,
+            detail: format!("{e:?}"),
+        })?;
     if let Some((position, &value)) = values
         .iter()
         .enumerate()
-        .find(|&(_, &x)| x != ignore_index && (x < 0 || x >= vocab as i64))
+        .find(|&(i, &x)| i % cols >= first_col && x != ignore_index && (x < 0 || x >= vocab as i64))
     {
         return Err(Error::LabelOutOfRange {
-            arg: "labels",
+            arg,
             value,
             position,
             vocab_size: vocab,
@@ -316,6 +339,7 @@ pub fn token_logprobs_reference(
     valid: Tensor<2, Bool>,
     scale: f64,
 ) -> Tensor<2> {
+    let valid = crate::reduce::canonical_mask(valid);
     let logits = if scale == 1.0 {
         logits
     } else {

@@ -151,6 +151,17 @@ impl FusedLogprobs {
         bias: Option<Tensor<1>>,
         targets: Tensor<1, Int>,
     ) -> crate::Result<FusedLogprobsOutput> {
+        self.forward_checked(hidden, weight, bias, targets, self.check_targets)
+    }
+
+    fn forward_checked(
+        &self,
+        hidden: Tensor<2>,
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+        targets: Tensor<1, Int>,
+        check_targets: bool,
+    ) -> crate::Result<FusedLogprobsOutput> {
         let [n, h] = hidden.dims();
         let [v, hw] = weight.dims();
         if hw != h {
@@ -182,9 +193,11 @@ impl FusedLogprobs {
                 what: format!("hidden {:?}, weight {:?}", [n, h], [v, hw]),
             });
         }
-        if self.check_targets {
-            check_targets(&targets, v, self.ignore_index)?;
+        if check_targets {
+            super::gather::check_label_range(&targets, "targets", v, self.ignore_index, 0)?;
         }
+        crate::error::check_dtype_like("weight", &weight, "hidden", &hidden)?;
+        crate::error::check_dtype_like_opt("bias", bias.as_ref(), "hidden", &hidden)?;
         crate::error::check_finite(&hidden, "hidden")?;
         crate::error::check_finite(&weight, "weight")?;
         if let Some(b) = &bias {
@@ -252,10 +265,15 @@ impl FusedLogprobs {
                 &[b, t, h],
             ));
         }
+        if self.check_targets {
+            // Checked on the caller's `labels`, so a bad label is reported at its own position.
+            let v = weight.dims()[0];
+            super::gather::check_label_range(&labels, "labels", v, self.ignore_index, 1)?;
+        }
         let rows = b * (t - 1);
         let hidden = hidden.narrow(1, 0, t - 1).reshape([rows, h]);
         let targets = labels.narrow(1, 1, t - 1).reshape([rows]);
-        let out = self.try_forward(hidden, weight, bias, targets)?;
+        let out = self.forward_checked(hidden, weight, bias, targets, false)?;
         let gathered = GatheredLogprobs {
             logprobs: out.logprobs.clone().reshape([b, t - 1]),
             mask: out.mask.clone().reshape([b, t - 1]),
@@ -320,27 +338,4 @@ impl FusedLogprobs {
         );
         packed * keep
     }
-}
-
-fn check_targets(targets: &Tensor<1, Int>, vocab: usize, ignore_index: i64) -> crate::Result<()> {
-    let values: Vec<i64> = targets
-        .clone()
-        .into_data()
-        .convert::<i64>()
-        .try_into_vec::<i64>()
-        .expect("int data");
-    if let Some((position, &value)) = values
-        .iter()
-        .enumerate()
-        .find(|&(_, &x)| x != ignore_index && (x < 0 || x >= vocab as i64))
-    {
-        return Err(Error::LabelOutOfRange {
-            arg: "targets",
-            value,
-            position,
-            vocab_size: vocab,
-            ignore_index,
-        });
-    }
-    Ok(())
 }

@@ -36,6 +36,7 @@ impl SequenceReduction {
     /// [`Error::Config`](crate::Error::Config) naming `eps`; in checked mode a non-finite
     /// `token_logps` is [`Error::NonFinite`](crate::Error::NonFinite).
     pub fn try_reduce(&self, token_logps: Tensor<2>, mask: Tensor<2, Bool>) -> Result<Tensor<1>> {
+        let mask = crate::reduce::canonical_mask(mask);
         check_same_shape("mask", &mask.dims(), &token_logps.dims(), "token_logps")?;
         if let SequenceReduction::MeanEps(eps) = *self {
             check_positive("eps", eps)?;
@@ -75,6 +76,8 @@ pub fn ld_dpo_sequence_logps(
     rejected_mask: Tensor<2, Bool>,
     alpha: f64,
 ) -> Result<(Tensor<1>, Tensor<1>)> {
+    let chosen_mask = crate::reduce::canonical_mask(chosen_mask);
+    let rejected_mask = crate::reduce::canonical_mask(rejected_mask);
     check_in_closed("ld_alpha", alpha, 0.0, 1.0)?;
     check_same_shape(
         "chosen_mask",

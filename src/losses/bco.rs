@@ -87,7 +87,7 @@ impl BcoLossConfig {
     /// Checks the configuration.
     pub fn validate(&self) -> crate::Result<()> {
         check_positive("beta", self.beta)?;
-        self.normalizer.validate()
+        self.normalizer.validate_for_sequences("the BCO loss")
     }
 
     /// Validates and builds the loss.

@@ -60,6 +60,12 @@ pub struct CpoLossConfig {
     /// Reduction of the per-pair losses. Default: `SequenceMean` (TRL).
     #[config(default = "Normalizer::SequenceMean")]
     pub normalizer: Normalizer,
+    /// How the NLL term is reduced. `None` (TRL): the batch token mean added to every pair's
+    /// term (couples the micro-batch). `Some(n)`: reduced on its own with the token normalizer
+    /// `n` and added to the normalized pair loss; `Some(Normalizer::GlobalTokens(step_tokens))`
+    /// with `normalizer = GlobalSequences(step_pairs)` is exact under gradient accumulation and
+    /// data parallelism. Default: `None`.
+    pub nll_normalizer: Option<Normalizer>,
 }
 
 impl CpoLossConfig {
@@ -91,10 +97,14 @@ impl CpoLossConfig {
         if self.label_smoothing != 0.0
             && !matches!(self.loss_type, CpoLossType::Sigmoid | CpoLossType::Simpo)
         {
-            return Err(Error::Incompatible(format!(
-                "label_smoothing is read only by the sigmoid and simpo loss types, not {:?}",
-                self.loss_type
-            )));
+            return Err(Error::Conflict {
+                field: "label_smoothing",
+                other: "loss_type",
+                reason: format!(
+                    "label_smoothing is read only by the sigmoid and simpo loss types, not {:?}",
+                    self.loss_type
+                ),
+            });
         }
         if !(self.cpo_alpha.is_finite() && self.cpo_alpha >= 0.0) {
             return Err(Error::config(
@@ -113,7 +123,8 @@ impl CpoLossConfig {
         if !self.alpha.is_finite() {
             return Err(Error::config("alpha", "must be finite", self.alpha));
         }
-        self.normalizer.validate()
+        super::preference::validate_nll_normalizer(&self.nll_normalizer)?;
+        self.normalizer.validate_for_sequences("the CPO loss")
     }
 
     /// Validates and builds the loss.
@@ -128,6 +139,7 @@ impl CpoLossConfig {
             alpha: self.alpha,
             average: self.averages_log_probs(),
             normalizer: self.normalizer,
+            nll_normalizer: self.nll_normalizer,
         })
     }
 
@@ -180,12 +192,41 @@ pub struct CpoLoss {
     alpha: f64,
     average: bool,
     normalizer: Normalizer,
+    nll_normalizer: Option<Normalizer>,
 }
 
 impl CpoLoss {
     /// TRL's `cpo_loss`: per-pair losses and rewards from sequence log-probs `[B]` that are
     /// already reduced as this loss expects (averaged for `ipo`/`simpo` by default).
+    ///
+    /// # Panics
+    /// On the errors of [`try_pair_terms`](Self::try_pair_terms).
     pub fn pair_terms(&self, chosen_logps: Tensor<1>, rejected_logps: Tensor<1>) -> PairTerms {
+        unwrap_or_panic(self.try_pair_terms(chosen_logps, rejected_logps))
+    }
+
+    /// Non-panicking form of [`pair_terms`](Self::pair_terms): shapes or dtypes that differ
+    /// ([`Error::Shape`] / [`Error::DType`] naming `rejected_logps`); in checked mode non-finite
+    /// inputs ([`Error::NonFinite`]).
+    pub fn try_pair_terms(
+        &self,
+        chosen_logps: Tensor<1>,
+        rejected_logps: Tensor<1>,
+    ) -> crate::Result<PairTerms> {
+        check_pair(
+            "chosen_logps",
+            &chosen_logps,
+            "rejected_logps",
+            &rejected_logps,
+        )?;
+        Ok(self.pair_terms_unchecked(chosen_logps, rejected_logps))
+    }
+
+    fn pair_terms_unchecked(
+        &self,
+        chosen_logps: Tensor<1>,
+        rejected_logps: Tensor<1>,
+    ) -> PairTerms {
         let (chosen, rejected) = if self.alpha != 0.0 {
             (
                 self.alpha_reward(chosen_logps),
@@ -246,18 +287,21 @@ impl CpoLoss {
         } else {
             (batch.chosen_logps.clone(), batch.rejected_logps.clone())
         };
-        let terms = self.pair_terms(chosen.clone(), rejected.clone());
-        let nll = if self.cpo_alpha != 0.0 {
-            batch.nll("CPO's NLL term (cpo_alpha != 0)")?
+        let terms = self.pair_terms_unchecked(chosen.clone(), rejected.clone());
+        let (loss, per_example, nll) = if self.cpo_alpha != 0.0 {
+            let nll = batch.nll_term("CPO's NLL term (cpo_alpha != 0)", self.nll_normalizer)?;
+            let in_terms = terms.losses.clone() + nll.in_pair_terms.mul_scalar(self.cpo_alpha);
+            let mut loss = self.normalizer.try_reduce_sequences(in_terms)?;
+            if let Some(separate) = nll.separate {
+                loss = loss + separate.mul_scalar(self.cpo_alpha);
+            }
+            let per_example = terms.losses.clone() + nll.per_pair.mul_scalar(self.cpo_alpha);
+            (loss, per_example, nll.batch_mean)
         } else {
-            Tensor::zeros([1], (&chosen.device(), chosen.dtype()))
+            let loss = self.normalizer.try_reduce_sequences(terms.losses.clone())?;
+            let zero = Tensor::zeros([1], (&chosen.device(), chosen.dtype()));
+            (loss, terms.losses.clone(), zero)
         };
-        let per_example = if self.cpo_alpha != 0.0 {
-            terms.losses.clone() + nll.clone().mul_scalar(self.cpo_alpha)
-        } else {
-            terms.losses.clone()
-        };
-        let loss = self.normalizer.try_reduce_sequences(per_example.clone())?;
         let mut metrics = pair_metrics(&terms, chosen, rejected);
         metrics.insert("nll_loss", nll);
         Ok(LossOutput {
@@ -266,6 +310,20 @@ impl CpoLoss {
             metrics,
         })
     }
+}
+
+/// Checks two `[B]` sequence log-prob vectors of one call against each other.
+pub(crate) fn check_pair(
+    chosen_arg: &'static str,
+    chosen: &Tensor<1>,
+    rejected_arg: &'static str,
+    rejected: &Tensor<1>,
+) -> crate::Result<()> {
+    crate::error::check_non_empty(chosen_arg, chosen.dims()[0], "the batch has no pair")?;
+    crate::error::check_same_shape(rejected_arg, &rejected.dims(), &chosen.dims(), chosen_arg)?;
+    crate::error::check_dtype_like(rejected_arg, rejected, chosen_arg, chosen)?;
+    crate::error::check_finite(chosen, chosen_arg)?;
+    crate::error::check_finite(rejected, rejected_arg)
 }
 
 /// The reward / log-prob metrics shared by the reference-free pair losses.

@@ -175,6 +175,13 @@ pub struct DpoLossConfig {
     /// pairs); use `GlobalSequences(n)` with `n` pairs per optimizer step for accumulation.
     #[config(default = "Normalizer::SequenceMean")]
     pub normalizer: Normalizer,
+    /// How the `sft` term's NLL is reduced. `None` (TRL): the batch token mean, added to every
+    /// pair's term (couples the micro-batch). `Some(n)`: reduced on its own with the token
+    /// normalizer `n` and added to the normalized pair loss; with
+    /// `Some(Normalizer::GlobalTokens(step_tokens))` and `normalizer =
+    /// GlobalSequences(step_pairs)` the loss is exact under gradient accumulation and data
+    /// parallelism. Cannot be combined with `use_weighting`. Default: `None`.
+    pub nll_normalizer: Option<Normalizer>,
 }
 
 impl DpoLossConfig {
@@ -249,22 +256,32 @@ impl DpoLossConfig {
         }
         check_in_closed("label_smoothing", eps, 0.0, 1.0)?;
         if eps != 0.0 && !self.loss_type.iter().any(|t| t.reads_label_smoothing()) {
-            return Err(Error::Incompatible(format!(
-                "label_smoothing = {eps} is read only by robust, exo_pair, aot and aot_unpaired (TRL 1.16 silently ignores it otherwise); for cDPO on sigmoid set cdpo_label_smoothing"
-            )));
+            return Err(Error::Conflict {
+                field: "label_smoothing",
+                other: "loss_type",
+                reason: format!(
+                    "label_smoothing = {eps} is read only by robust, exo_pair, aot and aot_unpaired (TRL 1.16 silently ignores it otherwise); for cDPO on sigmoid set cdpo_label_smoothing"
+                ),
+            });
         }
         check_in_closed("cdpo_label_smoothing", self.cdpo_label_smoothing, 0.0, 0.5)?;
         if self.cdpo_label_smoothing != 0.0 && !has(DpoLossType::Sigmoid) {
-            return Err(Error::Incompatible(
-                "cdpo_label_smoothing only applies to the sigmoid loss type".into(),
-            ));
+            return Err(Error::Conflict {
+                field: "cdpo_label_smoothing",
+                other: "loss_type",
+                reason: "cdpo_label_smoothing only applies to the sigmoid loss type".into(),
+            });
         }
         if self.f_divergence_type != FDivergenceType::ReverseKl {
             if let Some(t) = self.loss_type.iter().find(|t| !t.accepts_f_divergence()) {
-                return Err(Error::Incompatible(format!(
-                    "f_divergence_type {:?} cannot be combined with loss type {t:?} (TRL 1.16 allows it only with sigmoid, sigmoid_norm, hinge, ipo, exo_pair, robust, discopop, sft)",
-                    self.f_divergence_type
-                )));
+                return Err(Error::Conflict {
+                    field: "f_divergence_type",
+                    other: "loss_type",
+                    reason: format!(
+                        "{:?} cannot be combined with loss type {t:?} (TRL 1.16 allows it only with sigmoid, sigmoid_norm, hinge, ipo, exo_pair, robust, discopop, sft)",
+                        self.f_divergence_type
+                    ),
+                });
             }
             if !self.f_alpha_divergence_coef.is_finite() {
                 return Err(Error::config(
@@ -275,15 +292,25 @@ impl DpoLossConfig {
             }
         }
         if self.use_weighting && self.loss_type.iter().any(|t| t.is_batch_coupled()) {
-            return Err(Error::Incompatible(
-                "use_weighting (WPO) cannot be combined with aot / aot_unpaired (as in TRL)".into(),
-            ));
+            return Err(Error::Conflict {
+                field: "use_weighting",
+                other: "loss_type",
+                reason: "WPO cannot be combined with aot / aot_unpaired (as in TRL)".into(),
+            });
         }
         if let Some(alpha) = self.ld_alpha {
             check_in_closed("ld_alpha", alpha, 0.0, 1.0)?;
         }
         check_positive("discopop_tau", self.discopop_tau)?;
-        self.normalizer.validate()
+        super::preference::validate_nll_normalizer(&self.nll_normalizer)?;
+        if self.nll_normalizer.is_some() && self.use_weighting && has(DpoLossType::Sft) {
+            return Err(Error::Conflict {
+                field: "nll_normalizer",
+                other: "use_weighting",
+                reason: "WPO weighs each pair's terms; a separately normalized sft term has no pair to weigh".into(),
+            });
+        }
+        self.normalizer.validate_for_sequences("the DPO loss")
     }
 
     /// Validates and builds the loss.
@@ -301,6 +328,7 @@ impl DpoLossConfig {
             discopop_tau: self.discopop_tau,
             cdpo_label_smoothing: self.cdpo_label_smoothing,
             normalizer: self.normalizer,
+            nll_normalizer: self.nll_normalizer,
         })
     }
 
@@ -331,10 +359,11 @@ impl DpoLossConfig {
 /// Everything runs in the dtype of the inputs; `log σ` is computed stably (finite value and
 /// gradient for `|βz|` up to 1e4 in f32 and f64).
 ///
-/// **Batch coupling.** `aot` / `aot_unpaired` sort over the batch, and `sft` is a token mean
-/// over the whole batch. With [`Normalizer::GlobalSequences`] over several micro-batches,
-/// their per-pair terms still come from the micro-batch (sorting within it; the SFT mean over
-/// its tokens): accumulation is exact for the other loss types only.
+/// **Batch coupling.** `aot` / `aot_unpaired` sort over the batch, and `sft` is (by default,
+/// as TRL) a token mean over the whole batch. With [`Normalizer::GlobalSequences`] over several
+/// micro-batches, the `aot` terms still come from the micro-batch (sorting within it):
+/// accumulation is not exact for them. The `sft` term is exact when `nll_normalizer` is
+/// `Some(GlobalTokens(step_tokens))` (see [`DpoLossConfig::nll_normalizer`]).
 ///
 /// Metrics (TRL's keys, `[1]` tensors, no host sync): `rewards/chosen` `mean(βΔc)`,
 /// `rewards/rejected`, `rewards/accuracies` `mean[βΔc > βΔr]`, `rewards/margins`,
@@ -353,6 +382,7 @@ pub struct DpoLoss {
     discopop_tau: f64,
     cdpo_label_smoothing: f64,
     normalizer: Normalizer,
+    nll_normalizer: Option<Normalizer>,
 }
 
 /// The sequence log-probs a DPO forward works on (after LD-DPO weighting).
@@ -393,7 +423,7 @@ impl DpoLoss {
             None
         };
         let nll = if self.loss_types.contains(&DpoLossType::Sft) {
-            Some(batch.nll("the sft loss type")?)
+            Some(batch.nll_term("the sft loss type", self.nll_normalizer)?)
         } else {
             None
         };
@@ -473,10 +503,11 @@ impl DpoLoss {
                     let exponential = (log_sigmoid(l.clone().mul_scalar(1.0 / tau)) - l).exp();
                     logistic + exponential
                 }
-                DpoLossType::Sft => {
-                    let nll = nll.clone().expect("nll computed above");
-                    Tensor::zeros_like(&dc).detach() + nll
-                }
+                DpoLossType::Sft => nll
+                    .as_ref()
+                    .expect("nll computed above")
+                    .in_pair_terms
+                    .clone(),
                 DpoLossType::SigmoidNorm => {
                     let (cc, cr) = counts.clone().expect("counts computed above");
                     let z = sc.clone() / cc - sr.clone() / cr;
@@ -494,7 +525,15 @@ impl DpoLoss {
             });
         }
         let per_example = per_example.expect("validated: at least one loss type");
-        let loss = self.normalizer.try_reduce_sequences(per_example.clone())?;
+        let mut loss = self.normalizer.try_reduce_sequences(per_example.clone())?;
+        let mut per_example = per_example;
+        if let Some(term) = &nll
+            && let Some(separate) = &term.separate
+        {
+            let weight = self.sft_weight();
+            loss = loss + separate.clone().mul_scalar(weight);
+            per_example = per_example + term.per_pair.clone().mul_scalar(weight);
+        }
 
         let chosen_rewards = dc.mul_scalar(beta);
         let rejected_rewards = dr.mul_scalar(beta);
@@ -534,6 +573,16 @@ impl DpoLoss {
                 .mul_scalar(self.beta)
                 .detach(),
         ))
+    }
+
+    /// The summed weight of the `sft` loss type(s).
+    fn sft_weight(&self) -> f64 {
+        self.loss_types
+            .iter()
+            .zip(&self.loss_weights)
+            .filter(|(t, _)| **t == DpoLossType::Sft)
+            .map(|(_, w)| w)
+            .sum()
     }
 
     /// The configured loss types.
@@ -588,10 +637,12 @@ impl DpoLoss {
             &batch.chosen_log_sum_sq_probs,
             &batch.rejected_log_sum_sq_probs,
         ) else {
-            return Err(Error::Incompatible(
-                "use_weighting (WPO) needs chosen_log_sum_sq_probs and rejected_log_sum_sq_probs"
-                    .into(),
-            ));
+            return Err(Error::MissingInput {
+                arg: "chosen_log_sum_sq_probs, rejected_log_sum_sq_probs",
+                needed_by:
+                    "use_weighting (WPO): set them with PreferenceBatch::with_log_sum_sq_probs"
+                        .into(),
+            });
         };
         let weight = |t: &crate::GatheredLogprobs, sq: &Tensor<2>| {
             let aligned = masked_row_sum(

@@ -31,6 +31,7 @@ pub struct UnpairedBatch {
 impl UnpairedBatch {
     /// A batch from sequence log-probs.
     pub fn new(logps: Tensor<1>, reference_logps: Tensor<1>, desirable: Tensor<1, Bool>) -> Self {
+        let desirable = crate::reduce::canonical_mask(desirable);
         Self {
             logps,
             reference_logps: reference_logps.detach(),
@@ -58,13 +59,23 @@ impl UnpairedBatch {
         reference_logps: Tensor<1>,
         desirable: Tensor<1, Bool>,
     ) -> crate::Result<Self> {
+        let desirable = crate::reduce::canonical_mask(desirable);
         check_same_shape(
             "tokens.mask",
             &tokens.mask.dims(),
             &tokens.logprobs.dims(),
             "tokens.logprobs",
         )?;
-        Ok(Self::new(tokens.sum(), reference_logps, desirable))
+        let logps = tokens
+            .try_reduce(crate::SequenceReduction::Sum)
+            .map_err(|e| super::preference::rename_arg(e, "tokens.logprobs"))?;
+        crate::error::check_dtype_like(
+            "reference_logps",
+            &reference_logps,
+            "tokens.logprobs",
+            &logps,
+        )?;
+        Ok(Self::new(logps, reference_logps, desirable))
     }
 
     /// Sets the KL estimate (`[1]`, detached here).
@@ -84,8 +95,15 @@ impl UnpairedBatch {
         }
         check_same_shape("reference_logps", &self.reference_logps.dims(), &b, "logps")?;
         check_same_shape("desirable", &self.desirable.dims(), &b, "logps")?;
+        crate::error::check_dtype_like(
+            "reference_logps",
+            &self.reference_logps,
+            "logps",
+            &self.logps,
+        )?;
         if let Some(kl) = &self.kl {
             check_same_shape("kl", &kl.dims(), &[1], "a scalar")?;
+            crate::error::check_dtype_like("kl", kl, "logps", &self.logps)?;
             crate::error::check_finite(kl, "kl")?;
         }
         crate::error::check_finite(&self.logps, "logps")?;
@@ -111,11 +129,43 @@ impl UnpairedBatch {
 ///
 /// # Shapes
 /// - `kl_logps`, `reference_kl_logps`: `[B]` -> `[1]`
+///
+/// # Panics
+/// On the errors of [`try_kto_kl_estimate`].
 pub fn kto_kl_estimate(kl_logps: Tensor<1>, reference_kl_logps: Tensor<1>) -> Tensor<1> {
-    (kl_logps - reference_kl_logps)
+    unwrap_or_panic(try_kto_kl_estimate(kl_logps, reference_kl_logps))
+}
+
+/// Non-panicking form of [`kto_kl_estimate`]: `B = 0` ([`Error::Empty`]), shapes or dtypes
+/// that differ ([`Error::Shape`] / [`Error::DType`] naming `reference_kl_logps`); in checked
+/// mode non-finite inputs ([`Error::NonFinite`]).
+pub fn try_kto_kl_estimate(
+    kl_logps: Tensor<1>,
+    reference_kl_logps: Tensor<1>,
+) -> crate::Result<Tensor<1>> {
+    crate::error::check_non_empty(
+        "kl_logps",
+        kl_logps.dims()[0],
+        "the batch has no completion",
+    )?;
+    check_same_shape(
+        "reference_kl_logps",
+        &reference_kl_logps.dims(),
+        &kl_logps.dims(),
+        "kl_logps",
+    )?;
+    crate::error::check_dtype_like(
+        "reference_kl_logps",
+        &reference_kl_logps,
+        "kl_logps",
+        &kl_logps,
+    )?;
+    crate::error::check_finite(&kl_logps, "kl_logps")?;
+    crate::error::check_finite(&reference_kl_logps, "reference_kl_logps")?;
+    Ok((kl_logps - reference_kl_logps)
         .mean()
         .clamp_min(0.0)
-        .detach()
+        .detach())
 }
 
 /// Unpaired loss types (TRL's `KTOConfig.loss_type` names).
@@ -162,7 +212,7 @@ impl KtoLossConfig {
                 return Err(Error::config(field, "must be finite and >= 0", w));
             }
         }
-        self.normalizer.validate()
+        self.normalizer.validate_for_sequences("the KTO loss")
     }
 
     /// Validates and builds the loss.
@@ -230,9 +280,10 @@ impl KtoLoss {
         let kl = match (self.loss_type, &batch.kl) {
             (_, Some(kl)) => kl.clone(),
             (KtoLossType::Kto, None) => {
-                return Err(Error::Incompatible(
-                    "the kto loss type needs the KL estimate: UnpairedBatch::with_kl(kto_kl_estimate(..))".into(),
-                ));
+                return Err(Error::MissingInput {
+                    arg: "kl",
+                    needed_by: "the kto loss type needs the KL estimate: UnpairedBatch::with_kl(kto_kl_estimate(..))".into(),
+                });
             }
             (KtoLossType::ApoZeroUnpaired, None) => {
                 Tensor::zeros([1], (&delta.device(), delta.dtype()))

@@ -13,7 +13,9 @@ pub mod stable;
 pub use bco::{BcoLoss, BcoLossConfig, RunningMoments};
 pub use cpo::{CpoLoss, CpoLossConfig, CpoLossType, PairTerms};
 pub use dpo::{DpoLoss, DpoLossConfig, DpoLossType, FDivergenceType};
-pub use kto::{KtoLoss, KtoLossConfig, KtoLossType, UnpairedBatch, kto_kl_estimate};
+pub use kto::{
+    KtoLoss, KtoLossConfig, KtoLossType, UnpairedBatch, kto_kl_estimate, try_kto_kl_estimate,
+};
 pub use metrics::{LossOutput, Metrics};
 pub use orpo::{OddsRatioTerms, OrpoLoss, OrpoLossConfig};
 pub use preference::PreferenceBatch;

@@ -20,13 +20,20 @@ pub struct OrpoLossConfig {
     /// Reduction of the per-pair terms. Default: `SequenceMean` (TRL).
     #[config(default = "Normalizer::SequenceMean")]
     pub normalizer: Normalizer,
+    /// How the NLL term is reduced. `None` (TRL): the batch token mean added to every pair's
+    /// term (couples the micro-batch). `Some(n)`: reduced on its own with the token normalizer
+    /// `n` and added to the normalized pair loss; `Some(Normalizer::GlobalTokens(step_tokens))`
+    /// with `normalizer = GlobalSequences(step_pairs)` is exact under gradient accumulation and
+    /// data parallelism. Default: `None`.
+    pub nll_normalizer: Option<Normalizer>,
 }
 
 impl OrpoLossConfig {
     /// Checks the configuration.
     pub fn validate(&self) -> crate::Result<()> {
         check_positive("beta", self.beta)?;
-        self.normalizer.validate()
+        super::preference::validate_nll_normalizer(&self.nll_normalizer)?;
+        self.normalizer.validate_for_sequences("the ORPO loss")
     }
 
     /// Validates and builds the loss.
@@ -35,6 +42,7 @@ impl OrpoLossConfig {
         Ok(OrpoLoss {
             beta: self.beta,
             normalizer: self.normalizer,
+            nll_normalizer: self.nll_normalizer,
         })
     }
 
@@ -91,11 +99,40 @@ const MAX_AVG_LOGP: f64 = -1e-6;
 pub struct OrpoLoss {
     beta: f64,
     normalizer: Normalizer,
+    nll_normalizer: Option<Normalizer>,
 }
 
 impl OrpoLoss {
     /// TRL's `odds_ratio_loss` on average log-probs `[B]` (each < 0).
+    ///
+    /// # Panics
+    /// On the errors of [`try_odds_ratio`](Self::try_odds_ratio).
     pub fn odds_ratio(&self, chosen_logps: Tensor<1>, rejected_logps: Tensor<1>) -> OddsRatioTerms {
+        unwrap_or_panic(self.try_odds_ratio(chosen_logps, rejected_logps))
+    }
+
+    /// Non-panicking form of [`odds_ratio`](Self::odds_ratio): shapes or dtypes that differ
+    /// ([`Error::Shape`] / [`Error::DType`] naming `rejected_logps`); in checked mode
+    /// non-finite inputs ([`Error::NonFinite`]).
+    pub fn try_odds_ratio(
+        &self,
+        chosen_logps: Tensor<1>,
+        rejected_logps: Tensor<1>,
+    ) -> crate::Result<OddsRatioTerms> {
+        super::cpo::check_pair(
+            "chosen_logps",
+            &chosen_logps,
+            "rejected_logps",
+            &rejected_logps,
+        )?;
+        Ok(self.odds_ratio_unchecked(chosen_logps, rejected_logps))
+    }
+
+    fn odds_ratio_unchecked(
+        &self,
+        chosen_logps: Tensor<1>,
+        rejected_logps: Tensor<1>,
+    ) -> OddsRatioTerms {
         let log_odds = (chosen_logps.clone() - rejected_logps.clone())
             - (log1mexp(chosen_logps.clone()) - log1mexp(rejected_logps.clone()));
         OddsRatioTerms {
@@ -123,10 +160,16 @@ impl OrpoLoss {
         // has infinite odds, and log1mexp(0) = -inf made the loss and gradient NaN.
         let chosen = (batch.chosen_logps.clone() / cc.clamp_min(1.0)).clamp_max(MAX_AVG_LOGP);
         let rejected = (batch.rejected_logps.clone() / cr.clamp_min(1.0)).clamp_max(MAX_AVG_LOGP);
-        let terms = self.odds_ratio(chosen.clone(), rejected.clone());
-        let nll = batch.nll("ORPO's NLL term")?;
-        let per_example = nll.clone() - terms.losses.clone();
-        let loss = self.normalizer.try_reduce_sequences(per_example.clone())?;
+        let terms = self.odds_ratio_unchecked(chosen.clone(), rejected.clone());
+        let nll_term = batch.nll_term("ORPO's NLL term", self.nll_normalizer)?;
+        let mut loss = self
+            .normalizer
+            .try_reduce_sequences(nll_term.in_pair_terms - terms.losses.clone())?;
+        if let Some(separate) = nll_term.separate {
+            loss = loss + separate;
+        }
+        let per_example = nll_term.per_pair - terms.losses.clone();
+        let nll = nll_term.batch_mean;
         let pair = PairTerms {
             losses: terms.losses.clone(),
             chosen_rewards: terms.chosen_rewards.clone(),

@@ -3,9 +3,9 @@
 
 use burn::tensor::Tensor;
 
-use crate::error::{Error, Result, check_same_shape};
+use crate::error::{Error, Result, check_dtype_like, check_same_shape};
 use crate::logprobs::GatheredLogprobs;
-use crate::reduce::{mask_like, zero_masked};
+use crate::reduce::{Normalizer, mask_like, zero_masked};
 
 /// A batch of `B` preference pairs: what the paired losses read, and nothing hidden.
 ///
@@ -97,7 +97,13 @@ impl PreferenceBatch {
                 "the token log-probs",
             )?;
         }
-        let mut batch = Self::new(chosen.sum(), rejected.sum());
+        let chosen_logps = chosen
+            .try_reduce(crate::SequenceReduction::Sum)
+            .map_err(|e| rename_arg(e, "chosen_tokens.logprobs"))?;
+        let rejected_logps = rejected
+            .try_reduce(crate::SequenceReduction::Sum)
+            .map_err(|e| rename_arg(e, "rejected_tokens.logprobs"))?;
+        let mut batch = Self::new(chosen_logps, rejected_logps);
         batch.chosen_token_counts = Some(chosen.token_counts());
         batch.rejected_token_counts = Some(rejected.token_counts());
         batch.chosen_tokens = Some(chosen);
@@ -164,18 +170,31 @@ impl PreferenceBatch {
             ("chosen_token_counts", &self.chosen_token_counts),
             ("rejected_token_counts", &self.rejected_token_counts),
         ];
+        check_dtype_like(
+            "rejected_logps",
+            &self.rejected_logps,
+            "chosen_logps",
+            &self.chosen_logps,
+        )?;
         for (arg, t) in vectors {
             if let Some(t) = t {
                 check_same_shape(arg, &t.dims(), &b, "chosen_logps")?;
+                check_dtype_like(arg, t, "chosen_logps", &self.chosen_logps)?;
                 crate::error::check_finite(t, arg)?;
             }
         }
         crate::error::check_finite(&self.chosen_logps, "chosen_logps")?;
         crate::error::check_finite(&self.rejected_logps, "rejected_logps")?;
         if self.reference_chosen_logps.is_some() != self.reference_rejected_logps.is_some() {
-            return Err(Error::Incompatible(
-                "give both reference_chosen_logps and reference_rejected_logps, or neither".into(),
-            ));
+            let missing = if self.reference_chosen_logps.is_none() {
+                "reference_chosen_logps"
+            } else {
+                "reference_rejected_logps"
+            };
+            return Err(Error::MissingInput {
+                arg: missing,
+                needed_by: "the reference log-probs come in pairs: give both reference_chosen_logps and reference_rejected_logps, or neither".into(),
+            });
         }
         let tokens = [
             ("chosen_tokens", &self.chosen_tokens),
@@ -186,6 +205,8 @@ impl PreferenceBatch {
             if let Some(t) = t {
                 let dims = t.logprobs.dims();
                 check_same_shape(format_mask(arg), &t.mask.dims(), &dims, arg)?;
+                check_dtype_like(arg, &t.logprobs, "chosen_logps", &self.chosen_logps)?;
+                crate::error::check_finite_masked(&t.logprobs, &t.mask, arg)?;
                 if dims[0] != b[0] {
                     return Err(Error::shape(
                         arg,
@@ -208,6 +229,10 @@ impl PreferenceBatch {
             ),
         ];
         for (arg, t, tokens) in sq {
+            if let Some(t) = t {
+                check_dtype_like(arg, t, "chosen_logps", &self.chosen_logps)?;
+                crate::error::check_finite(t, arg)?;
+            }
             if let (Some(t), Some(tokens)) = (t, tokens) {
                 check_same_shape(
                     arg,
@@ -245,9 +270,12 @@ impl PreferenceBatch {
         });
         match (chosen, rejected) {
             (Some(c), Some(r)) => Ok((c, r)),
-            _ => Err(Error::Incompatible(format!(
-                "{needed_by} needs per-sequence token counts: set chosen_token_counts and rejected_token_counts (or build the batch with PreferenceBatch::from_tokens)"
-            ))),
+            _ => Err(Error::MissingInput {
+                arg: "chosen_token_counts, rejected_token_counts",
+                needed_by: format!(
+                    "{needed_by} needs per-sequence token counts: set them with PreferenceBatch::with_token_counts (or build the batch with PreferenceBatch::from_tokens)"
+                ),
+            }),
         }
     }
 
@@ -255,10 +283,45 @@ impl PreferenceBatch {
     pub(crate) fn tokens(&self, needed_by: &str) -> Result<(&GatheredLogprobs, &GatheredLogprobs)> {
         match (&self.chosen_tokens, &self.rejected_tokens) {
             (Some(c), Some(r)) => Ok((c, r)),
-            _ => Err(Error::Incompatible(format!(
-                "{needed_by} needs per-token log-probs: set chosen_tokens and rejected_tokens (PreferenceBatch::from_tokens)"
-            ))),
+            _ => Err(Error::MissingInput {
+                arg: "chosen_tokens, rejected_tokens",
+                needed_by: format!(
+                    "{needed_by} needs per-token log-probs: build the batch with PreferenceBatch::from_tokens"
+                ),
+            }),
         }
+    }
+
+    /// The NLL (SFT) term of DPO `sft`, CPO (`cpo_alpha`) and ORPO, reduced as `normalizer`
+    /// says (see [`NllTerm`]).
+    pub(crate) fn nll_term(
+        &self,
+        needed_by: &str,
+        normalizer: Option<Normalizer>,
+    ) -> Result<NllTerm> {
+        let batch_mean = self.nll(needed_by)?;
+        let Some(normalizer) = normalizer else {
+            let per_pair = Tensor::zeros_like(&self.chosen_logps).detach() + batch_mean.clone();
+            return Ok(NllTerm {
+                per_pair: per_pair.clone(),
+                in_pair_terms: per_pair,
+                separate: None,
+                batch_mean,
+            });
+        };
+        let tokens = self
+            .nll_tokens
+            .as_ref()
+            .or(self.chosen_tokens.as_ref())
+            .expect("checked by nll()");
+        let nll = tokens.logprobs.clone().neg();
+        let separate = normalizer.try_reduce_tokens(nll.clone(), tokens.mask.clone())?;
+        Ok(NllTerm {
+            per_pair: crate::reduce::masked_row_mean(nll, tokens.mask.clone()),
+            in_pair_terms: Tensor::zeros_like(&self.chosen_logps).detach(),
+            separate: Some(separate),
+            batch_mean: batch_mean.detach(),
+        })
     }
 
     /// The token-mean negative log-likelihood over all tokens of the NLL tokens (or the chosen
@@ -266,9 +329,10 @@ impl PreferenceBatch {
     /// mean, except that a batch with no token gives 0, not NaN).
     pub(crate) fn nll(&self, needed_by: &str) -> Result<Tensor<1>> {
         let tokens = self.nll_tokens.as_ref().or(self.chosen_tokens.as_ref()).ok_or_else(|| {
-            Error::Incompatible(format!(
-                "{needed_by} needs per-token chosen log-probs for its NLL term: set chosen_tokens (PreferenceBatch::from_tokens) or nll_tokens"
-            ))
+            Error::MissingInput {
+                arg: "chosen_tokens",
+                needed_by: format!("{needed_by} needs per-token chosen log-probs for its NLL term: build the batch with PreferenceBatch::from_tokens or set nll_tokens"),
+            }
         })?;
         let count = mask_like(&tokens.logprobs, tokens.mask.clone())
             .sum()
@@ -277,6 +341,45 @@ impl PreferenceBatch {
             .sum()
             .neg()
             / count)
+    }
+}
+
+/// The NLL (SFT) term of a paired loss, in the two ways it can enter the loss.
+///
+/// - `nll_normalizer = None` (TRL): the batch token mean `-Σ logp / #tokens` is added to every
+///   pair's term, so with `SequenceMean` the loss is `mean(pair losses) + nll`. This term
+///   **couples the batch**: it is not exact under gradient accumulation or data parallelism
+///   (the token count of one micro-batch is not the step's).
+/// - `nll_normalizer = Some(n)`: the NLL is reduced on its own with the token normalizer `n`
+///   (e.g. [`Normalizer::GlobalTokens`] with the step's token count) and added to the
+///   normalized pair loss, so micro-batch losses sum exactly to the whole step's loss.
+pub(crate) struct NllTerm {
+    /// Per-pair NLL for `per_example` reporting: the batch mean (TRL mode) or each pair's own
+    /// token mean (separate mode).
+    pub per_pair: Tensor<1>,
+    /// What goes into the pair terms that the pair normalizer reduces: the batch mean (TRL
+    /// mode) or 0 (separate mode).
+    pub in_pair_terms: Tensor<1>,
+    /// The separately normalized NLL `[1]` to add to the loss (separate mode).
+    pub separate: Option<Tensor<1>>,
+    /// The batch token mean (the `nll_loss` metric in both modes).
+    pub batch_mean: Tensor<1>,
+}
+
+/// Validates a loss config's `nll_normalizer`: it reduces per-token terms, so every variant
+/// is allowed (a sequence-only kind does not exist), but its constants must be valid.
+pub(crate) fn validate_nll_normalizer(normalizer: &Option<Normalizer>) -> Result<()> {
+    match normalizer {
+        Some(n) => n.validate(),
+        None => Ok(()),
+    }
+}
+
+/// A non-finite error of an inner call re-labelled with the caller's argument name.
+pub(crate) fn rename_arg(error: Error, arg: &'static str) -> Error {
+    match error {
+        Error::NonFinite { .. } => Error::NonFinite { arg },
+        other => other,
     }
 }
 

@@ -54,17 +54,8 @@ impl BradleyTerryLossConfig {
                 c,
             ));
         }
-        self.normalizer.validate()?;
-        if matches!(
-            self.normalizer,
-            Normalizer::TokenMean | Normalizer::GlobalTokens(_)
-        ) {
-            return Err(Error::Incompatible(format!(
-                "normalizer {:?} needs per-token terms; the Bradley-Terry loss has one term per pair",
-                self.normalizer
-            )));
-        }
-        Ok(())
+        self.normalizer
+            .validate_for_sequences("the Bradley-Terry loss")
     }
 
     /// Validates and builds the loss.
@@ -207,6 +198,21 @@ impl BradleyTerryLoss {
                 &m.dims(),
             ));
         }
+        crate::error::check_dtype_like(
+            "rewards_rejected",
+            &rewards_rejected,
+            "rewards_chosen",
+            &rewards_chosen,
+        )?;
+        crate::error::check_dtype_like_opt(
+            "margin",
+            margin.as_ref(),
+            "rewards_chosen",
+            &rewards_chosen,
+        )?;
+        crate::error::check_finite(&rewards_chosen, "rewards_chosen")?;
+        crate::error::check_finite(&rewards_rejected, "rewards_rejected")?;
+        crate::error::check_finite_opt(margin.as_ref(), "margin")?;
 
         let diff = rewards_chosen.clone() - rewards_rejected.clone();
         let x = match margin {
@@ -332,7 +338,7 @@ mod tests {
         let bad = BradleyTerryLossConfig::new().with_center_rewards_coefficient(Some(-1.0));
         assert!(matches!(bad.try_init(), Err(Error::Config { .. })));
         let bad = BradleyTerryLossConfig::new().with_normalizer(Normalizer::TokenMean);
-        assert!(matches!(bad.try_init(), Err(Error::Incompatible(_))));
+        assert!(matches!(bad.try_init(), Err(Error::NormalizerKind { .. })));
         let device = Device::flex();
         let loss = BradleyTerryLossConfig::new().init();
         let err = loss

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::constant_like;
 use crate::distributed::MomentParts;
 use crate::error::{
-    Error, check_finite, check_finite_opt, check_in_closed, check_no_inf, check_non_empty,
+    Error, check_finite, check_finite_masked, check_in_closed, check_no_inf, check_non_empty,
     check_same_shape, unwrap_or_panic,
 };
 use crate::losses::Metrics;
@@ -31,18 +31,68 @@ const SCAN_BLOCK: usize = 128;
 
 /// torchtune's `masked_mean(x, mask, dim)`: `sum(x * mask) / (sum(mask) + 1e-8)`, over all
 /// elements (`dim = None`, output `[1]`) or along `dim` (output: the other dims, flattened).
+///
+/// # Panics
+/// On the errors of [`try_masked_mean`].
 pub fn masked_mean<const D: usize>(
     x: Tensor<D>,
     mask: Tensor<D, Bool>,
     dim: Option<usize>,
 ) -> Tensor<1> {
-    masked_mean_eps(x, mask, dim, TORCHTUNE_EPS)
+    unwrap_or_panic(try_masked_mean(x, mask, dim))
+}
+
+/// Non-panicking form of [`masked_mean`]: a mask of another shape ([`Error::Shape`] naming
+/// `mask`), `dim >= D` ([`Error::Config`] naming `dim`); in checked mode a non-finite valid
+/// element of `x` ([`Error::NonFinite`]).
+pub fn try_masked_mean<const D: usize>(
+    x: Tensor<D>,
+    mask: Tensor<D, Bool>,
+    dim: Option<usize>,
+) -> crate::Result<Tensor<1>> {
+    let mask = crate::reduce::canonical_mask(mask);
+    check_same_shape("mask", &mask.dims(), &x.dims(), "x")?;
+    if let Some(d) = dim
+        && d >= D
+    {
+        return Err(Error::config(
+            "dim",
+            format!("must be < {D} (the rank of x)"),
+            d,
+        ));
+    }
+    crate::error::check_finite_masked(&x, &mask, "x")?;
+    Ok(masked_mean_eps(x, mask, dim, TORCHTUNE_EPS))
 }
 
 /// torchtune's `masked_var(centered_values, mask, unbiased)`: `masked_mean(x^2)`, times the
 /// Bessel factor `n / (n - 1)` with `n = sum(mask) + 1e-8` when `unbiased`. The input must
 /// already be centered. Output `[1]`.
+///
+/// # Panics
+/// On the errors of [`try_masked_var`].
 pub fn masked_var<const D: usize>(
+    centered: Tensor<D>,
+    mask: Tensor<D, Bool>,
+    unbiased: bool,
+) -> Tensor<1> {
+    unwrap_or_panic(try_masked_var(centered, mask, unbiased))
+}
+
+/// Non-panicking form of [`masked_var`]: a mask of another shape ([`Error::Shape`] naming
+/// `mask`); in checked mode a non-finite valid element ([`Error::NonFinite`]).
+pub fn try_masked_var<const D: usize>(
+    centered: Tensor<D>,
+    mask: Tensor<D, Bool>,
+    unbiased: bool,
+) -> crate::Result<Tensor<1>> {
+    let mask = crate::reduce::canonical_mask(mask);
+    check_same_shape("mask", &mask.dims(), &centered.dims(), "centered")?;
+    crate::error::check_finite_masked(&centered, &mask, "centered")?;
+    Ok(masked_var_unchecked(centered, mask, unbiased))
+}
+
+fn masked_var_unchecked<const D: usize>(
     centered: Tensor<D>,
     mask: Tensor<D, Bool>,
     unbiased: bool,
@@ -50,7 +100,7 @@ pub fn masked_var<const D: usize>(
     let n = mask_like(&centered, mask.clone())
         .sum()
         .add_scalar(TORCHTUNE_EPS);
-    let var = masked_mean(centered.square(), mask, None);
+    let var = masked_mean_eps(centered.square(), mask, None, TORCHTUNE_EPS);
     if unbiased {
         // One valid element: n - 1 = 1e-8 in f64 but exactly 0 in f32 (0 * inf = NaN); use
         // torchtune's f64 value 1e-8 there.
@@ -99,15 +149,43 @@ pub enum Whitening {
 ///
 /// # Shapes
 /// - x: `[B, T]`, mask: `[B, T]` or none -> `[B, T]`
+///
+/// # Panics
+/// On the errors of [`try_whiten`].
 pub fn whiten(x: Tensor<2>, mask: Option<Tensor<2, Bool>>, mode: Whitening) -> Tensor<2> {
+    unwrap_or_panic(try_whiten(x, mask, mode))
+}
+
+/// Non-panicking form of [`whiten`]: a mask of another shape ([`Error::Shape`] naming `mask`);
+/// in checked mode a non-finite valid element of `x` ([`Error::NonFinite`]).
+pub fn try_whiten(
+    x: Tensor<2>,
+    mask: Option<Tensor<2, Bool>>,
+    mode: Whitening,
+) -> crate::Result<Tensor<2>> {
+    let mask = mask.map(crate::reduce::canonical_mask);
+    if let Some(m) = &mask {
+        check_same_shape("mask", &m.dims(), &x.dims(), "x")?;
+        crate::error::check_finite_masked(&x, m, "x")?;
+    } else {
+        crate::error::check_finite(&x, "x")?;
+    }
+    Ok(whiten_unchecked(x, mask, mode))
+}
+
+pub(crate) fn whiten_unchecked(
+    x: Tensor<2>,
+    mask: Option<Tensor<2, Bool>>,
+    mode: Whitening,
+) -> Tensor<2> {
     if mode == Whitening::None {
         return x;
     }
     let (mean, var) = match mask {
         Some(mask) => {
-            let mean = masked_mean(x.clone(), mask.clone(), None);
+            let mean = masked_mean_eps(x.clone(), mask.clone(), None, TORCHTUNE_EPS);
             let centered = x.clone() - mean.clone().unsqueeze::<2>();
-            (mean, masked_var(centered, mask, true))
+            (mean, masked_var_unchecked(centered, mask, true))
         }
         None => {
             let n = x.dims().iter().product::<usize>() as f64;
@@ -154,8 +232,22 @@ pub fn whiten(x: Tensor<2>, mask: Option<Tensor<2, Bool>>, mode: Whitening) -> T
 ///
 /// # Shapes
 /// - x: `[B, T]` -> `[B, T]`
+///
+/// # Panics
+/// On the errors of [`try_discounted_reverse_cumsum`].
 pub fn discounted_reverse_cumsum(x: Tensor<2>, discount: f64) -> Tensor<2> {
-    unwrap_or_panic(check_in_closed("discount", discount, 0.0, 1.0));
+    unwrap_or_panic(try_discounted_reverse_cumsum(x, discount))
+}
+
+/// Non-panicking form of [`discounted_reverse_cumsum`]: `discount` outside `[0, 1]`
+/// ([`Error::Config`]); in checked mode a non-finite `x` ([`Error::NonFinite`]).
+pub fn try_discounted_reverse_cumsum(x: Tensor<2>, discount: f64) -> crate::Result<Tensor<2>> {
+    check_in_closed("discount", discount, 0.0, 1.0)?;
+    crate::error::check_finite(&x, "x")?;
+    Ok(reverse_cumsum_unchecked(x, discount))
+}
+
+fn reverse_cumsum_unchecked(x: Tensor<2>, discount: f64) -> Tensor<2> {
     let [b, t] = x.dims();
     if t == 0 {
         return x;
@@ -203,9 +295,27 @@ pub fn discounted_reverse_cumsum(x: Tensor<2>, discount: f64) -> Tensor<2> {
 ///
 /// # Shapes
 /// - rewards, mask: `[B, T]` -> `[B, T]` (0 where the mask is false)
+///
+/// # Panics
+/// On the errors of [`try_discounted_returns`].
 pub fn discounted_returns(rewards: Tensor<2>, mask: Tensor<2, Bool>, gamma: f64) -> Tensor<2> {
+    unwrap_or_panic(try_discounted_returns(rewards, mask, gamma))
+}
+
+/// Non-panicking form of [`discounted_returns`]: a mask of another shape ([`Error::Shape`]
+/// naming `mask`), `gamma` outside `[0, 1]` ([`Error::Config`]); in checked mode a non-finite
+/// valid reward ([`Error::NonFinite`]).
+pub fn try_discounted_returns(
+    rewards: Tensor<2>,
+    mask: Tensor<2, Bool>,
+    gamma: f64,
+) -> crate::Result<Tensor<2>> {
+    let mask = crate::reduce::canonical_mask(mask);
+    check_same_shape("mask", &mask.dims(), &rewards.dims(), "rewards")?;
+    check_in_closed("gamma", gamma, 0.0, 1.0)?;
+    crate::error::check_finite_masked(&rewards, &mask, "rewards")?;
     let r = zero_masked(rewards, mask.clone());
-    zero_masked(discounted_reverse_cumsum(r, gamma), mask)
+    Ok(zero_masked(reverse_cumsum_unchecked(r, gamma), mask))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -315,6 +425,7 @@ impl Gae {
         values: Tensor<2>,
         mask: Option<Tensor<2, Bool>>,
     ) -> crate::Result<GaeOutput> {
+        let mask = mask.map(crate::reduce::canonical_mask);
         check_same_shape("values", &values.dims(), &rewards.dims(), "rewards")?;
         if let Some(m) = &mask {
             check_same_shape("mask", &m.dims(), &rewards.dims(), "rewards")?;
@@ -325,6 +436,7 @@ impl Gae {
             rb * rt,
             &format!("shape {:?} has a zero dimension", [rb, rt]),
         )?;
+        crate::error::check_dtype_like("values", &values, "rewards", &rewards)?;
         check_finite(&rewards, "rewards")?;
         check_finite(&values, "values")?;
         let (rewards, values) = match (&mask, self.masking) {
@@ -343,11 +455,11 @@ impl Gae {
             1,
         );
         let delta = rewards + next_values.mul_scalar(self.gamma) - values.clone();
-        let raw = discounted_reverse_cumsum(delta, self.gamma * self.lam);
+        let raw = reverse_cumsum_unchecked(delta, self.gamma * self.lam);
         let returns = raw.clone() + values;
         let advantages = match mask {
-            Some(m) => zero_masked(whiten(raw, Some(m.clone()), self.whitening), m),
-            None => whiten(raw, None, self.whitening),
+            Some(m) => zero_masked(whiten_unchecked(raw, Some(m.clone()), self.whitening), m),
+            None => whiten_unchecked(raw, None, self.whitening),
         };
         Ok(GaeOutput {
             advantages,
@@ -458,6 +570,39 @@ fn reward_name(names: &[String], k: usize) -> String {
         .unwrap_or_else(|| format!("reward_{k}"))
 }
 
+/// TRL's `reward_weights` as TRL applies them: `GRPOTrainer` / `RLOOTrainer` keep the weights
+/// in a float32 tensor (`torch.tensor(args.reward_weights, dtype=torch.float32)`), so the
+/// factors they multiply by are the float32 roundings of the configured values. Pass the
+/// result to `with_reward_weights` to reproduce TRL's advantages to float64 precision.
+pub fn trl_reward_weights(weights: &[f64]) -> Vec<f64> {
+    weights.iter().map(|&w| w as f32 as f64).collect()
+}
+
+/// The batch-independent checks shared by the group and RLOO advantage configs.
+fn validate_common(
+    num_generations: usize,
+    min_generations: usize,
+    reward_weights: &Option<Vec<f64>>,
+) -> crate::Result<()> {
+    if num_generations < min_generations {
+        return Err(Error::config(
+            "num_generations",
+            format!("must be >= {min_generations}"),
+            num_generations,
+        ));
+    }
+    if let Some(w) = reward_weights
+        && (w.is_empty() || w.iter().any(|x| !x.is_finite()))
+    {
+        return Err(Error::config(
+            "reward_weights",
+            "must be finite, one per reward function",
+            format!("{w:?}"),
+        ));
+    }
+    Ok(())
+}
+
 fn check_groups(n: usize, g: usize) -> crate::Result<()> {
     check_non_empty("rewards_per_func", n, "the batch has no completion (N = 0)")?;
     if g == 0 || !n.is_multiple_of(g) {
@@ -553,6 +698,28 @@ pub struct GroupAdvantages {
 }
 
 impl GroupAdvantageConfig {
+    /// Checks what can be checked without the batch: `num_generations >= 1` and finite
+    /// `reward_weights` ([`Error::Config`]). The number of reward functions (and so the length
+    /// of `reward_weights`) and the divisibility of the batch are checked at forward.
+    pub fn validate(&self) -> crate::Result<()> {
+        validate_common(self.num_generations, 1, &self.reward_weights)
+    }
+
+    /// Validates the config ([`validate`](Self::validate)) and returns it as the op, so a bad
+    /// config is rejected at construction rather than at the first forward.
+    pub fn try_init(&self) -> crate::Result<Self> {
+        self.validate()?;
+        Ok(self.clone())
+    }
+
+    /// Panicking form of [`try_init`](Self::try_init).
+    ///
+    /// # Panics
+    /// On the errors of [`validate`](Self::validate).
+    pub fn init(&self) -> Self {
+        unwrap_or_panic(self.try_init())
+    }
+
     /// Group-relative advantages from per-function rewards.
     ///
     #[cfg_attr(
@@ -739,6 +906,40 @@ pub struct RlooAdvantages {
 }
 
 impl RlooAdvantageConfig {
+    /// Checks what can be checked without the batch: `num_generations >= 2`, finite `beta`
+    /// and `reward_weights`, a finite `reward_clip_range` with `lo <= hi` ([`Error::Config`]).
+    pub fn validate(&self) -> crate::Result<()> {
+        validate_common(self.num_generations, 2, &self.reward_weights)?;
+        if !self.beta.is_finite() {
+            return Err(Error::config("beta", "must be finite", self.beta));
+        }
+        if let Some([lo, hi]) = self.reward_clip_range
+            && !(lo.is_finite() && hi.is_finite() && lo <= hi)
+        {
+            return Err(Error::config(
+                "reward_clip_range",
+                "must be finite with lo <= hi",
+                format!("[{lo}, {hi}]"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Validates the config ([`validate`](Self::validate)) and returns it as the op, so a bad
+    /// config is rejected at construction rather than at the first forward.
+    pub fn try_init(&self) -> crate::Result<Self> {
+        self.validate()?;
+        Ok(self.clone())
+    }
+
+    /// Panicking form of [`try_init`](Self::try_init).
+    ///
+    /// # Panics
+    /// On the errors of [`validate`](Self::validate).
+    pub fn init(&self) -> Self {
+        unwrap_or_panic(self.try_init())
+    }
+
     /// Leave-one-out advantages.
     ///
     #[cfg_attr(
@@ -766,6 +967,7 @@ impl RlooAdvantageConfig {
         ref_logps: Option<Tensor<2>>,
         mask: Tensor<2, Bool>,
     ) -> crate::Result<RlooAdvantages> {
+        let mask = crate::reduce::canonical_mask(mask);
         let [n, k] = rewards_per_func.dims();
         let g = self.num_generations;
         check_groups(n, g)?;
@@ -797,9 +999,23 @@ impl RlooAdvantageConfig {
                 format!("[{lo}, {hi}]"),
             ));
         }
+        crate::error::check_dtype_like_opt(
+            "ref_logps",
+            ref_logps.as_ref(),
+            "old_logps",
+            &old_logps,
+        )?;
+        crate::error::check_dtype_like(
+            "rewards_per_func",
+            &rewards_per_func,
+            "old_logps",
+            &old_logps,
+        )?;
         check_no_inf(&rewards_per_func, "rewards_per_func")?;
-        check_finite(&old_logps, "old_logps")?;
-        check_finite_opt(ref_logps.as_ref(), "ref_logps")?;
+        check_finite_masked(&old_logps, &mask, "old_logps")?;
+        if let Some(r) = &ref_logps {
+            check_finite_masked(r, &mask, "ref_logps")?;
+        }
         let p = n / g;
         let mut metrics = Metrics::new();
         let raw = weighted_rewards(rewards_per_func.clone(), &weights);
@@ -808,8 +1024,9 @@ impl RlooAdvantageConfig {
             rewards = rewards.clamp(lo, hi);
         }
         if self.beta != 0.0 {
-            let reference = ref_logps.ok_or_else(|| {
-                Error::Incompatible("RLOO with beta != 0 needs ref_logps".to_string())
+            let reference = ref_logps.ok_or_else(|| Error::MissingInput {
+                arg: "ref_logps",
+                needed_by: "beta != 0 (the KL penalty in the RLOO rewards)".into(),
             })?;
             check_same_shape(
                 "ref_logps",

@@ -5,7 +5,7 @@ use burn::config::Config;
 use burn::tensor::{Bool, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::kl::{KlEstimator, kl_estimate};
+use super::kl::KlEstimator;
 use crate::error::{Error, check_positive, check_same_shape, unwrap_or_panic};
 use crate::losses::{LossOutput, Metrics};
 use crate::reduce::{Normalizer, mask_like, masked_row_mean, masked_row_sum, zero_masked};
@@ -113,6 +113,15 @@ pub struct GrpoLossConfig {
 }
 
 impl GrpoLossConfig {
+    /// The same config as TRL computes it in evaluation (`model.eval()` / `prediction_step`):
+    /// the loss is not divided by the gradient-accumulation or generation steps, i.e.
+    /// `gradient_accumulation_steps = steps_per_generation = 1`.
+    pub fn for_evaluation(&self) -> Self {
+        self.clone()
+            .with_gradient_accumulation_steps(1)
+            .with_steps_per_generation(1)
+    }
+
     /// Validates and builds.
     pub fn try_init(&self) -> crate::Result<GrpoLoss> {
         let eps_high = self.epsilon_high.unwrap_or(self.epsilon);
@@ -228,6 +237,7 @@ pub struct GrpoLossInput {
 impl GrpoLossInput {
     /// Required inputs; advantages per sequence `[B]`.
     pub fn new(logprobs: Tensor<2>, mask: Tensor<2, Bool>, advantages: Tensor<1>) -> Self {
+        let mask = crate::reduce::canonical_mask(mask);
         let b = advantages.dims()[0];
         Self::with_token_advantages(logprobs, mask, advantages.reshape([b, 1]))
     }
@@ -237,6 +247,7 @@ impl GrpoLossInput {
         mask: Tensor<2, Bool>,
         advantages: Tensor<2>,
     ) -> Self {
+        let mask = crate::reduce::canonical_mask(mask);
         Self {
             logprobs,
             mask,
@@ -389,6 +400,7 @@ impl GrpoLoss {
             importance_sampling_ratio,
             num_items_in_batch,
         } = input;
+        let mask = crate::reduce::canonical_mask(mask);
         let dims = logprobs.dims();
         let [b, t] = dims;
         check_same_shape("mask", &mask.dims(), &dims, "logprobs")?;
@@ -425,6 +437,7 @@ impl GrpoLoss {
                 n,
             ));
         }
+        crate::error::check_dtype_like("advantages", &advantages, "logprobs", &logprobs)?;
         crate::error::check_finite(&logprobs, "logprobs")?;
         crate::error::check_finite(&advantages, "advantages")?;
         for (name, x) in [
@@ -434,9 +447,18 @@ impl GrpoLoss {
             ("sampling_logprobs", &sampling_logprobs),
             ("importance_sampling_ratio", &importance_sampling_ratio),
         ] {
+            crate::error::check_dtype_like_opt(name, x.as_ref(), "logprobs", &logprobs)?;
             crate::error::check_finite_opt(x.as_ref(), name)?;
         }
-        let advantages = advantages.detach();
+        // f16 overflows e^{11}: the whole loss runs in f32 for half-precision inputs.
+        use crate::precision::upcast_half;
+        let logprobs = upcast_half(logprobs);
+        let old_logprobs = old_logprobs.map(upcast_half);
+        let ref_logprobs = ref_logprobs.map(upcast_half);
+        let entropies = entropies.map(upcast_half);
+        let sampling_logprobs = sampling_logprobs.map(upcast_half);
+        let importance_sampling_ratio = importance_sampling_ratio.map(upcast_half);
+        let advantages = upcast_half(advantages).detach();
         let maskf = mask_like(&logprobs, mask.clone());
         let old = old_logprobs
             .map(Tensor::detach)
@@ -457,9 +479,10 @@ impl GrpoLoss {
                 )
             }
             (None, true) => {
-                return Err(Error::Incompatible(
-                    "top_entropy_quantile < 1 needs entropies".into(),
-                ));
+                return Err(Error::MissingInput {
+                    arg: "entropies",
+                    needed_by: "top_entropy_quantile < 1: set GrpoLossInput::with_entropies".into(),
+                });
             }
             _ => None,
         };
@@ -484,14 +507,18 @@ impl GrpoLoss {
                 masked_row_mean(log_ratio.clone(), mask.clone()).reshape([b, 1])
             }
         };
-        let mut coef_1 = log_iw.exp();
+        let mut coef_1 = super::ratio::importance_ratio(log_iw);
 
         let per_token_kl = if c.beta != 0.0 {
             let reference = ref_logprobs
                 .clone()
-                .ok_or_else(|| Error::Incompatible("beta != 0 needs ref_logprobs".into()))?
+                .ok_or_else(|| Error::MissingInput {
+                    arg: "ref_logprobs",
+                    needed_by: "beta != 0 (the KL term): set GrpoLossInput::with_ref_logprobs"
+                        .into(),
+                })?
                 .detach();
-            let kl = kl_estimate(logprobs.clone(), reference, KlEstimator::K3);
+            let kl = super::kl::kl_estimate_unchecked(logprobs.clone(), reference, KlEstimator::K3);
             Some(if c.use_bias_correction_kl {
                 kl * coef_1.clone()
             } else {
@@ -594,10 +621,13 @@ impl GrpoLoss {
                 ),
                 GrpoLossType::Dapo | GrpoLossType::Cispo | GrpoLossType::Vespo => {
                     let n = num_items_in_batch.ok_or_else(|| {
-                        Error::Incompatible(format!(
-                            "loss_type {:?} needs num_items_in_batch",
-                            c.loss_type
-                        ))
+                        Error::MissingInput {
+                            arg: "num_items_in_batch",
+                            needed_by: format!(
+                                "loss_type {:?} normalizes by the step's token count: set GrpoLossInput::with_num_items_in_batch",
+                                c.loss_type
+                            ),
+                        }
                     })?;
                     let global =
                         n.max(1.0) / c.num_processes as f64 * gas / c.steps_per_generation as f64;
@@ -613,9 +643,10 @@ impl GrpoLoss {
 
         let mut loss = loss;
         if c.entropy_coef != 0.0 {
-            let h = entropies
-                .clone()
-                .ok_or_else(|| Error::Incompatible("entropy_coef != 0 needs entropies".into()))?;
+            let h = entropies.clone().ok_or_else(|| Error::MissingInput {
+                arg: "entropies",
+                needed_by: "entropy_coef != 0: set GrpoLossInput::with_entropies".into(),
+            })?;
             let effective = match &entropy_mask {
                 Some(m) => m.clone().bool_and(mask.clone()),
                 None => mask.clone(),
@@ -715,15 +746,7 @@ impl RlooLossConfig {
                 eps_high,
             ));
         }
-        self.normalizer.validate()?;
-        if matches!(
-            self.normalizer,
-            Normalizer::TokenMean | Normalizer::GlobalTokens(_)
-        ) {
-            return Err(Error::Incompatible(
-                "the RLOO loss has one term per sequence".into(),
-            ));
-        }
+        self.normalizer.validate_for_sequences("the RLOO loss")?;
         Ok(RlooLoss {
             eps_low: self.epsilon,
             eps_high,
@@ -781,18 +804,25 @@ impl RlooLoss {
         advantages: Tensor<1>,
         entropies: Option<Tensor<2>>,
     ) -> crate::Result<LossOutput> {
+        let mask = crate::reduce::canonical_mask(mask);
         let [b, _] = logprobs.dims();
         check_same_shape("mask", &mask.dims(), &logprobs.dims(), "logprobs")?;
         check_same_shape("old_logps", &old_logps.dims(), &[b], "logprobs rows")?;
         check_same_shape("advantages", &advantages.dims(), &[b], "logprobs rows")?;
         crate::error::check_non_empty("logprobs", b, "the batch has no sequence (B = 0)")?;
+        crate::error::check_dtype_like("old_logps", &old_logps, "logprobs", &logprobs)?;
+        crate::error::check_dtype_like("advantages", &advantages, "logprobs", &logprobs)?;
+        crate::error::check_dtype_like_opt("entropies", entropies.as_ref(), "logprobs", &logprobs)?;
         crate::error::check_finite(&logprobs, "logprobs")?;
         crate::error::check_finite(&old_logps, "old_logps")?;
         crate::error::check_finite(&advantages, "advantages")?;
         crate::error::check_finite_opt(entropies.as_ref(), "entropies")?;
-        let advantages = advantages.detach();
+        use crate::precision::upcast_half;
+        let (logprobs, old_logps) = (upcast_half(logprobs), upcast_half(old_logps));
+        let entropies = entropies.map(upcast_half);
+        let advantages = upcast_half(advantages).detach();
         let logps = masked_row_sum(logprobs, mask.clone());
-        let ratio = (logps - old_logps.detach()).exp();
+        let ratio = super::ratio::importance_ratio(logps - old_logps.detach());
         let clipped = ratio.clone().clamp(1.0 - self.eps_low, 1.0 + self.eps_high);
         let per_seq = (ratio.clone() * advantages.clone())
             .min_pair(clipped * advantages.clone())

@@ -36,7 +36,40 @@ pub enum KlEstimator {
 ///
 /// # Shapes
 /// - logprobs, ref_logprobs: any shape (the same) -> same shape
+///
+/// # Panics
+/// On the errors of [`try_kl_estimate`].
 pub fn kl_estimate<const D: usize>(
+    logprobs: Tensor<D>,
+    ref_logprobs: Tensor<D>,
+    estimator: KlEstimator,
+) -> Tensor<D> {
+    unwrap_or_panic(try_kl_estimate(logprobs, ref_logprobs, estimator))
+}
+
+/// Non-panicking form of [`kl_estimate`]: shapes or dtypes that differ ([`Error::Shape`] /
+/// [`Error::DType`] naming `ref_logprobs`); in checked mode non-finite inputs
+/// ([`Error::NonFinite`]). The `k3` log-ratio is bounded like the importance ratio
+/// ([`LOG_RATIO_LIMIT`](super::LOG_RATIO_LIMIT)), so finite inputs give a finite estimate and
+/// gradient.
+pub fn try_kl_estimate<const D: usize>(
+    logprobs: Tensor<D>,
+    ref_logprobs: Tensor<D>,
+    estimator: KlEstimator,
+) -> crate::Result<Tensor<D>> {
+    check_same_shape(
+        "ref_logprobs",
+        &ref_logprobs.dims(),
+        &logprobs.dims(),
+        "logprobs",
+    )?;
+    crate::error::check_dtype_like("ref_logprobs", &ref_logprobs, "logprobs", &logprobs)?;
+    crate::error::check_finite(&logprobs, "logprobs")?;
+    crate::error::check_finite(&ref_logprobs, "ref_logprobs")?;
+    Ok(kl_estimate_unchecked(logprobs, ref_logprobs, estimator))
+}
+
+pub(crate) fn kl_estimate_unchecked<const D: usize>(
     logprobs: Tensor<D>,
     ref_logprobs: Tensor<D>,
     estimator: KlEstimator,
@@ -45,7 +78,11 @@ pub fn kl_estimate<const D: usize>(
     match estimator {
         KlEstimator::K1 => log_ratio.neg(),
         KlEstimator::K2 => log_ratio.square().mul_scalar(0.5),
-        KlEstimator::K3 => log_ratio.clone().exp() - log_ratio - 1.0,
+        KlEstimator::K3 => {
+            // bounded like the importance ratio: exp(l) overflows f32 above ~88.7
+            let l = super::ratio::bounded_log_ratio(log_ratio);
+            l.clone().exp() - l - 1.0
+        }
         KlEstimator::Abs => log_ratio.abs(),
     }
 }
@@ -140,6 +177,7 @@ impl KlPenalty {
         mask: Option<Tensor<2, Bool>>,
         score_index: Option<Tensor<1, Int>>,
     ) -> crate::Result<KlPenaltyOutput> {
+        let mask = mask.map(crate::reduce::canonical_mask);
         let [b, t] = logprobs.dims();
         check_same_shape("ref_logprobs", &ref_logprobs.dims(), &[b, t], "logprobs")?;
         check_same_shape("scores", &scores.dims(), &[b], "logprobs rows")?;
@@ -174,11 +212,13 @@ impl KlPenalty {
                 ));
             }
         }
+        crate::error::check_dtype_like("ref_logprobs", &ref_logprobs, "logprobs", &logprobs)?;
+        crate::error::check_dtype_like("scores", &scores, "logprobs", &logprobs)?;
         crate::error::check_finite(&scores, "scores")?;
         crate::error::check_finite(&logprobs, "logprobs")?;
         crate::error::check_finite(&ref_logprobs, "ref_logprobs")?;
         let device = logprobs.device();
-        let mut kl = kl_estimate(logprobs, ref_logprobs, self.estimator);
+        let mut kl = kl_estimate_unchecked(logprobs, ref_logprobs, self.estimator);
         if let Some(m) = &mask {
             kl = zero_masked(kl, m.clone());
         }
@@ -233,6 +273,7 @@ pub fn reward_penalty_mask(
     penalise_no_eos: bool,
     min_response_length: Option<usize>,
 ) -> Tensor<1, Bool> {
+    let padding_masks = crate::reduce::canonical_mask(padding_masks);
     let [b, _] = padding_masks.dims();
     let mut penalty = Tensor::<1, Int>::zeros([b], &seq_lens.device()).equal_elem(1);
     if penalise_no_eos {

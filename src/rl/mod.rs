@@ -19,12 +19,15 @@ pub mod advantages;
 pub mod grpo;
 pub mod kl;
 pub mod ppo;
+pub mod ratio;
 pub mod step;
 
 pub use advantages::{
     Gae, GaeConfig, GaeMasking, GaeOutput, GroupAdvantageConfig, GroupAdvantages,
     RewardAggregation, RlooAdvantageConfig, RlooAdvantages, ScaleRewards, Whitening,
-    discounted_returns, discounted_reverse_cumsum, masked_mean, masked_var, whiten,
+    discounted_returns, discounted_reverse_cumsum, masked_mean, masked_var, trl_reward_weights,
+    try_discounted_returns, try_discounted_reverse_cumsum, try_masked_mean, try_masked_var,
+    try_whiten, whiten,
 };
 pub use grpo::{
     GrpoLoss, GrpoLossConfig, GrpoLossInput, GrpoLossType, ImportanceSamplingLevel, RlooLoss,
@@ -32,12 +35,13 @@ pub use grpo::{
 };
 pub use kl::{
     AdaptiveKlController, FixedKlController, KlController, KlEstimator, KlPenalty, KlPenaltyConfig,
-    KlPenaltyOutput, kl_estimate, reward_penalty_mask,
+    KlPenaltyOutput, kl_estimate, reward_penalty_mask, try_kl_estimate,
 };
 pub use ppo::{PpoLoss, PpoLossConfig, PpoLossInput};
+pub use ratio::LOG_RATIO_LIMIT;
 pub use step::{
-    PolicyOutput, PpoStepConfig, Rollout, RolloutBatch, StepLoss, StepStats, ppo_update,
-    try_ppo_update,
+    PolicyOutput, PpoStepConfig, Rollout, RolloutBatch, StepLoss, StepStats, clip_grad_norm,
+    ppo_update, try_clip_grad_norm, try_ppo_update,
 };
 
 use burn::tensor::{Tensor, TensorData};

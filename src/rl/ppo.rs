@@ -39,6 +39,18 @@ pub struct PpoLossConfig {
 }
 
 impl PpoLossConfig {
+    /// torchtune 0.6.1's `PPOLoss(epsilon, value_clip_range, value_coeff)`: its `masked_mean`
+    /// divides by `count + 1e-8` on both the policy and the value term
+    /// ([`Normalizer::TokenMeanEps`]`(1e-8)`); without a mask it is a plain mean, which the
+    /// same normalizer gives up to `1e-8 / count`.
+    pub fn torchtune(epsilon: f64, value_clip_range: f64, value_coeff: f64) -> Self {
+        Self::new()
+            .with_epsilon(epsilon)
+            .with_value_clip_range(value_clip_range)
+            .with_value_coeff(value_coeff)
+            .with_normalizer(Normalizer::TokenMeanEps(1e-8))
+    }
+
     /// Validates and builds.
     pub fn try_init(&self) -> crate::Result<PpoLoss> {
         let eps_high = self.epsilon_high.unwrap_or(self.epsilon);
@@ -123,6 +135,7 @@ impl PpoLossInput {
     }
     /// Sets the mask.
     pub fn with_mask(mut self, mask: Tensor<2, Bool>) -> Self {
+        let mask = crate::reduce::canonical_mask(mask);
         self.mask = Some(mask);
         self
     }
@@ -138,6 +151,7 @@ impl PpoLossInput {
     }
     /// Sets a separate value mask.
     pub fn with_value_mask(mut self, mask: Tensor<2, Bool>) -> Self {
+        let mask = crate::reduce::canonical_mask(mask);
         self.value_mask = Some(mask);
         self
     }
@@ -215,6 +229,8 @@ $$\ell^{V}_t = \tfrac12\max\!\big((V_t - R_t)^2,\; (\operatorname{clip}(V_t, V^{
             value_mask,
             entropy,
         } = input;
+        let mask = mask.map(crate::reduce::canonical_mask);
+        let value_mask = value_mask.map(crate::reduce::canonical_mask);
         let dims = logprobs.dims();
         check_same_shape("old_logprobs", &old_logprobs.dims(), &dims, "logprobs")?;
         check_same_shape("advantages", &advantages.dims(), &dims, "logprobs")?;
@@ -230,6 +246,17 @@ $$\ell^{V}_t = \tfrac12\max\!\big((V_t - R_t)^2,\; (\operatorname{clip}(V_t, V^{
             dims[0] * dims[1],
             &format!("shape {dims:?} has a zero dimension"),
         )?;
+        {
+            use crate::error::{check_dtype_like as same, check_dtype_like_opt as same_opt};
+            same("old_logprobs", &old_logprobs, "logprobs", &logprobs)?;
+            same("advantages", &advantages, "logprobs", &logprobs)?;
+            if let Some((v, v_old, returns)) = &values {
+                same("values", v, "logprobs", &logprobs)?;
+                same("old_values", v_old, "logprobs", &logprobs)?;
+                same("returns", returns, "logprobs", &logprobs)?;
+            }
+            same_opt("entropy", entropy.as_ref(), "logprobs", &logprobs)?;
+        }
         crate::error::check_finite(&logprobs, "logprobs")?;
         crate::error::check_finite(&old_logprobs, "old_logprobs")?;
         crate::error::check_finite(&advantages, "advantages")?;
@@ -239,9 +266,14 @@ $$\ell^{V}_t = \tfrac12\max\!\big((V_t - R_t)^2,\; (\operatorname{clip}(V_t, V^{
             crate::error::check_finite(returns, "returns")?;
         }
         crate::error::check_finite_opt(entropy.as_ref(), "entropy")?;
-        let advantages = advantages.detach();
+        // f16 overflows e^{11}: the whole loss runs in f32 for half-precision inputs.
+        use crate::precision::upcast_half;
+        let (logprobs, old_logprobs) = (upcast_half(logprobs), upcast_half(old_logprobs));
+        let values = values.map(|(v, o, r)| (upcast_half(v), upcast_half(o), upcast_half(r)));
+        let entropy = entropy.map(upcast_half);
+        let advantages = upcast_half(advantages).detach();
         let log_ratio = logprobs - old_logprobs.detach();
-        let ratio = log_ratio.clone().exp();
+        let ratio = super::ratio::importance_ratio(log_ratio.clone());
         let clipped = ratio.clone().clamp(1.0 - self.eps_low, 1.0 + self.eps_high);
         let unclipped_loss = advantages.clone().neg() * ratio.clone();
         let clipped_loss = advantages.clone().neg() * clipped;

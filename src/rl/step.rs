@@ -251,6 +251,34 @@ pub struct PpoStepConfig {
     pub seed: u64,
 }
 
+impl PpoStepConfig {
+    /// Rejects a non-positive or non-finite `learning_rate`, `max_grad_norm` or `target_kl`
+    /// (a NaN `target_kl` would silently disable early stopping), and zero `epochs`,
+    /// `num_minibatches` or `gradient_accumulation_steps`.
+    pub fn validate(&self) -> crate::Result<()> {
+        check_positive("learning_rate", self.learning_rate)?;
+        if let Some(n) = self.max_grad_norm {
+            check_positive("max_grad_norm", n)?;
+        }
+        if let Some(kl) = self.target_kl {
+            check_positive("target_kl", kl)?;
+        }
+        for (field, value) in [
+            ("epochs", self.epochs),
+            ("num_minibatches", self.num_minibatches),
+            (
+                "gradient_accumulation_steps",
+                self.gradient_accumulation_steps,
+            ),
+        ] {
+            if value == 0 {
+                return Err(Error::config(field, "must be >= 1", value));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Averages and counters of one [`ppo_update`].
 #[derive(Debug, Clone, Default)]
 pub struct StepStats {
@@ -320,7 +348,29 @@ impl ModuleVisitor for GradScale<'_> {
 /// Clips the global L2 norm of `grads` (over `module`'s parameters) to `max_norm` like
 /// `torch.nn.utils.clip_grad_norm_` (`scale = max_norm / (norm + 1e-6)` when above). Returns
 /// the norm before clipping (one host read).
+///
+/// # Panics
+/// On the errors of [`try_clip_grad_norm`].
 pub fn clip_grad_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
+    unwrap_or_panic(try_clip_grad_norm(module, grads, max_norm))
+}
+
+/// Non-panicking form of [`clip_grad_norm`]: `max_norm` must be finite and > 0
+/// ([`Error::Config`] naming `max_norm`; a negative value would flip the gradient's sign).
+pub fn try_clip_grad_norm<M: Module>(
+    module: &M,
+    grads: &mut GradientsParams,
+    max_norm: f64,
+) -> crate::Result<f64> {
+    check_positive("max_norm", max_norm)?;
+    Ok(clip_grad_norm_unchecked(module, grads, max_norm))
+}
+
+fn clip_grad_norm_unchecked<M: Module>(
+    module: &M,
+    grads: &mut GradientsParams,
+    max_norm: f64,
+) -> f64 {
     let mut visitor = GradSquaredNorm { grads, total: None };
     module.visit(&mut visitor);
     let norm = visitor
@@ -359,10 +409,7 @@ where
     F: FnMut(&M, &RolloutBatch) -> PolicyOutput,
 {
     rollout.validate()?;
-    check_positive("learning_rate", config.learning_rate)?;
-    if let Some(n) = config.max_grad_norm {
-        check_positive("max_grad_norm", n)?;
-    }
+    config.validate()?;
     let b = rollout.len();
     let (mb, gas) = (config.num_minibatches, config.gradient_accumulation_steps);
     if config.epochs == 0
@@ -371,11 +418,15 @@ where
         || !b.is_multiple_of(mb)
         || !(b / mb).is_multiple_of(gas)
     {
-        return Err(Error::Incompatible(format!(
-            "epochs ({}) >= 1 and rollout rows ({b}) must split into num_minibatches ({mb}) x \
-             gradient_accumulation_steps ({gas}) equal parts",
-            config.epochs
-        )));
+        return Err(Error::Conflict {
+            field: "num_minibatches",
+            other: "rollout",
+            reason: format!(
+                "epochs ({}) >= 1 and rollout rows ({b}) must split into num_minibatches ({mb}) x \
+                 gradient_accumulation_steps ({gas}) equal parts",
+                config.epochs
+            ),
+        });
     }
     let mb_size = b / mb;
     let micro_size = mb_size / gas;
@@ -387,7 +438,10 @@ where
         .into_data()
         .convert::<i64>()
         .try_into_vec::<i64>()
-        .map_err(|e| Error::Incompatible(format!("cannot read the mask back: {e:?}")))?
+        .map_err(|e| Error::Backend {
+            arg: "rollout.mask",
+            detail: format!("{e:?}"),
+        })?
         .into_iter()
         .map(|x| x as f64)
         .collect();
@@ -426,7 +480,7 @@ where
             }
             let mut grads = accumulator.grads();
             if let Some(max_norm) = config.max_grad_norm {
-                let norm = clip_grad_norm(&model, &mut grads, max_norm);
+                let norm = clip_grad_norm_unchecked(&model, &mut grads, max_norm);
                 add("grad_norm", norm);
             }
             model = optim.step(config.learning_rate, model, grads);

@@ -1,6 +1,8 @@
 //! Loading fixture cases (`{"source", "case", "config", "inputs", "expected"}`).
 #![allow(dead_code)]
 
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde_json::Value;
@@ -14,6 +16,12 @@ pub struct Case {
     pub config: Value,
     pub inputs: Value,
     pub expected: Value,
+    /// The `expected` keys a runner has read (compared). The harness fails a case whose
+    /// fixture carries a key no runner compared, so a new metric cannot pass unnoticed.
+    pub used: RefCell<BTreeSet<String>>,
+    /// Expected values a runner deliberately does not compare, with the reason (printed by
+    /// the harness: a skip is never silent).
+    pub skipped: RefCell<BTreeSet<String>>,
 }
 
 /// A nested JSON array flattened row-major, with its shape.
@@ -86,7 +94,45 @@ impl Case {
     pub fn input_opt(&self, key: &str) -> Option<Array> {
         self.inputs.get(key).filter(|v| !v.is_null()).map(array)
     }
+    /// Marks `key` as compared (for keys a runner checks without `expect`, e.g. a nested
+    /// object or a value compared through another path).
+    pub fn mark_compared(&self, key: &str) {
+        self.used.borrow_mut().insert(key.to_string());
+    }
+    /// The non-null `expected` keys no runner compared.
+    pub fn uncompared(&self) -> Vec<String> {
+        let used = self.used.borrow();
+        match &self.expected {
+            Value::Object(map) => map
+                .iter()
+                .filter(|(k, v)| !v.is_null() && !used.contains(k.as_str()))
+                .map(|(k, _)| k.clone())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+    /// Records that `what` is deliberately not compared, and why.
+    pub fn skip(&self, what: &str, reason: &str) {
+        self.skipped
+            .borrow_mut()
+            .insert(format!("{what} ({reason})"));
+    }
+    /// The raw `expected[key]` JSON value (marked as compared).
+    pub fn expected_value(&self, key: &str) -> &Value {
+        self.mark_compared(key);
+        &self.expected[key]
+    }
+    /// A nested expected array `expected[outer][key]` (e.g. `reference_fp64`).
+    pub fn expect_nested(&self, outer: &str, key: &str) -> Option<Array> {
+        self.mark_compared(outer);
+        self.expected
+            .get(outer)
+            .and_then(|o| o.get(key))
+            .filter(|v| !v.is_null())
+            .map(array)
+    }
     pub fn expect(&self, key: &str) -> Array {
+        self.mark_compared(key);
         array(
             self.expected
                 .get(key)
@@ -94,6 +140,7 @@ impl Case {
         )
     }
     pub fn expect_opt(&self, key: &str) -> Option<Array> {
+        self.mark_compared(key);
         self.expected.get(key).filter(|v| !v.is_null()).map(array)
     }
     pub fn config_f64(&self, key: &str) -> f64 {
@@ -108,6 +155,27 @@ impl Case {
             .and_then(Value::as_bool)
             .unwrap_or_else(|| panic!("{}: no config `{key}`", self.name))
     }
+}
+
+/// The case names per folder that `dir/manifest.json` lists (`groups`), if there is one.
+pub fn manifest_groups(dir: &Path) -> Option<std::collections::BTreeMap<String, Vec<String>>> {
+    let text = std::fs::read_to_string(dir.join("manifest.json")).ok()?;
+    let v: Value = serde_json::from_str(&text).expect("manifest.json parses");
+    let groups = v["groups"].as_object().expect("manifest.json has `groups`");
+    Some(
+        groups
+            .iter()
+            .map(|(folder, names)| {
+                let names = names
+                    .as_array()
+                    .expect("a manifest group is a list")
+                    .iter()
+                    .map(|n| n.as_str().expect("case names are strings").to_string())
+                    .collect();
+                (folder.clone(), names)
+            })
+            .collect(),
+    )
 }
 
 /// Every `*.json` case under `dir/<folder>/` (sorted), skipping `manifest.json`.
@@ -140,6 +208,8 @@ pub fn load_all(dir: &Path) -> Vec<Case> {
                 config: v["config"].clone(),
                 inputs: v["inputs"].clone(),
                 expected: v["expected"].clone(),
+                used: RefCell::default(),
+                skipped: RefCell::default(),
             });
         }
     }

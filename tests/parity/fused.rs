@@ -115,6 +115,52 @@ pub fn chunked_kernel(case: &Case, dev: &TestDevice) -> Result<(), String> {
         )?;
         check_stats(case, &out, &tag)?;
         check_grads(case, &tag, &grads, (&h, &w, b.as_ref()))?;
+        check_reference_fp64(case, dev, &tag, &out, &grads, (&h, &w, b.as_ref()))?;
+    }
+    Ok(())
+}
+
+/// README: `logprob` `reference_fp64` (plain float64 torch on full logits): rtol 1e-9,
+/// atol 1e-12. On an f64 device the fused op computes in f64, so it is held to that bound
+/// (TRL's own outputs only reach float32 precision).
+fn check_reference_fp64(
+    case: &Case,
+    dev: &TestDevice,
+    tag: &str,
+    out: &burn_rlhf::logprobs::FusedLogprobsOutput,
+    grads: &burn::tensor::Gradients,
+    (h, w, b): (&Tensor<2>, &Tensor<2>, Option<&Tensor<1>>),
+) -> Result<(), String> {
+    case.mark_compared("reference_fp64");
+    if !dev.has_f64() {
+        return Ok(());
+    }
+    let strict = |what: &str, actual: Vec<f64>| -> Result<(), String> {
+        match case.expect_nested("reference_fp64", what) {
+            Some(want) => check_close(
+                &format!("{tag} reference_fp64 {what}"),
+                &actual,
+                &want.values,
+                1e-9,
+                1e-12,
+            ),
+            None => Ok(()),
+        }
+    };
+    strict("log_probs", to_vec(out.logprobs.clone()))?;
+    for (key, value) in [
+        ("entropy", &out.entropy),
+        ("log_sum_sq_probs", &out.log_sum_sq_probs),
+        ("mean_logits", &out.mean_logits),
+    ] {
+        if let Some(v) = value {
+            strict(key, to_vec(v.clone()))?;
+        }
+    }
+    strict("grad_hidden", to_vec(h.grad(grads).unwrap()))?;
+    strict("grad_weight", to_vec(w.grad(grads).unwrap()))?;
+    if let Some(b) = b {
+        strict("grad_bias", to_vec(b.grad(grads).unwrap()))?;
     }
     Ok(())
 }

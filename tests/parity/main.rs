@@ -77,6 +77,7 @@ struct Tally {
     passed: usize,
     failed: usize,
     not_yet: usize,
+    skipped: std::collections::BTreeSet<String>,
 }
 
 #[test]
@@ -91,6 +92,39 @@ fn parity() {
     let devices = common::devices();
     let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
     let mut failures = Vec::new();
+    // A partial fixture folder must fail, not pass: every case the manifest lists must be
+    // present, and every present case must be listed.
+    match fixture::manifest_groups(&dir) {
+        Some(groups) => {
+            for (folder, names) in &groups {
+                let present: Vec<&str> = cases
+                    .iter()
+                    .filter(|c| &c.folder == folder)
+                    .map(|c| c.name.as_str())
+                    .collect();
+                for name in names {
+                    if !present.contains(&name.as_str()) {
+                        failures.push(format!(
+                            "{folder}/{name}: listed in manifest.json but missing"
+                        ));
+                    }
+                }
+                if present.len() != names.len() {
+                    failures.push(format!(
+                        "{folder}: {} cases on disk, manifest.json lists {}",
+                        present.len(),
+                        names.len()
+                    ));
+                }
+            }
+            for case in &cases {
+                if !groups.contains_key(&case.folder) {
+                    failures.push(format!("{}: folder not in manifest.json", case.folder));
+                }
+            }
+        }
+        None => failures.push(format!("no manifest.json in {}", dir.display())),
+    }
     for case in &cases {
         let tally = tallies.entry(case.folder.clone()).or_default();
         let function = case.function();
@@ -106,6 +140,15 @@ fn parity() {
                         ));
                     }
                 }
+                let uncompared = case.uncompared();
+                if ok && !uncompared.is_empty() {
+                    ok = false;
+                    failures.push(format!(
+                        "{}/{}: the fixture carries {uncompared:?}, which the runner does not compare",
+                        case.folder, case.name
+                    ));
+                }
+                tally.skipped.extend(case.skipped.borrow().iter().cloned());
                 if ok {
                     tally.passed += 1;
                 } else {
@@ -132,6 +175,9 @@ fn parity() {
             "{folder}: {} passed, {} failed, {} not yet implemented",
             t.passed, t.failed, t.not_yet
         );
+        if !t.skipped.is_empty() {
+            println!("  {folder}: not compared: {:?}", t.skipped);
+        }
     }
     assert!(
         failures.is_empty(),

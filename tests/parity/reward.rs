@@ -74,7 +74,8 @@ pub fn compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
         false,
     )?;
 
-    let expected = case.expected["metrics"]
+    let expected = case
+        .expected_value("metrics")
         .as_object()
         .ok_or("no expected metrics")?;
     let host = loss.metrics.to_host();

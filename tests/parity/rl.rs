@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use burn::tensor::{Bool, Device, Tensor, TensorData};
-use burn_rlhf::Normalizer;
 use burn_rlhf::rl::{
     GaeConfig, GroupAdvantageConfig, GrpoLossConfig, GrpoLossInput, GrpoLossType,
     ImportanceSamplingLevel, KlPenaltyConfig, PpoLossConfig, PpoLossInput, RewardAggregation,
@@ -64,7 +63,7 @@ fn mask2(a: &Array, device: &Device) -> Tensor<2, Bool> {
     bool_tensor::<2>(a.bools(), a.shape(), device)
 }
 fn scalar(case: &Case, key: &str) -> f64 {
-    case.expected[key]
+    case.expected_value(key)
         .as_f64()
         .unwrap_or_else(|| panic!("{}: expected `{key}` not a number", case.name))
 }
@@ -79,11 +78,6 @@ fn cfg_str(case: &Case, key: &str) -> String {
 }
 fn cfg_usize(case: &Case, key: &str) -> usize {
     case.config_f64(key) as usize
-}
-
-/// Number of true entries of a 0/1 array (host).
-fn count(a: &Array) -> f64 {
-    a.values.iter().filter(|&&x| x != 0.0).count() as f64
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -158,24 +152,20 @@ pub fn masked_var(case: &Case, dev: &TestDevice) -> Result<(), String> {
 // torchtune: ppo/
 // ---------------------------------------------------------------------------------------------
 
-/// `PPOLoss.forward`: torchtune's `masked_mean` is `sum / (count + 1e-8)` for each mask, i.e.
-/// `Normalizer::Constant(count + 1e-8)`; without a mask a plain mean (`TokenMean`).
+/// `PPOLoss.forward` through the library preset [`PpoLossConfig::torchtune`] (torchtune's
+/// `masked_mean` is `sum / (count + 1e-8)`; without a mask a plain mean).
 pub fn ppo_loss_forward(case: &Case, dev: &TestDevice) -> Result<(), String> {
     let device = dev.autodiff();
     let pi = t2(&case.input("pi_logprobs"), dev, &device).require_grad();
     let phi = t2(&case.input("phi_values"), dev, &device).require_grad();
     let pmask = case.input_opt("padding_masks");
     let vmask = case.input_opt("value_padding_masks");
-    let norm = |m: &Option<Array>| match m {
-        Some(m) => Normalizer::Constant(count(m) + 1e-8),
-        None => Normalizer::TokenMean,
-    };
-    let loss = PpoLossConfig::new()
-        .with_epsilon(case.config_f64("epsilon"))
-        .with_value_clip_range(case.config_f64("value_clip_range"))
-        .with_value_coeff(case.config_f64("value_coeff"))
-        .init()
-        .with_normalizers(norm(&pmask), norm(&vmask));
+    let loss = PpoLossConfig::torchtune(
+        case.config_f64("epsilon"),
+        case.config_f64("value_clip_range"),
+        case.config_f64("value_coeff"),
+    )
+    .init();
     let mut input = PpoLossInput::new(
         pi.clone(),
         t2(&case.input("pi_old_logprobs"), dev, &device),
@@ -308,12 +298,13 @@ fn rewards_per_func(case: &Case, dev: &TestDevice, device: &Device) -> Tensor<2>
 /// TRL keeps `reward_weights` as a float32 tensor (`torch.tensor(args.reward_weights,
 /// dtype=torch.float32)`), so the weights it multiplies by are the float32 roundings.
 fn weights(case: &Case) -> Vec<f64> {
-    case.config["reward_weights"]
+    let configured: Vec<f64> = case.config["reward_weights"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| v.as_f64().unwrap() as f32 as f64)
-        .collect()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    burn_rlhf::rl::trl_reward_weights(&configured)
 }
 
 /// `GRPOTrainer._generate_and_score_completions`: the advantage part.
@@ -342,7 +333,7 @@ pub fn grpo_advantages(case: &Case, dev: &TestDevice) -> Result<(), String> {
         &case.expect("advantages").values,
         dev,
     )?;
-    check_metrics(&out.metrics.to_host(), &case.expected["metrics"], dev)
+    check_metrics(&out.metrics.to_host(), case.expected_value("metrics"), dev)
 }
 
 /// `RLOOTrainer._generate_and_score_completions`: the advantage part.
@@ -376,7 +367,11 @@ pub fn rloo_advantages(case: &Case, dev: &TestDevice) -> Result<(), String> {
         &case.expect("old_logps").values,
         dev,
     )?;
-    check_metrics(&out.group.metrics.to_host(), &case.expected["metrics"], dev)
+    check_metrics(
+        &out.group.metrics.to_host(),
+        case.expected_value("metrics"),
+        dev,
+    )
 }
 
 /// `GRPOTrainer._compute_loss`. Eval mode: TRL does not divide by grad-accum steps, which is
@@ -399,14 +394,10 @@ pub fn grpo_compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
         _ => ImportanceSamplingLevel::Sequence,
     };
     let eval = cfg_str(case, "mode") == "eval";
-    let (gas, spg) = if eval {
-        (1, 1)
-    } else {
-        (
-            cfg_usize(case, "current_gradient_accumulation_steps"),
-            cfg_usize(case, "steps_per_generation"),
-        )
-    };
+    let (gas, spg) = (
+        cfg_usize(case, "current_gradient_accumulation_steps"),
+        cfg_usize(case, "steps_per_generation"),
+    );
     let loss = GrpoLossConfig::new()
         .with_loss_type(loss_type)
         .with_beta(case.config_f64("beta"))
@@ -427,8 +418,9 @@ pub fn grpo_compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
         .with_max_completion_length(cfg_usize(case, "max_completion_length"))
         .with_gradient_accumulation_steps(gas)
         .with_steps_per_generation(spg)
-        .with_num_processes(cfg_usize(case, "num_processes"))
-        .init();
+        .with_num_processes(cfg_usize(case, "num_processes"));
+    // TRL's evaluation path: the library preset drops the accumulation divisors.
+    let loss = if eval { loss.for_evaluation() } else { loss }.init();
     let logps = t2(&case.input("per_token_logps"), dev, &device).require_grad();
     let entropies = t2(&case.input("entropies"), dev, &device).require_grad();
     let mut mask = mask2(&case.input("completion_mask"), &device);
@@ -461,7 +453,7 @@ pub fn grpo_compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
     let metrics = out.metrics.to_host();
     let grads = out.loss.backward();
     check("loss", &to_vec(out.loss), &[scalar(case, "loss")], dev)?;
-    check_metrics(&metrics, &case.expected["metrics"], dev)?;
+    check_metrics(&metrics, case.expected_value("metrics"), dev)?;
     check(
         "grad_per_token_logps",
         &to_vec(logps.grad(&grads).unwrap()),
@@ -496,7 +488,7 @@ pub fn rloo_compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
     let metrics = out.metrics.to_host();
     let grads = out.loss.backward();
     check("loss", &to_vec(out.loss), &[scalar(case, "loss")], dev)?;
-    check_metrics(&metrics, &case.expected["metrics"], dev)?;
+    check_metrics(&metrics, case.expected_value("metrics"), dev)?;
     check(
         "grad_per_token_logps",
         &to_vec(logps.grad(&grads).unwrap()),
