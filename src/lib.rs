@@ -13,6 +13,7 @@ pub mod reduce;
 pub mod rl;
 #[cfg(test)]
 mod test_util;
+pub mod trl;
 
 pub use error::{Error, Result, checked_mode, set_checked_mode};
 pub use logprobs::{
