@@ -13,6 +13,9 @@ pub mod reduce;
 pub mod rl;
 #[cfg(test)]
 mod test_util;
+#[cfg(feature = "train")]
+#[cfg_attr(docsrs, doc(cfg(feature = "train")))]
+pub mod train;
 pub mod trl;
 
 pub use error::{Error, Result, checked_mode, set_checked_mode};
