@@ -134,7 +134,7 @@ fn loader<I, O>(
 ) -> std::sync::Arc<dyn burn::data::dataloader::DataLoader<O>>
 where
     I: Clone + Send + Sync + std::fmt::Debug + 'static,
-    O: Send + 'static,
+    O: Send + Clone + std::fmt::Debug + 'static,
     TokenBatcher: burn::data::dataloader::batcher::Batcher<I, O>,
 {
     DataLoaderBuilder::new(TokenBatcher::new(EOS))
@@ -206,7 +206,7 @@ pub fn run(o: &Options) -> Result<Summary, String> {
         loader(sft_valid, o.batch, o.seed),
     )
     .launch(Learner::new(
-        SftModel::new(TinyLm::new(o.d_model, 2, &device)),
+        SftModel::new(TinyLm::new(o.d_model, 2, &device.clone().autodiff())),
         AdamConfig::new().init(),
         3e-3,
     ));
@@ -240,11 +240,11 @@ pub fn run(o: &Options) -> Result<Summary, String> {
             .collect()
     };
     let train = pair_items(o.steps * o.batch, &mut rng, o.precompute_ref);
-    let heldout = pair_items(o.heldout, &mut rng, false);
+    let heldout = pair_items(o.heldout, &mut rng, o.precompute_ref);
 
     // --- DPO: the policy starts from the warmed-up model; the reference is held out of the
     // optimizer and the checkpoint (or absent when its log-probs are precomputed).
-    let policy = reference.clone();
+    let policy = sft.model.model.train(); // back on the autodiff device, trainable
     let model = PreferenceModel::new(
         policy.clone(),
         (!o.precompute_ref).then(|| reference.clone()),
