@@ -127,6 +127,24 @@ pub enum Error {
         /// The device, formatted.
         device: String,
     },
+    /// A config file names a field that the config class does not have (see [`crate::trl`]).
+    #[error(
+        "unknown field `{field}` for {config}: it is neither a field of TRL's {config} nor of transformers' TrainingArguments"
+    )]
+    UnknownField {
+        /// The config class, e.g. `"DPOConfig"`.
+        config: &'static str,
+        /// The unknown field, as written in the file.
+        field: String,
+    },
+    /// A config file could not be read or parsed (not JSON / YAML, or not a mapping).
+    #[error("cannot read {what}: {message}")]
+    ConfigFile {
+        /// What was being read, e.g. `"DPOConfig JSON"` or a path.
+        what: String,
+        /// The reader's or parser's message.
+        message: String,
+    },
 }
 
 /// `Result` with the crate's [`Error`].

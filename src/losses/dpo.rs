@@ -134,7 +134,8 @@ pub enum FDivergenceType {
 ///
 /// Loadable from TRL-style JSON (`DpoLossConfig::load`, or `serde_json`): for example
 /// `{"loss_type": ["sigmoid", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0]}` is MPO.
-/// Fields not given take the defaults below.
+/// Those need every field; a TRL `DPOConfig` file, where missing fields take TRL's defaults,
+/// loads with [`FromTrl::from_trl_json`](crate::trl::FromTrl::from_trl_json).
 #[derive(Config, Debug)]
 pub struct DpoLossConfig {
     /// Loss types, summed with `loss_weights`. Default: `[sigmoid]`.

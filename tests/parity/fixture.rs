@@ -178,13 +178,14 @@ pub fn manifest_groups(dir: &Path) -> Option<std::collections::BTreeMap<String, 
     )
 }
 
-/// Every `*.json` case under `dir/<folder>/` (sorted), skipping `manifest.json`.
+/// Every `*.json` case under `dir/<folder>/` (sorted), skipping `manifest.json` and
+/// `trl_configs/` (TRL config dumps for `tests/trl_configs.rs`, not parity cases).
 pub fn load_all(dir: &Path) -> Vec<Case> {
     let mut cases = Vec::new();
     let mut folders: Vec<_> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("cannot read fixtures dir {}: {e}", dir.display()))
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
+        .filter(|e| e.path().is_dir() && e.file_name() != "trl_configs")
         .collect();
     folders.sort_by_key(|e| e.file_name());
     for folder in folders {

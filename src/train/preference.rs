@@ -1,0 +1,381 @@
+//! Adapters for the preference losses: paired (DPO family, CPO / SimPO, ORPO) and unpaired
+//! (KTO), each a policy plus an optional frozen reference.
+
+use burn::module::{Module, ModuleDisplay};
+use burn::tensor::{Device, Int, Tensor};
+use burn::train::{InferenceStep, TrainOutput, TrainStep};
+
+use super::{CausalLmLogps, PreferenceInput, TrlOutput, UnpairedInput, ids_onto, onto, rows};
+use crate::IGNORE_INDEX;
+use crate::error::{Error, Result, check_non_empty, check_same_shape, unwrap_or_panic};
+use crate::losses::{
+    CpoLoss, DpoLoss, KtoLoss, KtoLossConfig, KtoLossType, OrpoLoss, PreferenceBatch,
+    UnpairedBatch, kto_kl_estimate,
+};
+
+/// The loss a [`PreferenceModel`] trains with.
+#[derive(Debug, Clone)]
+pub enum PreferenceObjective {
+    /// A DPO-family loss (needs reference log-probs).
+    Dpo(DpoLoss),
+    /// CPO, SimPO, AlphaPO (reference-free).
+    Cpo(CpoLoss),
+    /// ORPO (reference-free; its NLL term runs over the labelled completion tokens).
+    Orpo(OrpoLoss),
+}
+
+impl From<DpoLoss> for PreferenceObjective {
+    fn from(loss: DpoLoss) -> Self {
+        Self::Dpo(loss)
+    }
+}
+impl From<CpoLoss> for PreferenceObjective {
+    fn from(loss: CpoLoss) -> Self {
+        Self::Cpo(loss)
+    }
+}
+impl From<OrpoLoss> for PreferenceObjective {
+    fn from(loss: OrpoLoss) -> Self {
+        Self::Orpo(loss)
+    }
+}
+
+/// A burn-train model for paired preference optimization: the policy is trained and
+/// checkpointed; the reference (`#[module(skip)]`, see the [module docs](super)) is not.
+///
+/// Each step runs the policy once on the stacked `[2B, T]` chosen-then-rejected rows, splits
+/// the log-probs, takes the reference log-probs from the input (precomputed) or from the
+/// reference model, and applies the objective. Metrics: TRL's keys
+/// ([`TrlMetric::PREFERENCE_KEYS`](super::TrlMetric::PREFERENCE_KEYS)).
+#[derive(Module, Debug)]
+pub struct PreferenceModel<P, R = P> {
+    /// The trained policy.
+    pub policy: P,
+    /// The frozen reference (not a parameter: no gradient, no optimizer state, not saved).
+    #[module(skip)]
+    pub reference: Option<R>,
+    /// The loss.
+    #[module(skip)]
+    pub objective: PreferenceObjective,
+}
+
+impl<P, R> PreferenceModel<P, R> {
+    /// The adapter. `reference`: the frozen model (usually `policy.valid()`), or `None` when
+    /// the inputs carry precomputed reference log-probs or the objective needs none.
+    pub fn new(policy: P, reference: Option<R>, objective: impl Into<PreferenceObjective>) -> Self {
+        Self {
+            policy,
+            reference,
+            objective: objective.into(),
+        }
+    }
+}
+
+/// Pads `[N, w]` ids to `[N, t]` with `value`.
+fn pad_to(ids: Tensor<2, Int>, t: usize, value: i64) -> Tensor<2, Int> {
+    let [n, w] = ids.dims();
+    if w == t {
+        return ids;
+    }
+    let device = ids.device();
+    Tensor::cat(vec![ids, Tensor::full([n, t - w], value, &device)], 1)
+}
+
+/// The stacked `[2N, T]` rows of two `[N, *]` halves (padded to one width).
+fn stack(
+    first: (Tensor<2, Int>, Tensor<2, Int>),
+    second: (Tensor<2, Int>, Tensor<2, Int>),
+    names: [&'static str; 4],
+) -> Result<(Tensor<2, Int>, Tensor<2, Int>)> {
+    let [n, t1] = first.0.dims();
+    check_non_empty(names[0], n, "the batch has no row")?;
+    check_same_shape(names[1], &first.1.dims(), &[n, t1], names[0])?;
+    let [n2, t2] = second.0.dims();
+    if n2 != n {
+        return Err(Error::shape(
+            names[2],
+            format!("[{n}, T] (as {})", names[0]),
+            &[n2, t2],
+        ));
+    }
+    check_same_shape(names[3], &second.1.dims(), &[n2, t2], names[2])?;
+    let t = t1.max(t2);
+    let ids = Tensor::cat(vec![pad_to(first.0, t, 0), pad_to(second.0, t, 0)], 0);
+    let labels = Tensor::cat(
+        vec![
+            pad_to(first.1, t, IGNORE_INDEX),
+            pad_to(second.1, t, IGNORE_INDEX),
+        ],
+        0,
+    );
+    Ok((ids, labels))
+}
+
+/// Summed log-probs of the reference on `ids` (computed on the reference's own device), moved
+/// to `device`.
+fn reference_logps<R: CausalLmLogps + Module + ModuleDisplay>(
+    reference: &R,
+    ids: Tensor<2, Int>,
+    labels: Tensor<2, Int>,
+    device: &Device,
+) -> Tensor<1> {
+    let on = reference
+        .devices()
+        .first()
+        .cloned()
+        .unwrap_or_else(|| device.clone());
+    let sums = reference
+        .token_logps(ids_onto(ids, &on), ids_onto(labels, &on))
+        .sum();
+    onto(sums, device)
+}
+
+fn optional_pair(
+    a: Option<Tensor<1>>,
+    b: Option<Tensor<1>>,
+    names: &'static str,
+) -> Result<Option<(Tensor<1>, Tensor<1>)>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Ok(Some((a, b))),
+        (None, None) => Ok(None),
+        _ => Err(Error::MissingInput {
+            arg: names,
+            needed_by: format!("{names} must be given together"),
+        }),
+    }
+}
+
+impl<P: CausalLmLogps + Module + ModuleDisplay, R: CausalLmLogps + Module + ModuleDisplay>
+    PreferenceModel<P, R>
+{
+    /// The loss and metrics of one batch. Errors: inconsistent shapes ([`Error::Shape`]), an
+    /// empty batch, a DPO objective with neither a reference model nor precomputed reference
+    /// log-probs ([`Error::MissingInput`]), and the loss's own errors.
+    pub fn try_forward(&self, input: PreferenceInput) -> Result<TrlOutput> {
+        let b = input.chosen_ids.dims()[0];
+        let (ids, labels) = stack(
+            (input.chosen_ids, input.chosen_labels),
+            (input.rejected_ids, input.rejected_labels),
+            [
+                "chosen_ids",
+                "chosen_labels",
+                "rejected_ids",
+                "rejected_labels",
+            ],
+        )?;
+        let tokens = self.policy.token_logps(ids.clone(), labels.clone());
+        let batch = PreferenceBatch::try_from_tokens(rows(&tokens, 0, b), rows(&tokens, b, b))?;
+        let out = match &self.objective {
+            PreferenceObjective::Dpo(loss) => {
+                let device = batch.chosen_logps.device();
+                let given = optional_pair(
+                    input.ref_chosen_logps,
+                    input.ref_rejected_logps,
+                    "ref_chosen_logps and ref_rejected_logps",
+                )?;
+                let (c, r) = match (given, &self.reference) {
+                    (Some((c, r)), _) => (onto(c, &device), onto(r, &device)),
+                    (None, Some(reference)) => {
+                        let both = reference_logps(reference, ids, labels, &device);
+                        (both.clone().narrow(0, 0, b), both.narrow(0, b, b))
+                    }
+                    (None, None) => {
+                        return Err(Error::MissingInput {
+                            arg: "ref_chosen_logps, ref_rejected_logps",
+                            needed_by: "a DPO-family objective needs reference log-probs: give PreferenceModel a reference model or put ref_*_logps in the input".into(),
+                        });
+                    }
+                };
+                loss.try_forward(&batch.with_reference(c, r))?
+            }
+            PreferenceObjective::Cpo(loss) => loss.try_forward(&batch)?,
+            PreferenceObjective::Orpo(loss) => loss.try_forward(&batch)?,
+        };
+        Ok(TrlOutput::new(out, b))
+    }
+
+    /// Panicking form of [`try_forward`](Self::try_forward).
+    ///
+    /// # Panics
+    /// On the errors of [`try_forward`](Self::try_forward).
+    pub fn forward(&self, input: PreferenceInput) -> TrlOutput {
+        unwrap_or_panic(self.try_forward(input))
+    }
+}
+
+impl<P, R> TrainStep for PreferenceModel<P, R>
+where
+    P: CausalLmLogps + Module + ModuleDisplay,
+    R: CausalLmLogps + Module + ModuleDisplay,
+{
+    type Input = PreferenceInput;
+    type Output = TrlOutput;
+
+    fn step(&self, input: PreferenceInput) -> TrainOutput<TrlOutput> {
+        let out = self.forward(input);
+        let grads = out.loss.backward();
+        TrainOutput::new(self, grads, out)
+    }
+}
+
+impl<P, R> InferenceStep for PreferenceModel<P, R>
+where
+    P: CausalLmLogps + Module + ModuleDisplay,
+    R: CausalLmLogps + Module + ModuleDisplay,
+{
+    type Input = PreferenceInput;
+    type Output = TrlOutput;
+
+    fn step(&self, input: PreferenceInput) -> TrlOutput {
+        self.forward(input)
+    }
+}
+
+/// A burn-train model for KTO (and APO-zero unpaired): the policy is trained, the reference
+/// (`#[module(skip)]`) is not. KTO's KL estimate runs the policy (without gradient) and the
+/// reference on the input's mismatched rows. Metrics:
+/// [`TrlMetric::KTO_KEYS`](super::TrlMetric::KTO_KEYS).
+#[derive(Module, Debug)]
+pub struct KtoModel<P, R = P> {
+    /// The trained policy.
+    pub policy: P,
+    /// The frozen reference (not a parameter).
+    #[module(skip)]
+    pub reference: Option<R>,
+    #[module(skip)]
+    loss: KtoLoss,
+    #[module(skip)]
+    needs_kl: bool,
+}
+
+impl<P, R> KtoModel<P, R> {
+    /// The adapter; the config is validated here.
+    pub fn try_new(policy: P, reference: Option<R>, config: &KtoLossConfig) -> Result<Self> {
+        Ok(Self {
+            policy,
+            reference,
+            loss: config.try_init()?,
+            needs_kl: config.loss_type == KtoLossType::Kto,
+        })
+    }
+
+    /// Panicking form of [`try_new`](Self::try_new).
+    ///
+    /// # Panics
+    /// If the config is invalid.
+    pub fn new(policy: P, reference: Option<R>, config: &KtoLossConfig) -> Self {
+        unwrap_or_panic(Self::try_new(policy, reference, config))
+    }
+}
+
+impl<P: CausalLmLogps + Module + ModuleDisplay, R: CausalLmLogps + Module + ModuleDisplay>
+    KtoModel<P, R>
+{
+    fn reference_or_given(
+        &self,
+        given: Option<Tensor<1>>,
+        ids: Tensor<2, Int>,
+        labels: Tensor<2, Int>,
+        device: &Device,
+        name: &'static str,
+    ) -> Result<Tensor<1>> {
+        match (given, &self.reference) {
+            (Some(t), _) => Ok(onto(t, device)),
+            (None, Some(reference)) => Ok(reference_logps(reference, ids, labels, device)),
+            (None, None) => Err(Error::MissingInput {
+                arg: name,
+                needed_by: format!(
+                    "KTO needs reference log-probs: give KtoModel a reference model or put {name} in the input"
+                ),
+            }),
+        }
+    }
+
+    /// The loss and metrics of one batch. Errors: inconsistent shapes, an empty batch, no
+    /// reference, `kto` without the mismatched KL rows ([`Error::MissingInput`]), and the
+    /// loss's own errors.
+    pub fn try_forward(&self, input: UnpairedInput) -> Result<TrlOutput> {
+        let [n, t] = input.ids.dims();
+        check_non_empty("ids", n, "the batch has no row")?;
+        check_same_shape("labels", &input.labels.dims(), &[n, t], "ids")?;
+        check_same_shape(
+            "desirable",
+            &input.desirable.dims(),
+            &[n],
+            "the rows of ids",
+        )?;
+        let tokens = self
+            .policy
+            .token_logps(input.ids.clone(), input.labels.clone());
+        let logps = tokens.sum();
+        let device = logps.device();
+        let refs = self.reference_or_given(
+            input.ref_logps,
+            input.ids,
+            input.labels,
+            &device,
+            "ref_logps",
+        )?;
+        let mut batch = UnpairedBatch::new(logps, refs, input.desirable);
+        if self.needs_kl {
+            let (Some(kl_ids), Some(kl_labels)) = (input.kl_ids, input.kl_labels) else {
+                return Err(Error::MissingInput {
+                    arg: "kl_ids, kl_labels",
+                    needed_by: "the kto loss type needs the mismatched rows (TokenBatcher builds them for batches of 2 or more)".into(),
+                });
+            };
+            let [nk, tk] = kl_ids.dims();
+            check_same_shape("kl_labels", &kl_labels.dims(), &[nk, tk], "kl_ids")?;
+            let policy_kl = self
+                .policy
+                .token_logps(kl_ids.clone(), kl_labels.clone())
+                .sum()
+                .detach();
+            let ref_kl = self.reference_or_given(
+                input.ref_kl_logps,
+                kl_ids,
+                kl_labels,
+                &device,
+                "ref_kl_logps",
+            )?;
+            batch = batch.with_kl(kto_kl_estimate(policy_kl, ref_kl));
+        }
+        Ok(TrlOutput::new(self.loss.try_forward(&batch)?, n))
+    }
+
+    /// Panicking form of [`try_forward`](Self::try_forward).
+    ///
+    /// # Panics
+    /// On the errors of [`try_forward`](Self::try_forward).
+    pub fn forward(&self, input: UnpairedInput) -> TrlOutput {
+        unwrap_or_panic(self.try_forward(input))
+    }
+}
+
+impl<P, R> TrainStep for KtoModel<P, R>
+where
+    P: CausalLmLogps + Module + ModuleDisplay,
+    R: CausalLmLogps + Module + ModuleDisplay,
+{
+    type Input = UnpairedInput;
+    type Output = TrlOutput;
+
+    fn step(&self, input: UnpairedInput) -> TrainOutput<TrlOutput> {
+        let out = self.forward(input);
+        let grads = out.loss.backward();
+        TrainOutput::new(self, grads, out)
+    }
+}
+
+impl<P, R> InferenceStep for KtoModel<P, R>
+where
+    P: CausalLmLogps + Module + ModuleDisplay,
+    R: CausalLmLogps + Module + ModuleDisplay,
+{
+    type Input = UnpairedInput;
+    type Output = TrlOutput;
+
+    fn step(&self, input: UnpairedInput) -> TrlOutput {
+        self.forward(input)
+    }
+}

@@ -1,0 +1,204 @@
+//! Adapters with no reference model: SFT and the reward model.
+
+use burn::module::{Module, ModuleDisplay};
+use burn::tensor::{Bool, Tensor};
+use burn::train::{InferenceStep, TrainOutput, TrainStep};
+
+use super::{CausalLmLogps, RewardInput, SequenceRewardModel, SftInput, TrlOutput};
+use crate::Normalizer;
+use crate::error::{Error, Result, check_non_empty, check_same_shape, unwrap_or_panic};
+use crate::losses::{BradleyTerryLoss, BradleyTerryLossConfig, LossOutput, Metrics};
+use crate::reduce::mask_like;
+
+/// A burn-train model for supervised fine-tuning: the token-mean negative log-likelihood of
+/// the labels (`Normalizer::TokenMean` over the batch's labelled tokens, TRL's SFT loss).
+/// Metric: `num_tokens`, the labelled tokens of the batch (TRL logs the running total).
+#[derive(Module, Debug)]
+pub struct SftModel<M> {
+    /// The trained model.
+    pub model: M,
+}
+
+impl<M> SftModel<M> {
+    /// The adapter.
+    pub fn new(model: M) -> Self {
+        Self { model }
+    }
+}
+
+impl<M: CausalLmLogps + Module + ModuleDisplay> SftModel<M> {
+    /// The loss of one batch. Errors: labels of another shape than the ids, an empty batch.
+    pub fn try_forward(&self, input: SftInput) -> Result<TrlOutput> {
+        let [n, t] = input.ids.dims();
+        check_non_empty("ids", n, "the batch has no row")?;
+        check_same_shape("labels", &input.labels.dims(), &[n, t], "ids")?;
+        let tokens = self.model.token_logps(input.ids, input.labels);
+        let count = mask_like(&tokens.logprobs, tokens.mask.clone()).sum();
+        let loss = Normalizer::TokenMean.try_reduce_tokens(tokens.logprobs.neg(), tokens.mask)?;
+        let mut metrics = Metrics::new();
+        metrics.insert("num_tokens", count);
+        let out = LossOutput {
+            per_example: loss.clone(),
+            loss,
+            metrics,
+        };
+        Ok(TrlOutput::new(out, n))
+    }
+
+    /// Panicking form of [`try_forward`](Self::try_forward).
+    ///
+    /// # Panics
+    /// On the errors of [`try_forward`](Self::try_forward).
+    pub fn forward(&self, input: SftInput) -> TrlOutput {
+        unwrap_or_panic(self.try_forward(input))
+    }
+}
+
+impl<M: CausalLmLogps + Module + ModuleDisplay> TrainStep for SftModel<M> {
+    type Input = SftInput;
+    type Output = TrlOutput;
+
+    fn step(&self, input: SftInput) -> TrainOutput<TrlOutput> {
+        let out = self.forward(input);
+        let grads = out.loss.backward();
+        TrainOutput::new(self, grads, out)
+    }
+}
+
+impl<M: CausalLmLogps + Module + ModuleDisplay> InferenceStep for SftModel<M> {
+    type Input = SftInput;
+    type Output = TrlOutput;
+
+    fn step(&self, input: SftInput) -> TrlOutput {
+        self.forward(input)
+    }
+}
+
+/// A burn-train model for a pairwise reward model (TRL's `RewardTrainer`): one forward on the
+/// stacked `[2B, T]` chosen-then-rejected rows, then the Bradley-Terry loss. Metrics:
+/// [`TrlMetric::REWARD_KEYS`](super::TrlMetric::REWARD_KEYS).
+#[derive(Module, Debug)]
+pub struct RewardModel<M> {
+    /// The trained reward model.
+    pub model: M,
+    #[module(skip)]
+    loss: BradleyTerryLoss,
+}
+
+impl<M> RewardModel<M> {
+    /// The adapter; the config is validated here.
+    pub fn try_new(model: M, config: &BradleyTerryLossConfig) -> Result<Self> {
+        Ok(Self {
+            model,
+            loss: config.try_init()?,
+        })
+    }
+
+    /// Panicking form of [`try_new`](Self::try_new).
+    ///
+    /// # Panics
+    /// If the config is invalid.
+    pub fn new(model: M, config: &BradleyTerryLossConfig) -> Self {
+        unwrap_or_panic(Self::try_new(model, config))
+    }
+}
+
+fn pad_mask(mask: Tensor<2, Bool>, t: usize) -> Tensor<2, Bool> {
+    let [n, w] = mask.dims();
+    if w == t {
+        return mask;
+    }
+    let device = mask.device();
+    Tensor::cat(
+        vec![mask, Tensor::<2, Bool>::full([n, t - w], false, &device)],
+        1,
+    )
+}
+
+fn pad_ids(ids: Tensor<2, burn::tensor::Int>, t: usize) -> Tensor<2, burn::tensor::Int> {
+    let [n, w] = ids.dims();
+    if w == t {
+        return ids;
+    }
+    let device = ids.device();
+    Tensor::cat(vec![ids, Tensor::zeros([n, t - w], &device)], 1)
+}
+
+impl<M: SequenceRewardModel + Module + ModuleDisplay> RewardModel<M> {
+    /// The loss and metrics of one batch. Errors: inconsistent shapes, an empty batch, a
+    /// reward vector of another length than `2B`, and the loss's own errors.
+    pub fn try_forward(&self, input: RewardInput) -> Result<TrlOutput> {
+        let [b, tc] = input.chosen_ids.dims();
+        check_non_empty("chosen_ids", b, "the batch has no pair")?;
+        check_same_shape(
+            "chosen_mask",
+            &input.chosen_mask.dims(),
+            &[b, tc],
+            "chosen_ids",
+        )?;
+        let [b2, tr] = input.rejected_ids.dims();
+        if b2 != b {
+            return Err(Error::shape(
+                "rejected_ids",
+                format!("[{b}, T] (as chosen_ids)"),
+                &[b2, tr],
+            ));
+        }
+        check_same_shape(
+            "rejected_mask",
+            &input.rejected_mask.dims(),
+            &[b, tr],
+            "rejected_ids",
+        )?;
+        let t = tc.max(tr);
+        let ids = Tensor::cat(
+            vec![pad_ids(input.chosen_ids, t), pad_ids(input.rejected_ids, t)],
+            0,
+        );
+        let mask = Tensor::cat(
+            vec![
+                pad_mask(input.chosen_mask, t),
+                pad_mask(input.rejected_mask, t),
+            ],
+            0,
+        );
+        let rewards = self.model.rewards(ids, mask);
+        if rewards.dims() != [2 * b] {
+            return Err(Error::shape(
+                "rewards",
+                format!("[2B] = [{}] (one reward per row)", 2 * b),
+                &rewards.dims(),
+            ));
+        }
+        let out = self.loss.try_forward_stacked(rewards, input.margin)?;
+        Ok(TrlOutput::new(out, b))
+    }
+
+    /// Panicking form of [`try_forward`](Self::try_forward).
+    ///
+    /// # Panics
+    /// On the errors of [`try_forward`](Self::try_forward).
+    pub fn forward(&self, input: RewardInput) -> TrlOutput {
+        unwrap_or_panic(self.try_forward(input))
+    }
+}
+
+impl<M: SequenceRewardModel + Module + ModuleDisplay> TrainStep for RewardModel<M> {
+    type Input = RewardInput;
+    type Output = TrlOutput;
+
+    fn step(&self, input: RewardInput) -> TrainOutput<TrlOutput> {
+        let out = self.forward(input);
+        let grads = out.loss.backward();
+        TrainOutput::new(self, grads, out)
+    }
+}
+
+impl<M: SequenceRewardModel + Module + ModuleDisplay> InferenceStep for RewardModel<M> {
+    type Input = RewardInput;
+    type Output = TrlOutput;
+
+    fn step(&self, input: RewardInput) -> TrlOutput {
+        self.forward(input)
+    }
+}
