@@ -219,14 +219,8 @@ pub fn train(options: &TrainOptions, device: &Device) -> Vec<(usize, f64, f64)> 
         );
         let kl = shaped.kl.clone().sum_dim(1).mean().into_scalar::<f64>();
         let adv = gae.forward(shaped.rewards, old_values.clone(), Some(mask.clone()));
-        let rollout = Rollout {
-            tokens,
-            mask,
-            old_logprobs: old_logp,
-            advantages: adv.advantages,
-            old_values: Some(old_values),
-            returns: Some(adv.returns),
-        };
+        let rollout = Rollout::new(tokens, mask, old_logp, adv.advantages)
+            .with_values(old_values, adv.returns);
         let config = step_config.clone().with_seed(step as u64);
         let (updated, stats) = ppo_update(
             policy,

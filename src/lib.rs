@@ -16,6 +16,7 @@ pub mod heads;
 pub mod logprobs;
 pub mod losses;
 mod precision;
+pub mod prelude;
 pub mod reduce;
 pub mod rl;
 #[cfg(test)]

@@ -667,13 +667,13 @@ struct Lin {
 fn ppo_update_bad_inputs() {
     let mut n = 0;
     let device = dev().autodiff();
-    let rollout = |b: usize, t: usize| Rollout {
-        tokens: Tensor::<2, Int>::zeros([b, 1], &device),
-        mask: Tensor::<2, Int>::zeros([b, t], &device).equal_elem(0),
-        old_logprobs: Tensor::zeros([b, t], &device),
-        advantages: Tensor::zeros([b, t], &device),
-        old_values: None,
-        returns: None,
+    let rollout = |b: usize, t: usize| {
+        Rollout::new(
+            Tensor::<2, Int>::zeros([b, 1], &device),
+            Tensor::<2, Int>::zeros([b, t], &device).equal_elem(0),
+            Tensor::zeros([b, t], &device),
+            Tensor::zeros([b, t], &device),
+        )
     };
     let loss = PpoLossConfig::new().init();
     let run = |r: &Rollout, config: PpoStepConfig| {
@@ -687,6 +687,7 @@ fn ppo_update_bad_inputs() {
             PolicyOutput::new(m.w.val().reshape([1, 1]).expand([b, t]))
         })
         .map(|_| ())
+        .map_err(|e| e.error)
     };
     let c = || PpoStepConfig::new().with_epochs(1);
     bad!(

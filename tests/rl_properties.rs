@@ -281,14 +281,7 @@ fn ppo_update_gradient_accumulation_is_exact() {
         TensorData::new((0..b as i64).collect::<Vec<_>>(), [b, 1]),
         &device,
     );
-    let rollout = Rollout {
-        tokens: rows,
-        mask: mask(mask_v, [b, t]),
-        old_logprobs: t2(old, [b, t]),
-        advantages: t2(adv, [b, t]),
-        old_values: None,
-        returns: None,
-    };
+    let rollout = Rollout::new(rows, mask(mask_v, [b, t]), t2(old, [b, t]), t2(adv, [b, t]));
     let loss = PpoLossConfig::new().init();
     let run = |gas: usize| -> Vec<f64> {
         let model = Linear1 {

@@ -125,6 +125,14 @@ impl GatheredLogprobs {
         reduction.try_reduce(self.logprobs.clone(), self.mask.clone())
     }
 
+    /// Rows `start .. start + len` (log-probs and mask together).
+    pub fn narrow_rows(&self, start: usize, len: usize) -> Self {
+        Self {
+            logprobs: self.logprobs.clone().narrow(0, start, len),
+            mask: self.mask.clone().narrow(0, start, len),
+        }
+    }
+
     /// Per-sequence count of valid tokens, in the dtype of the log-probs: `[B]`.
     pub fn token_counts(&self) -> Tensor<1> {
         crate::reduce::masked_row_count(&self.logprobs, self.mask.clone())

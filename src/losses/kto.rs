@@ -119,6 +119,36 @@ impl UnpairedBatch {
     }
 }
 
+/// KTO's mismatched (prompt, completion) pairs for the KL estimate: prompt `i` with completion
+/// `i + 1` of the same batch (the last prompt with the first completion), as TRL's KTO builds
+/// its KL batch. Score the policy and the reference on these rows, sum over completion tokens
+/// and pass both to [`kto_kl_estimate`].
+///
+/// Errors: fewer than two examples ([`Error::Empty`]: a batch of one has no mismatched pair),
+/// `prompts` and `completions` of different lengths ([`Error::Shape`]).
+pub fn kto_mismatched_pairs<P: Clone, C: Clone>(
+    prompts: &[P],
+    completions: &[C],
+) -> crate::Result<Vec<(P, C)>> {
+    let n = prompts.len();
+    if completions.len() != n {
+        return Err(Error::shape(
+            "completions",
+            format!("[{n}] (one per prompt)"),
+            &[completions.len()],
+        ));
+    }
+    if n < 2 {
+        return Err(Error::Empty {
+            arg: "prompts",
+            what: format!("KTO's KL estimate needs at least 2 examples to mismatch, got {n}"),
+        });
+    }
+    Ok((0..n)
+        .map(|i| (prompts[i].clone(), completions[(i + 1) % n].clone()))
+        .collect())
+}
+
 /// KTO's KL estimate from mismatched completions (TRL: completion `i+1` scored under prompt
 /// `i`): `max(0, mean(kl_logps - reference_kl_logps))`, **detached**.
 ///

@@ -111,11 +111,89 @@ impl PreferenceBatch {
         Ok(batch)
     }
 
-    /// Adds the reference model's sequence log-probs `[B]` (detached here).
-    pub fn with_reference(mut self, chosen: Tensor<1>, rejected: Tensor<1>) -> Self {
-        self.reference_chosen_logps = Some(chosen.detach());
-        self.reference_rejected_logps = Some(rejected.detach());
-        self
+    /// A batch from **one stacked forward** over `[2B]` rows, chosen rows first (the layout
+    /// TRL's `concatenated_forward` and the reward loss's `forward_stacked` use): rows `0..B`
+    /// are the chosen completions, rows `B..2B` the rejected ones.
+    ///
+    /// # Panics
+    /// On the errors of [`try_from_stacked`](Self::try_from_stacked).
+    pub fn from_stacked(stacked: GatheredLogprobs) -> Self {
+        crate::error::unwrap_or_panic(Self::try_from_stacked(stacked))
+    }
+
+    /// Non-panicking form of [`from_stacked`](Self::from_stacked): an odd or zero row count
+    /// is [`Error::Shape`] naming `stacked`; then as [`try_from_tokens`](Self::try_from_tokens).
+    pub fn try_from_stacked(stacked: GatheredLogprobs) -> Result<Self> {
+        let dims = stacked.logprobs.dims();
+        if dims[0] == 0 || dims[0] % 2 != 0 {
+            return Err(Error::shape(
+                "stacked",
+                "[2B, T] with B >= 1 (chosen rows first, then rejected)",
+                &dims,
+            ));
+        }
+        let b = dims[0] / 2;
+        Self::try_from_tokens(stacked.narrow_rows(0, b), stacked.narrow_rows(b, b))
+    }
+
+    /// Adds the reference model's sequence log-probs `[B]` (detached here, and moved to the
+    /// policy's device: reference log-probs computed on `model.valid()`'s inner device may be
+    /// passed directly).
+    ///
+    /// # Panics
+    /// On the errors of [`try_with_reference`](Self::try_with_reference).
+    pub fn with_reference(self, chosen: Tensor<1>, rejected: Tensor<1>) -> Self {
+        crate::error::unwrap_or_panic(self.try_with_reference(chosen, rejected))
+    }
+
+    /// Non-panicking form of [`with_reference`](Self::with_reference): [`Error::Shape`] when a
+    /// reference vector is not `[B]`, [`Error::DType`] when its dtype is not the policy
+    /// log-probs' (cast it: `reference.cast(FloatDType::F32)`).
+    pub fn try_with_reference(mut self, chosen: Tensor<1>, rejected: Tensor<1>) -> Result<Self> {
+        let device = self.chosen_logps.device();
+        let b = self.chosen_logps.dims();
+        for (arg, t) in [
+            ("reference_chosen_logps", &chosen),
+            ("reference_rejected_logps", &rejected),
+        ] {
+            check_same_shape(arg, &t.dims(), &b, "chosen_logps")?;
+            check_dtype_like(arg, t, "chosen_logps", &self.chosen_logps)?;
+        }
+        let onto = |t: Tensor<1>| {
+            let t = t.detach();
+            if t.device() == device {
+                t
+            } else {
+                t.to_device(&device)
+            }
+        };
+        self.reference_chosen_logps = Some(onto(chosen));
+        self.reference_rejected_logps = Some(onto(rejected));
+        Ok(self)
+    }
+
+    /// Adds reference log-probs from one stacked reference forward (`[2B]`, chosen first).
+    ///
+    /// # Panics
+    /// On the errors of [`try_with_stacked_reference`](Self::try_with_stacked_reference).
+    pub fn with_stacked_reference(self, stacked: Tensor<1>) -> Self {
+        crate::error::unwrap_or_panic(self.try_with_stacked_reference(stacked))
+    }
+
+    /// Non-panicking form of [`with_stacked_reference`](Self::with_stacked_reference):
+    /// [`Error::Shape`] naming `stacked_reference` unless it is `[2B]`.
+    pub fn try_with_stacked_reference(self, stacked: Tensor<1>) -> Result<Self> {
+        let b = self.len();
+        if stacked.dims() != [2 * b] {
+            return Err(Error::shape(
+                "stacked_reference",
+                format!("[2B] = [{}] (chosen rows first, then rejected)", 2 * b),
+                &stacked.dims(),
+            ));
+        }
+        let chosen = stacked.clone().narrow(0, 0, b);
+        let rejected = stacked.narrow(0, b, b);
+        self.try_with_reference(chosen, rejected)
     }
 
     /// Adds per-sequence completion token counts `[B]` (float, in the log-probs' dtype).

@@ -697,6 +697,15 @@ pub struct GroupAdvantages {
     pub metrics: Metrics,
 }
 
+impl GroupAdvantages {
+    /// The advantages in the shape [`Rollout`](super::Rollout) takes: `[N, 1]` (one per
+    /// sequence, broadcast over its tokens by the loss).
+    pub fn for_rollout(&self) -> Tensor<2> {
+        let [n] = self.advantages.dims();
+        self.advantages.clone().reshape([n, 1])
+    }
+}
+
 impl GroupAdvantageConfig {
     /// Checks what can be checked without the batch: `num_generations >= 1` and finite
     /// `reward_weights` ([`Error::Config`]). The number of reward functions (and so the length

@@ -40,8 +40,8 @@ pub use kl::{
 pub use ppo::{PpoLoss, PpoLossConfig, PpoLossInput};
 pub use ratio::LOG_RATIO_LIMIT;
 pub use step::{
-    PolicyOutput, PpoStepConfig, Rollout, RolloutBatch, StepLoss, StepStats, clip_grad_norm,
-    ppo_update, try_clip_grad_norm, try_ppo_update,
+    PolicyOutput, PpoStepConfig, Rollout, RolloutBatch, StepError, StepLoss, StepStats,
+    clip_grad_norm, ppo_update, try_clip_grad_norm, try_ppo_update,
 };
 
 use burn::tensor::{Tensor, TensorData};

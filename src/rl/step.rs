@@ -36,12 +36,106 @@ pub struct Rollout {
     pub old_values: Option<Tensor<2>>,
     /// Value targets `[B, T]`.
     pub returns: Option<Tensor<2>>,
+    /// Reference-model log-probs `[B, T]`: GRPO's KL term (`beta != 0`).
+    pub ref_logprobs: Option<Tensor<2>>,
+    /// Log-probs under the distribution the tokens were sampled from `[B, T]` (a truncated
+    /// top-k/top-p sampler, or a separate inference engine): GRPO's off-policy mask.
+    pub sampling_logprobs: Option<Tensor<2>>,
+    /// Per-token importance-sampling correction `[B, T]` that multiplies GRPO's per-token loss
+    /// (TRL's `importance_sampling_ratio`); see
+    /// [`with_truncated_importance_sampling`](Self::with_truncated_importance_sampling).
+    pub importance_sampling_ratio: Option<Tensor<2>>,
 }
 
 /// A row subset of a [`Rollout`] (same type).
 pub type RolloutBatch = Rollout;
 
 impl Rollout {
+    /// A rollout with what every loss reads; add the optional fields with the `with_*`
+    /// methods.
+    ///
+    /// # Shapes
+    /// - tokens `[B, S]`, mask / old_logprobs `[B, T]`, advantages `[B, T]` or `[B, 1]`
+    pub fn new(
+        tokens: Tensor<2, Int>,
+        mask: Tensor<2, Bool>,
+        old_logprobs: Tensor<2>,
+        advantages: Tensor<2>,
+    ) -> Self {
+        Self {
+            tokens,
+            mask: crate::reduce::canonical_mask(mask),
+            old_logprobs: old_logprobs.detach(),
+            advantages: advantages.detach(),
+            old_values: None,
+            returns: None,
+            ref_logprobs: None,
+            sampling_logprobs: None,
+            importance_sampling_ratio: None,
+        }
+    }
+
+    /// Adds the values at rollout time and the value targets (PPO with a value head).
+    pub fn with_values(mut self, old_values: Tensor<2>, returns: Tensor<2>) -> Self {
+        self.old_values = Some(old_values.detach());
+        self.returns = Some(returns.detach());
+        self
+    }
+
+    /// Adds the reference log-probs (GRPO with `beta != 0`).
+    pub fn with_ref_logprobs(mut self, ref_logprobs: Tensor<2>) -> Self {
+        self.ref_logprobs = Some(ref_logprobs.detach());
+        self
+    }
+
+    /// Adds the sampling-distribution log-probs (GRPO's off-policy mask).
+    pub fn with_sampling_logprobs(mut self, sampling_logprobs: Tensor<2>) -> Self {
+        self.sampling_logprobs = Some(sampling_logprobs.detach());
+        self
+    }
+
+    /// Adds an importance-sampling correction ratio (GRPO multiplies its per-token loss by it).
+    pub fn with_importance_sampling_ratio(mut self, ratio: Tensor<2>) -> Self {
+        self.importance_sampling_ratio = Some(ratio.detach());
+        self
+    }
+
+    /// Token-level truncated importance sampling (TRL's `token_truncate` correction): the ratio
+    /// `min(π_old / π_sampling, cap)` per token, from `old_logprobs` and the
+    /// `sampling_logprobs` set before (bounded like every ratio, see
+    /// [`LOG_RATIO_LIMIT`](super::LOG_RATIO_LIMIT)). Corrects for sampling from a truncated
+    /// (top-k/top-p) or stale distribution.
+    ///
+    /// Errors: no `sampling_logprobs` ([`Error::MissingInput`]), `cap` not finite and > 0.
+    pub fn with_truncated_importance_sampling(mut self, cap: f64) -> crate::Result<Self> {
+        check_positive("cap", cap)?;
+        let sampling = self
+            .sampling_logprobs
+            .clone()
+            .ok_or_else(|| Error::MissingInput {
+                arg: "sampling_logprobs",
+                needed_by: "with_truncated_importance_sampling: call with_sampling_logprobs first"
+                    .into(),
+            })?;
+        check_same_shape(
+            "sampling_logprobs",
+            &sampling.dims(),
+            &self.old_logprobs.dims(),
+            "old_logprobs",
+        )?;
+        crate::error::check_dtype_like(
+            "sampling_logprobs",
+            &sampling,
+            "old_logprobs",
+            &self.old_logprobs,
+        )?;
+        let ratio = super::ratio::importance_ratio(self.old_logprobs.clone() - sampling)
+            .clamp_max(cap)
+            .detach();
+        self.importance_sampling_ratio = Some(ratio);
+        Ok(self)
+    }
+
     /// Number of rows.
     pub fn len(&self) -> usize {
         self.mask.dims()[0]
@@ -73,15 +167,27 @@ impl Rollout {
                 &adv,
             ));
         }
-        for (name, x) in [("old_values", &self.old_values), ("returns", &self.returns)] {
+        crate::error::check_dtype_like(
+            "advantages",
+            &self.advantages,
+            "old_logprobs",
+            &self.old_logprobs,
+        )?;
+        for (name, x) in [
+            ("old_values", &self.old_values),
+            ("returns", &self.returns),
+            ("ref_logprobs", &self.ref_logprobs),
+            ("sampling_logprobs", &self.sampling_logprobs),
+            ("importance_sampling_ratio", &self.importance_sampling_ratio),
+        ] {
             if let Some(x) = x {
                 check_same_shape(name, &x.dims(), &dims, "mask")?;
+                crate::error::check_dtype_like(name, x, "old_logprobs", &self.old_logprobs)?;
+                crate::error::check_finite(x, name)?;
             }
         }
         crate::error::check_finite(&self.old_logprobs, "old_logprobs")?;
         crate::error::check_finite(&self.advantages, "advantages")?;
-        crate::error::check_finite_opt(self.old_values.as_ref(), "old_values")?;
-        crate::error::check_finite_opt(self.returns.as_ref(), "returns")?;
         Ok(())
     }
 
@@ -104,6 +210,9 @@ impl Rollout {
             advantages: pick2(&self.advantages),
             old_values: self.old_values.as_ref().map(pick2),
             returns: self.returns.as_ref().map(pick2),
+            ref_logprobs: self.ref_logprobs.as_ref().map(pick2),
+            sampling_logprobs: self.sampling_logprobs.as_ref().map(pick2),
+            importance_sampling_ratio: self.importance_sampling_ratio.as_ref().map(pick2),
         }
     }
 }
@@ -195,6 +304,15 @@ impl StepLoss for GrpoLoss {
         .with_old_logprobs(batch.old_logprobs.clone());
         if let Some(h) = output.entropy {
             input = input.with_entropies(h);
+        }
+        if let Some(r) = &batch.ref_logprobs {
+            input = input.with_ref_logprobs(r.clone());
+        }
+        if let Some(s) = &batch.sampling_logprobs {
+            input = input.with_sampling_logprobs(s.clone());
+        }
+        if let Some(is) = &batch.importance_sampling_ratio {
+            input = input.with_importance_sampling_ratio(is.clone());
         }
         self.with_normalizer(normalizer).try_forward(input)
     }
@@ -387,6 +505,43 @@ fn clip_grad_norm_unchecked<M: Module>(
     norm
 }
 
+/// A failed [`try_ppo_update`]: the error, and the model, which is never lost.
+///
+/// `model` is the model as it was when the error occurred: unchanged when the configuration or
+/// the rollout is invalid (checked before any step), or after the optimizer steps already
+/// taken when a loss fails in a later minibatch (`optimizer_steps` says how many).
+#[derive(Debug)]
+pub struct StepError<M> {
+    /// The model (see above).
+    pub model: M,
+    /// What went wrong.
+    pub error: Error,
+    /// Optimizer steps taken before the error.
+    pub optimizer_steps: usize,
+}
+
+impl<M> std::fmt::Display for StepError<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (after {} optimizer steps)",
+            self.error, self.optimizer_steps
+        )
+    }
+}
+
+impl<M: std::fmt::Debug> std::error::Error for StepError<M> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl<M> From<StepError<M>> for Error {
+    fn from(e: StepError<M>) -> Self {
+        e.error
+    }
+}
+
 /// Runs the update (see the module docs) and returns the updated model and averaged metrics.
 ///
 /// `forward(&model, &batch)` must compute the new log-probs (and values / entropies if the loss
@@ -394,15 +549,43 @@ fn clip_grad_norm_unchecked<M: Module>(
 ///
 /// # Errors
 /// On an invalid configuration, a rollout whose rows are not divisible into minibatches and
-/// micro-batches, or a loss error.
+/// micro-batches, or a loss error: a [`StepError`] that hands the model back.
 pub fn try_ppo_update<M, L, F>(
-    mut model: M,
+    model: M,
+    optim: &mut ModuleOptimizer,
+    config: &PpoStepConfig,
+    rollout: &Rollout,
+    loss: &L,
+    forward: F,
+) -> Result<(M, StepStats), StepError<M>>
+where
+    M: Module,
+    L: StepLoss,
+    F: FnMut(&M, &RolloutBatch) -> PolicyOutput,
+{
+    let mut stats = StepStats::default();
+    let mut slot = Some(model);
+    match update_in_place(&mut slot, optim, config, rollout, loss, forward, &mut stats) {
+        Ok(()) => Ok((slot.expect("the model is put back after every step"), stats)),
+        Err(error) => Err(StepError {
+            model: slot.expect("the model is put back after every step"),
+            error,
+            optimizer_steps: stats.optimizer_steps,
+        }),
+    }
+}
+
+/// The update on a model held in `slot` (taken out only for the optimizer step, which cannot
+/// fail), so every error leaves the current model in place.
+fn update_in_place<M, L, F>(
+    slot: &mut Option<M>,
     optim: &mut ModuleOptimizer,
     config: &PpoStepConfig,
     rollout: &Rollout,
     loss: &L,
     mut forward: F,
-) -> crate::Result<(M, StepStats)>
+    stats: &mut StepStats,
+) -> crate::Result<()>
 where
     M: Module,
     L: StepLoss,
@@ -452,7 +635,6 @@ where
         e.0 += v;
         e.1 += 1;
     };
-    let mut stats = StepStats::default();
     'epochs: for _ in 0..config.epochs {
         let mut order: Vec<usize> = (0..b).collect();
         rng.shuffle(&mut order);
@@ -463,12 +645,13 @@ where
             let mut kl_sum = 0.0;
             for micro in minibatch.chunks(micro_size) {
                 let batch = rollout.select(micro);
-                let out = forward(&model, &batch);
+                let model = slot.as_ref().expect("model in its slot");
+                let out = forward(model, &batch);
                 let LossOutput {
                     loss: l, metrics, ..
                 } = loss.step_loss(&batch, out, normalizer)?;
-                let grads = GradientsParams::from_grads(l.backward(), &model);
-                accumulator.accumulate(&model, grads);
+                let grads = GradientsParams::from_grads(l.backward(), model);
+                accumulator.accumulate(model, grads);
                 // The micro-batch losses sum to the minibatch loss; log that sum's average.
                 add("loss", l.into_scalar::<f64>() * gas as f64);
                 for (k, v) in metrics.to_host() {
@@ -479,11 +662,12 @@ where
                 }
             }
             let mut grads = accumulator.grads();
+            let model = slot.take().expect("model in its slot");
             if let Some(max_norm) = config.max_grad_norm {
                 let norm = clip_grad_norm_unchecked(&model, &mut grads, max_norm);
                 add("grad_norm", norm);
             }
-            model = optim.step(config.learning_rate, model, grads);
+            *slot = Some(optim.step(config.learning_rate, model, grads));
             stats.optimizer_steps += 1;
             if let Some(target) = config.target_kl
                 && kl_sum / gas as f64 > target
@@ -497,7 +681,7 @@ where
         .into_iter()
         .map(|(k, (s, n))| (k, s / n as f64))
         .collect();
-    Ok((model, stats))
+    Ok(())
 }
 
 /// Panicking form of [`try_ppo_update`].
@@ -517,5 +701,8 @@ where
     L: StepLoss,
     F: FnMut(&M, &RolloutBatch) -> PolicyOutput,
 {
-    unwrap_or_panic(try_ppo_update(model, optim, config, rollout, loss, forward))
+    match try_ppo_update(model, optim, config, rollout, loss, forward) {
+        Ok(done) => done,
+        Err(e) => panic!("burn-rlhf: {e}"),
+    }
 }

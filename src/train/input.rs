@@ -244,9 +244,11 @@ impl Batcher<UnpairedItem, UnpairedInput> for TokenBatcher {
             .iter()
             .map(|i| concat(&i.prompt, &i.completion))
             .collect();
-        let kl: Vec<_> = (0..n)
-            .map(|i| concat(&items[i].prompt, &items[(i + 1) % n].completion))
-            .collect();
+        let prompts_of: Vec<&[i64]> = items.iter().map(|i| i.prompt.as_slice()).collect();
+        let completions_of: Vec<&[i64]> = items.iter().map(|i| i.completion.as_slice()).collect();
+        let kl: Vec<_> = crate::losses::kto_mismatched_pairs(&prompts_of, &completions_of)
+            .map(|pairs| pairs.into_iter().map(|(p, c)| concat(p, c)).collect())
+            .unwrap_or_default();
         let prompts: Vec<_> = items.iter().map(|i| i.prompt.len()).collect();
         let desirable: Vec<bool> = items.iter().map(|i| i.desirable).collect();
         let t = longest(&[&rows]);

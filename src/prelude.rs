@@ -1,0 +1,19 @@
+//! The names a training loop uses, in one import: `use burn_rlhf::prelude::*;`.
+//!
+//! Log-prob gathering (lean and fused), the batch types every loss takes, the loss configs and
+//! the RL update step. Less common items (estimators, distributed parts, presets) stay in their
+//! modules.
+
+pub use crate::error::{Error, Result, with_checked_mode};
+pub use crate::logprobs::{
+    FusedLogprobsConfig, GatheredLogprobs, LabelAlignment, SequenceReduction, TokenLogprobsConfig,
+};
+pub use crate::losses::{
+    BcoLossConfig, BradleyTerryLossConfig, CpoLossConfig, DpoLossConfig, DpoLossType,
+    KtoLossConfig, LossOutput, OrpoLossConfig, PreferenceBatch, SftLossConfig, UnpairedBatch,
+};
+pub use crate::reduce::Normalizer;
+pub use crate::rl::{
+    GaeConfig, GroupAdvantageConfig, GrpoLossConfig, GrpoLossType, PolicyOutput, PpoLossConfig,
+    PpoStepConfig, RlooAdvantageConfig, RlooLossConfig, Rollout, ppo_update, try_ppo_update,
+};
