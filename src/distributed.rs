@@ -32,6 +32,11 @@
 //!    `count`-weighted sums are exact for any shard sizes; TRL's "average the per-rank means"
 //!    equals them only when every rank holds the same number of examples.
 //!
+//! **One collective call per step.** A tuple of parts is itself [`Parts`] (values concatenated
+//! in a fixed layout, every rank the same), so the counts and all statistics of a step are
+//! reduced together: `let (counts, kl, moments) = reducer.reduce(&(counts, kl, moments))?;`
+//! (one small `[k]` tensor, one all-reduce, one host read).
+//!
 //! The cost of a global statistic is that it must be known before the first backward pass of
 //! the step: compute the counts from the masks of all the step's micro-batches (cheap), and the
 //! KTO KL estimate from a no-grad forward over the step's mismatched pairs, before training on
@@ -51,6 +56,17 @@
 //! non-CUDA device with [`Error::Device`] (instead of panicking inside burn) and data parallelism is
 //! *simulated*: [`LocalReducer`] (one rank) and [`sum_parts`] (sum over shards given as a
 //! slice), with gradients summed across replicas (see the `dpo_data_parallel` example).
+//!
+//!
+//! # Several machines
+//!
+//! burn 0.22 has no multi-node collective: `DistributedConfig` has no addresses and its sync
+//! server is in-process (burn 0.21's `burn-collective` with global/node addresses was removed
+//! in 0.22). Across machines the crate needs only one thing from the user: a [`Reducer`]
+//! whose `sum` adds a `[k]` vector of `f64` over all ranks (MPI, NCCL bindings, a parameter
+//! server, or burn's remote backend once it supports cross-peer collectives). Everything else
+//! (global counts, the parts, finishing the statistics) is the same code as on one machine;
+//! gradients are all-reduced (summed) by whatever synchronizes the model.
 //!
 //! [`UnpairedBatch::with_kl`]: crate::losses::UnpairedBatch::with_kl
 //! [`RunningMoments`]: crate::losses::RunningMoments
@@ -80,6 +96,9 @@ fn host(x: Tensor<1>) -> Vec<f64> {
 /// Statistics that are sums over examples, so that their totals over micro-batches and ranks
 /// are element-wise sums (what an all-reduce with `Sum` computes).
 pub trait Parts: Sized + Clone {
+    /// How many values [`to_values`](Self::to_values) returns (fixed per type), so that several
+    /// parts can be packed into one reduction (see the tuple implementations).
+    const LEN: usize;
     /// The values, in a fixed order.
     fn to_values(&self) -> Vec<f64>;
     /// Rebuilds from [`to_values`](Self::to_values)'s layout.
@@ -95,6 +114,38 @@ pub trait Parts: Sized + Clone {
         Self::from_values(&values)
     }
 }
+
+/// Several parts packed into **one** reduction: a tuple of parts is itself [`Parts`] (values
+/// concatenated in order), so a step's global counts and every batch-coupled statistic travel
+/// in a single all-reduce call: `reducer.reduce(&(counts, kl_parts, moment_parts))`.
+macro_rules! tuple_parts {
+    ($($name:ident),+) => {
+        impl<$($name: Parts),+> Parts for ($($name,)+) {
+            const LEN: usize = 0 $(+ $name::LEN)+;
+            #[allow(non_snake_case)]
+            fn to_values(&self) -> Vec<f64> {
+                let ($($name,)+) = self;
+                let mut values = Vec::with_capacity(Self::LEN);
+                $(values.extend($name.to_values());)+
+                values
+            }
+            #[allow(unused_assignments)]
+            fn from_values(values: &[f64]) -> Self {
+                assert_eq!(values.len(), Self::LEN, "packed parts: wrong number of values");
+                let mut at = 0;
+                ($({
+                    let part = $name::from_values(&values[at..at + $name::LEN]);
+                    at += $name::LEN;
+                    part
+                },)+)
+            }
+        }
+    };
+}
+tuple_parts!(A, B);
+tuple_parts!(A, B, C);
+tuple_parts!(A, B, C, D);
+tuple_parts!(A, B, C, D, E);
 
 /// The sum of the parts of several shards or micro-batches (the simulated all-reduce).
 ///
@@ -197,6 +248,7 @@ impl std::iter::Sum for StepCounts {
 }
 
 impl Parts for StepCounts {
+    const LEN: usize = 3;
     fn to_values(&self) -> Vec<f64> {
         vec![self.tokens, self.sequences, self.pairs]
     }
@@ -255,6 +307,7 @@ impl KlParts {
 }
 
 impl Parts for KlParts {
+    const LEN: usize = 2;
     fn to_values(&self) -> Vec<f64> {
         vec![self.sum, self.count]
     }
@@ -369,6 +422,7 @@ impl MomentParts {
 }
 
 impl Parts for MomentParts {
+    const LEN: usize = 3;
     fn to_values(&self) -> Vec<f64> {
         vec![self.sum, self.sum_sq, self.count]
     }

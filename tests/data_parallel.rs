@@ -21,7 +21,7 @@ use std::ops::Range;
 
 use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
 use burn_rlhf::distributed::{
-    CollectiveReducer, KlParts, LocalReducer, MomentParts, Reducer, StepCounts, sum_parts,
+    CollectiveReducer, KlParts, LocalReducer, MomentParts, Parts, Reducer, StepCounts, sum_parts,
     whiten_with,
 };
 use burn_rlhf::losses::{
@@ -722,6 +722,72 @@ fn reducers() {
         Err(Error::Device { arg: "device", .. })
     ));
     assert!(CollectiveReducer::new(flex, vec![]).is_err());
+}
+
+/// A simulated world of ranks for one step: every rank's packed values are summed element-wise
+/// (what a `Sum` all-reduce returns to each rank), and the number of reduction calls is
+/// counted.
+struct SimulatedWorld {
+    ranks: Vec<Vec<f64>>,
+    calls: std::cell::Cell<usize>,
+}
+
+impl Reducer for SimulatedWorld {
+    fn world_size(&self) -> usize {
+        self.ranks.len()
+    }
+    fn sum(&self, local: &[f64]) -> burn_rlhf::Result<Vec<f64>> {
+        self.calls.set(self.calls.get() + 1);
+        assert!(
+            self.ranks.iter().all(|r| r.len() == local.len()),
+            "every rank packs the same layout"
+        );
+        Ok((0..local.len())
+            .map(|i| self.ranks.iter().map(|r| r[i]).sum())
+            .collect())
+    }
+}
+
+/// The step's counts and every batch-coupled statistic travel in **one** reduction: a tuple of
+/// parts packs them (round trip exact), and the reduced tuple equals the per-part sums.
+#[test]
+fn packed_parts_reduce_in_one_call_and_round_trip() {
+    let d = data(41);
+    let shards: Vec<(StepCounts, KlParts, MomentParts, MomentParts)> = ranges(2)
+        .iter()
+        .map(|r| {
+            let w = d.param();
+            let counts = StepCounts::from_token_masks(&[d.mask(r, 'a')])
+                + StepCounts {
+                    pairs: r.len() as f64,
+                    ..StepCounts::default()
+                };
+            let kl = KlParts::from_logps(d.gathered(&w, r, 'a').sum(), d.seq(&d.ref_a, r)).unwrap();
+            let rewards = MomentParts::from_values(d.seq(&d.adv_seq, r));
+            let tokens = MomentParts::from_masked(d.tok(&d.adv_tok, r), d.mask(r, 'a')).unwrap();
+            (counts, kl, rewards, tokens)
+        })
+        .collect();
+    // Round trip of the packing.
+    for s in &shards {
+        let values = s.to_values();
+        assert_eq!(values.len(), 3 + 2 + 3 + 3);
+        let back = <(StepCounts, KlParts, MomentParts, MomentParts)>::from_values(&values);
+        assert_eq!(back.to_values(), values);
+    }
+    // One call for everything, and the totals are the per-part sums over ranks.
+    let world = SimulatedWorld {
+        ranks: shards.iter().map(|s| s.to_values()).collect(),
+        calls: std::cell::Cell::new(0),
+    };
+    let reduced = world.reduce(&shards[0]).unwrap();
+    assert_eq!(world.calls.get(), 1, "one collective call per step");
+    let counts: Vec<StepCounts> = shards.iter().map(|s| s.0).collect();
+    let kls: Vec<KlParts> = shards.iter().map(|s| s.1).collect();
+    assert_eq!(reduced.0, sum_parts(&counts));
+    assert_eq!(reduced.1, sum_parts(&kls));
+    assert_eq!(reduced.0.tokens, d.counts(2, 'a').tokens);
+    assert_eq!(reduced.0.pairs, B as f64);
 }
 
 // ------------------------------------------------------------------------------ example
