@@ -112,8 +112,8 @@ impl OrpoLoss {
     }
 
     /// Non-panicking form of [`odds_ratio`](Self::odds_ratio): shapes or dtypes that differ
-    /// ([`Error::Shape`] / [`Error::DType`] naming `rejected_logps`); in checked mode
-    /// non-finite inputs ([`Error::NonFinite`]).
+    /// ([`Error::Shape`](crate::Error::Shape) / [`Error::DType`](crate::Error::DType) naming `rejected_logps`); in checked mode
+    /// non-finite inputs ([`Error::NonFinite`](crate::Error::NonFinite)).
     pub fn try_odds_ratio(
         &self,
         chosen_logps: Tensor<1>,

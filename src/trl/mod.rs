@@ -41,10 +41,10 @@
 //! reported.
 //!
 //! **Errors.** A field that is neither one of the class's own fields nor a `TrainingArguments`
-//! field is [`Error::UnknownField`](crate::Error::UnknownField); a value of the wrong type or
-//! out of range is [`Error::Config`](crate::Error::Config) naming the field (the loaded config
+//! field is [`Error::UnknownField`]; a value of the wrong type or
+//! out of range is [`Error::Config`] naming the field (the loaded config
 //! is validated as `try_init` would); a file that is not a JSON / YAML mapping is
-//! [`Error::ConfigFile`](crate::Error::ConfigFile). Numbers written as strings (`"1e-6"`, as
+//! [`Error::ConfigFile`]. Numbers written as strings (`"1e-6"`, as
 //! YAML 1.1 reads it) are accepted for numeric fields, as TRL's argument parser does.
 //!
 //! The field tables come from TRL 1.16.0 and transformers 5.24.0 (`BCOConfig` from TRL 1.13.0,
