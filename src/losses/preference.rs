@@ -125,7 +125,7 @@ impl PreferenceBatch {
     /// is [`Error::Shape`] naming `stacked`; then as [`try_from_tokens`](Self::try_from_tokens).
     pub fn try_from_stacked(stacked: GatheredLogprobs) -> Result<Self> {
         let dims = stacked.logprobs.dims();
-        if dims[0] == 0 || dims[0] % 2 != 0 {
+        if dims[0] == 0 || !dims[0].is_multiple_of(2) {
             return Err(Error::shape(
                 "stacked",
                 "[2B, T] with B >= 1 (chosen rows first, then rejected)",

@@ -995,19 +995,8 @@ impl RlooAdvantageConfig {
                 g,
             ));
         }
+        self.validate()?;
         let weights = resolve_weights(&self.reward_weights, k)?;
-        if !self.beta.is_finite() {
-            return Err(Error::config("beta", "must be finite", self.beta));
-        }
-        if let Some([lo, hi]) = self.reward_clip_range
-            && !(lo.is_finite() && hi.is_finite() && lo <= hi)
-        {
-            return Err(Error::config(
-                "reward_clip_range",
-                "must be finite with lo <= hi",
-                format!("[{lo}, {hi}]"),
-            ));
-        }
         crate::error::check_dtype_like_opt(
             "ref_logps",
             ref_logps.as_ref(),
