@@ -471,3 +471,48 @@ fn invalid_configs_are_rejected() {
     assert!(Prompts::try_left_padded(&[vec![1], vec![]], 0, &device).is_err());
     assert!(Prompts::try_left_padded(&[], 0, &device).is_err());
 }
+
+#[test]
+fn suppressed_tokens_are_never_generated() {
+    let device = Device::flex();
+    let model = MeanLm::new(&device);
+    let prompts = mixed_prompts(&device);
+    let suppress = vec![0, 2, 5];
+    for greedy in [false, true] {
+        let g = SamplerConfig::new()
+            .with_greedy(greedy)
+            .with_temperature(3.0)
+            .with_max_new_tokens(8)
+            .with_num_generations(16)
+            .with_suppress_token_ids(suppress.clone())
+            .init()
+            .sample(&model, &prompts, 1);
+        let tokens = host_int(g.completion_ids.clone());
+        assert!(
+            tokens.iter().all(|t| !suppress.contains(t)),
+            "greedy {greedy}"
+        );
+        if greedy {
+            for (i, row) in completion_logits(&model, &g).iter().enumerate() {
+                let best = (0..V)
+                    .filter(|v| !suppress.contains(&(*v as i64)))
+                    .max_by(|&a, &b| row[a].partial_cmp(&row[b]).unwrap())
+                    .unwrap();
+                assert_eq!(tokens[i] as usize, best);
+            }
+        }
+    }
+    let sample = |ids: Vec<i64>| {
+        SamplerConfig::new()
+            .with_suppress_token_ids(ids)
+            .init()
+            .try_sample(&model, &prompts, 0)
+    };
+    assert!(
+        sample(vec![V as i64])
+            .unwrap_err()
+            .to_string()
+            .contains("suppress_token_ids")
+    );
+    assert!(sample((0..V as i64).collect()).is_err());
+}

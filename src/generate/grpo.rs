@@ -47,9 +47,10 @@ pub struct GrpoStepConfig {
     #[config(default = 1)]
     pub num_iterations: usize,
     /// Truncated importance sampling between the sampler and the policy (TRL
-    /// `vllm_importance_sampling_correction` / `_cap`): each token's loss is weighted by
-    /// `min(exp(logps - sampling_logps), cap)`, correcting for top-k/top-p/min-p truncation.
-    /// `None` = off. Default `Some(2.0)`.
+    /// `vllm_importance_sampling_correction` in its `token_truncate` mode, the original TIS):
+    /// each token's loss is weighted by `min(exp(logps - sampling_logps), cap)`, correcting for
+    /// top-k/top-p/min-p truncation. `None` = off. Default `Some(2.0)` (TIS; recent TRL
+    /// defaults to a sequence-level mask with cap 3).
     #[config(default = "Some(2.0)")]
     pub importance_sampling_cap: Option<f64>,
 }

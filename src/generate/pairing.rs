@@ -316,3 +316,114 @@ impl KtoLabels {
         unwrap_or_panic(self.try_unpaired_batch(logps, reference_logps))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(strategy: Pairing, min_margin: f64, scores: &[Option<f64>], n: usize) -> Pairs {
+        PairingConfig::new()
+            .with_strategy(strategy)
+            .with_min_margin(min_margin)
+            .pair(scores, n)
+    }
+
+    #[test]
+    fn best_vs_worst_per_group() {
+        let s = [Some(0.2), Some(0.9), Some(0.5), Some(0.1), None, Some(0.3)];
+        let p = pair(Pairing::BestVsWorst, 0.0, &s, 3);
+        assert_eq!(p.chosen, vec![1, 5]);
+        assert_eq!(p.rejected, vec![0, 3]);
+        assert!((p.margins[0] - 0.7).abs() < 1e-12 && (p.margins[1] - 0.2).abs() < 1e-12);
+        assert_eq!(p.rows(), vec![1, 5, 0, 3]);
+    }
+
+    #[test]
+    fn ties_are_dropped() {
+        let s = [Some(0.5), Some(0.5), Some(1.0), Some(0.0)];
+        for strategy in [Pairing::BestVsWorst, Pairing::FirstTwo, Pairing::AllPairs] {
+            let p = pair(strategy, 0.0, &s, 2);
+            assert_eq!(
+                (p.chosen.clone(), p.rejected.clone()),
+                (vec![2], vec![3]),
+                "{strategy:?}"
+            );
+        }
+        // A group whose scores are all equal gives nothing, even with best-vs-worst of 3.
+        assert!(pair(Pairing::BestVsWorst, 0.0, &[Some(1.0); 3], 3).is_empty());
+    }
+
+    #[test]
+    fn minimum_margin() {
+        let s = [Some(0.5), Some(0.4), Some(1.0), Some(0.0)];
+        let p = pair(Pairing::FirstTwo, 0.2, &s, 2);
+        assert_eq!((p.chosen, p.rejected), (vec![2], vec![3]));
+        let p = pair(Pairing::FirstTwo, 0.1, &s, 2);
+        assert_eq!(p.len(), 1, "0.5 - 0.4 is below 0.1 by rounding: dropped");
+        let p = pair(Pairing::FirstTwo, 0.05, &s, 2);
+        assert_eq!((p.chosen, p.rejected), (vec![0, 2], vec![1, 3]));
+    }
+
+    #[test]
+    fn first_two_ignores_the_rest_and_all_pairs_takes_every_ordered_pair() {
+        let s = [Some(0.0), Some(1.0), Some(5.0)];
+        let p = pair(Pairing::FirstTwo, 0.0, &s, 3);
+        assert_eq!((p.chosen, p.rejected), (vec![1], vec![0]));
+        let p = pair(Pairing::AllPairs, 0.0, &s, 3);
+        assert_eq!(p.chosen, vec![1, 2, 2]);
+        assert_eq!(p.rejected, vec![0, 0, 1]);
+    }
+
+    #[test]
+    fn none_scores_never_pair() {
+        let s = [None, None, None, None];
+        for strategy in [Pairing::BestVsWorst, Pairing::FirstTwo, Pairing::AllPairs] {
+            assert!(pair(strategy, 0.0, &s, 2).is_empty());
+        }
+        let s = [Some(1.0), None, Some(0.0), Some(2.0)];
+        assert!(pair(Pairing::FirstTwo, 0.0, &s, 2).chosen == vec![3]);
+        assert_eq!(
+            best_of_n(&[None, None], 2, None).unwrap(),
+            Vec::<usize>::new()
+        );
+        assert_eq!(
+            kto_labels(&[None, None], 0.5).unwrap(),
+            KtoLabels::default()
+        );
+    }
+
+    #[test]
+    fn one_generation_per_prompt() {
+        let s = [Some(1.0), Some(0.0)];
+        let err = PairingConfig::new()
+            .try_pair(&s, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("num_generations"), "{err}");
+        assert_eq!(best_of_n(&s, 1, None).unwrap(), vec![0, 1]);
+        assert_eq!(best_of_n(&s, 1, Some(0.5)).unwrap(), vec![0]);
+    }
+
+    #[test]
+    fn best_of_n_and_kto_labels() {
+        let s = [Some(0.1), Some(0.7), Some(0.7), None, Some(0.2), Some(0.3)];
+        assert_eq!(best_of_n(&s, 3, None).unwrap(), vec![1, 5]);
+        assert_eq!(best_of_n(&s, 3, Some(0.5)).unwrap(), vec![1]);
+        let l = kto_labels(&s, 0.5).unwrap();
+        assert_eq!(l.rows, vec![0, 1, 2, 4, 5]);
+        assert_eq!(l.desirable, vec![false, true, true, false, false]);
+        assert!(kto_labels(&s, f64::NAN).is_err());
+    }
+
+    #[test]
+    fn bad_arguments() {
+        assert!(PairingConfig::new().try_pair(&[Some(1.0); 3], 2).is_err());
+        assert!(
+            PairingConfig::new()
+                .with_min_margin(-1.0)
+                .try_pair(&[Some(1.0); 2], 2)
+                .is_err()
+        );
+        assert!(best_of_n(&[Some(1.0); 3], 0, None).is_err());
+    }
+}

@@ -37,6 +37,11 @@ pub struct SamplerConfig {
     /// of the completion. Default: none.
     #[config(default = "Vec::new()")]
     pub eos_token_ids: Vec<i64>,
+    /// Token ids never generated (HF `suppress_tokens`): their logits are set to `-inf`
+    /// before greedy or truncated sampling (the returned policy `logps` are not affected).
+    /// Each must be in `[0, V)` and at least one token must remain. Default: none.
+    #[config(default = "Vec::new()")]
+    pub suppress_token_ids: Vec<i64>,
     /// Id written on left padding and after a completion has stopped. Default: 0.
     #[config(default = 0)]
     pub pad_token_id: i64,
@@ -310,11 +315,24 @@ impl Sampler {
         let mut ids = prompt_ids.clone();
         let mut mask = prompt_mask.clone();
         let mut done = Tensor::<1, Int>::zeros([rows], &device).equal_elem(1);
+        let mut suppress: Option<Tensor<2, Bool>> = None;
         let (mut tokens, mut alive_cols, mut logps, mut sampling_logps) =
             (vec![], vec![], vec![], vec![]);
         for step in 0..c.max_new_tokens {
-            let logits = next_logits(ids.clone(), mask.clone());
+            let mut logits = next_logits(ids.clone(), mask.clone());
             let raw = log_softmax_finite(logits.clone().div_scalar(logps_temperature));
+            if !c.suppress_token_ids.is_empty() {
+                if suppress.is_none() {
+                    suppress = Some(suppress_mask(
+                        &c.suppress_token_ids,
+                        logits.dims()[1],
+                        &device,
+                    )?);
+                }
+                let m = suppress.clone().expect("built above");
+                let v = logits.dims()[1];
+                logits = logits.mask_fill(m.expand([rows, v]), f32::NEG_INFINITY);
+            }
             let (token, sampled_logp) = match &uniforms {
                 None => (logits.argmax(1), None),
                 Some(u) => {
@@ -370,6 +388,29 @@ impl Sampler {
             logps_temperature,
         })
     }
+}
+
+/// `[1, V]` mask of the suppressed ids; errors on ids outside `[0, V)` or all of them.
+fn suppress_mask(ids: &[i64], v: usize, device: &Device) -> crate::Result<Tensor<2, Bool>> {
+    let mut flags = vec![0i64; v];
+    for &id in ids {
+        if id < 0 || id as usize >= v {
+            return Err(Error::config(
+                "suppress_token_ids",
+                format!("must be in [0, {v}) (the vocabulary size)"),
+                id,
+            ));
+        }
+        flags[id as usize] = 1;
+    }
+    if flags.iter().all(|&f| f == 1) {
+        return Err(Error::config(
+            "suppress_token_ids",
+            "must leave at least one token",
+            format!("{ids:?}"),
+        ));
+    }
+    Ok(Tensor::<2, Int>::from_data(TensorData::new(flags, [1, v]), device).equal_elem(1))
 }
 
 /// SplitMix64 finalizer.
