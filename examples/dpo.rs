@@ -13,12 +13,14 @@
 //! rewards/accuracies, rewards/margins) to `--out`.
 //!
 //! Log-probs come from the fused LM-head op (hidden states x head weight, no `[N, V]`
-//! logits); the loss is the crate's shared loss core for the chosen family.
+//! logits); the loss is the crate's shared loss core for the chosen family. Greedy completions
+//! come from the crate's sampler ([`burn_rlhf::generate`]): `TinyLm` implements
+//! [`CausalLm`] (and [`CachedCausalLm`] through burn's autoregressive encoder cache).
 #![allow(dead_code)]
 
 #[path = "common/device.rs"]
 mod device_arg;
-#[path = "common/plot.rs"]
+#[path = "common/chart.rs"]
 mod plot;
 
 use std::collections::BTreeMap;
@@ -27,18 +29,22 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::nn::attention::generate_autoregressive_mask;
+use burn::nn::transformer::TransformerEncoderAutoregressiveCache;
 use burn::nn::transformer::{
     TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput,
 };
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn_rlhf::generate::{CachedCausalLm, CausalLm, Prompts, SamplerConfig, position_ids};
 use burn_rlhf::logprobs::FusedLogprobsConfig;
 use burn_rlhf::losses::{
     BcoLossConfig, CpoLossConfig, CpoLossType, DpoLossConfig, DpoLossType, KtoLossConfig,
     LossOutput, OrpoLossConfig, PreferenceBatch, RunningMoments, UnpairedBatch, kto_kl_estimate,
 };
 use burn_rlhf::{GatheredLogprobs, IGNORE_INDEX, Normalizer};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
 
 pub const DIGITS: usize = 10;
 pub const SEP: i64 = 10;
@@ -59,9 +65,14 @@ pub struct TinyLm {
 
 impl TinyLm {
     pub fn new(d_model: usize, layers: usize, device: &Device) -> Self {
+        Self::with_max_len(d_model, layers, SEQ, device)
+    }
+
+    /// A model with `max_len` positions (the examples use `SEQ`; the sampler benchmark more).
+    pub fn with_max_len(d_model: usize, layers: usize, max_len: usize, device: &Device) -> Self {
         Self {
             tokens: EmbeddingConfig::new(VOCAB, d_model).init(device),
-            positions: EmbeddingConfig::new(SEQ, d_model).init(device),
+            positions: EmbeddingConfig::new(max_len, d_model).init(device),
             encoder: TransformerEncoderConfig::new(d_model, 4 * d_model, 4, layers)
                 .with_dropout(0.0)
                 .init(device),
@@ -84,14 +95,57 @@ impl TinyLm {
             .forward(TransformerEncoderInput::new(x).mask_attn(mask))
     }
 
+    /// Last hidden states `[B, T, d]` of left-padded rows: positions count from the first
+    /// real token and padding is masked out of attention (equal to [`hidden`](Self::hidden)
+    /// without padding).
+    pub fn hidden_masked(&self, ids: Tensor<2, Int>, mask: Tensor<2, Bool>) -> Tensor<3> {
+        self.encoder.forward(self.encoder_input(ids, mask))
+    }
+
+    fn encoder_input(&self, ids: Tensor<2, Int>, mask: Tensor<2, Bool>) -> TransformerEncoderInput {
+        let [b, t] = ids.dims();
+        let device = ids.device();
+        let x = self.tokens.forward(ids) + self.positions.forward(position_ids(mask.clone()));
+        TransformerEncoderInput::new(x)
+            .mask_attn(generate_autoregressive_mask(b, t, &device))
+            .mask_pad(mask.bool_not())
+    }
+
     /// The LM head's weight as `[V, d]` (burn's `Linear` stores `[d, V]`).
     pub fn head_weight(&self) -> Tensor<2> {
         self.lm_head.weight.val().transpose()
     }
+}
 
-    /// Full logits `[B, T, V]` (generation only; training uses the fused op).
-    pub fn logits(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        self.lm_head.forward(self.hidden(ids))
+/// Full logits for the sampler (training uses the fused op on [`TinyLm::hidden`]).
+impl CausalLm for TinyLm {
+    fn logits(&self, ids: Tensor<2, Int>, attention_mask: Tensor<2, Bool>) -> Tensor<3> {
+        self.lm_head
+            .forward(self.hidden_masked(ids, attention_mask))
+    }
+}
+
+/// Incremental decoding through burn's autoregressive encoder cache (it caches each layer's
+/// per-position projections and feed-forward outputs; attention still spans all positions).
+impl CachedCausalLm for TinyLm {
+    type Cache = TransformerEncoderAutoregressiveCache;
+
+    fn init_cache(&self) -> Self::Cache {
+        self.encoder.new_autoregressive_cache()
+    }
+
+    fn forward_step(
+        &self,
+        ids: Tensor<2, Int>,
+        attention_mask: Tensor<2, Bool>,
+        cache: &mut Self::Cache,
+    ) -> Tensor<2> {
+        let [b, t] = ids.dims();
+        let input = self.encoder_input(ids, attention_mask);
+        let hidden = self.encoder.forward_autoregressive_inference(input, cache);
+        let [_, _, d] = hidden.dims();
+        self.lm_head
+            .forward(hidden.narrow(1, t - 1, 1).reshape([b, d]))
     }
 }
 
@@ -114,10 +168,12 @@ impl Rng {
     }
 }
 
-fn prompt(rng: &mut Rng) -> Vec<i64> {
+/// A random prompt of `PROMPT` digits.
+pub fn prompt(rng: &mut Rng) -> Vec<i64> {
     (0..PROMPT).map(|_| rng.below(DIGITS) as i64).collect()
 }
-fn rule(p: &[i64]) -> Vec<i64> {
+/// The rule: the prompt reversed.
+pub fn rule(p: &[i64]) -> Vec<i64> {
     p.iter().rev().copied().collect()
 }
 fn near_miss(p: &[i64], rng: &mut Rng) -> Vec<i64> {
@@ -126,7 +182,8 @@ fn near_miss(p: &[i64], rng: &mut Rng) -> Vec<i64> {
     c[i] = ((c[i] as usize + 1 + rng.below(DIGITS - 1)) % DIGITS) as i64;
     c
 }
-fn sequence(p: &[i64], c: &[i64]) -> Vec<i64> {
+/// `[prompt, SEP, completion, EOS]`.
+pub fn sequence(p: &[i64], c: &[i64]) -> Vec<i64> {
     let mut s = p.to_vec();
     s.push(SEP);
     s.extend_from_slice(c);
@@ -267,84 +324,81 @@ fn objective(name: &str) -> Result<Objective, String> {
 
 // ----------------------------------------------------------------------------- training
 
-#[derive(Debug, Clone)]
+/// Command-line flags.
+#[derive(Debug, Clone, Parser)]
+#[command(about = "DPO (or any preference loss) on a tiny causal LM")]
 pub struct Args {
+    /// Loss family (see LOSSES).
+    #[arg(long, default_value = "sigmoid")]
     pub loss: String,
+    /// Preference-optimization steps.
+    #[arg(long, default_value_t = 150)]
     pub steps: usize,
+    /// SFT warm-up steps.
+    #[arg(long, default_value_t = 150)]
     pub sft_steps: usize,
+    /// Pairs per step (at least 2).
+    #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// Device: flex, or wgpu / cuda when built with that feature.
+    #[arg(long, default_value = "flex")]
     pub device: String,
+    /// Output folder of the plot.
+    #[arg(long, default_value = "out/dpo")]
     pub out: PathBuf,
+    /// Precompute reference log-probs once instead of running the reference each step.
+    #[arg(long)]
     pub precompute_ref: bool,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Print nothing while training.
+    #[arg(long)]
     pub quiet: bool,
     /// Held-out pairs and prompts for evaluation.
+    #[arg(skip = 256usize)]
     pub heldout: usize,
     /// Model width.
+    #[arg(skip = 64usize)]
     pub d_model: usize,
 }
 
 impl Default for Args {
     fn default() -> Self {
-        Args {
-            loss: "sigmoid".into(),
-            steps: 150,
-            sft_steps: 150,
-            batch: 32,
-            device: "flex".into(),
-            out: PathBuf::from("out/dpo"),
-            precompute_ref: false,
-            seed: 0,
-            quiet: false,
-            heldout: 256,
-            d_model: 64,
-        }
+        Args::parse_from(["dpo"])
     }
 }
 
 impl Args {
+    /// Parses `argv` (program name first); errors name the flag.
     pub fn parse(args: &[String]) -> Result<Args, String> {
-        let mut a = Args::default();
-        let mut i = 1;
-        while i < args.len() {
-            let value = |i: usize| {
-                args.get(i + 1)
-                    .cloned()
-                    .ok_or(format!("{} needs a value", args[i]))
-            };
-            let number = |i: usize| -> Result<usize, String> {
-                value(i)?.parse().map_err(|_| {
-                    format!("{} needs a positive integer, got {}", args[i], args[i + 1])
-                })
-            };
-            match args[i].as_str() {
-                "--loss" => a.loss = value(i)?,
-                "--steps" => a.steps = number(i)?,
-                "--sft-steps" => a.sft_steps = number(i)?,
-                "--batch" => a.batch = number(i)?.max(2),
-                "--device" => a.device = value(i)?,
-                "--out" => a.out = PathBuf::from(value(i)?),
-                "--seed" => a.seed = number(i)? as u64,
-                "--precompute-ref" => {
-                    a.precompute_ref = true;
-                    i += 1;
-                    continue;
-                }
-                "--quiet" => {
-                    a.quiet = true;
-                    i += 1;
-                    continue;
-                }
-                other => {
-                    return Err(format!(
-                        "unknown flag {other} (flags: --loss --steps --sft-steps --batch --device --out --seed --precompute-ref)"
-                    ));
-                }
+        let mut a = Args::try_parse_from(args).map_err(|e| match e.kind() {
+            clap::error::ErrorKind::UnknownArgument => {
+                format!(
+                    "unknown flag: {}",
+                    e.to_string().trim_start_matches("error: ")
+                )
             }
-            i += 2;
-        }
+            _ => e.to_string().trim_start_matches("error: ").to_string(),
+        })?;
+        a.batch = a.batch.max(2);
         objective(&a.loss)?;
         Ok(a)
+    }
+}
+
+/// The device named by `--device`.
+pub fn device_of(name: &str) -> Result<Device, String> {
+    match name {
+        "flex" => Ok(Device::flex()),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+        #[cfg(feature = "cuda")]
+        "cuda" => Ok(Device::cuda(0)),
+        other => Err(format!(
+            "--device {other}: not available in this build (available: {:?})",
+            device_arg::available()
+        )),
     }
 }
 
@@ -442,40 +496,77 @@ fn progress(step: usize, total: usize, m: &BTreeMap<String, f64>, loss: f64) -> 
     )
 }
 
-/// Greedy completions of `prompts`; returns the fraction that follow the rule exactly.
-fn rule_rate(model: &TinyLm, prompts: &[Vec<i64>], device: &Device) -> f64 {
-    let n = prompts.len();
-    let mut rows: Vec<Vec<i64>> = prompts
+/// Greedy completions of `prompts` from the crate's sampler; returns the fraction whose
+/// digits follow the rule exactly.
+pub fn rule_rate(model: &TinyLm, prompts: &[Vec<i64>], device: &Device) -> f64 {
+    let rows: Vec<Vec<i64>> = prompts
         .iter()
-        .map(|p| {
-            let mut s = p.clone();
-            s.push(SEP);
-            s.resize(SEQ, EOS);
-            s
-        })
+        .map(|p| p.iter().copied().chain([SEP]).collect())
         .collect();
-    for pos in PROMPT + 1..PROMPT + 1 + PROMPT {
-        let logits = model.logits(ints(&rows, device));
-        let next = logits
-            .narrow(1, pos - 1, 1)
-            .narrow(2, 0, DIGITS)
-            .argmax(2)
-            .reshape([n]);
-        let next: Vec<i64> = next
-            .into_data()
-            .convert::<i64>()
-            .try_into_vec::<i64>()
-            .unwrap();
-        for (row, t) in rows.iter_mut().zip(next) {
-            row[pos] = t;
-        }
-    }
-    let ok = rows
+    // Exactly PROMPT digits: SEP and EOS are suppressed.
+    let generation = SamplerConfig::new()
+        .with_greedy(true)
+        .with_max_new_tokens(PROMPT)
+        .with_suppress_token_ids(vec![SEP, EOS])
+        .init()
+        .sample(model, &Prompts::left_padded(&rows, EOS, device), 0);
+    let ok = generation
+        .completions()
         .iter()
         .zip(prompts)
-        .filter(|(r, p)| r[PROMPT + 1..PROMPT + 1 + PROMPT] == rule(p)[..])
+        .filter(|(c, p)| c[..] == rule(p)[..])
         .count();
-    ok as f64 / n as f64
+    ok as f64 / prompts.len() as f64
+}
+
+/// SFT on a mix where `reverse_fraction` of the completions follow the rule and the rest
+/// copy the prompt; `log(step, nll)` is called every 50 steps and at the end.
+pub fn warm_up(
+    mut model: TinyLm,
+    device: &Device,
+    steps: usize,
+    batch: usize,
+    reverse_fraction: f64,
+    rng: &mut Rng,
+    mut log: impl FnMut(usize, f64),
+) -> TinyLm {
+    // (`device` is passed in: reading a parameter here would initialize it early and change
+    // the random stream of burn's lazy parameter initialization.)
+    let mut optim = AdamConfig::new().init();
+    for step in 1..=steps {
+        let rows: Vec<Vec<i64>> = (0..batch)
+            .map(|_| {
+                let p = prompt(rng);
+                let c = if rng.chance(reverse_fraction) {
+                    rule(&p)
+                } else {
+                    p.clone()
+                };
+                sequence(&p, &c)
+            })
+            .collect();
+        let g = gather(&model, ints(&rows, device), labels_of(&rows, device));
+        let nll = Normalizer::TokenMean.reduce_tokens(g.logprobs.neg(), g.mask);
+        if step % 50 == 0 || step == steps {
+            log(step, nll.clone().into_scalar::<f64>());
+        }
+        model = step_optim(model, &mut optim, 3e-3, nll);
+    }
+    model
+}
+
+/// A progress bar on stderr (hidden when `quiet` or not a terminal).
+pub fn progress_bar(total: usize, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("[{bar:24}] {pos:>4}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("#>."),
+    );
+    bar
 }
 
 fn step_optim(model: TinyLm, optim: &mut ModuleOptimizer, lr: f64, loss: Tensor<1>) -> TinyLm {
@@ -485,19 +576,7 @@ fn step_optim(model: TinyLm, optim: &mut ModuleOptimizer, lr: f64, loss: Tensor<
 
 pub fn run(args: &Args) -> Result<Summary, String> {
     let start = Instant::now();
-    let base = match args.device.as_str() {
-        "flex" => Device::flex(),
-        #[cfg(feature = "wgpu")]
-        "wgpu" => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
-        #[cfg(feature = "cuda")]
-        "cuda" => Device::cuda(0),
-        other => {
-            return Err(format!(
-                "--device {other}: not available in this build (available: {:?})",
-                device_arg::available()
-            ));
-        }
-    };
+    let base = device_of(&args.device)?;
     let device = base.clone().autodiff();
     base.seed(args.seed);
     let mut rng = Rng(
@@ -511,30 +590,20 @@ pub fn run(args: &Args) -> Result<Summary, String> {
     };
 
     // --- SFT warm-up on a 40% reverse / 60% copy mix.
-    let mut model = TinyLm::new(args.d_model, 2, &device);
-    let mut optim = AdamConfig::new().init();
     say(format!(
         "SFT warm-up: {} steps on a 40% rule / 60% copy mix (device {})",
         args.sft_steps, args.device
     ));
-    for step in 1..=args.sft_steps {
-        let rows: Vec<Vec<i64>> = (0..args.batch)
-            .map(|_| {
-                let p = prompt(&mut rng);
-                let c = if rng.chance(0.4) { rule(&p) } else { p.clone() };
-                sequence(&p, &c)
-            })
-            .collect();
-        let g = gather(&model, ints(&rows, &device), labels_of(&rows, &device));
-        let nll = Normalizer::TokenMean.reduce_tokens(g.logprobs.neg(), g.mask);
-        if step % 50 == 0 || step == args.sft_steps {
-            say(format!(
-                "  sft step {step:>4} nll {:.4}",
-                nll.clone().into_scalar::<f64>()
-            ));
-        }
-        model = step_optim(model, &mut optim, 3e-3, nll);
-    }
+    let model = warm_up(
+        TinyLm::new(args.d_model, 2, &device),
+        &device,
+        args.sft_steps,
+        args.batch,
+        0.4,
+        &mut rng,
+        |step, nll| say(format!("  sft step {step:>4} nll {nll:.4}")),
+    );
+    let mut model = model;
     let reference = model.valid(); // frozen copy, no autodiff
 
     // --- Data: training pairs (with optional precomputed reference log-probs), held-out pairs.
@@ -579,6 +648,7 @@ pub fn run(args: &Args) -> Result<Summary, String> {
     let mut optim = AdamConfig::new().init();
     let mut running = RunningMoments::default();
     let mut summary = Summary::default();
+    let bar = progress_bar(args.steps, args.quiet);
     for step in 1..=args.steps {
         let lo = (step - 1) * args.batch;
         let chosen = &train.chosen[lo..lo + args.batch];
@@ -627,11 +697,15 @@ pub fn run(args: &Args) -> Result<Summary, String> {
         let mut metrics = out.metrics.to_host();
         metrics.insert("loss".into(), loss_value);
         if step % 10 == 0 || step == 1 || step == args.steps {
-            say(progress(step, args.steps, &metrics, loss_value));
+            bar.suspend(|| say(progress(step, args.steps, &metrics, loss_value)));
         }
+        bar.set_message(format!("loss {loss_value:.4}"));
+        bar.inc(1);
         summary.history.push((step, metrics));
         model = step_optim(model, &mut optim, 1e-3, out.loss);
     }
+
+    bar.finish_and_clear();
 
     // --- Evaluation on held-out pairs and prompts.
     let policy = model.valid();

@@ -3,8 +3,9 @@
 //! Task: given a prompt digit `p` in `0..8`, generate 6 digits that count up from it
 //! (`p+1, p+2, ...` mod 8). Reward = fraction of positions that follow the rule (chance is
 //! 1/8). The policy is a 2-layer MLP over `[one-hot(prompt), one-hot(previous token),
-//! one-hot(position)]` with a policy head and a value head; rollouts are sampled token by
-//! token. Each step: sample 64 sequences, per-token rewards = `-beta * k1 KL` against the frozen
+//! one-hot(position)]` with a policy head and a value head; it implements the crate's
+//! [`CausalLm`] (features built on the device), so rollouts come from the crate's batched
+//! sampler ([`Sampler`](burn_rlhf::generate::Sampler)). Each step: sample 64 sequences, per-token rewards = `-beta * k1 KL` against the frozen
 //! initial policy plus the score at the last token ([`KlPenalty`]), GAE with whitening
 //! ([`Gae`]), then [`ppo_update`] (4 epochs x 4 minibatches, global-norm clipping).
 //!
@@ -14,7 +15,7 @@
 //!
 //! Prints progress and writes `reward.svg` (mean reward and KL per step) to `--out`.
 
-#[path = "common/plot.rs"]
+#[path = "common/chart.rs"]
 mod plot;
 
 use std::path::PathBuf;
@@ -23,11 +24,14 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::AdamConfig;
-use burn::tensor::{Device, Int, Tensor, TensorData, activation};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
+use burn_rlhf::generate::{CausalLm, Prompts, SamplerConfig};
 use burn_rlhf::logprobs::token_entropy;
 use burn_rlhf::rl::{
     GaeConfig, KlPenaltyConfig, PolicyOutput, PpoLossConfig, PpoStepConfig, Rollout, ppo_update,
 };
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
 
 /// Vocabulary (digits).
 pub const VOCAB: usize = 8;
@@ -109,6 +113,43 @@ pub fn reward(seq: &[i64]) -> f64 {
         / LEN as f64
 }
 
+/// One-hot `[B, T, classes]` of `ids` `[B, T]`, on the device.
+fn one_hot(ids: Tensor<2, Int>, classes: usize) -> Tensor<3> {
+    let [b, t] = ids.dims();
+    let device = ids.device();
+    let range = Tensor::<1, Int>::arange(0..classes as i64, &device)
+        .reshape([1, 1, classes])
+        .expand([b, t, classes]);
+    ids.unsqueeze_dim::<3>(2)
+        .expand([b, t, classes])
+        .equal(range)
+        .float()
+}
+
+/// Next-token logits for the sampler: the features of every position built on the device.
+/// Rows are `[prompt digit, generated...]` (no padding: every prompt is one token).
+impl CausalLm for Policy {
+    fn logits(&self, ids: Tensor<2, Int>, _attention_mask: Tensor<2, Bool>) -> Tensor<3> {
+        let [b, t] = ids.dims();
+        let device = ids.device();
+        let prompt = ids.clone().narrow(1, 0, 1).expand([b, t]);
+        let position = Tensor::<1, Int>::arange(0..t as i64, &device)
+            .reshape([1, t])
+            .expand([b, t]);
+        let x = Tensor::cat(
+            vec![
+                one_hot(prompt, VOCAB),
+                one_hot(ids, VOCAB),
+                one_hot(position, LEN),
+            ],
+            2,
+        );
+        self.forward(x.reshape([b * t, FEATURES]))
+            .0
+            .reshape([b, t, VOCAB])
+    }
+}
+
 struct XorShift(u64);
 impl XorShift {
     fn uniform(&mut self) -> f64 {
@@ -119,44 +160,23 @@ impl XorShift {
     }
 }
 
-/// Samples `batch` sequences with the (non-autodiff) policy: `[batch, 1 + LEN]` token ids.
-fn sample(policy: &Policy, batch: usize, rng: &mut XorShift, device: &Device) -> Vec<i64> {
-    let mut seqs = vec![0i64; batch * (LEN + 1)];
-    for row in 0..batch {
-        seqs[row * (LEN + 1)] = (rng.uniform() * VOCAB as f64) as i64 % VOCAB as i64;
-    }
-    for t in 0..LEN {
-        let mut feats = vec![0.0f32; batch * FEATURES];
-        for row in 0..batch {
-            let seq = &seqs[row * (LEN + 1)..];
-            features(
-                seq[0] as usize,
-                seq[t] as usize,
-                t,
-                &mut feats[row * FEATURES..(row + 1) * FEATURES],
-            );
-        }
-        let x = Tensor::<2>::from_data(TensorData::new(feats, [batch, FEATURES]), device);
-        let probs: Vec<f32> = activation::softmax(policy.forward(x).0, 1)
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec()
-            .unwrap();
-        for row in 0..batch {
-            let u = rng.uniform() as f32;
-            let mut acc = 0.0;
-            let mut token = VOCAB - 1;
-            for (v, p) in probs[row * VOCAB..(row + 1) * VOCAB].iter().enumerate() {
-                acc += p;
-                if u < acc {
-                    token = v;
-                    break;
-                }
-            }
-            seqs[row * (LEN + 1) + t + 1] = token as i64;
-        }
-    }
-    seqs
+/// Samples `batch` sequences with the (non-autodiff) policy through the crate's sampler:
+/// `[batch, 1 + LEN]` token ids (a random prompt digit, then `LEN` sampled tokens).
+fn sample(
+    policy: &Policy,
+    batch: usize,
+    rng: &mut XorShift,
+    seed: u64,
+    device: &Device,
+) -> Tensor<2, Int> {
+    let prompts: Vec<Vec<i64>> = (0..batch)
+        .map(|_| vec![(rng.uniform() * VOCAB as f64) as i64 % VOCAB as i64])
+        .collect();
+    SamplerConfig::new()
+        .with_max_new_tokens(LEN)
+        .init()
+        .sample(policy, &Prompts::left_padded(&prompts, 0, device), seed)
+        .ids()
 }
 
 /// Training options.
@@ -191,15 +211,32 @@ pub fn train(options: &TrainOptions, device: &Device) -> Vec<(usize, f64, f64)> 
         .with_learning_rate(3e-3);
     let mut rng = XorShift(options.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut history = Vec::with_capacity(options.steps);
+    let bar = if options.log_every > 0 {
+        ProgressBar::new(options.steps as u64).with_style(
+            ProgressStyle::with_template("[{bar:24}] {pos:>4}/{len} {msg}")
+                .expect("valid template")
+                .progress_chars("#>."),
+        )
+    } else {
+        ProgressBar::hidden()
+    };
     let start = Instant::now();
     for step in 0..options.steps {
         let snapshot = policy.valid();
         let inner = device.clone().inner();
-        let seqs = sample(&snapshot, options.batch, &mut rng, &inner);
+        let seed = options
+            .seed
+            .wrapping_mul(1_000_003)
+            .wrapping_add(step as u64);
+        let tokens = sample(&snapshot, options.batch, &mut rng, seed, &inner);
+        let seqs: Vec<i64> = tokens
+            .clone()
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec()
+            .unwrap();
         let scores: Vec<f64> = seqs.chunks(LEN + 1).map(reward).collect();
         let mean_reward = scores.iter().sum::<f64>() / scores.len() as f64;
-        let tokens =
-            Tensor::<2, Int>::from_data(TensorData::new(seqs, [options.batch, LEN + 1]), &inner);
         let (old_logp, old_values, _) = snapshot.score(&tokens);
         let (ref_logp, _, _) = reference.score(&tokens);
         let mask = Tensor::<2, Int>::ones([options.batch, LEN], &inner).equal_elem(1);
@@ -238,9 +275,11 @@ pub fn train(options: &TrainOptions, device: &Device) -> Vec<(usize, f64, f64)> 
         );
         policy = updated;
         history.push((step, mean_reward, kl));
+        bar.inc(1);
+        bar.set_message(format!("reward {mean_reward:.3}"));
         if options.log_every > 0 && (step % options.log_every == 0 || step + 1 == options.steps) {
             let m = &stats.metrics;
-            println!(
+            bar.suspend(|| println!(
                 "step {step:4}  reward {mean_reward:.3}  kl {kl:.3}  policy_loss {:+.4}  value_loss {:.4}  \
                  clipfrac {:.3}  approx_kl {:.4}  entropy {:.3}  ({:.1}s)",
                 m["policy_loss"],
@@ -249,23 +288,27 @@ pub fn train(options: &TrainOptions, device: &Device) -> Vec<(usize, f64, f64)> 
                 m["approx_kl"],
                 m["entropy"],
                 start.elapsed().as_secs_f64()
-            );
+            ));
         }
     }
+    bar.finish_and_clear();
     history
 }
 
+/// Command-line flags.
+#[derive(Debug, Parser)]
+#[command(about = "PPO on a toy counting task")]
+struct Cli {
+    /// PPO steps.
+    #[arg(long, default_value_t = 120)]
+    steps: usize,
+    /// Output folder of the plot.
+    #[arg(long, default_value = "out/ppo")]
+    out: PathBuf,
+}
+
 fn main() {
-    let mut steps = 120;
-    let mut out = PathBuf::from("out/ppo");
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--steps" => steps = args.next().and_then(|s| s.parse().ok()).expect("--steps N"),
-            "--out" => out = PathBuf::from(args.next().expect("--out DIR")),
-            other => panic!("unknown argument {other} (use --steps N --out DIR)"),
-        }
-    }
+    let Cli { steps, out } = Cli::parse();
     let device = Device::default();
     println!(
         "PPO toy task: count up from the prompt digit (V = {VOCAB}, L = {LEN}, chance reward {:.3})",

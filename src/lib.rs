@@ -12,6 +12,7 @@
 pub mod backends;
 pub mod distributed;
 pub mod error;
+pub mod generate;
 pub mod heads;
 pub mod logprobs;
 pub mod losses;

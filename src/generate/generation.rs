@@ -1,0 +1,193 @@
+//! What the sampler returns, and the policy log-probs of it.
+
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+
+use super::model::CausalLm;
+use crate::logprobs::{GatheredLogprobs, LabelAlignment, TokenLogprobsConfig};
+use crate::rl::Rollout;
+
+/// Sampled completions. Rows are grouped by prompt: row `i * N + j` is sample `j` of prompt
+/// `i` (`N` = [`num_generations`](Self::num_generations)).
+///
+/// # Shapes
+/// - prompt_ids, prompt_mask: `[R, P]` (left-padded, repeated per sample); `R` = prompts x N
+/// - completion_ids, completion_mask, logps, sampling_logps: `[R, C]`, `C <= max_new_tokens`
+/// - finished: `[R]`
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// Prompt ids `[R, P]`.
+    pub prompt_ids: Tensor<2, Int>,
+    /// Prompt attention mask `[R, P]`.
+    pub prompt_mask: Tensor<2, Bool>,
+    /// Generated ids `[R, C]`; the sampler's `pad_token_id` after a stop token.
+    pub completion_ids: Tensor<2, Int>,
+    /// `true` on generated tokens up to and including the stop token `[R, C]`.
+    pub completion_mask: Tensor<2, Bool>,
+    /// Log-probs of the sampled tokens under the untruncated policy at the sampling temperature,
+    /// `log_softmax(logits / T)` (T = 1 when greedy) `[R, C]`; 0 where the mask is false. This
+    /// is what a loss recomputes (TRL `old_per_token_logps`).
+    pub logps: Tensor<2>,
+    /// Log-probs of the sampled tokens under the distribution actually sampled from (tempered
+    /// and truncated; 0 when greedy: a point mass) `[R, C]`; 0 where the mask is false.
+    /// `logps - sampling_logps` is the per-token log importance weight of the truncation.
+    pub sampling_logps: Tensor<2>,
+    /// `true` for rows that ended with a stop token (the others hit `max_new_tokens`).
+    pub finished: Tensor<1, Bool>,
+    /// Samples per prompt `N`.
+    pub num_generations: usize,
+    /// The temperature of [`logps`](Self::logps).
+    pub logps_temperature: f64,
+}
+
+impl Generation {
+    /// Rows `R`.
+    pub fn len(&self) -> usize {
+        self.completion_ids.dims()[0]
+    }
+
+    /// True when there is no row.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of prompts (`R / N`).
+    pub fn num_prompts(&self) -> usize {
+        self.len() / self.num_generations
+    }
+
+    /// Prompt plus completion ids `[R, P + C]`.
+    pub fn ids(&self) -> Tensor<2, Int> {
+        Tensor::cat(
+            vec![self.prompt_ids.clone(), self.completion_ids.clone()],
+            1,
+        )
+    }
+
+    /// Attention mask of [`ids`](Self::ids) `[R, P + C]` (false on left padding and after the
+    /// stop token).
+    pub fn attention_mask(&self) -> Tensor<2, Bool> {
+        Tensor::cat(
+            vec![
+                self.prompt_mask.clone().int(),
+                self.completion_mask.clone().int(),
+            ],
+            1,
+        )
+        .equal_elem(1)
+    }
+
+    /// Rows `rows`, in that order (`num_generations` becomes 1: the rows need not form groups).
+    pub fn select(&self, rows: &[usize]) -> Generation {
+        let device = self.completion_ids.device();
+        let idx = Tensor::<1, Int>::from_data(
+            TensorData::new(
+                rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                [rows.len()],
+            ),
+            &device,
+        );
+        let bool2 = |x: &Tensor<2, Bool>| x.clone().int().select(0, idx.clone()).equal_elem(1);
+        Generation {
+            prompt_ids: self.prompt_ids.clone().select(0, idx.clone()),
+            prompt_mask: bool2(&self.prompt_mask),
+            completion_ids: self.completion_ids.clone().select(0, idx.clone()),
+            completion_mask: bool2(&self.completion_mask),
+            logps: self.logps.clone().select(0, idx.clone()),
+            sampling_logps: self.sampling_logps.clone().select(0, idx.clone()),
+            finished: self.finished.clone().int().select(0, idx).equal_elem(1),
+            num_generations: 1,
+            logps_temperature: self.logps_temperature,
+        }
+    }
+
+    /// The completions on the host, each cut after its stop token (one read).
+    pub fn completions(&self) -> Vec<Vec<i64>> {
+        let [r, c] = self.completion_ids.dims();
+        let ids = host_i64(self.completion_ids.clone());
+        let mask = host_i64(self.completion_mask.clone().int());
+        (0..r)
+            .map(|i| {
+                (0..c)
+                    .filter(|&j| mask[i * c + j] == 1)
+                    .map(|j| ids[i * c + j])
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The prompts on the host, one per row, without padding (one read).
+    pub fn prompts(&self) -> Vec<Vec<i64>> {
+        let [r, p] = self.prompt_ids.dims();
+        let ids = host_i64(self.prompt_ids.clone());
+        let mask = host_i64(self.prompt_mask.clone().int());
+        (0..r)
+            .map(|i| {
+                (0..p)
+                    .filter(|&j| mask[i * p + j] == 1)
+                    .map(|j| ids[i * p + j])
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Per-row `finished` flags on the host.
+    pub fn finished_host(&self) -> Vec<bool> {
+        host_i64(self.finished.clone().int().reshape([self.len(), 1]))
+            .into_iter()
+            .map(|x| x == 1)
+            .collect()
+    }
+
+    /// Per-token log-probs of the completions under `model` at `temperature`, recomputed with
+    /// one full forward (differentiable when `model` is on an autodiff device). The mask is
+    /// the completion mask.
+    ///
+    /// # Shapes
+    /// - output: `[R, C]`
+    pub fn completion_logps<M: CausalLm + ?Sized>(
+        &self,
+        model: &M,
+        temperature: f64,
+    ) -> GatheredLogprobs {
+        let [_, p] = self.prompt_ids.dims();
+        let [_, c] = self.completion_ids.dims();
+        let logits = model.logits(self.ids(), self.attention_mask());
+        let logits = logits.narrow(1, p - 1, c);
+        let device = logits.device();
+        TokenLogprobsConfig::new(LabelAlignment::Aligned)
+            .with_temperature(temperature)
+            .with_check_labels(false)
+            .init()
+            .forward_masked(
+                logits,
+                self.completion_ids.clone().to_device(&device),
+                self.completion_mask.clone().to_device(&device),
+            )
+    }
+
+    /// A [`Rollout`] for [`ppo_update`](crate::rl::ppo_update) with one advantage per row:
+    /// tokens = prompt + completion `[R, P + C]`, mask = completion mask, old log-probs =
+    /// [`logps`](Self::logps), sampling log-probs = [`sampling_logps`](Self::sampling_logps)
+    /// (GRPO's off-policy mask; add `with_truncated_importance_sampling(cap)` for the
+    /// importance-sampling correction and `with_ref_logprobs` for the KL term).
+    ///
+    /// # Shapes
+    /// - advantages: `[R]`
+    pub fn rollout(&self, advantages: Tensor<1>) -> Rollout {
+        let r = self.len();
+        Rollout::new(
+            self.ids(),
+            self.completion_mask.clone(),
+            self.logps.clone(),
+            advantages.reshape([r, 1]),
+        )
+        .with_sampling_logprobs(self.sampling_logps.clone())
+    }
+}
+
+pub(crate) fn host_i64(x: Tensor<2, Int>) -> Vec<i64> {
+    x.into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .expect("int tensor reads back as i64")
+}

@@ -1,0 +1,518 @@
+//! The sampler: statistics against the closed-form truncated distribution, exclusion,
+//! greedy, log-probs, stop ids, left padding, reproducibility, the KV-cache path.
+
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn_rlhf::generate::{CachedCausalLm, CausalLm, Generation, Prompts, SamplerConfig};
+
+const V: usize = 8;
+
+/// Host copy of a tensor.
+fn host<const D: usize>(x: Tensor<D>) -> Vec<f64> {
+    x.into_data()
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .unwrap()
+}
+fn host_int<const D: usize>(x: Tensor<D, Int>) -> Vec<i64> {
+    x.into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .unwrap()
+}
+fn host_bool<const D: usize>(x: Tensor<D, Bool>) -> Vec<bool> {
+    host_int(x.int()).into_iter().map(|v| v == 1).collect()
+}
+
+/// A model whose logits ignore the input: the same vector at every position.
+struct Constant(Vec<f32>);
+impl CausalLm for Constant {
+    fn logits(&self, ids: Tensor<2, Int>, _mask: Tensor<2, Bool>) -> Tensor<3> {
+        let [b, t] = ids.dims();
+        Tensor::<1>::from_data(TensorData::new(self.0.clone(), [V]), &ids.device())
+            .reshape([1, 1, V])
+            .expand([b, t, V])
+    }
+}
+
+/// A small context-dependent model: `head(tanh(mean of the attended embeddings so far)) * 3`.
+/// Left padding is masked out of the mean exactly, and positions play no role, so a padded
+/// prompt gives bit-identical logits to the unpadded one.
+#[derive(Module, Debug)]
+struct MeanLm {
+    emb: Embedding,
+    head: Linear,
+}
+impl MeanLm {
+    fn new(device: &Device) -> Self {
+        device.seed(3);
+        Self {
+            emb: EmbeddingConfig::new(V, 16).init(device),
+            head: LinearConfig::new(16, V).init(device),
+        }
+    }
+    fn project(&self, sum: Tensor<3>, count: Tensor<3>) -> Tensor<3> {
+        self.head
+            .forward((sum / count.clamp_min(1.0)).tanh())
+            .mul_scalar(3.0)
+    }
+}
+impl CausalLm for MeanLm {
+    fn logits(&self, ids: Tensor<2, Int>, mask: Tensor<2, Bool>) -> Tensor<3> {
+        let [b, t] = ids.dims();
+        let m = mask.float().reshape([b, t, 1]);
+        let e = self.emb.forward(ids) * m.clone();
+        self.project(e.cumsum(1), m.cumsum(1))
+    }
+}
+impl CachedCausalLm for MeanLm {
+    type Cache = Option<(Tensor<3>, Tensor<3>)>;
+    fn init_cache(&self) -> Self::Cache {
+        None
+    }
+    fn forward_step(
+        &self,
+        ids: Tensor<2, Int>,
+        mask: Tensor<2, Bool>,
+        cache: &mut Self::Cache,
+    ) -> Tensor<2> {
+        let [b, t] = ids.dims();
+        let (sum, count) = match cache.take() {
+            None => {
+                let m = mask.float().reshape([b, t, 1]);
+                let e = self.emb.forward(ids) * m.clone();
+                (e.sum_dim(1), m.sum_dim(1))
+            }
+            Some((sum, count)) => {
+                let m = mask.narrow(1, t - 1, 1).float().reshape([b, 1, 1]);
+                let e = self.emb.forward(ids.narrow(1, t - 1, 1)) * m.clone();
+                (sum + e, count + m)
+            }
+        };
+        *cache = Some((sum.clone(), count.clone()));
+        self.project(sum, count).reshape([b, V])
+    }
+}
+
+/// Closed-form sampling distribution: softmax(logits / T), then top-k, top-p, min-p (HF order).
+fn truncated_probs(
+    logits: &[f64],
+    t: f64,
+    top_k: Option<usize>,
+    top_p: f64,
+    min_p: f64,
+) -> Vec<f64> {
+    let x: Vec<f64> = logits.iter().map(|l| l / t).collect();
+    let mut keep = vec![true; x.len()];
+    let probs = |keep: &[bool]| {
+        let z: f64 = x
+            .iter()
+            .zip(keep)
+            .filter(|(_, k)| **k)
+            .map(|(v, _)| v.exp())
+            .sum();
+        x.iter()
+            .zip(keep)
+            .map(|(v, k)| if *k { v.exp() / z } else { 0.0 })
+            .collect::<Vec<f64>>()
+    };
+    if let Some(k) = top_k {
+        let mut sorted = x.clone();
+        sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
+        let kth = sorted[k.min(x.len()) - 1];
+        keep.iter_mut().zip(&x).for_each(|(kp, v)| *kp &= *v >= kth);
+    }
+    if top_p < 1.0 {
+        let p = probs(&keep);
+        let mut order: Vec<usize> = (0..x.len()).collect();
+        order.sort_by(|&a, &b| p[b].partial_cmp(&p[a]).unwrap());
+        let mut before = 0.0;
+        for &i in &order {
+            keep[i] &= before < top_p;
+            before += p[i];
+        }
+    }
+    if min_p > 0.0 {
+        let p = probs(&keep);
+        let max = p.iter().cloned().fold(0.0, f64::max);
+        keep.iter_mut()
+            .zip(&p)
+            .for_each(|(kp, v)| *kp &= *v >= min_p * max);
+    }
+    probs(&keep)
+}
+
+const LOGITS: [f32; V] = [2.0, 1.0, 0.5, 0.0, -0.5, -1.0, 1.5, -2.0];
+
+/// Chi-square of `draws` single-token samples from the constant model against the closed form.
+/// Returns (statistic, degrees of freedom, counts of tokens with expected probability 0).
+fn chi_square(config: SamplerConfig, draws: usize) -> (f64, usize, usize) {
+    let device = Device::flex();
+    let sampler = config
+        .with_num_generations(draws)
+        .with_max_new_tokens(1)
+        .init();
+    let c = sampler.config().clone();
+    let prompts = Prompts::left_padded(&[vec![0]], 0, &device);
+    let generation = sampler.sample(&Constant(LOGITS.to_vec()), &prompts, 1234);
+    let tokens = host_int(generation.completion_ids);
+    let logits: Vec<f64> = LOGITS.iter().map(|&l| l as f64).collect();
+    let expected = truncated_probs(&logits, c.temperature, c.top_k, c.top_p, c.min_p);
+    let mut counts = [0usize; V];
+    tokens.iter().for_each(|&t| counts[t as usize] += 1);
+    let mut stat = 0.0;
+    let mut kept = 0;
+    let mut excluded_drawn = 0;
+    for v in 0..V {
+        if expected[v] == 0.0 {
+            excluded_drawn += counts[v];
+        } else {
+            kept += 1;
+            let e = expected[v] * draws as f64;
+            stat += (counts[v] as f64 - e).powi(2) / e;
+        }
+    }
+    (stat, kept - 1, excluded_drawn)
+}
+
+/// Upper 0.999 quantiles of the chi-square distribution, df = 1..7 (tables).
+const CHI2_999: [f64; 8] = [0.0, 10.828, 13.816, 16.266, 18.467, 20.515, 22.458, 24.322];
+
+#[test]
+fn frequencies_match_the_truncated_softmax() {
+    let base = || SamplerConfig::new();
+    let cases = [
+        ("T = 0.7", base().with_temperature(0.7)),
+        ("T = 1.5", base().with_temperature(1.5)),
+        ("top_k = 3", base().with_top_k(Some(3))),
+        ("top_p = 0.8", base().with_top_p(0.8)),
+        ("min_p = 0.1", base().with_min_p(0.1)),
+        (
+            "T = 1.3, top_k = 5, top_p = 0.9, min_p = 0.05",
+            base()
+                .with_temperature(1.3)
+                .with_top_k(Some(5))
+                .with_top_p(0.9)
+                .with_min_p(0.05),
+        ),
+    ];
+    for (name, config) in cases {
+        let (stat, df, excluded) = chi_square(config, 20_000);
+        println!(
+            "{name}: chi2 = {stat:.2} on {df} df (0.999 quantile {})",
+            CHI2_999[df]
+        );
+        // Threshold: the 0.999 quantile of chi-square(df); at this fixed seed a correct
+        // sampler passes, a wrong distribution (e.g. truncation off) gives chi2 in the
+        // hundreds with 20 000 draws.
+        assert!(
+            stat < CHI2_999[df],
+            "{name}: chi2 {stat} >= {}",
+            CHI2_999[df]
+        );
+        assert_eq!(excluded, 0, "{name}: excluded tokens were drawn");
+    }
+}
+
+#[test]
+fn the_test_detects_a_wrong_distribution() {
+    // The same statistic with truncation the closed form does not know about must fail:
+    // checks that the chi-square test has power, not just that it passes.
+    let device = Device::flex();
+    let sampler = SamplerConfig::new()
+        .with_num_generations(20_000)
+        .with_max_new_tokens(1)
+        .with_temperature(1.2)
+        .init();
+    let generation = sampler.sample(
+        &Constant(LOGITS.to_vec()),
+        &Prompts::left_padded(&[vec![0]], 0, &device),
+        1234,
+    );
+    let tokens = host_int(generation.completion_ids);
+    let logits: Vec<f64> = LOGITS.iter().map(|&l| l as f64).collect();
+    let expected = truncated_probs(&logits, 1.0, None, 1.0, 0.0); // T = 1, not 1.2
+    let stat: f64 = (0..V)
+        .map(|v| {
+            let n = tokens.iter().filter(|&&t| t == v as i64).count() as f64;
+            let e = expected[v] * tokens.len() as f64;
+            (n - e).powi(2) / e
+        })
+        .sum();
+    assert!(
+        stat > CHI2_999[7],
+        "chi2 {stat} should reject the wrong temperature"
+    );
+}
+
+fn mixed_prompts(device: &Device) -> Prompts {
+    Prompts::left_padded(
+        &[vec![2], vec![3, 1, 4], vec![5, 5], vec![6, 0, 7, 1]],
+        0,
+        device,
+    )
+}
+
+/// Per-position logits of the completion tokens, recomputed with one full forward.
+fn completion_logits(model: &MeanLm, g: &Generation) -> Vec<Vec<f64>> {
+    let p = g.prompt_ids.dims()[1];
+    let [r, c] = g.completion_ids.dims();
+    let logits = host(
+        model
+            .logits(g.ids(), g.attention_mask())
+            .narrow(1, p - 1, c),
+    );
+    (0..r * c)
+        .map(|i| logits[i * V..(i + 1) * V].to_vec())
+        .collect()
+}
+
+#[test]
+fn greedy_is_the_argmax() {
+    let device = Device::flex();
+    let model = MeanLm::new(&device);
+    let g = SamplerConfig::new()
+        .with_greedy(true)
+        .with_max_new_tokens(6)
+        .with_num_generations(2)
+        .init()
+        .sample(&model, &mixed_prompts(&device), 0);
+    let tokens = host_int(g.completion_ids.clone());
+    for (i, row) in completion_logits(&model, &g).iter().enumerate() {
+        let argmax = (0..V)
+            .max_by(|&a, &b| row[a].partial_cmp(&row[b]).unwrap())
+            .unwrap();
+        assert_eq!(tokens[i] as usize, argmax, "position {i}");
+    }
+    assert!(host(g.sampling_logps).iter().all(|&x| x == 0.0));
+}
+
+#[test]
+fn returned_logps_match_recomputed_and_truncated_logps() {
+    let device = Device::flex();
+    let model = MeanLm::new(&device);
+    let (t, top_k, top_p, min_p) = (0.8, Some(5), 0.9, 0.05);
+    let g = SamplerConfig::new()
+        .with_temperature(t)
+        .with_top_k(top_k)
+        .with_top_p(top_p)
+        .with_min_p(min_p)
+        .with_max_new_tokens(6)
+        .with_num_generations(3)
+        .with_eos_token_ids(vec![7])
+        .init()
+        .sample(&model, &mixed_prompts(&device), 5);
+    // Raw: the crate's token log-probs (TokenLogprobs at the sampling temperature).
+    let recomputed = g.completion_logps(&model, t);
+    let mask = host_bool(g.completion_mask.clone());
+    let (a, b) = (host(g.logps.clone()), host(recomputed.logprobs));
+    for i in 0..a.len() {
+        let expect = if mask[i] { b[i] } else { 0.0 };
+        assert!(
+            (a[i] - expect).abs() < 1e-4,
+            "raw logp {i}: {} vs {expect}",
+            a[i]
+        );
+    }
+    // Sampling: the closed-form truncated distribution at the sampled token.
+    let tokens = host_int(g.completion_ids.clone());
+    let sampling = host(g.sampling_logps.clone());
+    for (i, row) in completion_logits(&model, &g).iter().enumerate() {
+        if !mask[i] {
+            assert_eq!(sampling[i], 0.0);
+            continue;
+        }
+        let probs = truncated_probs(row, t, top_k, top_p, min_p);
+        let p = probs[tokens[i] as usize];
+        assert!(p > 0.0, "position {i}: drew an excluded token");
+        assert!(
+            (sampling[i] - p.ln()).abs() < 1e-4,
+            "sampling logp {i}: {} vs {}",
+            sampling[i],
+            p.ln()
+        );
+        assert!(
+            sampling[i] >= a[i] - 1e-5,
+            "truncation can only raise a kept token's log-prob"
+        );
+    }
+}
+
+#[test]
+fn eos_stops_a_row_and_masks_what_follows() {
+    let device = Device::flex();
+    let model = MeanLm::new(&device);
+    let (eos, pad) = (3, 0);
+    let g = SamplerConfig::new()
+        .with_temperature(2.0)
+        .with_max_new_tokens(12)
+        .with_num_generations(8)
+        .with_eos_token_ids(vec![eos])
+        .with_pad_token_id(pad)
+        .init()
+        .sample(&model, &mixed_prompts(&device), 11);
+    let [r, c] = g.completion_ids.dims();
+    let tokens = host_int(g.completion_ids.clone());
+    let mask = host_bool(g.completion_mask.clone());
+    let finished = g.finished_host();
+    let (mut stopped, mut running) = (0, 0);
+    for row in 0..r {
+        let t = &tokens[row * c..(row + 1) * c];
+        let m = &mask[row * c..(row + 1) * c];
+        match t.iter().position(|&x| x == eos) {
+            Some(e) => {
+                stopped += 1;
+                assert!(finished[row]);
+                assert!(m[..=e].iter().all(|&x| x), "row {row}: mask through EOS");
+                assert!(
+                    m[e + 1..].iter().all(|&x| !x),
+                    "row {row}: masked after EOS"
+                );
+                assert!(
+                    t[e + 1..].iter().all(|&x| x == pad),
+                    "row {row}: pad after EOS"
+                );
+            }
+            None => {
+                running += 1;
+                assert!(!finished[row] && m.iter().all(|&x| x), "row {row}");
+            }
+        }
+        assert_eq!(g.completions()[row].last() == Some(&eos), finished[row]);
+    }
+    assert!(
+        stopped > 0 && running > 0,
+        "both kinds present: {stopped} stopped, {running} running"
+    );
+}
+
+#[test]
+fn all_rows_finished_ends_the_call_early() {
+    // EOS is certain: top-k 1 with EOS the most likely token.
+    let device = Device::flex();
+    let mut logits = LOGITS.to_vec();
+    logits[4] = 10.0;
+    let g = SamplerConfig::new()
+        .with_top_k(Some(1))
+        .with_max_new_tokens(50)
+        .with_finished_check_interval(4)
+        .with_eos_token_ids(vec![4])
+        .init()
+        .sample(&Constant(logits), &mixed_prompts(&device), 0);
+    assert_eq!(g.completion_ids.dims()[1], 4, "stops at the first check");
+    assert!(g.finished_host().iter().all(|&f| f));
+}
+
+#[test]
+fn left_padding_gives_the_same_completions() {
+    let device = Device::flex();
+    let model = MeanLm::new(&device);
+    let sampler = SamplerConfig::new()
+        .with_max_new_tokens(8)
+        .with_num_generations(4)
+        .with_top_p(0.95)
+        .init();
+    // Prompt 0 is [2]: padded to length 4 in the batch, unpadded alone.
+    let padded = sampler.sample(&model, &mixed_prompts(&device), 42);
+    let alone = sampler.sample(&model, &Prompts::left_padded(&[vec![2]], 0, &device), 42);
+    let rows: Vec<usize> = (0..4).collect();
+    assert_eq!(padded.completions()[..4], alone.completions()[..]);
+    let c = alone.completion_ids.dims()[1];
+    let a = host(padded.select(&rows).logps.narrow(1, 0, c));
+    let b = host(alone.logps.clone());
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5));
+}
+
+#[test]
+fn same_seed_same_output_and_cache_path_agrees() {
+    let device = Device::flex();
+    let model = MeanLm::new(&device);
+    let sampler = SamplerConfig::new()
+        .with_max_new_tokens(6)
+        .with_num_generations(3)
+        .with_top_k(Some(6))
+        .with_eos_token_ids(vec![7])
+        .init();
+    let prompts = mixed_prompts(&device);
+    let a = sampler.sample(&model, &prompts, 9);
+    let b = sampler.sample(&model, &prompts, 9);
+    let other = sampler.sample(&model, &prompts, 10);
+    let cached = sampler.sample_cached(&model, &prompts, 9);
+    assert_eq!(a.completions(), b.completions());
+    assert_eq!(host(a.logps.clone()), host(b.logps.clone()));
+    assert_ne!(
+        a.completions(),
+        other.completions(),
+        "another seed draws differently"
+    );
+    assert_eq!(a.completions(), cached.completions());
+    let (x, y) = (host(a.sampling_logps), host(cached.sampling_logps));
+    assert!(x.iter().zip(&y).all(|(p, q)| (p - q).abs() < 1e-5));
+}
+
+#[test]
+fn invalid_configs_are_rejected() {
+    let bad = [
+        SamplerConfig::new().with_temperature(0.0),
+        SamplerConfig::new().with_top_k(Some(0)),
+        SamplerConfig::new().with_top_p(0.0),
+        SamplerConfig::new().with_top_p(1.5),
+        SamplerConfig::new().with_min_p(1.0),
+        SamplerConfig::new().with_num_generations(0),
+        SamplerConfig::new().with_max_new_tokens(0),
+        SamplerConfig::new().with_finished_check_interval(0),
+    ];
+    for config in bad {
+        let err = config.try_init().unwrap_err().to_string();
+        assert!(err.contains("invalid value for"), "{err}");
+    }
+    let device = Device::flex();
+    assert!(Prompts::try_left_padded(&[vec![1], vec![]], 0, &device).is_err());
+    assert!(Prompts::try_left_padded(&[], 0, &device).is_err());
+}
+
+#[test]
+fn suppressed_tokens_are_never_generated() {
+    let device = Device::flex();
+    let model = MeanLm::new(&device);
+    let prompts = mixed_prompts(&device);
+    let suppress = vec![0, 2, 5];
+    for greedy in [false, true] {
+        let g = SamplerConfig::new()
+            .with_greedy(greedy)
+            .with_temperature(3.0)
+            .with_max_new_tokens(8)
+            .with_num_generations(16)
+            .with_suppress_token_ids(suppress.clone())
+            .init()
+            .sample(&model, &prompts, 1);
+        let tokens = host_int(g.completion_ids.clone());
+        assert!(
+            tokens.iter().all(|t| !suppress.contains(t)),
+            "greedy {greedy}"
+        );
+        if greedy {
+            for (i, row) in completion_logits(&model, &g).iter().enumerate() {
+                let best = (0..V)
+                    .filter(|v| !suppress.contains(&(*v as i64)))
+                    .max_by(|&a, &b| row[a].partial_cmp(&row[b]).unwrap())
+                    .unwrap();
+                assert_eq!(tokens[i] as usize, best);
+            }
+        }
+    }
+    let sample = |ids: Vec<i64>| {
+        SamplerConfig::new()
+            .with_suppress_token_ids(ids)
+            .init()
+            .try_sample(&model, &prompts, 0)
+    };
+    assert!(
+        sample(vec![V as i64])
+            .unwrap_err()
+            .to_string()
+            .contains("suppress_token_ids")
+    );
+    assert!(sample((0..V as i64).collect()).is_err());
+}
