@@ -460,3 +460,132 @@ pub(crate) fn fused_op(
 
 #[allow(dead_code)]
 fn _assert_autodiff_backend<B: AutodiffBackend>() {}
+
+/// The primitive path (what the CubeCL backends run) with either weight layout equals the
+/// native flex kernel on the host-transposed `[V, H]` weight: forward outputs and gradients,
+/// `d weight` returned in the weight's own layout. Run on Flex primitives, since no GPU backend
+/// is compiled in the default test build.
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::backend::flex::FlexTensor;
+    use burn::tensor::TensorData;
+
+    fn t(values: Vec<f64>, shape: [usize; 2]) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(values, shape))
+    }
+
+    fn host(x: FlexTensor) -> Vec<f64> {
+        x.into_data().convert::<f64>().try_to_vec::<f64>().unwrap()
+    }
+
+    fn assert_close(what: &str, a: &[f64], b: &[f64]) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-10 + 1e-9 * y.abs(),
+                "{what}[{i}]: {x} vs {y}"
+            );
+        }
+    }
+
+    #[test]
+    fn primitive_path_reads_both_layouts() {
+        let (n, h, v) = (7, 5, 11);
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        };
+        let hidden: Vec<f64> = (0..n * h).map(|_| next()).collect();
+        let w_vh: Vec<f64> = (0..v * h).map(|_| next()).collect();
+        let w_hv: Vec<f64> = (0..h * v).map(|i| w_vh[(i % v) * h + i / v]).collect();
+        let bias: Vec<f64> = (0..v).map(|_| next()).collect();
+        let grad: Vec<f64> = (0..n * OUT_COLS).map(|_| next()).collect();
+        let targets = vec![3i64, 0, 10, 0, 7, 1, 9];
+        let valid = vec![1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0];
+        let params = |layout| FusedParams {
+            temperature: 0.8,
+            logit_scale: 1.3,
+            softcap: Some(4.0),
+            token_chunk: Some(3),
+            vocab_chunk: Some(4),
+            stats: true,
+            layout,
+        };
+        let tg = || FlexTensor::from_data(TensorData::new(targets.clone(), [n]));
+        let tv = || FlexTensor::from_data(TensorData::new(valid.clone(), [n]));
+        let b = || FlexTensor::from_data(TensorData::new(bias.clone(), [v]));
+        // The native kernel on `[V, H]` (ignored rows as -1).
+        let masked: Vec<i64> = targets
+            .iter()
+            .zip(&valid)
+            .map(|(&t, &ok)| if ok > 0.5 { t } else { -1 })
+            .collect();
+        let p_vh = params(LmHeadLayout::VocabMajor);
+        let want = super::super::fused_cpu::forward(
+            t(hidden.clone(), [n, h]),
+            t(w_vh.clone(), [v, h]),
+            Some(b()),
+            FlexTensor::from_data(TensorData::new(masked.clone(), [n])),
+            &p_vh,
+        )
+        .unwrap();
+        let (want_dh, want_dw, want_db) = super::super::fused_cpu::backward(
+            t(hidden.clone(), [n, h]),
+            t(w_vh.clone(), [v, h]),
+            Some(b()),
+            FlexTensor::from_data(TensorData::new(masked, [n])),
+            want.clone(),
+            t(grad.clone(), [n, OUT_COLS]),
+            &p_vh,
+        )
+        .unwrap();
+        for (layout, w, w_shape) in [
+            (LmHeadLayout::VocabMajor, &w_vh, [v, h]),
+            (LmHeadLayout::HiddenMajor, &w_hv, [h, v]),
+        ] {
+            let p = params(layout);
+            let out = primitive_forward::<Flex>(
+                t(hidden.clone(), [n, h]),
+                t(w.clone(), w_shape),
+                b(),
+                tg(),
+                tv(),
+                &p,
+            );
+            let what = format!("{layout:?}");
+            // Column 4 (is-top-1) resolves ties differently on this path; no ties here.
+            assert_close(
+                &format!("{what} forward"),
+                &host(out.clone()),
+                &host(want.clone()),
+            );
+            let (dh, dw, db) = primitive_backward::<Flex>(
+                t(hidden.clone(), [n, h]),
+                t(w.clone(), w_shape),
+                b(),
+                tg(),
+                tv(),
+                out,
+                t(grad.clone(), [n, OUT_COLS]),
+                &p,
+            );
+            assert_eq!(dw.shape().dims::<2>(), w_shape, "{what} d weight layout");
+            let dw = match layout {
+                LmHeadLayout::VocabMajor => host(dw),
+                LmHeadLayout::HiddenMajor => host(dw.transpose(0, 1).to_contiguous()),
+            };
+            assert_close(
+                &format!("{what} d hidden"),
+                &host(dh),
+                &host(want_dh.clone()),
+            );
+            assert_close(&format!("{what} d weight"), &dw, &host(want_dw.clone()));
+            assert_close(&format!("{what} d bias"), &host(db), &host(want_db.clone()));
+        }
+    }
+}
