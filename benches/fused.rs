@@ -1,10 +1,13 @@
 //! criterion: fused LM-head log-probs fwd+bwd on flex at N=2048, H=1024, V=32000 (f32): the
-//! fused op, materialized logits + lean gather, and the bare GEMMs. The memory table is
+//! fused op (`[V, H]` weight, and a burn `Linear` head `[H, V]`), materialized logits + lean
+//! gather, and the bare GEMMs. The memory table is
 //! printed by `cargo run --release --example fused_bench`.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use burn::module::Param;
+use burn::nn::Linear;
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use burn_rlhf::logprobs::FusedLogprobsConfig;
 use burn_rlhf::{LabelAlignment, TokenLogprobsConfig};
@@ -45,6 +48,23 @@ fn fused(c: &mut Criterion) {
     };
     group.bench_function("fused", |b| {
         b.iter_custom(|iters| timed(&device, &run_fused, iters))
+    });
+    let weight_hv = Tensor::<2>::random([h, v], Distribution::Normal(0.0, 0.03), &device);
+    let run_fused_linear = || {
+        let hh = hidden.clone().autodiff().require_grad();
+        let linear = Linear {
+            weight: Param::from_tensor(weight_hv.clone().autodiff()),
+            bias: None,
+        };
+        let grads = fused_op
+            .forward_head(hh.clone(), &linear, targets.clone())
+            .logprobs
+            .sum()
+            .backward();
+        black_box((hh.grad(&grads), linear.weight.val().grad(&grads)));
+    };
+    group.bench_function("fused_linear_head", |b| {
+        b.iter_custom(|iters| timed(&device, &run_fused_linear, iters))
     });
     let gather = TokenLogprobsConfig::new(LabelAlignment::Aligned)
         .with_check_labels(false)

@@ -1,8 +1,11 @@
 //! Side-by-side table for the fused LM-head log-probs, forward + backward on flex:
-//! (a) the fused op, (b) materialized logits (`hidden @ W^T`) + the lean token gather,
-//! (c) the bare GEMMs the fused op must do (logits, recompute, d hidden, d weight).
+//! (a) the fused op on a `[V, H]` weight, (a') the fused op on a burn `Linear` head (`[H, V]`
+//! weight read in place, `forward_head(hidden, &linear, targets)`), (b) materialized logits
+//! (`hidden @ W^T`) + the lean token gather, (c) the bare GEMMs the fused op must do (logits,
+//! recompute, d hidden, d weight).
 //!
-//! `cargo run --release --example fused_bench -- [--n 2048] [--h 1024] [--v 32000] [--reps 3]`
+//! `cargo run --release --example fused_bench -- [--n 2048] [--h 1024] [--v 32000] [--reps 3]
+//! [--skip-materialized]`
 //!
 //! Peak extra memory = peak heap above the level after inputs are allocated, minus the
 //! gradients every variant must return (d hidden [N, H] + d weight [V, H]); counted by a
@@ -15,6 +18,8 @@ mod device_arg;
 
 use std::time::Instant;
 
+use burn::module::Param;
+use burn::nn::Linear;
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use burn_rlhf::logprobs::FusedLogprobsConfig;
 use burn_rlhf::{LabelAlignment, TokenLogprobsConfig};
@@ -27,6 +32,7 @@ use device_arg::usize_arg as arg;
 #[derive(Clone, Copy)]
 enum Variant {
     Fused,
+    FusedLinear,
     Materialized,
     BareGemms,
 }
@@ -35,6 +41,7 @@ fn run_once(
     variant: Variant,
     hidden: &Tensor<2>,
     weight: &Tensor<2>,
+    weight_hv: &Tensor<2>,
     targets: &Tensor<1, Int>,
     device: &Device,
 ) -> (f64, usize) {
@@ -44,6 +51,21 @@ fn run_once(
     let h = hidden.clone().autodiff().require_grad();
     let w = weight.clone().autodiff().require_grad();
     let (dh, dw) = match variant {
+        Variant::FusedLinear => {
+            // A burn `Linear` head (`LinearLayout::Row`): a contiguous `[H, V]` parameter.
+            let linear = Linear {
+                weight: Param::from_tensor(weight_hv.clone().autodiff()),
+                bias: None,
+            };
+            let out = FusedLogprobsConfig::new()
+                .with_check_targets(false)
+                .init()
+                .forward_head(h.clone(), &linear, targets.clone());
+            let grads = out.logprobs.sum().backward();
+            let dw = linear.weight.val().grad(&grads).unwrap();
+            assert_eq!(dw.dims(), [weight.dims()[1], weight.dims()[0]]);
+            (h.grad(&grads).unwrap(), dw)
+        }
         Variant::Fused => {
             let out = FusedLogprobsConfig::new()
                 .with_check_targets(false)
@@ -101,6 +123,7 @@ fn main() {
     device.seed(0);
     let hidden = Tensor::<2>::random([n, h], Distribution::Normal(0.0, 1.0), &device);
     let weight = Tensor::<2>::random([v, h], Distribution::Normal(0.0, 0.03), &device);
+    let weight_hv = Tensor::<2>::random([h, v], Distribution::Normal(0.0, 0.03), &device);
     let targets = Tensor::<1, Int>::random([n], Distribution::Uniform(0.0, v as f64), &device);
     let gflop = 4.0 * 2.0 * (n * h * v) as f64 / 1e9;
     println!(
@@ -113,7 +136,11 @@ fn main() {
     );
     let mut rows = Vec::new();
     for (name, variant) in [
-        ("(a) fused op", Variant::Fused),
+        ("(a) fused op, [V, H] weight", Variant::Fused),
+        (
+            "(a') fused op, burn Linear head [H, V]",
+            Variant::FusedLinear,
+        ),
         (
             "(b) materialized logits + lean gather",
             Variant::Materialized,
@@ -127,11 +154,11 @@ fn main() {
             rows.push((f64::NAN, 0));
             continue;
         }
-        run_once(variant, &hidden, &weight, &targets, &device);
+        run_once(variant, &hidden, &weight, &weight_hv, &targets, &device);
         let mut times = Vec::new();
         let mut mem = 0;
         for _ in 0..reps {
-            let (s, m) = run_once(variant, &hidden, &weight, &targets, &device);
+            let (s, m) = run_once(variant, &hidden, &weight, &weight_hv, &targets, &device);
             times.push(s);
             mem = mem.max(m);
         }
@@ -147,9 +174,16 @@ fn main() {
     }
     println!("* GFLOP/s counts the 4 GEMMs ({gflop:.0} GFLOP) for every variant");
     let (fa, ma) = rows[0];
-    let (fb, mb) = rows[1];
-    let (fc, _) = rows[2];
+    let (fl, ml) = rows[1];
+    let (fb, mb) = rows[2];
+    let (fc, _) = rows[3];
     println!("fused / bare GEMMs time: {:.2}x (target <= 1.3x)", fa / fc);
+    println!(
+        "Linear head vs [V, H] weight: {:.2}x time, {:+.1} MB peak extra (a V x H copy is {:.0} MB)",
+        fl / fa,
+        (ml as f64 - ma as f64) / 1e6,
+        (v * h * 4) as f64 / 1e6
+    );
     if !skip_materialized {
         println!(
             "fused vs materialized: {:.2}x time, {:.1}x less peak extra memory (target >= 10x)",

@@ -1,5 +1,5 @@
-//! Fused, chunked LM-head log-probs: `hidden [N, H]` x `weight [V, H]` -> per-token log-probs,
-//! without ever allocating the `[N, V]` logits.
+//! Fused, chunked LM-head log-probs: `hidden [N, H]` x `weight` (`[V, H]` or `[H, V]`, see
+//! [`LmHeadLayout`]) -> per-token log-probs, without ever allocating the `[N, V]` logits.
 // Without any backend feature the extension macro routes to nothing and the op bodies go
 // unused; the crate still compiles for library users who pick a backend on their own burn.
 #![cfg_attr(
@@ -17,6 +17,8 @@ use burn::backend::{
     Autodiff, AutodiffBackend, Backend, Dispatch, Scalar, TensorMetadata, backend_extension,
 };
 use burn::tensor::{IndexingUpdateOp, Shape, Slice};
+
+use super::head::LmHeadLayout;
 
 /// Columns of the op's packed `[N, OUT_COLS]` output: log-prob, entropy, log(sum p^2),
 /// mean logit, is-top-1 (0/1), logsumexp, expected logit `E_p[z]` (the last two are saved
@@ -38,6 +40,8 @@ pub struct FusedParams {
     pub vocab_chunk: Option<usize>,
     /// Compute entropy, log(sum p^2), mean logit and is-top-1 (else only log-probs).
     pub stats: bool,
+    /// Layout of the weight (`[V, H]` or `[H, V]`); `d weight` comes back in the same layout.
+    pub layout: LmHeadLayout,
 }
 
 /// Elements per logits tile when the token chunk is automatic: 2 Mi elements (8 MiB in f32),
@@ -48,6 +52,14 @@ const AUTO_TILE_ELEMENTS: usize = 2 << 20;
 const AUTO_VOCAB_CHUNK: usize = 1024;
 
 impl FusedParams {
+    /// Vocabulary size of a weight of shape `dims` in this layout.
+    pub(crate) fn vocab(&self, dims: &Shape) -> usize {
+        match self.layout {
+            LmHeadLayout::VocabMajor => dims[0],
+            LmHeadLayout::HiddenMajor => dims[1],
+        }
+    }
+
     /// `(rows, columns)` per tile for `n` rows and vocabulary `v`.
     pub(crate) fn tiles(&self, n: usize, v: usize) -> (usize, usize) {
         let tv = self
@@ -64,7 +76,8 @@ impl FusedParams {
 
 /// Backend extension for the fused LM-head op.
 ///
-/// Shapes: `hidden [N, H]`, `weight [V, H]`, `bias [V]` (zeros when the model has none),
+/// Shapes: `hidden [N, H]`, `weight [V, H]` or `[H, V]` by `params.layout`, `bias [V]` (zeros
+/// when the model has none),
 /// `targets [N]` (negative = ignored row: all outputs 0, no gradient), output `[N, OUT_COLS]`.
 #[backend_extension(
     Autodiff,
@@ -85,7 +98,7 @@ pub trait FusedLogprobBackend: Backend {
     }
 
     /// `(d hidden, d weight, d bias)` for upstream gradients `grad [N, OUT_COLS]` (columns 0
-    /// and 1, log-prob and entropy, are read).
+    /// and 1, log-prob and entropy, are read); `d weight` has the weight's shape (layout).
     #[allow(clippy::too_many_arguments)]
     fn fused_logprobs_backward(
         hidden: FloatTensor<Self>,
@@ -133,9 +146,13 @@ fn z_rows<B: Backend>(
     r1: usize,
     p: &FusedParams,
 ) -> FloatTensor<B> {
-    let v = weight.shape()[0];
+    let v = p.vocab(&weight.shape());
     let h = rows::<B>(hidden.clone(), r0, r1);
-    let raw = B::float_matmul(h, B::float_transpose(weight.clone()));
+    let w_hv = match p.layout {
+        LmHeadLayout::VocabMajor => B::float_transpose(weight.clone()),
+        LmHeadLayout::HiddenMajor => weight.clone(),
+    };
+    let raw = B::float_matmul(h, w_hv);
     let raw = B::float_add(raw, B::float_reshape(bias.clone(), Shape::new([1, v])));
     let mut a = B::float_mul_scalar(raw, Scalar::Float(p.logit_scale));
     if let Some(cap) = p.softcap {
@@ -157,7 +174,7 @@ fn primitive_forward<B: Backend>(
     p: &FusedParams,
 ) -> FloatTensor<B> {
     let n = hidden.shape()[0];
-    let v = weight.shape()[0];
+    let v = p.vocab(&weight.shape());
     // The primitive path keeps whole rows: size the row chunk from the tile budget.
     let (tn, _) = FusedParams {
         vocab_chunk: Some(v),
@@ -208,7 +225,7 @@ fn primitive_backward<B: Backend>(
     p: &FusedParams,
 ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
     let n = hidden.shape()[0];
-    let v = weight.shape()[0];
+    let v = p.vocab(&weight.shape());
     let (tn, _) = FusedParams {
         vocab_chunk: Some(v),
         ..*p
@@ -244,11 +261,18 @@ fn primitive_backward<B: Backend>(
             dz = B::float_mul(dz, one_minus);
         }
         let d_raw = B::float_mul_scalar(dz, Scalar::Float(p.logit_scale));
-        d_hidden.push(B::float_matmul(d_raw.clone(), weight.clone()));
-        let dw = B::float_matmul(
-            B::float_transpose(d_raw.clone()),
-            rows::<B>(hidden.clone(), r0, r1),
-        );
+        let h_rows = rows::<B>(hidden.clone(), r0, r1);
+        let (dh, dw) = match p.layout {
+            LmHeadLayout::VocabMajor => (
+                B::float_matmul(d_raw.clone(), weight.clone()),
+                B::float_matmul(B::float_transpose(d_raw.clone()), h_rows),
+            ),
+            LmHeadLayout::HiddenMajor => (
+                B::float_matmul(d_raw.clone(), B::float_transpose(weight.clone())),
+                B::float_matmul(B::float_transpose(h_rows), d_raw.clone()),
+            ),
+        };
+        d_hidden.push(dh);
         let db = B::float_reshape(
             B::float_sum_dim(B::float_transpose(d_raw), 1),
             Shape::new([v]),
@@ -436,3 +460,132 @@ pub(crate) fn fused_op(
 
 #[allow(dead_code)]
 fn _assert_autodiff_backend<B: AutodiffBackend>() {}
+
+/// The primitive path (what the CubeCL backends run) with either weight layout equals the
+/// native flex kernel on the host-transposed `[V, H]` weight: forward outputs and gradients,
+/// `d weight` returned in the weight's own layout. Run on Flex primitives, since no GPU backend
+/// is compiled in the default test build.
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::backend::flex::FlexTensor;
+    use burn::tensor::TensorData;
+
+    fn t(values: Vec<f64>, shape: [usize; 2]) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(values, shape))
+    }
+
+    fn host(x: FlexTensor) -> Vec<f64> {
+        x.into_data().convert::<f64>().try_to_vec::<f64>().unwrap()
+    }
+
+    fn assert_close(what: &str, a: &[f64], b: &[f64]) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-10 + 1e-9 * y.abs(),
+                "{what}[{i}]: {x} vs {y}"
+            );
+        }
+    }
+
+    #[test]
+    fn primitive_path_reads_both_layouts() {
+        let (n, h, v) = (7, 5, 11);
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        };
+        let hidden: Vec<f64> = (0..n * h).map(|_| next()).collect();
+        let w_vh: Vec<f64> = (0..v * h).map(|_| next()).collect();
+        let w_hv: Vec<f64> = (0..h * v).map(|i| w_vh[(i % v) * h + i / v]).collect();
+        let bias: Vec<f64> = (0..v).map(|_| next()).collect();
+        let grad: Vec<f64> = (0..n * OUT_COLS).map(|_| next()).collect();
+        let targets = vec![3i64, 0, 10, 0, 7, 1, 9];
+        let valid = vec![1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0];
+        let params = |layout| FusedParams {
+            temperature: 0.8,
+            logit_scale: 1.3,
+            softcap: Some(4.0),
+            token_chunk: Some(3),
+            vocab_chunk: Some(4),
+            stats: true,
+            layout,
+        };
+        let tg = || FlexTensor::from_data(TensorData::new(targets.clone(), [n]));
+        let tv = || FlexTensor::from_data(TensorData::new(valid.clone(), [n]));
+        let b = || FlexTensor::from_data(TensorData::new(bias.clone(), [v]));
+        // The native kernel on `[V, H]` (ignored rows as -1).
+        let masked: Vec<i64> = targets
+            .iter()
+            .zip(&valid)
+            .map(|(&t, &ok)| if ok > 0.5 { t } else { -1 })
+            .collect();
+        let p_vh = params(LmHeadLayout::VocabMajor);
+        let want = super::super::fused_cpu::forward(
+            t(hidden.clone(), [n, h]),
+            t(w_vh.clone(), [v, h]),
+            Some(b()),
+            FlexTensor::from_data(TensorData::new(masked.clone(), [n])),
+            &p_vh,
+        )
+        .unwrap();
+        let (want_dh, want_dw, want_db) = super::super::fused_cpu::backward(
+            t(hidden.clone(), [n, h]),
+            t(w_vh.clone(), [v, h]),
+            Some(b()),
+            FlexTensor::from_data(TensorData::new(masked, [n])),
+            want.clone(),
+            t(grad.clone(), [n, OUT_COLS]),
+            &p_vh,
+        )
+        .unwrap();
+        for (layout, w, w_shape) in [
+            (LmHeadLayout::VocabMajor, &w_vh, [v, h]),
+            (LmHeadLayout::HiddenMajor, &w_hv, [h, v]),
+        ] {
+            let p = params(layout);
+            let out = primitive_forward::<Flex>(
+                t(hidden.clone(), [n, h]),
+                t(w.clone(), w_shape),
+                b(),
+                tg(),
+                tv(),
+                &p,
+            );
+            let what = format!("{layout:?}");
+            // Column 4 (is-top-1) resolves ties differently on this path; no ties here.
+            assert_close(
+                &format!("{what} forward"),
+                &host(out.clone()),
+                &host(want.clone()),
+            );
+            let (dh, dw, db) = primitive_backward::<Flex>(
+                t(hidden.clone(), [n, h]),
+                t(w.clone(), w_shape),
+                b(),
+                tg(),
+                tv(),
+                out,
+                t(grad.clone(), [n, OUT_COLS]),
+                &p,
+            );
+            assert_eq!(dw.shape().dims::<2>(), w_shape, "{what} d weight layout");
+            let dw = match layout {
+                LmHeadLayout::VocabMajor => host(dw),
+                LmHeadLayout::HiddenMajor => host(dw.transpose(0, 1).to_contiguous()),
+            };
+            assert_close(
+                &format!("{what} d hidden"),
+                &host(dh),
+                &host(want_dh.clone()),
+            );
+            assert_close(&format!("{what} d weight"), &dw, &host(want_dw.clone()));
+            assert_close(&format!("{what} d bias"), &host(db), &host(want_db.clone()));
+        }
+    }
+}

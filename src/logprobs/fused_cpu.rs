@@ -1,6 +1,11 @@
 //! Flex (CPU) implementation of the fused LM-head log-prob op: token x vocab tiles, an online
 //! logsumexp across vocab tiles, GEMMs through the backend's own matmul, elementwise work on
 //! raw slices.
+//!
+//! The weight is never copied: both layouts (`[V, H]` and burn `Linear`'s `[H, V]`) are seen
+//! through a `[V, H]` strided view (`weight_vh`), whose vocabulary slices are handed to the
+//! strided GEMM as they are (burn-flex's 2-D matmul passes row and column strides to `gemm`).
+//! `d weight` is accumulated directly in the weight's own layout.
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::FloatTensorOps;
@@ -10,6 +15,7 @@ use rayon::prelude::*;
 
 use super::cpu::KernelFloat;
 use super::fused::{FusedParams, OUT_COLS};
+use super::head::LmHeadLayout;
 
 pub(crate) trait FusedFloat: KernelFloat + burn::tensor::Element + bytemuck::Pod {
     fn tanh(self) -> Self;
@@ -36,7 +42,17 @@ fn slice_of<F: FusedFloat>(t: &FlexTensor) -> &[F] {
     t.as_slice::<F>().expect("contiguous tile")
 }
 
-/// `hidden[rows] @ weight[cols]^T (+ bias[cols])`, transformed to `z`, as a contiguous tile.
+/// The weight as a `[V, H]` view, without copying: the `[H, V]` layout is transposed by
+/// swapping strides.
+fn weight_vh(weight: &FlexTensor, layout: LmHeadLayout) -> FlexTensor {
+    match layout {
+        LmHeadLayout::VocabMajor => weight.clone(),
+        LmHeadLayout::HiddenMajor => weight.transpose(0, 1),
+    }
+}
+
+/// `hidden[rows] @ weight[cols]^T (+ bias[cols])`, transformed to `z`, as a contiguous tile
+/// (`weight` is the `[V, H]` view: `weight[cols]^T` is `W[:, cols]` of an `[H, V]` weight).
 fn logits_tile<F: FusedFloat>(
     hidden: &FlexTensor,
     weight: &FlexTensor,
@@ -89,6 +105,7 @@ struct RowStats<F> {
     target_z: F,
 }
 
+/// `weight` is the `[V, H]` view ([`weight_vh`]).
 fn forward_typed<F: FusedFloat>(
     hidden: &FlexTensor,
     weight: &FlexTensor,
@@ -173,6 +190,7 @@ fn forward_typed<F: FusedFloat>(
     out
 }
 
+/// `weight` is the `[V, H]` view ([`weight_vh`]); `d weight` comes back in `p.layout`.
 #[allow(clippy::too_many_arguments)]
 fn backward_typed<F: FusedFloat>(
     hidden: &FlexTensor,
@@ -238,7 +256,7 @@ fn backward_typed<F: FusedFloat>(
                     }
                 }
             }
-            // d_hidden[rows] += dl @ weight[cols]
+            // d_hidden[rows] += dl @ weight[cols] (a strided view for the [H, V] layout)
             let w = weight.narrow(0, c0, width);
             let dh = Flex::float_matmul(dl.clone(), w);
             let dh_s = slice_of::<F>(&dh);
@@ -246,14 +264,31 @@ fn backward_typed<F: FusedFloat>(
                 .par_iter_mut()
                 .zip(dh_s.par_iter())
                 .for_each(|(acc, &x)| *acc = acc.add(x));
-            // d_weight[cols] += dl^T @ hidden[rows]
             let h = hidden.narrow(0, r0, rows);
-            let dw = Flex::float_matmul(dl.transpose(0, 1), h);
-            let dw_s = slice_of::<F>(&dw);
-            d_weight[c0 * hsize..c1 * hsize]
-                .par_iter_mut()
-                .zip(dw_s.par_iter())
-                .for_each(|(acc, &x)| *acc = acc.add(x));
+            match p.layout {
+                LmHeadLayout::VocabMajor => {
+                    // d_weight[cols, :] += dl^T @ hidden[rows]   ([width, H], contiguous rows)
+                    let dw = Flex::float_matmul(dl.transpose(0, 1), h);
+                    let dw_s = slice_of::<F>(&dw);
+                    d_weight[c0 * hsize..c1 * hsize]
+                        .par_iter_mut()
+                        .zip(dw_s.par_iter())
+                        .for_each(|(acc, &x)| *acc = acc.add(x));
+                }
+                LmHeadLayout::HiddenMajor => {
+                    // d_weight[:, cols] += hidden[rows]^T @ dl   ([H, width], a column block)
+                    let dw = Flex::float_matmul(h.transpose(0, 1), dl);
+                    let dw_s = slice_of::<F>(&dw);
+                    d_weight
+                        .par_chunks_mut(v)
+                        .zip(dw_s.par_chunks(width))
+                        .for_each(|(acc_row, dw_row)| {
+                            for (acc, &x) in acc_row[c0..c1].iter_mut().zip(dw_row) {
+                                *acc = acc.add(x);
+                            }
+                        });
+                }
+            }
         }
     }
     (d_hidden, d_weight, d_bias)
@@ -278,6 +313,7 @@ fn targets_vec(targets: &FlexTensor) -> Option<Vec<i64>> {
 }
 
 /// Forward on Flex; `None` when the dtype has no native path (the caller falls back).
+/// `weight` is `[V, H]` or `[H, V]` by `p.layout`, with any strides.
 pub(crate) fn forward(
     hidden: FlexTensor,
     weight: FlexTensor,
@@ -287,7 +323,9 @@ pub(crate) fn forward(
 ) -> Option<FlexTensor> {
     let n = hidden.shape()[0];
     let t = targets_vec(&contiguous(targets))?;
-    let (hidden, weight, bias) = (contiguous(hidden), contiguous(weight), bias.map(contiguous));
+    // The weight stays as it is (any strides): only its tiles' GEMMs read it.
+    let weight = weight_vh(&weight, p.layout);
+    let (hidden, bias) = (contiguous(hidden), bias.map(contiguous));
     let out = match hidden.dtype() {
         DType::F32 => TensorData::new(
             forward_typed::<f32>(&hidden, &weight, bias.as_ref(), &t, p),
@@ -302,7 +340,7 @@ pub(crate) fn forward(
     Some(FlexTensor::from_data(out))
 }
 
-/// Backward on Flex: `(d_hidden, d_weight, d_bias)`.
+/// Backward on Flex: `(d_hidden, d_weight, d_bias)`, `d_weight` in `p.layout` (contiguous).
 pub(crate) fn backward(
     hidden: FlexTensor,
     weight: FlexTensor,
@@ -313,9 +351,14 @@ pub(crate) fn backward(
     p: &FusedParams,
 ) -> Option<(FlexTensor, FlexTensor, FlexTensor)> {
     let (n, h) = (hidden.shape()[0], hidden.shape()[1]);
+    let weight = weight_vh(&weight, p.layout);
     let v = weight.shape()[0];
     let t = targets_vec(&contiguous(targets))?;
-    let (hidden, weight, bias) = (contiguous(hidden), contiguous(weight), bias.map(contiguous));
+    let (hidden, bias) = (contiguous(hidden), bias.map(contiguous));
+    let dw_shape = match p.layout {
+        LmHeadLayout::VocabMajor => Shape::new([v, h]),
+        LmHeadLayout::HiddenMajor => Shape::new([h, v]),
+    };
     let (saved, grad) = (contiguous(saved), contiguous(grad));
     macro_rules! run {
         ($f:ty) => {{
@@ -330,7 +373,7 @@ pub(crate) fn backward(
             );
             Some((
                 FlexTensor::from_data(TensorData::new(dh, Shape::new([n, h]))),
-                FlexTensor::from_data(TensorData::new(dw, Shape::new([v, h]))),
+                FlexTensor::from_data(TensorData::new(dw, dw_shape.clone())),
                 FlexTensor::from_data(TensorData::new(db, Shape::new([v]))),
             ))
         }};

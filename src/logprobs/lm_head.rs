@@ -5,6 +5,7 @@ use burn::tensor::{Bool, Int, Tensor, activation};
 
 use super::fused::{FusedParams, OUT_COLS, fused_op};
 use super::gather::{GatheredLogprobs, LogprobsImplementation};
+use super::head::{LmHead, LmHeadLayout};
 use crate::backends::has_native_kernel;
 use crate::error::{Error, check_positive, unwrap_or_panic};
 use crate::reduce::mask_like;
@@ -73,6 +74,7 @@ impl FusedLogprobsConfig {
                 token_chunk: self.token_chunk_size,
                 vocab_chunk: self.vocab_chunk_size,
                 stats: self.with_stats,
+                layout: LmHeadLayout::VocabMajor,
             },
             ignore_index: self.ignore_index,
             check_targets: self.check_targets,
@@ -108,11 +110,27 @@ pub struct FusedLogprobsOutput {
 
 /// Fused, chunked LM-head log-probs, built by [`FusedLogprobsConfig::init`].
 ///
-/// This computes, for each row `n`, with `z = softcap(scale * (hidden[n] W^T + b)) / T`:
+/// This computes, for each row `n`, with `z = softcap(scale * (hidden[n] W^T + b)) / T` (`W` the
+/// `[V, H]` weight; `hidden[n] W` for the `[H, V]` layout):
 /// `logprob[n] = z[target] - logsumexp(z)` (and optionally the entropy and other statistics)
 /// tile by tile (token chunk x vocabulary chunk, online logsumexp), never allocating the
 /// `[N, V]` logits. Backward is written by hand: it recomputes each tile, turns it into
 /// `d logits` in place and accumulates `d hidden`, `d weight` and `d bias`.
+///
+/// # LM-head layouts
+/// The weight comes in one of two layouts, named in the type by [`LmHead`]:
+/// - [`LmHeadLayout::VocabMajor`] `[V, H]`: PyTorch's `nn.Linear.weight`, Hugging Face
+///   `lm_head.weight`, a tied embedding table. [`forward`](Self::forward) /
+///   [`forward_causal`](Self::forward_causal) take this layout as a bare tensor.
+/// - [`LmHeadLayout::HiddenMajor`] `[H, V]`: burn's [`Linear`](burn::nn::Linear)
+///   (`[d_input, d_output]`). Pass the module itself:
+///   `fused.forward_causal_head(hidden, &model.lm_head, labels)`.
+///
+/// Both are read in place (the CPU kernel's tile GEMMs use strided views of the weight; no
+/// transposed `V x H` copy is made) and the weight's gradient is returned in the weight's own
+/// layout. With `H == V` the two layouts have the same shape and give different log-probs, so
+/// the layout is never inferred from the shape: a `[H, V]` weight passed to `forward` would be
+/// read as `[V, H]` (with `H != V` that is a typed shape error naming both layouts).
 ///
 /// Accumulation happens in f32 for f16/bf16 inputs (`hidden`, `weight` and `bias` are upcast
 /// to f32 once, outputs are f32), in the inputs' dtype for f32/f64.
@@ -125,7 +143,10 @@ pub struct FusedLogprobs {
 }
 
 impl FusedLogprobs {
-    /// Per-row outputs.
+    /// Per-row outputs, for a `[V, H]` weight (the [`LmHeadLayout::VocabMajor`] layout of
+    /// PyTorch's `nn.Linear` and Hugging Face checkpoints). For burn's [`Linear`](burn::nn::Linear)
+    /// (`[H, V]`) use [`forward_head`](Self::forward_head); this is
+    /// `forward_head(hidden, LmHead::vocab_major(weight, bias), targets)`.
     ///
     /// # Shapes
     /// - hidden: `[N, H]`, weight: `[V, H]` (the LM head's weight, as `nn.Linear` stores it),
@@ -143,7 +164,7 @@ impl FusedLogprobs {
         unwrap_or_panic(self.try_forward(hidden, weight, bias, targets))
     }
 
-    /// Non-panicking form of [`forward`](Self::forward).
+    /// Non-panicking form of [`forward`](Self::forward) (`[V, H]` weight).
     pub fn try_forward(
         &self,
         hidden: Tensor<2>,
@@ -151,35 +172,80 @@ impl FusedLogprobs {
         bias: Option<Tensor<1>>,
         targets: Tensor<1, Int>,
     ) -> crate::Result<FusedLogprobsOutput> {
-        self.forward_checked(hidden, weight, bias, targets, self.check_targets)
+        self.try_forward_head(hidden, LmHead::vocab_major(weight, bias), targets)
+    }
+
+    /// Per-row outputs for an [`LmHead`]: a burn [`Linear`](burn::nn::Linear) (`&linear`
+    /// converts), or a weight with its layout named ([`LmHead::vocab_major`],
+    /// [`LmHead::hidden_major`]). Either layout is read in place (no transposed copy) and its
+    /// gradient comes back in the same layout.
+    ///
+    /// # Shapes
+    /// - hidden: `[N, H]`, head: weight `[V, H]` or `[H, V]` by its layout, bias `[V]`,
+    ///   targets: `[N]` (`Int`)
+    ///
+    /// # Panics
+    /// On the errors of [`try_forward_head`](Self::try_forward_head).
+    pub fn forward_head(
+        &self,
+        hidden: Tensor<2>,
+        head: impl Into<LmHead>,
+        targets: Tensor<1, Int>,
+    ) -> FusedLogprobsOutput {
+        unwrap_or_panic(self.try_forward_head(hidden, head, targets))
+    }
+
+    /// Non-panicking form of [`forward_head`](Self::forward_head).
+    pub fn try_forward_head(
+        &self,
+        hidden: Tensor<2>,
+        head: impl Into<LmHead>,
+        targets: Tensor<1, Int>,
+    ) -> crate::Result<FusedLogprobsOutput> {
+        self.forward_checked(hidden, head.into(), targets, self.check_targets)
+    }
+
+    /// `weight` and `bias` against `hidden [n, h]`; returns the vocabulary size.
+    fn check_head(head: &LmHead, n: usize, h: usize) -> crate::Result<usize> {
+        let dims = head.weight().dims();
+        let (hw, v) = head.sizes();
+        if hw != h {
+            let expected = match head.layout() {
+                LmHeadLayout::VocabMajor => format!(
+                    "[V, H] with H = {h} (hidden size of `hidden` {:?}); a burn `Linear` \
+                     weight [H, V] goes in as `LmHead::hidden_major` / `LmHead::from_linear`",
+                    [n, h]
+                ),
+                LmHeadLayout::HiddenMajor => format!(
+                    "[H, V] with H = {h} (hidden size of `hidden` {:?}, burn `Linear` layout); \
+                     a PyTorch-layout weight [V, H] goes in as `LmHead::vocab_major`",
+                    [n, h]
+                ),
+            };
+            return Err(Error::shape("weight", expected, &dims));
+        }
+        if let Some(b) = head.bias()
+            && b.dims() != [v]
+        {
+            return Err(Error::shape(
+                "bias",
+                format!("[V] = [{v}] (vocabulary size of `weight` {dims:?})"),
+                &b.dims(),
+            ));
+        }
+        Ok(v)
     }
 
     fn forward_checked(
         &self,
         hidden: Tensor<2>,
-        weight: Tensor<2>,
-        bias: Option<Tensor<1>>,
+        head: LmHead,
         targets: Tensor<1, Int>,
         check_targets: bool,
     ) -> crate::Result<FusedLogprobsOutput> {
         let [n, h] = hidden.dims();
-        let [v, hw] = weight.dims();
-        if hw != h {
-            return Err(Error::shape(
-                "weight",
-                format!("[V, H] with H = {h} (hidden size of `hidden` {:?})", [n, h]),
-                &[v, hw],
-            ));
-        }
-        if let Some(b) = &bias
-            && b.dims() != [v]
-        {
-            return Err(Error::shape(
-                "bias",
-                format!("[V] = [{v}] (rows of `weight`)"),
-                &b.dims(),
-            ));
-        }
+        let v = Self::check_head(&head, n, h)?;
+        let (weight, bias, layout) = head.into_parts();
         if targets.dims() != [n] {
             return Err(Error::shape(
                 "targets",
@@ -190,7 +256,7 @@ impl FusedLogprobs {
         if n == 0 || h == 0 || v == 0 {
             return Err(Error::Empty {
                 arg: "hidden",
-                what: format!("hidden {:?}, weight {:?}", [n, h], [v, hw]),
+                what: format!("hidden {:?}, weight {:?}", [n, h], weight.dims()),
             });
         }
         if check_targets {
@@ -212,6 +278,10 @@ impl FusedLogprobs {
         let safe = targets.mask_fill(valid.clone().bool_not(), 0);
         let native = self.implementation == LogprobsImplementation::Auto
             && has_native_kernel(&hidden.device());
+        let params = FusedParams {
+            layout,
+            ..self.params
+        };
         let packed = if native {
             let bias =
                 bias.unwrap_or_else(|| Tensor::<1>::zeros([v], (&hidden.device(), hidden.dtype())));
@@ -219,9 +289,9 @@ impl FusedLogprobs {
                 &Tensor::<1>::zeros([n], (&hidden.device(), hidden.dtype())),
                 valid.clone(),
             );
-            fused_op(hidden, weight, bias, safe, valid_f, self.params)
+            fused_op(hidden, weight, bias, safe, valid_f, params)
         } else {
-            self.reference(hidden, weight, bias, safe, valid.clone())
+            self.reference(hidden, weight, layout, bias, safe, valid.clone())
         };
         let column = |c: usize| packed.clone().narrow(1, c, 1).squeeze_dim::<1>(1);
         let stats = self.params.stats;
@@ -236,7 +306,9 @@ impl FusedLogprobs {
         })
     }
 
-    /// Causal-LM convenience: scores `hidden[:, :-1]` against `labels[:, 1:]` and returns the
+    /// Causal-LM convenience for a `[V, H]` weight (PyTorch layout; for burn's
+    /// [`Linear`](burn::nn::Linear) use [`try_forward_causal_head`](Self::try_forward_causal_head)):
+    /// scores `hidden[:, :-1]` against `labels[:, 1:]` and returns the
     /// same [`GatheredLogprobs`] as [`super::TokenLogprobs`] with
     /// [`super::LabelAlignment::CausalShift`] on materialized logits, so every loss consumes
     /// both paths identically. Also returns the full per-row output (`[B * (T-1)]`).
@@ -250,6 +322,37 @@ impl FusedLogprobs {
         bias: Option<Tensor<1>>,
         labels: Tensor<2, Int>,
     ) -> crate::Result<(GatheredLogprobs, FusedLogprobsOutput)> {
+        self.try_forward_causal_head(hidden, LmHead::vocab_major(weight, bias), labels)
+    }
+
+    /// Panicking form of [`try_forward_causal`](Self::try_forward_causal) (`[V, H]` weight).
+    ///
+    /// # Panics
+    /// On the errors of [`try_forward_causal`](Self::try_forward_causal).
+    pub fn forward_causal(
+        &self,
+        hidden: Tensor<3>,
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+        labels: Tensor<2, Int>,
+    ) -> (GatheredLogprobs, FusedLogprobsOutput) {
+        unwrap_or_panic(self.try_forward_causal(hidden, weight, bias, labels))
+    }
+
+    /// Causal-LM convenience for an [`LmHead`] (a burn [`Linear`](burn::nn::Linear): pass
+    /// `&linear`): scores `hidden[:, :-1]` against `labels[:, 1:]`, as
+    /// [`try_forward_causal`](Self::try_forward_causal) does for a `[V, H]` weight.
+    ///
+    /// # Shapes
+    /// - hidden: `[B, T, H]`, head: weight `[H, V]` (burn `Linear`) or `[V, H]` by its layout,
+    ///   bias `[V]`, labels: `[B, T]` -> `[B, T-1]`
+    pub fn try_forward_causal_head(
+        &self,
+        hidden: Tensor<3>,
+        head: impl Into<LmHead>,
+        labels: Tensor<2, Int>,
+    ) -> crate::Result<(GatheredLogprobs, FusedLogprobsOutput)> {
+        let head = head.into();
         let [b, t, h] = hidden.dims();
         if labels.dims() != [b, t] {
             return Err(Error::shape(
@@ -267,13 +370,13 @@ impl FusedLogprobs {
         }
         if self.check_targets {
             // Checked on the caller's `labels`, so a bad label is reported at its own position.
-            let v = weight.dims()[0];
+            let v = Self::check_head(&head, b * (t - 1), h)?;
             super::gather::check_label_range(&labels, "labels", v, self.ignore_index, 1)?;
         }
         let rows = b * (t - 1);
         let hidden = hidden.narrow(1, 0, t - 1).reshape([rows, h]);
         let targets = labels.narrow(1, 1, t - 1).reshape([rows]);
-        let out = self.forward_checked(hidden, weight, bias, targets, false)?;
+        let out = self.forward_checked(hidden, head, targets, false)?;
         let gathered = GatheredLogprobs {
             logprobs: out.logprobs.clone().reshape([b, t - 1]),
             mask: out.mask.clone().reshape([b, t - 1]),
@@ -281,18 +384,17 @@ impl FusedLogprobs {
         Ok((gathered, out))
     }
 
-    /// Panicking form of [`try_forward_causal`](Self::try_forward_causal).
+    /// Panicking form of [`try_forward_causal_head`](Self::try_forward_causal_head).
     ///
     /// # Panics
-    /// On the errors of [`try_forward_causal`](Self::try_forward_causal).
-    pub fn forward_causal(
+    /// On the errors of [`try_forward_causal_head`](Self::try_forward_causal_head).
+    pub fn forward_causal_head(
         &self,
         hidden: Tensor<3>,
-        weight: Tensor<2>,
-        bias: Option<Tensor<1>>,
+        head: impl Into<LmHead>,
         labels: Tensor<2, Int>,
     ) -> (GatheredLogprobs, FusedLogprobsOutput) {
-        unwrap_or_panic(self.try_forward_causal(hidden, weight, bias, labels))
+        unwrap_or_panic(self.try_forward_causal_head(hidden, head, labels))
     }
 
     /// The materialized-logits oracle: the same packed `[N, OUT_COLS]` layout from plain tensor
@@ -301,14 +403,17 @@ impl FusedLogprobs {
         &self,
         hidden: Tensor<2>,
         weight: Tensor<2>,
+        layout: LmHeadLayout,
         bias: Option<Tensor<1>>,
         targets: Tensor<1, Int>,
         valid: Tensor<1, Bool>,
     ) -> Tensor<2> {
         let p = &self.params;
         let [n, _] = hidden.dims();
-        let v = weight.dims()[0];
-        let mut raw = hidden.matmul(weight.transpose());
+        let mut raw = match layout {
+            LmHeadLayout::VocabMajor => hidden.matmul(weight.transpose()),
+            LmHeadLayout::HiddenMajor => hidden.matmul(weight),
+        };
         if let Some(b) = bias {
             raw = raw + b.unsqueeze_dim::<2>(0);
         }
@@ -331,7 +436,6 @@ impl FusedLogprobs {
         let top1 = mask_like(&mean, first_max.equal(targets.unsqueeze_dim::<2>(1)));
         let packed = Tensor::cat(vec![lp, entropy, lss, mean, top1, lse, mean_z], 1);
         debug_assert_eq!(packed.dims(), [n, OUT_COLS]);
-        let _ = v;
         let keep = mask_like(
             &Tensor::<2>::zeros([n, 1], (&packed.device(), packed.dtype())),
             valid.unsqueeze_dim::<2>(1),

@@ -6,6 +6,8 @@
 //! - [`token_entropy`]: per-token entropy of `softmax(logits / T)`.
 //! - [`FusedLogprobs`] (from [`FusedLogprobsConfig`]): hidden states x LM-head weight ->
 //!   per-token log-probs (and entropy etc.) without materializing the `[N, V]` logits.
+//! - [`LmHead`]: the fused op's head with its weight layout explicit ([`LmHeadLayout`]): a burn
+//!   `Linear` (`[H, V]`) or a PyTorch-layout weight (`[V, H]`).
 
 #[cfg(feature = "flex")]
 mod cpu;
@@ -14,6 +16,7 @@ mod fused;
 #[cfg(feature = "flex")]
 mod fused_cpu;
 mod gather;
+mod head;
 mod kernel;
 mod lm_head;
 mod sequence;
@@ -23,5 +26,6 @@ pub use gather::{
     GatheredLogprobs, LabelAlignment, LogprobsImplementation, TokenLogprobs, TokenLogprobsConfig,
     token_logprobs_reference,
 };
+pub use head::{LmHead, LmHeadLayout};
 pub use lm_head::{FusedLogprobs, FusedLogprobsConfig, FusedLogprobsOutput};
 pub use sequence::{SequenceReduction, ld_dpo_sequence_logps};
