@@ -19,6 +19,9 @@
 //! The metric is the principles' score of the policy's sampled completions on held-out
 //! prompts. Prints a critique/revision transcript and progress, writes `principles.svg`, and
 //! ends with `final: principles_score <start> -> <end>`.
+// The examples reuse each other's modules through `#[path]` includes (this one includes
+// `common/chart.rs` itself and through the example it builds on).
+#![allow(clippy::duplicate_mod)]
 #![allow(dead_code)]
 
 #[path = "common/chart.rs"]

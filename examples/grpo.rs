@@ -14,6 +14,9 @@
 //!
 //! Prints progress, writes `reward.svg`, and ends with `final: reward <start> -> <end>`
 //! (mean sampled reward of the first step and of the last 5 steps).
+// The examples reuse each other's modules through `#[path]` includes (this one includes
+// `common/chart.rs` itself and through the example it builds on).
+#![allow(clippy::duplicate_mod)]
 #![allow(dead_code)]
 
 #[path = "common/chart.rs"]

@@ -2,13 +2,10 @@
 //! example's own metric must move in the right direction by a clear margin.
 
 #[path = "../examples/constitutional.rs"]
-#[allow(dead_code)]
 mod constitutional;
 #[path = "../examples/grpo.rs"]
-#[allow(dead_code)]
 mod grpo;
 #[path = "../examples/online_dpo.rs"]
-#[allow(dead_code)]
 mod online_dpo;
 
 use clap::Parser;

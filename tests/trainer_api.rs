@@ -291,8 +291,8 @@ fn stacked_preference_batch_equals_the_manual_split() {
 #[test]
 fn sft_loss_is_the_token_mean_nll_and_exact_under_accumulation() {
     let device = dev();
-    let values = vec![-1.0, -2.0, -0.5, -3.0, -0.25, -1.5];
-    let valid = vec![true, true, false, true, true, true];
+    let values = [-1.0, -2.0, -0.5, -3.0, -0.25, -1.5];
+    let valid = [true, true, false, true, true, true];
     let tokens = |rows: std::ops::Range<usize>| {
         let n = rows.len();
         GatheredLogprobs {

@@ -4,7 +4,7 @@
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_rlhf::prelude::*;
 
@@ -36,7 +36,11 @@ fn dpo_step_in_four_crate_calls() {
     // ids [2B, T]: chosen rows first, then rejected; labels = ids with -100 on the prompt.
     let rows = [[1i64, 2, 3, 4], [1, 5, 6, 7], [1, 2, 9, 9], [1, 5, 9, 9]];
     let ids = Tensor::<2, Int>::from_data(TensorData::new(rows.concat(), [4, 4]), &device);
-    let labels = ids.clone().slice([0..4, 0..1]).mul_scalar(0).sub_scalar(100);
+    let labels = ids
+        .clone()
+        .slice([0..4, 0..1])
+        .mul_scalar(0)
+        .sub_scalar(100);
     let labels = Tensor::cat(vec![labels, ids.clone().slice([0..4, 1..4])], 1);
 
     // --- the guide ---------------------------------------------------------------------
@@ -44,8 +48,13 @@ fn dpo_step_in_four_crate_calls() {
     let dpo = DpoLossConfig::new().init();
     let mut margins = Vec::new();
     for _ in 0..30 {
-        let (tokens, _) = logps.forward_causal_head(policy.hidden(ids.clone()), &policy.lm_head, labels.clone());
-        let (ref_tokens, _) = logps.forward_causal_head(reference.hidden(ids.clone().inner()), &reference.lm_head, labels.clone().inner());
+        let (tokens, _) =
+            logps.forward_causal_head(policy.hidden(ids.clone()), &policy.lm_head, labels.clone());
+        let (ref_tokens, _) = logps.forward_causal_head(
+            reference.hidden(ids.clone().inner()),
+            &reference.lm_head,
+            labels.clone().inner(),
+        );
         let batch = PreferenceBatch::from_stacked(tokens).with_stacked_reference(ref_tokens.sum());
         let out = dpo.forward(&batch);
         // ------------------------------------------------------------------------------
