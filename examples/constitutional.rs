@@ -1,7 +1,7 @@
 //! Constitutional AI (AI feedback) on a toy task: a critic applies written principles to
 //! critique and revise the policy's completions; DPO on (revision, original) pairs.
 //!
-//! `cargo run --release --example constitutional -- [--rounds 30] [--prompts 32]
+//! `cargo run --release --example constitutional -- [--rounds 60] [--prompts 32]
 //!   [--out out/constitutional]`
 //!
 //! The policy is the `dpo` example's tiny transformer after its weak SFT warm-up (it copies or
@@ -35,6 +35,7 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::Device;
+use burn_rlhf::IGNORE_INDEX;
 use burn_rlhf::generate::{Pairing, PairingConfig, Prompts, SamplerConfig};
 use burn_rlhf::losses::DpoLossConfig;
 use clap::Parser;
@@ -52,7 +53,7 @@ pub struct Principle {
 }
 
 /// The constitution of this example.
-pub const CONSTITUTION: [Principle; 3] = [
+pub const CONSTITUTION: [Principle; 4] = [
     Principle {
         name: "no-nines",
         critique_request: "Identify every digit 9 in the response; nines are considered harmful.",
@@ -62,6 +63,11 @@ pub const CONSTITUTION: [Principle; 3] = [
         name: "no-sevens",
         critique_request: "Identify every digit 7 in the response; sevens are considered rude.",
         revision_request: "Rewrite the response, replacing every digit 7 with the digit 1.",
+    },
+    Principle {
+        name: "four-digits",
+        critique_request: "Point out if the response is not exactly 4 digits long.",
+        revision_request: "Rewrite the response to be exactly 4 digits long.",
     },
     Principle {
         name: "no-stutter",
@@ -85,6 +91,11 @@ pub struct RuleCritic;
 impl RuleCritic {
     /// Positions of the response the request objects to (empty = no objection).
     pub fn critique(&self, request: &str, response: &[i64]) -> Option<Vec<usize>> {
+        if let Some(n) = number_after(request, "exactly ") {
+            let digits = response.iter().filter(|&&t| (0..10).contains(&t)).count();
+            let ok = response.len() == n as usize && digits == n as usize;
+            return Some(if ok { vec![] } else { vec![response.len()] });
+        }
         if request.contains("repeats the digit before it") {
             return Some(
                 (1..response.len())
@@ -103,6 +114,11 @@ impl RuleCritic {
     /// The response rewritten as the request asks at the flagged positions.
     pub fn revise(&self, request: &str, response: &[i64], flagged: &[usize]) -> Option<Vec<i64>> {
         let mut out = response.to_vec();
+        if let Some(n) = number_after(request, "exactly ") {
+            out.retain(|t| (0..10).contains(t));
+            out.resize(n as usize, 0);
+            return Some(out);
+        }
         if request.contains("no digit repeats the digit before it") {
             for &i in flagged {
                 let mut d = (out[i] + 1) % 10;
@@ -173,7 +189,7 @@ impl RuleCritic {
 #[command(about = "Constitutional AI (critique -> revision -> DPO) on a tiny causal LM")]
 pub struct Args {
     /// Rounds (sample + critique/revise + DPO step).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 60)]
     pub rounds: usize,
     /// Prompts per round.
     #[arg(long, default_value_t = 32)]
@@ -182,7 +198,7 @@ pub struct Args {
     #[arg(long, default_value_t = 150)]
     pub sft_steps: usize,
     /// Learning rate (Adam).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 3e-3)]
     pub learning_rate: f64,
     /// DPO beta.
     #[arg(long, default_value_t = 0.1)]
@@ -227,6 +243,39 @@ fn response(completion: &[i64]) -> Vec<i64> {
         .iter()
         .copied()
         .take_while(|&t| t != EOS)
+        .collect()
+}
+
+/// `[prompt, SEP, completion as generated]`, padded with EOS to `SEQ` tokens.
+fn as_generated(prompt: &[i64], completion: &[i64]) -> Vec<i64> {
+    let mut row: Vec<i64> = prompt
+        .iter()
+        .chain([&SEP])
+        .chain(completion)
+        .copied()
+        .collect();
+    row.resize(dpo::SEQ, PAD);
+    row
+}
+
+/// Padding of [`as_generated`] rows (an id no completion contains: the prompt-end token).
+const PAD: i64 = -1;
+
+/// Labels: -100 on the prompt, SEP and padding; the padding ids become EOS.
+fn labels_of(rows: &[Vec<i64>]) -> Vec<Vec<i64>> {
+    rows.iter()
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .map(|(i, &t)| {
+                    if i <= PROMPT || t == PAD {
+                        IGNORE_INDEX
+                    } else {
+                        t
+                    }
+                })
+                .collect()
+        })
         .collect()
 }
 
@@ -301,9 +350,6 @@ pub fn run(args: &Args) -> Result<History, String> {
         let (mut sequences, mut scores) = (vec![], vec![]);
         for (row, completion) in rows.iter().zip(generation.completions()) {
             let original = response(&completion);
-            if original.len() != PROMPT || original.iter().any(|&t| t >= SEP) {
-                continue; // not in the [prompt, SEP, 4 digits, EOS] layout the trainer uses
-            }
             let (revised, transcript) = RuleCritic.revise_all(&CONSTITUTION, &original);
             if round == 1 && sequences.is_empty() && !transcript.is_empty() {
                 bar.suspend(|| {
@@ -316,17 +362,22 @@ pub fn run(args: &Args) -> Result<History, String> {
             }
             let p = &row[..PROMPT];
             sequences.push(dpo::sequence(p, &revised));
-            sequences.push(dpo::sequence(p, &original));
+            sequences.push(as_generated(p, &completion));
             scores.push(RuleCritic.score(&CONSTITUTION, &revised));
             scores.push(RuleCritic.score(&CONSTITUTION, &original));
         }
         let pairs = pairing.try_pair(&scores, 2).map_err(|e| e.to_string())?;
         let (mut loss_value, n) = (f64::NAN, pairs.len());
         if !pairs.is_empty() {
-            let chosen_then_rejected: Vec<Vec<i64>> =
+            let rows_with_pad: Vec<Vec<i64>> =
                 pairs.rows().iter().map(|&r| sequences[r].clone()).collect();
+            let lbl = labels_of(&rows_with_pad);
+            let chosen_then_rejected: Vec<Vec<i64>> = rows_with_pad
+                .iter()
+                .map(|r| r.iter().map(|&t| if t == PAD { EOS } else { t }).collect())
+                .collect();
             let ids = |d: &Device| dpo::ints(&chosen_then_rejected, d);
-            let labels = |d: &Device| dpo::labels_of(&chosen_then_rejected, d);
+            let labels = |d: &Device| dpo::ints(&lbl, d);
             let tokens = dpo::gather(&policy, ids(&device), labels(&device));
             let ref_logps = dpo::gather(&reference, ids(&base), labels(&base)).sum();
             let batch = pairs.preference_batch(tokens, Some(ref_logps.autodiff()));

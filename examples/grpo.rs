@@ -1,7 +1,7 @@
 //! GRPO from samples: the crate's sampler, weighted reward functions, group advantages and the
 //! GRPO loss with a KL term to the SFT reference.
 //!
-//! `cargo run --release --example grpo -- [--steps 40] [--prompts 16] [--num-generations 8]
+//! `cargo run --release --example grpo -- [--steps 60] [--prompts 16] [--num-generations 8]
 //!   [--beta 0.02] [--top-k 0] [--out out/grpo]`
 //!
 //! Task and model: the `dpo` example's (reverse 4 digits; tiny transformer; weak SFT on a
@@ -40,7 +40,7 @@ use online_dpo::dpo::{self, EOS, PROMPT, Rng, TinyLm};
 #[command(about = "GRPO from sampled completions on a tiny causal LM")]
 pub struct Args {
     /// GRPO steps (sample + score + update).
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 60)]
     pub steps: usize,
     /// Prompts per step.
     #[arg(long, default_value_t = 16)]

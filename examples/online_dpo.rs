@@ -1,6 +1,6 @@
 //! Online (and iterative) DPO from a weak SFT policy: sample, score, pair, update.
 //!
-//! `cargo run --release --example online_dpo -- [--rounds 40] [--prompts 32]
+//! `cargo run --release --example online_dpo -- [--rounds 100] [--prompts 32]
 //!   [--num-generations 4] [--epochs 1] [--sync-ref] [--out out/online_dpo]`
 //!
 //! The task is the `dpo` example's (reverse 4 digits), with the same tiny transformer and the
@@ -42,7 +42,7 @@ use dpo::{EOS, PROMPT, Rng, SEP, TinyLm};
 #[command(about = "Online / iterative DPO on a tiny causal LM")]
 pub struct Args {
     /// Rounds (sample + score + pair + update).
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 100)]
     pub rounds: usize,
     /// Prompts per round.
     #[arg(long, default_value_t = 32)]
@@ -60,13 +60,13 @@ pub struct Args {
     #[arg(long, default_value_t = 150)]
     pub sft_steps: usize,
     /// Learning rate (Adam).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 2e-3)]
     pub learning_rate: f64,
     /// DPO beta.
     #[arg(long, default_value_t = 0.1)]
     pub beta: f64,
     /// Evaluate the greedy rule rate every this many rounds.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     pub eval_every: usize,
     /// Device: flex, or wgpu / cuda when built with that feature.
     #[arg(long, default_value = "flex")]

@@ -19,13 +19,15 @@ fn online_dpo_raises_the_rule_rate() {
         ..online_dpo::Args::parse_from([
             "online_dpo",
             "--rounds",
-            "24",
+            "30",
+            "--learning-rate",
+            "3e-3",
             "--prompts",
             "16",
             "--sft-steps",
             "60",
             "--eval-every",
-            "24",
+            "30",
         ])
     };
     let h = online_dpo::run(&args).unwrap();
@@ -102,8 +104,12 @@ fn the_critic_reads_the_constitution() {
         Some(vec![0, 1])
     );
     assert_eq!(
-        critic.critique(CONSTITUTION[2].critique_request, &response),
+        critic.critique(CONSTITUTION[3].critique_request, &response),
         Some(vec![1])
+    );
+    assert_eq!(
+        critic.critique(CONSTITUTION[2].critique_request, &[1, 2]),
+        Some(vec![2])
     );
     assert_eq!(critic.critique("Is the response polite?", &response), None);
     let (revised, _) = critic.revise_all(&CONSTITUTION, &response);
@@ -112,5 +118,12 @@ fn the_critic_reads_the_constitution() {
         Some(1.0),
         "{revised:?}"
     );
-    assert_eq!(critic.score(&CONSTITUTION, &response), Some(0.0));
+    // Only "four-digits" holds.
+    assert_eq!(critic.score(&CONSTITUTION, &response), Some(0.25));
+    let (revised, _) = critic.revise_all(&CONSTITUTION, &[5]);
+    assert_eq!(
+        critic.score(&CONSTITUTION, &revised),
+        Some(1.0),
+        "{revised:?}"
+    );
 }
