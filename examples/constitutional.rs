@@ -21,8 +21,6 @@
 //! ends with `final: principles_score <start> -> <end>`.
 #![allow(dead_code)]
 
-#[path = "common/chart.rs"]
-mod chart;
 #[path = "online_dpo.rs"]
 mod online_dpo;
 
@@ -36,6 +34,7 @@ use burn_rlhf::IGNORE_INDEX;
 use burn_rlhf::generate::{Pairing, PairingConfig, Prompts, SamplerConfig};
 use burn_rlhf::losses::DpoLossConfig;
 use clap::Parser;
+use online_dpo::dpo::plot as chart;
 use online_dpo::dpo::{self, EOS, PROMPT, Rng, SEP, TinyLm};
 
 /// One principle of the constitution: data, not code.

@@ -16,8 +16,6 @@
 //! (mean sampled reward of the first step and of the last 5 steps).
 #![allow(dead_code)]
 
-#[path = "common/chart.rs"]
-mod chart;
 #[path = "online_dpo.rs"]
 mod online_dpo;
 
@@ -30,6 +28,7 @@ use burn::optim::AdamConfig;
 use burn_rlhf::generate::{GrpoStepConfig, Prompts, SamplerConfig};
 use burn_rlhf::rl::{GrpoLossConfig, GrpoLossType};
 use clap::Parser;
+use online_dpo::dpo::plot as chart;
 use online_dpo::dpo::{self, EOS, PROMPT, Rng, TinyLm};
 
 /// Command-line flags.

@@ -17,8 +17,6 @@
 //! `final: rule_rate <start> -> <end>`.
 #![allow(dead_code)]
 
-#[path = "common/chart.rs"]
-mod chart;
 #[path = "dpo.rs"]
 pub mod dpo;
 
@@ -32,6 +30,7 @@ use burn_rlhf::generate::{
     Completion, OnlineDpoConfig, Pairing, Prompts, RewardFunctions, SamplerConfig,
 };
 use clap::Parser;
+use dpo::plot as chart;
 use dpo::{EOS, PROMPT, Rng, SEP, TinyLm};
 
 /// Command-line flags.

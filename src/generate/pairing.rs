@@ -132,7 +132,7 @@ fn check_groups(len: usize, n: usize, min: usize) -> crate::Result<()> {
             n,
         ));
     }
-    if len % n != 0 {
+    if !len.is_multiple_of(n) {
         return Err(Error::config(
             "num_generations",
             format!("must divide the number of scores ({len})"),
@@ -233,8 +233,8 @@ pub fn best_of_n(
     Ok((0..scores.len() / n)
         .filter_map(|g| {
             let mut best: Option<(usize, f64)> = None;
-            for r in g * n..(g + 1) * n {
-                if let Some(s) = scores[r]
+            for (r, score) in scores.iter().enumerate().skip(g * n).take(n) {
+                if let Some(s) = *score
                     && best.is_none_or(|(_, b)| s > b)
                 {
                     best = Some((r, s));
