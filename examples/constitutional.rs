@@ -19,13 +19,8 @@
 //! The metric is the principles' score of the policy's sampled completions on held-out
 //! prompts. Prints a critique/revision transcript and progress, writes `principles.svg`, and
 //! ends with `final: principles_score <start> -> <end>`.
-// The examples reuse each other's modules through `#[path]` includes (this one includes
-// `common/chart.rs` itself and through the example it builds on).
-#![allow(clippy::duplicate_mod)]
 #![allow(dead_code)]
 
-#[path = "common/chart.rs"]
-mod chart;
 #[path = "online_dpo.rs"]
 mod online_dpo;
 
@@ -39,6 +34,7 @@ use burn_rlhf::IGNORE_INDEX;
 use burn_rlhf::generate::{Pairing, PairingConfig, Prompts, SamplerConfig};
 use burn_rlhf::losses::DpoLossConfig;
 use clap::Parser;
+use online_dpo::dpo::plot as chart;
 use online_dpo::dpo::{self, EOS, PROMPT, Rng, SEP, TinyLm};
 
 /// One principle of the constitution: data, not code.

@@ -21,7 +21,7 @@
 #[path = "common/device.rs"]
 mod device_arg;
 #[path = "common/chart.rs"]
-mod plot;
+pub mod plot;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -14,13 +14,8 @@
 //!
 //! Prints progress, writes `reward.svg`, and ends with `final: reward <start> -> <end>`
 //! (mean sampled reward of the first step and of the last 5 steps).
-// The examples reuse each other's modules through `#[path]` includes (this one includes
-// `common/chart.rs` itself and through the example it builds on).
-#![allow(clippy::duplicate_mod)]
 #![allow(dead_code)]
 
-#[path = "common/chart.rs"]
-mod chart;
 #[path = "online_dpo.rs"]
 mod online_dpo;
 
@@ -33,6 +28,7 @@ use burn::optim::AdamConfig;
 use burn_rlhf::generate::{GrpoStepConfig, Prompts, SamplerConfig};
 use burn_rlhf::rl::{GrpoLossConfig, GrpoLossType};
 use clap::Parser;
+use online_dpo::dpo::plot as chart;
 use online_dpo::dpo::{self, EOS, PROMPT, Rng, TinyLm};
 
 /// Command-line flags.

@@ -15,13 +15,8 @@
 //! The metric is the fraction of held-out prompts whose greedy completion follows the rule,
 //! judged by the scorer. Prints progress, writes `rounds.svg` and ends with
 //! `final: rule_rate <start> -> <end>`.
-// The examples reuse each other's modules through `#[path]` includes (this one includes
-// `common/chart.rs` itself and through the example it builds on).
-#![allow(clippy::duplicate_mod)]
 #![allow(dead_code)]
 
-#[path = "common/chart.rs"]
-mod chart;
 #[path = "dpo.rs"]
 pub mod dpo;
 
@@ -35,6 +30,7 @@ use burn_rlhf::generate::{
     Completion, OnlineDpoConfig, Pairing, Prompts, RewardFunctions, SamplerConfig,
 };
 use clap::Parser;
+use dpo::plot as chart;
 use dpo::{EOS, PROMPT, Rng, SEP, TinyLm};
 
 /// Command-line flags.
