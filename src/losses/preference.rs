@@ -138,19 +138,19 @@ impl PreferenceBatch {
 
     /// Adds the reference model's sequence log-probs `[B]` (detached here, and moved to the
     /// policy's device: reference log-probs computed on `model.valid()`'s inner device may be
-    /// passed directly).
-    ///
-    /// # Panics
-    /// On the errors of [`try_with_reference`](Self::try_with_reference).
-    pub fn with_reference(self, chosen: Tensor<1>, rejected: Tensor<1>) -> Self {
-        crate::error::unwrap_or_panic(self.try_with_reference(chosen, rejected))
+    /// passed directly). Shapes and dtypes are checked by the loss's `try_forward` (or here,
+    /// with [`try_with_reference`](Self::try_with_reference)).
+    pub fn with_reference(mut self, chosen: Tensor<1>, rejected: Tensor<1>) -> Self {
+        let device = self.chosen_logps.device();
+        self.reference_chosen_logps = Some(onto_device(chosen.detach(), &device));
+        self.reference_rejected_logps = Some(onto_device(rejected.detach(), &device));
+        self
     }
 
-    /// Non-panicking form of [`with_reference`](Self::with_reference): [`Error::Shape`] when a
+    /// [`with_reference`](Self::with_reference) that checks at once: [`Error::Shape`] when a
     /// reference vector is not `[B]`, [`Error::DType`] when its dtype is not the policy
     /// log-probs' (cast it: `reference.cast(FloatDType::F32)`).
-    pub fn try_with_reference(mut self, chosen: Tensor<1>, rejected: Tensor<1>) -> Result<Self> {
-        let device = self.chosen_logps.device();
+    pub fn try_with_reference(self, chosen: Tensor<1>, rejected: Tensor<1>) -> Result<Self> {
         let b = self.chosen_logps.dims();
         for (arg, t) in [
             ("reference_chosen_logps", &chosen),
@@ -159,17 +159,7 @@ impl PreferenceBatch {
             check_same_shape(arg, &t.dims(), &b, "chosen_logps")?;
             check_dtype_like(arg, t, "chosen_logps", &self.chosen_logps)?;
         }
-        let onto = |t: Tensor<1>| {
-            let t = t.detach();
-            if t.device() == device {
-                t
-            } else {
-                t.to_device(&device)
-            }
-        };
-        self.reference_chosen_logps = Some(onto(chosen));
-        self.reference_rejected_logps = Some(onto(rejected));
-        Ok(self)
+        Ok(self.with_reference(chosen, rejected))
     }
 
     /// Adds reference log-probs from one stacked reference forward (`[2B]`, chosen first).
@@ -450,6 +440,15 @@ pub(crate) fn validate_nll_normalizer(normalizer: &Option<Normalizer>) -> Result
     match normalizer {
         Some(n) => n.validate(),
         None => Ok(()),
+    }
+}
+
+/// `t` on `device` (a no-op when it is already there).
+fn onto_device(t: Tensor<1>, device: &burn::tensor::Device) -> Tensor<1> {
+    if &t.device() == device {
+        t
+    } else {
+        t.to_device(device)
     }
 }
 
