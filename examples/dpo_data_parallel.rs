@@ -22,26 +22,28 @@
 //!
 //! # Which burn mechanism, and the multi-GPU recipe
 //!
-//! burn 0.22's collective ops (`burn::tensor::distributed::{DistributedContext, all_reduce}`)
-//! are implemented only by the cubecl backends (CUDA, ROCm, wgpu); Flex and NdArray leave
-//! `all_reduce` `unimplemented!()` and Flex has a single device. So this example *simulates*
-//! the replicas in one process on one flex device: the all-reduce is a sum of tensors.
-//!
-//! On several GPUs, the same code runs one thread per device:
+//! This example *simulates* the replicas sequentially in one process: the all-reduce is a sum
+//! of tensors ([`sum_parts`] for the statistics). For replicas that really run concurrently
+//! see the `dpo_multi_device` example (burn-train's `MultiDevice` strategy, one worker thread
+//! per device, a `ThreadReducer` for the counts). burn 0.22's collective ops
+//! (`burn::tensor::distributed::{DistributedContext, all_reduce}`) run only on CUDA (see
+//! `burn_rlhf::distributed`, "Why burn's collective runs only on CUDA"). On several CUDA GPUs,
+//! the same code runs one thread per device:
 //!
 //! 1. `let _ctx = DistributedContext::init(devices.clone(), DistributedConfig {
 //!    all_reduce_op: ReduceOperation::Sum })` once, kept alive for training;
 //! 2. in each device thread, per step: the local [`StepCounts`] of all its micro-batches ->
 //!    `CollectiveReducer::new(device, devices).reduce(&counts)` (burn's `all_reduce`, `Sum`)
-//!    -> `counts.pair_normalizer()` for the loss; the same for KTO's [`KlParts`](burn_rlhf::distributed::KlParts)
-//!    or BCO/GRPO/whitening [`MomentParts`](burn_rlhf::distributed::MomentParts);
+//!    -> `counts.pair_normalizer()` for the loss; pack KTO's [`KlParts`](burn_rlhf::distributed::KlParts)
+//!    or BCO/GRPO/whitening [`MomentParts`](burn_rlhf::distributed::MomentParts) into the same
+//!    call as a tuple;
 //! 3. backward each micro-batch, accumulate with `GradientsAccumulator` (no `1/G`), then
 //!    replace each gradient by `all_reduce(grad, ReduceOperation::Sum, devices.clone())
 //!    .resolve()` (the step in `all_reduce_gradients` below) and take the optimizer step.
 //!
-//! burn-train's multi-device (DDP) learner strategy does step 3 for you; if it averages the
-//! gradients over devices instead of summing them, multiply the loss by the number of devices
-//! (or divide the global count by it).
+//! burn-train's `MultiDevice` strategy sums the workers' gradients (step 3 done for you);
+//! if a strategy averages them instead, multiply the loss by the number of devices (or divide
+//! the global count by it).
 #![allow(dead_code)]
 
 use std::time::Instant;

@@ -137,6 +137,18 @@ pub enum Error {
         /// The unknown field, as written in the file.
         field: String,
     },
+    /// A collective reduction between data-parallel ranks did not complete: a rank did not
+    /// arrive in time, the ranks sent values of different lengths, or the group was broken by
+    /// an earlier failure (see [`crate::distributed::Reducer`]).
+    #[error("collective `{op}` across {world_size} ranks failed: {reason}")]
+    Collective {
+        /// The operation, e.g. `"sum"`.
+        op: &'static str,
+        /// Number of ranks in the group.
+        world_size: usize,
+        /// What went wrong.
+        reason: String,
+    },
     /// A config file could not be read or parsed (not JSON / YAML, or not a mapping).
     #[error("cannot read {what}: {message}")]
     ConfigFile {

@@ -22,7 +22,6 @@ use std::ops::Range;
 use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
 use burn_rlhf::distributed::{
     CollectiveReducer, KlParts, LocalReducer, MomentParts, Parts, Reducer, StepCounts, sum_parts,
-    whiten_with,
 };
 use burn_rlhf::losses::{
     BcoLossConfig, CpoLossConfig, DpoLossConfig, DpoLossType, KtoLossConfig, OrpoLossConfig,
@@ -30,7 +29,7 @@ use burn_rlhf::losses::{
 };
 use burn_rlhf::rl::{
     GroupAdvantageConfig, GrpoLossConfig, GrpoLossInput, GrpoLossType, PpoLossConfig, PpoLossInput,
-    RewardAggregation, ScaleRewards, Whitening, whiten,
+    RewardAggregation, ScaleRewards, Whitening, whiten, whiten_with,
 };
 use burn_rlhf::{Error, GatheredLogprobs, Normalizer};
 
@@ -729,7 +728,7 @@ fn reducers() {
 /// counted.
 struct SimulatedWorld {
     ranks: Vec<Vec<f64>>,
-    calls: std::cell::Cell<usize>,
+    calls: std::sync::atomic::AtomicUsize,
 }
 
 impl Reducer for SimulatedWorld {
@@ -737,7 +736,7 @@ impl Reducer for SimulatedWorld {
         self.ranks.len()
     }
     fn sum(&self, local: &[f64]) -> burn_rlhf::Result<Vec<f64>> {
-        self.calls.set(self.calls.get() + 1);
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         assert!(
             self.ranks.iter().all(|r| r.len() == local.len()),
             "every rank packs the same layout"
@@ -778,10 +777,14 @@ fn packed_parts_reduce_in_one_call_and_round_trip() {
     // One call for everything, and the totals are the per-part sums over ranks.
     let world = SimulatedWorld {
         ranks: shards.iter().map(|s| s.to_values()).collect(),
-        calls: std::cell::Cell::new(0),
+        calls: std::sync::atomic::AtomicUsize::new(0),
     };
     let reduced = world.reduce(&shards[0]).unwrap();
-    assert_eq!(world.calls.get(), 1, "one collective call per step");
+    assert_eq!(
+        world.calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one collective call per step"
+    );
     let counts: Vec<StepCounts> = shards.iter().map(|s| s.0).collect();
     let kls: Vec<KlParts> = shards.iter().map(|s| s.1).collect();
     assert_eq!(reduced.0, sum_parts(&counts));

@@ -813,8 +813,7 @@ fn free_functions_have_try_forms_that_name_the_argument() {
             .map(drop),
         "rejected_logps",
     );
-    let err =
-        burn_rlhf::distributed::try_whiten_with(x, 0.0, -1.0, Whitening::ZeroMean).unwrap_err();
+    let err = burn_rlhf::rl::try_whiten_with(x, 0.0, -1.0, Whitening::ZeroMean).unwrap_err();
     assert!(matches!(err, Error::Config { field: "var", .. }), "{err}");
 }
 

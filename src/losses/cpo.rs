@@ -196,6 +196,27 @@ pub struct CpoLoss {
 }
 
 impl CpoLoss {
+    /// A copy reduced with `normalizer` (pairs) and `nll_normalizer` (the NLL term's tokens),
+    /// e.g. the step's global counts from [`StepCounts`](crate::distributed::StepCounts)
+    /// under data parallelism (what the burn-train adapters do with a reducer). The
+    /// normalizers are used as given; [`Normalizer::validate`] them if they come from outside.
+    pub fn with_normalizers(
+        &self,
+        normalizer: Normalizer,
+        nll_normalizer: Option<Normalizer>,
+    ) -> Self {
+        Self {
+            normalizer,
+            nll_normalizer,
+            ..self.clone()
+        }
+    }
+
+    /// Whether the loss has an NLL term (`cpo_alpha != 0`), whose normalizer counts tokens.
+    pub fn has_nll_term(&self) -> bool {
+        self.cpo_alpha != 0.0
+    }
+
     /// TRL's `cpo_loss`: per-pair losses and rewards from sequence log-probs `[B]` that are
     /// already reduced as this loss expects (averaged for `ipo`/`simpo` by default).
     ///

@@ -395,6 +395,27 @@ struct SequenceTerms {
 }
 
 impl DpoLoss {
+    /// A copy reduced with `normalizer` (pairs) and `nll_normalizer` (the NLL term's tokens),
+    /// e.g. the step's global counts from [`StepCounts`](crate::distributed::StepCounts)
+    /// under data parallelism (what the burn-train adapters do with a reducer). The
+    /// normalizers are used as given; [`Normalizer::validate`] them if they come from outside.
+    pub fn with_normalizers(
+        &self,
+        normalizer: Normalizer,
+        nll_normalizer: Option<Normalizer>,
+    ) -> Self {
+        Self {
+            normalizer,
+            nll_normalizer,
+            ..self.clone()
+        }
+    }
+
+    /// Whether the loss has an NLL term (the `sft` loss type), whose normalizer counts tokens.
+    pub fn has_nll_term(&self) -> bool {
+        self.loss_types.contains(&DpoLossType::Sft)
+    }
+
     /// The loss, per-pair losses and metrics.
     ///
     /// # Shapes

@@ -294,6 +294,15 @@ pub struct KtoLoss {
 }
 
 impl KtoLoss {
+    /// A copy reduced with `normalizer` (examples), e.g. the step's global sequence count from
+    /// [`StepCounts`](crate::distributed::StepCounts) under data parallelism.
+    pub fn with_normalizer(&self, normalizer: Normalizer) -> Self {
+        Self {
+            normalizer,
+            ..self.clone()
+        }
+    }
+
     /// The loss, per-example (weighted) losses and metrics.
     ///
     /// # Panics

@@ -103,6 +103,22 @@ pub struct OrpoLoss {
 }
 
 impl OrpoLoss {
+    /// A copy reduced with `normalizer` (pairs) and `nll_normalizer` (the NLL term's tokens),
+    /// e.g. the step's global counts from [`StepCounts`](crate::distributed::StepCounts)
+    /// under data parallelism (what the burn-train adapters do with a reducer). The
+    /// normalizers are used as given; [`Normalizer::validate`] them if they come from outside.
+    pub fn with_normalizers(
+        &self,
+        normalizer: Normalizer,
+        nll_normalizer: Option<Normalizer>,
+    ) -> Self {
+        Self {
+            normalizer,
+            nll_normalizer,
+            ..self.clone()
+        }
+    }
+
     /// TRL's `odds_ratio_loss` on average log-probs `[B]` (each < 0).
     ///
     /// # Panics

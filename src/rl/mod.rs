@@ -16,6 +16,7 @@
 //! accumulation and data-parallel ranks do not change the gradient.
 
 pub mod advantages;
+mod global_whiten;
 pub mod grpo;
 pub mod kl;
 pub mod ppo;
@@ -29,6 +30,7 @@ pub use advantages::{
     try_discounted_returns, try_discounted_reverse_cumsum, try_masked_mean, try_masked_var,
     try_whiten, whiten,
 };
+pub use global_whiten::{try_whiten_with, whiten_with};
 pub use grpo::{
     GrpoLoss, GrpoLossConfig, GrpoLossInput, GrpoLossType, ImportanceSamplingLevel, RlooLoss,
     RlooLossConfig,

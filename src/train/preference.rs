@@ -5,8 +5,10 @@ use burn::module::{Module, ModuleDisplay};
 use burn::tensor::{Device, Int, Tensor};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
 
-use super::{CausalLmLogps, PreferenceInput, TrlOutput, UnpairedInput, ids_onto, onto, rows};
 use crate::IGNORE_INDEX;
+
+use super::{CausalLmLogps, PreferenceInput, TrlOutput, UnpairedInput, ids_onto, onto, rows};
+use crate::distributed::{KlParts, Reducer, SharedReducer, StepCounts};
 use crate::error::{Error, Result, check_non_empty, check_same_shape, unwrap_or_panic};
 use crate::losses::{
     CpoLoss, DpoLoss, KtoLoss, KtoLossConfig, KtoLossType, OrpoLoss, PreferenceBatch,
@@ -40,6 +42,34 @@ impl From<OrpoLoss> for PreferenceObjective {
     }
 }
 
+impl PreferenceObjective {
+    /// Whether the loss has an NLL term over the chosen tokens (DPO `sft`, CPO `cpo_alpha`,
+    /// ORPO).
+    fn has_nll_term(&self) -> bool {
+        match self {
+            Self::Dpo(loss) => loss.has_nll_term(),
+            Self::Cpo(loss) => loss.has_nll_term(),
+            Self::Orpo(_) => true,
+        }
+    }
+
+    /// The objective reduced with the step's global counts: pairs, and chosen tokens for the
+    /// NLL term.
+    fn with_global_counts(&self, counts: &StepCounts) -> Result<Self> {
+        let pairs = counts.pair_normalizer()?;
+        let nll = if self.has_nll_term() {
+            Some(counts.token_normalizer()?)
+        } else {
+            None
+        };
+        Ok(match self {
+            Self::Dpo(loss) => Self::Dpo(loss.with_normalizers(pairs, nll)),
+            Self::Cpo(loss) => Self::Cpo(loss.with_normalizers(pairs, nll)),
+            Self::Orpo(loss) => Self::Orpo(loss.with_normalizers(pairs, nll)),
+        })
+    }
+}
+
 /// A burn-train model for paired preference optimization: the policy is trained and
 /// checkpointed; the reference (`#[module(skip)]`, see the [module docs](super)) is not.
 ///
@@ -47,6 +77,17 @@ impl From<OrpoLoss> for PreferenceObjective {
 /// the log-probs, takes the reference log-probs from the input (precomputed) or from the
 /// reference model, and applies the objective. Metrics: TRL's keys
 /// ([`TrlMetric::PREFERENCE_KEYS`](super::TrlMetric::PREFERENCE_KEYS)).
+///
+/// # Data parallel
+///
+/// With [`with_reducer`](Self::with_reducer), each *training* step (`TrainStep::step`) sums
+/// its counts (pairs, and chosen tokens when the loss has an NLL term) over the ranks in one
+/// reducer call and normalizes the loss by the global counts, so the gradients of the ranks
+/// add up to the gradient of the whole step's batch: use it with burn-train's `MultiDevice`
+/// strategy (which sums the workers' gradients) and a [`ThreadReducer`](crate::distributed::ThreadReducer),
+/// or with a collective reducer where burn has one. Validation (`InferenceStep`) and
+/// [`try_forward`](Self::try_forward) stay local (the batch's own mean). Every rank must run
+/// the same number of training steps (equal shards), as for any collective.
 #[derive(Module, Debug)]
 pub struct PreferenceModel<P, R = P> {
     /// The trained policy.
@@ -57,6 +98,9 @@ pub struct PreferenceModel<P, R = P> {
     /// The loss.
     #[module(skip)]
     pub objective: PreferenceObjective,
+    /// Sums the step's counts over data-parallel ranks (training steps only).
+    #[module(skip)]
+    reducer: Option<SharedReducer>,
 }
 
 impl<P, R> PreferenceModel<P, R> {
@@ -67,7 +111,15 @@ impl<P, R> PreferenceModel<P, R> {
             policy,
             reference,
             objective: objective.into(),
+            reducer: None,
         }
+    }
+
+    /// Training steps normalize the loss by the counts of the whole step, summed over the
+    /// ranks by `reducer` (see [Data parallel](Self#data-parallel)).
+    pub fn with_reducer(mut self, reducer: impl Reducer + 'static) -> Self {
+        self.reducer = Some(SharedReducer::new(reducer));
+        self
     }
 }
 
@@ -152,6 +204,17 @@ impl<P: CausalLmLogps + Module + ModuleDisplay, R: CausalLmLogps + Module + Modu
     /// empty batch, a DPO objective with neither a reference model nor precomputed reference
     /// log-probs ([`Error::MissingInput`]), and the loss's own errors.
     pub fn try_forward(&self, input: PreferenceInput) -> Result<TrlOutput> {
+        self.forward_with(input, None)
+    }
+
+    /// [`try_forward`](Self::try_forward), normalized by the step's global counts when a
+    /// reducer is given (one reducer call, plus one host read of the chosen-token count when
+    /// the loss has an NLL term).
+    fn forward_with(
+        &self,
+        input: PreferenceInput,
+        reducer: Option<&SharedReducer>,
+    ) -> Result<TrlOutput> {
         let b = input.chosen_ids.dims()[0];
         let (ids, labels) = stack(
             (input.chosen_ids, input.chosen_labels),
@@ -165,7 +228,24 @@ impl<P: CausalLmLogps + Module + ModuleDisplay, R: CausalLmLogps + Module + Modu
         )?;
         let tokens = self.policy.token_logps(ids.clone(), labels.clone());
         let batch = PreferenceBatch::try_from_tokens(rows(&tokens, 0, b), rows(&tokens, b, b))?;
-        let out = match &self.objective {
+        let global;
+        let objective = match reducer {
+            None => &self.objective,
+            Some(reducer) => {
+                let mut local = StepCounts::from_pairs(b);
+                if self.objective.has_nll_term() {
+                    let nll_tokens = batch.nll_tokens.as_ref().or(batch.chosen_tokens.as_ref());
+                    if let Some(tokens) = nll_tokens {
+                        local.tokens = crate::reduce::global_token_count(&[tokens.mask.clone()]);
+                    }
+                }
+                global = self
+                    .objective
+                    .with_global_counts(&reducer.reduce(&local)?)?;
+                &global
+            }
+        };
+        let out = match objective {
             PreferenceObjective::Dpo(loss) => {
                 let device = batch.chosen_logps.device();
                 let given = optional_pair(
@@ -212,7 +292,7 @@ where
     type Output = TrlOutput;
 
     fn step(&self, input: PreferenceInput) -> TrainOutput<TrlOutput> {
-        let out = self.forward(input);
+        let out = unwrap_or_panic(self.forward_with(input, self.reducer.as_ref()));
         let grads = out.loss.backward();
         TrainOutput::new(self, grads, out)
     }
@@ -246,6 +326,8 @@ pub struct KtoModel<P, R = P> {
     loss: KtoLoss,
     #[module(skip)]
     needs_kl: bool,
+    #[module(skip)]
+    reducer: Option<SharedReducer>,
 }
 
 impl<P, R> KtoModel<P, R> {
@@ -256,7 +338,18 @@ impl<P, R> KtoModel<P, R> {
             reference,
             loss: config.try_init()?,
             needs_kl: config.loss_type == KtoLossType::Kto,
+            reducer: None,
         })
+    }
+
+    /// Training steps use the KL estimate and the example count of the whole step, summed
+    /// over the ranks by `reducer` in **one** call (the counts and KTO's
+    /// [`KlParts`] packed together), so the ranks' gradients add up to the gradient of the
+    /// whole step's batch (see [`PreferenceModel`]'s data-parallel section; the same rules
+    /// apply). Validation and [`try_forward`](Self::try_forward) stay local.
+    pub fn with_reducer(mut self, reducer: impl Reducer + 'static) -> Self {
+        self.reducer = Some(SharedReducer::new(reducer));
+        self
     }
 
     /// Panicking form of [`try_new`](Self::try_new).
@@ -295,6 +388,16 @@ impl<P: CausalLmLogps + Module + ModuleDisplay, R: CausalLmLogps + Module + Modu
     /// reference, `kto` without the mismatched KL rows ([`Error::MissingInput`]), and the
     /// loss's own errors.
     pub fn try_forward(&self, input: UnpairedInput) -> Result<TrlOutput> {
+        self.forward_with(input, None)
+    }
+
+    /// [`try_forward`](Self::try_forward) with the step's global KL estimate and example count
+    /// when a reducer is given (one host read for the local KL parts, one reducer call).
+    fn forward_with(
+        &self,
+        input: UnpairedInput,
+        reducer: Option<&SharedReducer>,
+    ) -> Result<TrlOutput> {
         let [n, t] = input.ids.dims();
         check_non_empty("ids", n, "the batch has no row")?;
         check_same_shape("labels", &input.labels.dims(), &[n, t], "ids")?;
@@ -317,6 +420,7 @@ impl<P: CausalLmLogps + Module + ModuleDisplay, R: CausalLmLogps + Module + Modu
             "ref_logps",
         )?;
         let mut batch = UnpairedBatch::new(logps, refs, input.desirable);
+        let mut kl_logps = None;
         if self.needs_kl {
             let (Some(kl_ids), Some(kl_labels)) = (input.kl_ids, input.kl_labels) else {
                 return Err(Error::MissingInput {
@@ -338,9 +442,30 @@ impl<P: CausalLmLogps + Module + ModuleDisplay, R: CausalLmLogps + Module + Modu
                 &device,
                 "ref_kl_logps",
             )?;
-            batch = batch.with_kl(kto_kl_estimate(policy_kl, ref_kl));
+            kl_logps = Some((policy_kl, ref_kl));
         }
-        Ok(TrlOutput::new(self.loss.try_forward(&batch)?, n))
+        let (kl, loss) = match reducer {
+            None => (
+                kl_logps.map(|(policy, reference)| kto_kl_estimate(policy, reference)),
+                self.loss.clone(),
+            ),
+            Some(reducer) => {
+                let local = StepCounts::from_sequences(n);
+                let (counts, kl) = match kl_logps {
+                    Some((policy, reference)) => {
+                        let parts = (local, KlParts::from_logps(policy, reference)?);
+                        let (counts, kl) = reducer.reduce(&parts)?;
+                        (counts, Some(kl.finish(&batch.logps)?))
+                    }
+                    None => (reducer.reduce(&local)?, None),
+                };
+                (kl, self.loss.with_normalizer(counts.sequence_normalizer()?))
+            }
+        };
+        if let Some(kl) = kl {
+            batch = batch.with_kl(kl);
+        }
+        Ok(TrlOutput::new(loss.try_forward(&batch)?, n))
     }
 
     /// Panicking form of [`try_forward`](Self::try_forward).
@@ -361,7 +486,7 @@ where
     type Output = TrlOutput;
 
     fn step(&self, input: UnpairedInput) -> TrainOutput<TrlOutput> {
-        let out = self.forward(input);
+        let out = unwrap_or_panic(self.forward_with(input, self.reducer.as_ref()));
         let grads = out.loss.backward();
         TrainOutput::new(self, grads, out)
     }

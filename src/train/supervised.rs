@@ -6,6 +6,7 @@ use burn::train::{InferenceStep, TrainOutput, TrainStep};
 
 use super::{CausalLmLogps, RewardInput, SequenceRewardModel, SftInput, TrlOutput};
 use crate::Normalizer;
+use crate::distributed::{Reducer, SharedReducer, StepCounts};
 use crate::error::{Error, Result, check_non_empty, check_same_shape, unwrap_or_panic};
 use crate::losses::{BradleyTerryLoss, BradleyTerryLossConfig, LossOutput, Metrics};
 use crate::reduce::mask_like;
@@ -13,28 +14,58 @@ use crate::reduce::mask_like;
 /// A burn-train model for supervised fine-tuning: the token-mean negative log-likelihood of
 /// the labels (`Normalizer::TokenMean` over the batch's labelled tokens, TRL's SFT loss).
 /// Metric: `num_tokens`, the labelled tokens of the batch (TRL logs the running total).
+///
+/// With [`with_reducer`](Self::with_reducer), training steps divide by the labelled tokens of
+/// the whole step summed over the ranks (`Normalizer::GlobalTokens`, one host read of the
+/// local count and one reducer call), as
+/// [`PreferenceModel`](super::PreferenceModel#data-parallel) does with pairs.
 #[derive(Module, Debug)]
 pub struct SftModel<M> {
     /// The trained model.
     pub model: M,
+    #[module(skip)]
+    reducer: Option<SharedReducer>,
 }
 
 impl<M> SftModel<M> {
     /// The adapter.
     pub fn new(model: M) -> Self {
-        Self { model }
+        Self {
+            model,
+            reducer: None,
+        }
+    }
+
+    /// Training steps normalize by the step's global token count, summed by `reducer`.
+    pub fn with_reducer(mut self, reducer: impl Reducer + 'static) -> Self {
+        self.reducer = Some(SharedReducer::new(reducer));
+        self
     }
 }
 
 impl<M: CausalLmLogps + Module + ModuleDisplay> SftModel<M> {
     /// The loss of one batch. Errors: labels of another shape than the ids, an empty batch.
     pub fn try_forward(&self, input: SftInput) -> Result<TrlOutput> {
+        self.forward_with(input, None)
+    }
+
+    fn forward_with(&self, input: SftInput, reducer: Option<&SharedReducer>) -> Result<TrlOutput> {
         let [n, t] = input.ids.dims();
         check_non_empty("ids", n, "the batch has no row")?;
         check_same_shape("labels", &input.labels.dims(), &[n, t], "ids")?;
         let tokens = self.model.token_logps(input.ids, input.labels);
         let count = mask_like(&tokens.logprobs, tokens.mask.clone()).sum();
-        let loss = Normalizer::TokenMean.try_reduce_tokens(tokens.logprobs.neg(), tokens.mask)?;
+        let normalizer = match reducer {
+            None => Normalizer::TokenMean,
+            Some(reducer) => {
+                let local = StepCounts {
+                    tokens: crate::reduce::global_token_count(&[tokens.mask.clone()]),
+                    ..StepCounts::default()
+                };
+                reducer.reduce(&local)?.token_normalizer()?
+            }
+        };
+        let loss = normalizer.try_reduce_tokens(tokens.logprobs.neg(), tokens.mask)?;
         let mut metrics = Metrics::new();
         metrics.insert("num_tokens", count);
         let out = LossOutput {
@@ -59,7 +90,7 @@ impl<M: CausalLmLogps + Module + ModuleDisplay> TrainStep for SftModel<M> {
     type Output = TrlOutput;
 
     fn step(&self, input: SftInput) -> TrainOutput<TrlOutput> {
-        let out = self.forward(input);
+        let out = unwrap_or_panic(self.forward_with(input, self.reducer.as_ref()));
         let grads = out.loss.backward();
         TrainOutput::new(self, grads, out)
     }
