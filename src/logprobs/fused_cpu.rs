@@ -51,17 +51,37 @@ fn weight_vh(weight: &FlexTensor, layout: LmHeadLayout) -> FlexTensor {
     }
 }
 
-/// `hidden[rows] @ weight[cols]^T (+ bias[cols])`, transformed to `z`, as a contiguous tile
-/// (`weight` is the `[V, H]` view: `weight[cols]^T` is `W[:, cols]` of an `[H, V]` weight).
+/// The hidden rows `rows` (scored rows only, ascending) as a `[rows.len(), H]` tile: a view
+/// when they are consecutive, else a gathered copy (one row tile of memory).
+fn row_tile<F: FusedFloat>(hidden: &FlexTensor, rows: &[usize]) -> FlexTensor {
+    let (first, len) = (rows[0], rows.len());
+    if rows[len - 1] - first + 1 == len {
+        return hidden.narrow(0, first, len);
+    }
+    let hsize = hidden.shape()[1];
+    let all = slice_of::<F>(hidden);
+    let mut tile = Vec::with_capacity(len * hsize);
+    for &r in rows {
+        tile.extend_from_slice(&all[r * hsize..(r + 1) * hsize]);
+    }
+    FlexTensor::from_data(TensorData::new(tile, [len, hsize]))
+}
+
+/// The scored rows (`target >= 0`): ignored rows (prompt, padding) take no GEMM work.
+fn scored_rows(targets: &[i64]) -> Vec<usize> {
+    (0..targets.len()).filter(|&r| targets[r] >= 0).collect()
+}
+
+/// `h @ weight[cols]^T (+ bias[cols])` for a row tile `h`, transformed to `z`, as a contiguous
+/// tile (`weight` is the `[V, H]` view: `weight[cols]^T` is `W[:, cols]` of an `[H, V]`
+/// weight).
 fn logits_tile<F: FusedFloat>(
-    hidden: &FlexTensor,
+    h: FlexTensor,
     weight: &FlexTensor,
     bias: Option<&[F]>,
-    rows: (usize, usize),
     cols: (usize, usize),
     p: &FusedParams,
 ) -> FlexTensor {
-    let h = hidden.narrow(0, rows.0, rows.1 - rows.0);
     let w = weight.narrow(0, cols.0, cols.1 - cols.0).transpose(0, 1);
     let mut tile = contiguous(Flex::float_matmul(h, w));
     let width = cols.1 - cols.0;
@@ -117,9 +137,10 @@ fn forward_typed<F: FusedFloat>(
     let v = weight.shape()[0];
     let bias = bias.map(slice_of::<F>);
     let mut out = vec![F::ZERO; n * OUT_COLS];
-    let (tn, tv) = p.tiles(n, v);
-    for r0 in (0..n).step_by(tn) {
-        let r1 = (r0 + tn).min(n);
+    let scored = scored_rows(targets);
+    let (tn, tv) = p.tiles(scored.len().max(1), v);
+    for rows in scored.chunks(tn) {
+        let h_tile = row_tile::<F>(hidden, rows);
         let mut stats = vec![
             RowStats {
                 max: F::NEG_INFINITY,
@@ -131,22 +152,18 @@ fn forward_typed<F: FusedFloat>(
                 best_idx: 0,
                 target_z: F::ZERO,
             };
-            r1 - r0
+            rows.len()
         ];
         for c0 in (0..v).step_by(tv) {
             let c1 = (c0 + tv).min(v);
             let width = c1 - c0;
-            let z_tile = logits_tile::<F>(hidden, weight, bias, (r0, r1), (c0, c1), p);
+            let z_tile = logits_tile::<F>(h_tile.clone(), weight, bias, (c0, c1), p);
             let z = slice_of::<F>(&z_tile);
             stats
                 .par_iter_mut()
                 .zip(z.par_chunks(width))
-                .enumerate()
-                .for_each(|(i, (s, row))| {
-                    let t = targets[r0 + i];
-                    if t < 0 {
-                        return;
-                    }
+                .zip(rows.par_iter())
+                .for_each(|((s, row), &r)| {
                     let (m, arg) = row_first_max(row);
                     if m > s.best {
                         s.best = m;
@@ -160,17 +177,14 @@ fn forward_typed<F: FusedFloat>(
                     s.sum_sq = s.sum_sq.mul(alpha.mul(alpha)).add(e2_sum);
                     s.total_z = s.total_z.add(z_sum);
                     s.max = new_max;
-                    let t = t as usize;
+                    let t = targets[r] as usize;
                     if t >= c0 && t < c1 {
                         s.target_z = row[t - c0];
                     }
                 });
         }
-        for (i, s) in stats.iter().enumerate() {
-            let row = &mut out[(r0 + i) * OUT_COLS..(r0 + i + 1) * OUT_COLS];
-            if targets[r0 + i] < 0 {
-                continue;
-            }
+        for (s, &r) in stats.iter().zip(rows) {
+            let row = &mut out[r * OUT_COLS..(r + 1) * OUT_COLS];
             let log_sum = s.sum.ln();
             let lse = s.max.add(log_sum);
             let mean_z = s.sum_z.div(s.sum);
@@ -178,7 +192,7 @@ fn forward_typed<F: FusedFloat>(
             row[1] = lse.sub(mean_z);
             row[2] = s.sum_sq.ln().sub(log_sum.add(log_sum));
             row[3] = s.total_z.div(F::from_f64(v as f64));
-            row[4] = if s.best_idx == targets[r0 + i] as usize {
+            row[4] = if s.best_idx == targets[r] as usize {
                 F::from_f64(1.0)
             } else {
                 F::ZERO
@@ -205,36 +219,30 @@ fn backward_typed<F: FusedFloat>(
     let hsize = hidden.shape()[1];
     let v = weight.shape()[0];
     let bias_s = bias.map(slice_of::<F>);
-    let (tn, tv) = p.tiles(n, v);
+    let scored = scored_rows(targets);
+    let (tn, tv) = p.tiles(scored.len().max(1), v);
     let mut d_hidden = vec![F::ZERO; n * hsize];
     let mut d_weight = vec![F::ZERO; v * hsize];
     let mut d_bias = vec![F::ZERO; v];
     let scale = F::from_f64(p.logit_scale);
     let inv_t = F::from_f64(1.0 / p.temperature);
     let cap = p.softcap.map(F::from_f64);
-    for r0 in (0..n).step_by(tn) {
-        let r1 = (r0 + tn).min(n);
-        let rows = r1 - r0;
+    for rows in scored.chunks(tn) {
+        let h_tile = row_tile::<F>(hidden, rows);
         for c0 in (0..v).step_by(tv) {
             let c1 = (c0 + tv).min(v);
             let width = c1 - c0;
-            let mut z_tile = logits_tile::<F>(hidden, weight, bias_s, (r0, r1), (c0, c1), p);
+            let mut z_tile = logits_tile::<F>(h_tile.clone(), weight, bias_s, (c0, c1), p);
             // z -> d loss / d raw logits, in place.
             tile_mut::<F>(&mut z_tile)
                 .par_chunks_mut(width)
-                .enumerate()
-                .for_each(|(i, row)| {
-                    let r = r0 + i;
-                    let t = targets[r];
-                    if t < 0 {
-                        row.fill(F::ZERO);
-                        return;
-                    }
+                .zip(rows.par_iter())
+                .for_each(|(row, &r)| {
                     let g_lp = grad[r * OUT_COLS];
                     let g_h = grad[r * OUT_COLS + 1];
                     let lse = saved[r * OUT_COLS + 5];
                     let mean_z = saved[r * OUT_COLS + 6];
-                    let t = t as usize;
+                    let t = targets[r] as usize;
                     let local_target = (t >= c0 && t < c1).then(|| t - c0);
                     let k = RowGrad {
                         g_lp,
@@ -250,7 +258,7 @@ fn backward_typed<F: FusedFloat>(
             let dl = z_tile;
             if bias.is_some() {
                 let dl_s = slice_of::<F>(&dl);
-                for i in 0..rows {
+                for i in 0..rows.len() {
                     for j in 0..width {
                         d_bias[c0 + j] = d_bias[c0 + j].add(dl_s[i * width + j]);
                     }
@@ -260,11 +268,12 @@ fn backward_typed<F: FusedFloat>(
             let w = weight.narrow(0, c0, width);
             let dh = Flex::float_matmul(dl.clone(), w);
             let dh_s = slice_of::<F>(&dh);
-            d_hidden[r0 * hsize..r1 * hsize]
-                .par_iter_mut()
-                .zip(dh_s.par_iter())
-                .for_each(|(acc, &x)| *acc = acc.add(x));
-            let h = hidden.narrow(0, r0, rows);
+            for (dh_row, &r) in dh_s.chunks(hsize).zip(rows) {
+                for (acc, &x) in d_hidden[r * hsize..(r + 1) * hsize].iter_mut().zip(dh_row) {
+                    *acc = acc.add(x);
+                }
+            }
+            let h = h_tile.clone();
             match p.layout {
                 LmHeadLayout::VocabMajor => {
                     // d_weight[cols, :] += dl^T @ hidden[rows]   ([width, H], contiguous rows)
