@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::kto::UnpairedBatch;
 use super::metrics::{LossOutput, Metrics};
 use super::stable::log_sigmoid;
-use crate::error::{check_positive, unwrap_or_panic};
+use crate::error::check_positive;
 use crate::reduce::{Normalizer, mask_like};
 
 /// Running mean / variance of the implicit rewards (TRL's `RunningMoments`, same update and
@@ -99,12 +99,9 @@ impl BcoLossConfig {
         })
     }
 
-    /// Builds the loss.
-    ///
-    /// # Panics
-    /// If the configuration is invalid.
-    pub fn init(&self) -> BcoLoss {
-        unwrap_or_panic(self.try_init())
+    crate::error::panicking! {
+        /// Builds the loss.
+        pub fn init(&self) -> BcoLoss = try_init;
     }
 }
 
@@ -135,18 +132,15 @@ pub struct BcoLoss {
 }
 
 impl BcoLoss {
-    /// The loss; updates `running` with this batch's rewards first when `train` is true
-    /// (one host sync).
-    ///
-    /// # Panics
-    /// On the errors [`try_forward`](Self::try_forward) returns.
-    pub fn forward(
-        &self,
-        batch: &UnpairedBatch,
-        running: &mut RunningMoments,
-        train: bool,
-    ) -> LossOutput {
-        unwrap_or_panic(self.try_forward(batch, running, train))
+    crate::error::panicking! {
+        /// The loss; updates `running` with this batch's rewards first when `train` is true
+        /// (one host sync).
+        pub fn forward(
+            &self,
+            batch: &UnpairedBatch,
+            running: &mut RunningMoments,
+            train: bool,
+        ) -> LossOutput = try_forward;
     }
 
     /// Non-panicking form of [`forward`](Self::forward).

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::metrics::{LossOutput, Metrics};
 use super::stable::sigmoid;
-use crate::error::{Error, check_positive, check_same_shape, unwrap_or_panic};
+use crate::error::{Error, check_positive, check_same_shape};
 use crate::logprobs::GatheredLogprobs;
 use crate::reduce::{Normalizer, mask_like};
 
@@ -40,16 +40,13 @@ impl UnpairedBatch {
         }
     }
 
-    /// A batch from the token-level path (log-probs summed over the mask).
-    ///
-    /// # Panics
-    /// On the errors of [`try_from_tokens`](Self::try_from_tokens).
-    pub fn from_tokens(
-        tokens: &GatheredLogprobs,
-        reference_logps: Tensor<1>,
-        desirable: Tensor<1, Bool>,
-    ) -> Self {
-        crate::error::unwrap_or_panic(Self::try_from_tokens(tokens, reference_logps, desirable))
+    crate::error::panicking! {
+        /// A batch from the token-level path (log-probs summed over the mask).
+        pub fn from_tokens(
+            tokens: &GatheredLogprobs,
+            reference_logps: Tensor<1>,
+            desirable: Tensor<1, Bool>,
+        ) -> Self = Self::try_from_tokens;
     }
 
     /// Non-panicking form of [`from_tokens`](Self::from_tokens): [`Error::Shape`] naming
@@ -149,21 +146,21 @@ pub fn kto_mismatched_pairs<P: Clone, C: Clone>(
         .collect())
 }
 
-/// KTO's KL estimate from mismatched completions (TRL: completion `i+1` scored under prompt
-/// `i`): `max(0, mean(kl_logps - reference_kl_logps))`, **detached**.
-///
-/// **Batch-coupled**: every example's loss depends on the batch mean through this estimate.
-/// With data parallelism TRL averages the (unclamped) means over ranks before clamping; do the
-/// same (all-reduce the mean) before passing it on. Gradient accumulation: the estimate is per
-/// micro-batch, as in TRL.
-///
-/// # Shapes
-/// - `kl_logps`, `reference_kl_logps`: `[B]` -> `[1]`
-///
-/// # Panics
-/// On the errors of [`try_kto_kl_estimate`].
-pub fn kto_kl_estimate(kl_logps: Tensor<1>, reference_kl_logps: Tensor<1>) -> Tensor<1> {
-    unwrap_or_panic(try_kto_kl_estimate(kl_logps, reference_kl_logps))
+crate::error::panicking! {
+    /// KTO's KL estimate from mismatched completions (TRL: completion `i+1` scored under prompt
+    /// `i`): `max(0, mean(kl_logps - reference_kl_logps))`, **detached**.
+    ///
+    /// **Batch-coupled**: every example's loss depends on the batch mean through this estimate.
+    /// With data parallelism TRL averages the (unclamped) means over ranks before clamping; do the
+    /// same (all-reduce the mean) before passing it on. Gradient accumulation: the estimate is per
+    /// micro-batch, as in TRL.
+    ///
+    /// # Shapes
+    /// - `kl_logps`, `reference_kl_logps`: `[B]` -> `[1]`
+    pub fn kto_kl_estimate(
+        kl_logps: Tensor<1>,
+        reference_kl_logps: Tensor<1>,
+    ) -> Tensor<1> = try_kto_kl_estimate;
 }
 
 /// Non-panicking form of [`kto_kl_estimate`]: `B = 0` ([`Error::Empty`]), shapes or dtypes
@@ -257,12 +254,9 @@ impl KtoLossConfig {
         })
     }
 
-    /// Builds the loss.
-    ///
-    /// # Panics
-    /// If the configuration is invalid.
-    pub fn init(&self) -> KtoLoss {
-        unwrap_or_panic(self.try_init())
+    crate::error::panicking! {
+        /// Builds the loss.
+        pub fn init(&self) -> KtoLoss = try_init;
     }
 }
 
@@ -294,12 +288,9 @@ pub struct KtoLoss {
 }
 
 impl KtoLoss {
-    /// The loss, per-example (weighted) losses and metrics.
-    ///
-    /// # Panics
-    /// On the errors [`try_forward`](Self::try_forward) returns.
-    pub fn forward(&self, batch: &UnpairedBatch) -> LossOutput {
-        unwrap_or_panic(self.try_forward(batch))
+    crate::error::panicking! {
+        /// The loss, per-example (weighted) losses and metrics.
+        pub fn forward(&self, batch: &UnpairedBatch) -> LossOutput = try_forward;
     }
 
     /// Non-panicking form of [`forward`](Self::forward); `kto` needs `batch.kl`.

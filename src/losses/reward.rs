@@ -68,12 +68,9 @@ impl BradleyTerryLossConfig {
         })
     }
 
-    /// Builds the loss.
-    ///
-    /// # Panics
-    /// If the configuration is invalid (see [`validate`](Self::validate)).
-    pub fn init(&self) -> BradleyTerryLoss {
-        unwrap_or_panic(self.try_init())
+    crate::error::panicking! {
+        /// Builds the loss.
+        pub fn init(&self) -> BradleyTerryLoss = try_init;
     }
 }
 
@@ -117,23 +114,20 @@ pub struct BradleyTerryLoss {
 }
 
 impl BradleyTerryLoss {
-    /// Loss, per-pair terms and metrics.
-    ///
-    /// # Shapes
-    /// - rewards_chosen: `[B]`
-    /// - rewards_rejected: `[B]`
-    /// - margin: `[B]` or `None` (no margin)
-    /// - output: `loss` `[1]`, `per_example` `[B]`, metrics `[1]` each
-    ///
-    /// # Panics
-    /// On the errors [`try_forward`](Self::try_forward) returns.
-    pub fn forward(
-        &self,
-        rewards_chosen: Tensor<1>,
-        rewards_rejected: Tensor<1>,
-        margin: Option<Tensor<1>>,
-    ) -> LossOutput {
-        unwrap_or_panic(self.try_forward(rewards_chosen, rewards_rejected, margin))
+    crate::error::panicking! {
+        /// Loss, per-pair terms and metrics.
+        ///
+        /// # Shapes
+        /// - rewards_chosen: `[B]`
+        /// - rewards_rejected: `[B]`
+        /// - margin: `[B]` or `None` (no margin)
+        /// - output: `loss` `[1]`, `per_example` `[B]`, metrics `[1]` each
+        pub fn forward(
+            &self,
+            rewards_chosen: Tensor<1>,
+            rewards_rejected: Tensor<1>,
+            margin: Option<Tensor<1>>,
+        ) -> LossOutput = try_forward;
     }
 
     /// As [`forward`](Self::forward), from TRL's stacked layout: `rewards` `[2B]` (or the model

@@ -21,7 +21,7 @@
 use burn::config::Config;
 use burn::tensor::{Bool, Tensor};
 
-use crate::error::{Error, check_same_shape, unwrap_or_panic};
+use crate::error::{Error, check_same_shape};
 use crate::losses::{LossOutput, Metrics};
 use crate::reduce::{Normalizer, mask_like, masked_row_sum, zero_masked};
 
@@ -61,12 +61,9 @@ impl RlooLossConfig {
         })
     }
 
-    /// Panicking form of [`try_init`](Self::try_init).
-    ///
-    /// # Panics
-    /// On an invalid configuration.
-    pub fn init(&self) -> RlooLoss {
-        unwrap_or_panic(self.try_init())
+    crate::error::panicking! {
+        /// Panicking form of [`try_init`](Self::try_init).
+        pub fn init(&self) -> RlooLoss = try_init;
     }
 }
 
@@ -157,18 +154,15 @@ impl RlooLoss {
         })
     }
 
-    /// Panicking form of [`try_forward`](Self::try_forward).
-    ///
-    /// # Panics
-    /// On shape mismatches.
-    pub fn forward(
-        &self,
-        logprobs: Tensor<2>,
-        mask: Tensor<2, Bool>,
-        old_logps: Tensor<1>,
-        advantages: Tensor<1>,
-        entropies: Option<Tensor<2>>,
-    ) -> LossOutput {
-        unwrap_or_panic(self.try_forward(logprobs, mask, old_logps, advantages, entropies))
+    crate::error::panicking! {
+        /// Panicking form of [`try_forward`](Self::try_forward).
+        pub fn forward(
+            &self,
+            logprobs: Tensor<2>,
+            mask: Tensor<2, Bool>,
+            old_logps: Tensor<1>,
+            advantages: Tensor<1>,
+            entropies: Option<Tensor<2>>,
+        ) -> LossOutput = try_forward;
     }
 }

@@ -33,7 +33,7 @@ pub use loss_types::{DpoLossType, FDivergenceType};
 use super::metrics::{LossOutput, Metrics};
 use super::preference::{PreferenceBatch, fraction_greater};
 use super::stable::log_sigmoid;
-use crate::error::{Error, check_in_closed, check_positive, unwrap_or_panic};
+use crate::error::{Error, check_in_closed, check_positive};
 use crate::logprobs::ld_dpo_sequence_logps;
 use crate::reduce::{Normalizer, masked_row_sum};
 
@@ -240,12 +240,9 @@ impl DpoLossConfig {
         })
     }
 
-    /// Builds the loss.
-    ///
-    /// # Panics
-    /// If the configuration is invalid (see [`validate`](Self::validate)).
-    pub fn init(&self) -> DpoLoss {
-        unwrap_or_panic(self.try_init())
+    crate::error::panicking! {
+        /// Builds the loss.
+        pub fn init(&self) -> DpoLoss = try_init;
     }
 }
 
@@ -302,15 +299,12 @@ struct SequenceTerms {
 }
 
 impl DpoLoss {
-    /// The loss, per-pair losses and metrics.
-    ///
-    /// # Shapes
-    /// See [`PreferenceBatch`]; output `loss` `[1]`, `per_example` `[B]`.
-    ///
-    /// # Panics
-    /// On the errors [`try_forward`](Self::try_forward) returns.
-    pub fn forward(&self, batch: &PreferenceBatch) -> LossOutput {
-        unwrap_or_panic(self.try_forward(batch))
+    crate::error::panicking! {
+        /// The loss, per-pair losses and metrics.
+        ///
+        /// # Shapes
+        /// See [`PreferenceBatch`]; output `loss` `[1]`, `per_example` `[B]`.
+        pub fn forward(&self, batch: &PreferenceBatch) -> LossOutput = try_forward;
     }
 
     /// Non-panicking form of [`forward`](Self::forward): checks the batch's shapes and that

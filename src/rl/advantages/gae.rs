@@ -26,9 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::returns::reverse_cumsum_unchecked;
 use super::whiten::{Whitening, whiten_unchecked};
-use crate::error::{
-    check_finite, check_in_closed, check_non_empty, check_same_shape, unwrap_or_panic,
-};
+use crate::error::{check_finite, check_in_closed, check_non_empty, check_same_shape};
 use crate::reduce::zero_masked;
 
 /// How GAE treats the mask in its recursion.
@@ -84,12 +82,9 @@ impl GaeConfig {
         })
     }
 
-    /// Panicking form of [`try_init`](Self::try_init).
-    ///
-    /// # Panics
-    /// If `gamma` or `lam` is outside `[0, 1]`.
-    pub fn init(&self) -> Gae {
-        unwrap_or_panic(self.try_init())
+    crate::error::panicking! {
+        /// Panicking form of [`try_init`](Self::try_init).
+        pub fn init(&self) -> Gae = try_init;
     }
 }
 
@@ -176,16 +171,13 @@ impl Gae {
         })
     }
 
-    /// Panicking form of [`try_forward`](Self::try_forward).
-    ///
-    /// # Panics
-    /// On the errors of [`try_forward`](Self::try_forward).
-    pub fn forward(
-        &self,
-        rewards: Tensor<2>,
-        values: Tensor<2>,
-        mask: Option<Tensor<2, Bool>>,
-    ) -> GaeOutput {
-        unwrap_or_panic(self.try_forward(rewards, values, mask))
+    crate::error::panicking! {
+        /// Panicking form of [`try_forward`](Self::try_forward).
+        pub fn forward(
+            &self,
+            rewards: Tensor<2>,
+            values: Tensor<2>,
+            mask: Option<Tensor<2, Bool>>,
+        ) -> GaeOutput = try_forward;
     }
 }

@@ -31,7 +31,7 @@ use super::rewards::{
     reward_metrics, validate_common, weighted_rewards,
 };
 use crate::distributed::MomentParts;
-use crate::error::{check_no_inf, unwrap_or_panic};
+use crate::error::check_no_inf;
 use crate::losses::Metrics;
 use crate::reduce::mask_like;
 
@@ -111,12 +111,9 @@ impl GroupAdvantageConfig {
         Ok(self.clone())
     }
 
-    /// Panicking form of [`try_init`](Self::try_init).
-    ///
-    /// # Panics
-    /// On the errors of [`validate`](Self::validate).
-    pub fn init(&self) -> Self {
-        unwrap_or_panic(self.try_init())
+    crate::error::panicking! {
+        /// Panicking form of [`try_init`](Self::try_init).
+        pub fn init(&self) -> Self = try_init;
     }
 
     /// Group-relative advantages from per-function rewards.
@@ -258,11 +255,8 @@ impl GroupAdvantageConfig {
         })
     }
 
-    /// Panicking form of [`try_forward`](Self::try_forward).
-    ///
-    /// # Panics
-    /// If `num_generations` does not divide `N` or the weights do not match `K`.
-    pub fn forward(&self, rewards_per_func: Tensor<2>) -> GroupAdvantages {
-        unwrap_or_panic(self.try_forward(rewards_per_func))
+    crate::error::panicking! {
+        /// Panicking form of [`try_forward`](Self::try_forward).
+        pub fn forward(&self, rewards_per_func: Tensor<2>) -> GroupAdvantages = try_forward;
     }
 }

@@ -27,30 +27,30 @@ use burn::tensor::{Bool, Tensor};
 
 use super::super::constant_like;
 use super::SCAN_BLOCK;
-use crate::error::{check_in_closed, check_same_shape, unwrap_or_panic};
+use crate::error::{check_in_closed, check_same_shape};
 use crate::reduce::zero_masked;
 
-/// Discounted reverse cumulative sum along dim 1:
-#[cfg_attr(
-    doc,
-    doc = r#"$$y_t = \sum_{k \ge t} c^{\,k-t} x_k \qquad (y_t = x_t + c\, y_{t+1})$$"#
-)]
-#[cfg_attr(
-    not(doc),
-    doc = "`y_t = sum_{k >= t} c^(k - t) x_k` (`y_t = x_t + c y_{t+1}`)"
-)]
-///
-/// Computed as a blocked upper-triangular Toeplitz matmul (blocks of 128 columns, one small
-/// host loop over blocks carrying `y` at each block's start), so cost is `O(B T 128)` and there
-/// is no per-element host loop. `discount` must be in `[0, 1]`.
-///
-/// # Shapes
-/// - x: `[B, T]` -> `[B, T]`
-///
-/// # Panics
-/// On the errors of [`try_discounted_reverse_cumsum`].
-pub fn discounted_reverse_cumsum(x: Tensor<2>, discount: f64) -> Tensor<2> {
-    unwrap_or_panic(try_discounted_reverse_cumsum(x, discount))
+crate::error::panicking! {
+    /// Discounted reverse cumulative sum along dim 1:
+    #[cfg_attr(
+        doc,
+        doc = r#"$$y_t = \sum_{k \ge t} c^{\,k-t} x_k \qquad (y_t = x_t + c\, y_{t+1})$$"#
+    )]
+    #[cfg_attr(
+        not(doc),
+        doc = "`y_t = sum_{k >= t} c^(k - t) x_k` (`y_t = x_t + c y_{t+1}`)"
+    )]
+    ///
+    /// Computed as a blocked upper-triangular Toeplitz matmul (blocks of 128 columns, one small
+    /// host loop over blocks carrying `y` at each block's start), so cost is `O(B T 128)` and there
+    /// is no per-element host loop. `discount` must be in `[0, 1]`.
+    ///
+    /// # Shapes
+    /// - x: `[B, T]` -> `[B, T]`
+    pub fn discounted_reverse_cumsum(
+        x: Tensor<2>,
+        discount: f64,
+    ) -> Tensor<2> = try_discounted_reverse_cumsum;
 }
 
 /// Non-panicking form of [`discounted_reverse_cumsum`]: `discount` outside `[0, 1]`
@@ -104,16 +104,17 @@ pub(super) fn reverse_cumsum_unchecked(x: Tensor<2>, discount: f64) -> Tensor<2>
     Tensor::cat(blocks, 1)
 }
 
-/// REINFORCE returns `G_t = sum_{k >= t} gamma^(k - t) r_k` over valid positions (rewards at
-/// masked-out positions count 0).
-///
-/// # Shapes
-/// - rewards, mask: `[B, T]` -> `[B, T]` (0 where the mask is false)
-///
-/// # Panics
-/// On the errors of [`try_discounted_returns`].
-pub fn discounted_returns(rewards: Tensor<2>, mask: Tensor<2, Bool>, gamma: f64) -> Tensor<2> {
-    unwrap_or_panic(try_discounted_returns(rewards, mask, gamma))
+crate::error::panicking! {
+    /// REINFORCE returns `G_t = sum_{k >= t} gamma^(k - t) r_k` over valid positions (rewards at
+    /// masked-out positions count 0).
+    ///
+    /// # Shapes
+    /// - rewards, mask: `[B, T]` -> `[B, T]` (0 where the mask is false)
+    pub fn discounted_returns(
+        rewards: Tensor<2>,
+        mask: Tensor<2, Bool>,
+        gamma: f64,
+    ) -> Tensor<2> = try_discounted_returns;
 }
 
 /// Non-panicking form of [`discounted_returns`]: a mask of another shape ([`Error::Shape`]

@@ -29,7 +29,7 @@ use super::rewards::{
     check_groups, is_zero_std, nan_stats, nan_to_zero, resolve_weights, reward_metrics,
     validate_common, weighted_rewards,
 };
-use crate::error::{Error, check_finite_masked, check_no_inf, check_same_shape, unwrap_or_panic};
+use crate::error::{Error, check_finite_masked, check_no_inf, check_same_shape};
 use crate::losses::Metrics;
 use crate::reduce::{mask_like, zero_masked};
 
@@ -93,12 +93,9 @@ impl RlooAdvantageConfig {
         Ok(self.clone())
     }
 
-    /// Panicking form of [`try_init`](Self::try_init).
-    ///
-    /// # Panics
-    /// On the errors of [`validate`](Self::validate).
-    pub fn init(&self) -> Self {
-        unwrap_or_panic(self.try_init())
+    crate::error::panicking! {
+        /// Panicking form of [`try_init`](Self::try_init).
+        pub fn init(&self) -> Self = try_init;
     }
 
     /// Leave-one-out advantages.
@@ -224,17 +221,14 @@ impl RlooAdvantageConfig {
         })
     }
 
-    /// Panicking form of [`try_forward`](Self::try_forward).
-    ///
-    /// # Panics
-    /// On invalid groups, weights or shapes, or `beta != 0` without `ref_logps`.
-    pub fn forward(
-        &self,
-        rewards_per_func: Tensor<2>,
-        old_logps: Tensor<2>,
-        ref_logps: Option<Tensor<2>>,
-        mask: Tensor<2, Bool>,
-    ) -> RlooAdvantages {
-        unwrap_or_panic(self.try_forward(rewards_per_func, old_logps, ref_logps, mask))
+    crate::error::panicking! {
+        /// Panicking form of [`try_forward`](Self::try_forward).
+        pub fn forward(
+            &self,
+            rewards_per_func: Tensor<2>,
+            old_logps: Tensor<2>,
+            ref_logps: Option<Tensor<2>>,
+            mask: Tensor<2, Bool>,
+        ) -> RlooAdvantages = try_forward;
     }
 }

@@ -26,20 +26,17 @@ use burn::tensor::{Bool, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::TORCHTUNE_EPS;
-use crate::error::{Error, check_same_shape, unwrap_or_panic};
+use crate::error::{Error, check_same_shape};
 use crate::reduce::{mask_like, masked_mean_eps};
 
-/// torchtune's `masked_mean(x, mask, dim)`: `sum(x * mask) / (sum(mask) + 1e-8)`, over all
-/// elements (`dim = None`, output `[1]`) or along `dim` (output: the other dims, flattened).
-///
-/// # Panics
-/// On the errors of [`try_masked_mean`].
-pub fn masked_mean<const D: usize>(
-    x: Tensor<D>,
-    mask: Tensor<D, Bool>,
-    dim: Option<usize>,
-) -> Tensor<1> {
-    unwrap_or_panic(try_masked_mean(x, mask, dim))
+crate::error::panicking! {
+    /// torchtune's `masked_mean(x, mask, dim)`: `sum(x * mask) / (sum(mask) + 1e-8)`, over all
+    /// elements (`dim = None`, output `[1]`) or along `dim` (output: the other dims, flattened).
+    pub fn masked_mean[const D: usize](
+        x: Tensor<D>,
+        mask: Tensor<D, Bool>,
+        dim: Option<usize>,
+    ) -> Tensor<1> = try_masked_mean;
 }
 
 /// Non-panicking form of [`masked_mean`]: a mask of another shape ([`Error::Shape`] naming
@@ -65,18 +62,15 @@ pub fn try_masked_mean<const D: usize>(
     Ok(masked_mean_eps(x, mask, dim, TORCHTUNE_EPS))
 }
 
-/// torchtune's `masked_var(centered_values, mask, unbiased)`: `masked_mean(x^2)`, times the
-/// Bessel factor `n / (n - 1)` with `n = sum(mask) + 1e-8` when `unbiased`. The input must
-/// already be centered. Output `[1]`.
-///
-/// # Panics
-/// On the errors of [`try_masked_var`].
-pub fn masked_var<const D: usize>(
-    centered: Tensor<D>,
-    mask: Tensor<D, Bool>,
-    unbiased: bool,
-) -> Tensor<1> {
-    unwrap_or_panic(try_masked_var(centered, mask, unbiased))
+crate::error::panicking! {
+    /// torchtune's `masked_var(centered_values, mask, unbiased)`: `masked_mean(x^2)`, times the
+    /// Bessel factor `n / (n - 1)` with `n = sum(mask) + 1e-8` when `unbiased`. The input must
+    /// already be centered. Output `[1]`.
+    pub fn masked_var[const D: usize](
+        centered: Tensor<D>,
+        mask: Tensor<D, Bool>,
+        unbiased: bool,
+    ) -> Tensor<1> = try_masked_var;
 }
 
 /// Non-panicking form of [`masked_var`]: a mask of another shape ([`Error::Shape`] naming
@@ -131,29 +125,30 @@ pub enum Whitening {
     None,
 }
 
-/// Masked whitening with torchtune's formulas.
-///
-#[cfg_attr(
-    doc,
-    doc = r#"$$w = \frac{x - \mu}{\sqrt{\sigma^2 + 10^{-8}}}\;(+\mu \text{ with KeepMean})$$"#
-)]
-#[cfg_attr(
-    not(doc),
-    doc = "`w = (x - mu) / sqrt(var + 1e-8)` (`+ mu` with KeepMean)"
-)]
-///
-/// With a mask: `mu` = [`masked_mean`], `var` = unbiased [`masked_var`] of `x - mu` (Bessel
-/// factor with `n + 1e-8`). Without: the plain mean and unbiased variance over all elements
-/// (a single element has variance 0 and whitens to 0).
-/// Masked-out positions are whitened too (not zeroed); zero them yourself if needed.
-///
-/// # Shapes
-/// - x: `[B, T]`, mask: `[B, T]` or none -> `[B, T]`
-///
-/// # Panics
-/// On the errors of [`try_whiten`].
-pub fn whiten(x: Tensor<2>, mask: Option<Tensor<2, Bool>>, mode: Whitening) -> Tensor<2> {
-    unwrap_or_panic(try_whiten(x, mask, mode))
+crate::error::panicking! {
+    /// Masked whitening with torchtune's formulas.
+    ///
+    #[cfg_attr(
+        doc,
+        doc = r#"$$w = \frac{x - \mu}{\sqrt{\sigma^2 + 10^{-8}}}\;(+\mu \text{ with KeepMean})$$"#
+    )]
+    #[cfg_attr(
+        not(doc),
+        doc = "`w = (x - mu) / sqrt(var + 1e-8)` (`+ mu` with KeepMean)"
+    )]
+    ///
+    /// With a mask: `mu` = [`masked_mean`], `var` = unbiased [`masked_var`] of `x - mu` (Bessel
+    /// factor with `n + 1e-8`). Without: the plain mean and unbiased variance over all elements
+    /// (a single element has variance 0 and whitens to 0).
+    /// Masked-out positions are whitened too (not zeroed); zero them yourself if needed.
+    ///
+    /// # Shapes
+    /// - x: `[B, T]`, mask: `[B, T]` or none -> `[B, T]`
+    pub fn whiten(
+        x: Tensor<2>,
+        mask: Option<Tensor<2, Bool>>,
+        mode: Whitening,
+    ) -> Tensor<2> = try_whiten;
 }
 
 /// Non-panicking form of [`whiten`]: a mask of another shape ([`Error::Shape`] naming `mask`);

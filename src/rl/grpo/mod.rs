@@ -36,7 +36,7 @@ use loss_types::Terms;
 use stats::{global_masked_mean, masked_quantile};
 
 use super::kl::KlEstimator;
-use crate::error::{Error, check_positive, unwrap_or_panic};
+use crate::error::{Error, check_positive};
 use crate::losses::{LossOutput, Metrics};
 use crate::reduce::{Normalizer, mask_like, masked_row_mean};
 
@@ -228,12 +228,9 @@ impl GrpoLossConfig {
         })
     }
 
-    /// Panicking form of [`try_init`](Self::try_init).
-    ///
-    /// # Panics
-    /// On an invalid configuration.
-    pub fn init(&self) -> GrpoLoss {
-        unwrap_or_panic(self.try_init())
+    crate::error::panicking! {
+        /// Panicking form of [`try_init`](Self::try_init).
+        pub fn init(&self) -> GrpoLoss = try_init;
     }
 }
 
@@ -419,12 +416,9 @@ impl GrpoLoss {
         })
     }
 
-    /// Panicking form of [`try_forward`](Self::try_forward).
-    ///
-    /// # Panics
-    /// On shape mismatches or missing inputs the configuration needs.
-    pub fn forward(&self, input: GrpoLossInput) -> LossOutput {
-        unwrap_or_panic(self.try_forward(input))
+    crate::error::panicking! {
+        /// Panicking form of [`try_forward`](Self::try_forward).
+        pub fn forward(&self, input: GrpoLossInput) -> LossOutput = try_forward;
     }
 
     /// The top-entropy token mask (`top_entropy_quantile < 1`): tokens whose entropy is at or

@@ -18,7 +18,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
-use crate::error::{check_positive, unwrap_or_panic};
+use crate::error::check_positive;
 
 struct GradSquaredNorm<'a> {
     grads: &'a GradientsParams,
@@ -51,14 +51,15 @@ impl ModuleVisitor for GradScale<'_> {
     }
 }
 
-/// Clips the global L2 norm of `grads` (over `module`'s parameters) to `max_norm` like
-/// `torch.nn.utils.clip_grad_norm_` (`scale = max_norm / (norm + 1e-6)` when above). Returns
-/// the norm before clipping (one host read).
-///
-/// # Panics
-/// On the errors of [`try_clip_grad_norm`].
-pub fn clip_grad_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
-    unwrap_or_panic(try_clip_grad_norm(module, grads, max_norm))
+crate::error::panicking! {
+    /// Clips the global L2 norm of `grads` (over `module`'s parameters) to `max_norm` like
+    /// `torch.nn.utils.clip_grad_norm_` (`scale = max_norm / (norm + 1e-6)` when above). Returns
+    /// the norm before clipping (one host read).
+    pub fn clip_grad_norm[M: Module](
+        module: &M,
+        grads: &mut GradientsParams,
+        max_norm: f64,
+    ) -> f64 = try_clip_grad_norm;
 }
 
 /// Non-panicking form of [`clip_grad_norm`]: `max_norm` must be finite and > 0
