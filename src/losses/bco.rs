@@ -9,7 +9,7 @@ use super::kto::UnpairedBatch;
 use super::metrics::{LossOutput, Metrics};
 use super::stable::log_sigmoid;
 use crate::error::check_positive;
-use crate::reduce::{Normalizer, mask_like};
+use crate::reduce::Normalizer;
 
 /// Running mean / variance of the implicit rewards (TRL's `RunningMoments`, same update and
 /// initial state). Serialize it with your checkpoint (serde; TRL writes the same four fields
@@ -162,21 +162,9 @@ impl BcoLoss {
         );
         let loss = self.normalizer.try_reduce_sequences(per_example.clone())?;
 
-        let is_desirable = mask_like(&rho, batch.desirable.clone());
-        let is_undesirable = is_desirable.clone().neg().add_scalar(1.0);
-        let class_mean = |x: Tensor<1>, class: &Tensor<1>| {
-            (x * class.clone()).sum() / class.clone().sum().clamp_min(1.0)
-        };
         let rewards = rho.detach();
-        let logps = batch.logps.clone().detach();
         let mut metrics = Metrics::new();
-        let chosen = class_mean(rewards.clone(), &is_desirable);
-        let rejected = class_mean(rewards.clone(), &is_undesirable);
-        metrics.insert("rewards/chosen", chosen.clone());
-        metrics.insert("rewards/rejected", rejected.clone());
-        metrics.insert("rewards/margins", chosen - rejected);
-        metrics.insert("logps/chosen", class_mean(logps.clone(), &is_desirable));
-        metrics.insert("logps/rejected", class_mean(logps, &is_undesirable));
+        batch.class_metrics(rewards.clone(), &mut metrics);
         metrics.insert(
             "delta",
             Tensor::zeros([1], (&rewards.device(), rewards.dtype())).add_scalar(running.mean),

@@ -29,6 +29,26 @@ pub struct UnpairedBatch {
 }
 
 impl UnpairedBatch {
+    /// The per-class metrics KTO and BCO share (TRL's keys): `rewards/chosen`,
+    /// `rewards/rejected` (class means of `rewards`), `rewards/margins`, `logps/chosen`,
+    /// `logps/rejected`. A class absent from the batch gives 0 (TRL omits the key or logs
+    /// NaN; knowing which needs a host sync).
+    pub(crate) fn class_metrics(&self, rewards: Tensor<1>, metrics: &mut Metrics) {
+        let is_desirable = mask_like(&rewards, self.desirable.clone());
+        let is_undesirable = is_desirable.clone().neg().add_scalar(1.0);
+        let class_mean = |x: Tensor<1>, class: &Tensor<1>| {
+            (x * class.clone()).sum() / class.clone().sum().clamp_min(1.0)
+        };
+        let logps = self.logps.clone().detach();
+        let chosen = class_mean(rewards.clone(), &is_desirable);
+        let rejected = class_mean(rewards, &is_undesirable);
+        metrics.insert("rewards/chosen", chosen.clone());
+        metrics.insert("rewards/rejected", rejected.clone());
+        metrics.insert("rewards/margins", chosen - rejected);
+        metrics.insert("logps/chosen", class_mean(logps.clone(), &is_desirable));
+        metrics.insert("logps/rejected", class_mean(logps, &is_undesirable));
+    }
+
     /// A batch from sequence log-probs.
     pub fn new(logps: Tensor<1>, reference_logps: Tensor<1>, desirable: Tensor<1, Bool>) -> Self {
         let desirable = crate::reduce::canonical_mask(desirable);
@@ -329,22 +349,9 @@ impl KtoLoss {
             );
         let loss = self.normalizer.try_reduce_sequences(per_example.clone())?;
 
-        let is_desirable = mask_like(&delta, batch.desirable.clone());
-        let is_undesirable = is_desirable.clone().neg().add_scalar(1.0);
-        let rewards = delta.mul_scalar(beta).detach();
-        let logps = batch.logps.clone().detach();
-        let class_mean = |x: Tensor<1>, class: &Tensor<1>| {
-            (x * class.clone()).sum() / class.clone().sum().clamp_min(1.0)
-        };
         let mut metrics = Metrics::new();
         metrics.insert("kl", kl);
-        let chosen_rewards = class_mean(rewards.clone(), &is_desirable);
-        let rejected_rewards = class_mean(rewards, &is_undesirable);
-        metrics.insert("rewards/chosen", chosen_rewards.clone());
-        metrics.insert("rewards/rejected", rejected_rewards.clone());
-        metrics.insert("rewards/margins", chosen_rewards - rejected_rewards);
-        metrics.insert("logps/chosen", class_mean(logps.clone(), &is_desirable));
-        metrics.insert("logps/rejected", class_mean(logps, &is_undesirable));
+        batch.class_metrics(delta.mul_scalar(beta).detach(), &mut metrics);
         Ok(LossOutput {
             loss,
             per_example,

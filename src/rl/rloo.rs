@@ -166,3 +166,34 @@ impl RlooLoss {
         ) -> LossOutput = try_forward;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{t, v};
+    use burn::tensor::Device;
+
+    fn assert_close(got: &[f64], want: &[f64]) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (g - w).abs() <= 1e-12 * w.abs().max(1.0),
+                "{got:?} vs {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn on_policy_rloo_loss_is_minus_the_mean_advantage() {
+        let device = Device::flex();
+        let logps = t(&[-1.0, -2.0, -0.5, -0.25], &device).reshape([2, 2]);
+        let mask = logps.clone().lower_elem(0.0);
+        let old = t(&[-3.0, -0.75], &device);
+        // rho = 1 on policy: l_i = -A_i; SequenceMean: -(1 - 3) / 2 = 1.
+        let out =
+            RlooLossConfig::new()
+                .init()
+                .forward(logps, mask, old, t(&[1.0, -3.0], &device), None);
+        assert_close(&v(out.loss), &[1.0]);
+    }
+}

@@ -181,3 +181,36 @@ impl Gae {
         ) -> GaeOutput = try_forward;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{t, v};
+    use burn::tensor::Device;
+
+    fn assert_close(got: &[f64], want: &[f64]) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (g - w).abs() <= 1e-12 * w.abs().max(1.0),
+                "{got:?} vs {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn gae_matches_hand_computed_deltas() {
+        let device = Device::flex();
+        let rewards = t(&[1.0, 0.0], &device).reshape([1, 2]);
+        let values = t(&[0.5, 0.25], &device).reshape([1, 2]);
+        // delta = [1 + 0.25 - 0.5, 0 + 0 - 0.25] = [0.75, -0.25]; lam = 1: A = [0.5, -0.25].
+        let gae = GaeConfig::new()
+            .with_gamma(1.0)
+            .with_lam(1.0)
+            .with_whitening(Whitening::None)
+            .init();
+        let out = gae.forward(rewards, values, None);
+        assert_close(&v(out.advantages), &[0.5, -0.25]);
+        assert_close(&v(out.returns), &[1.0, 0.0]);
+    }
+}

@@ -260,3 +260,33 @@ impl GroupAdvantageConfig {
         pub fn forward(&self, rewards_per_func: Tensor<2>) -> GroupAdvantages = try_forward;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{t, v};
+    use burn::tensor::Device;
+
+    fn assert_close(got: &[f64], want: &[f64]) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (g - w).abs() <= 1e-12 * w.abs().max(1.0),
+                "{got:?} vs {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn group_advantages_are_standardized_within_the_group() {
+        let device = Device::flex();
+        // One group of two: mean 2, Bessel std sqrt(2).
+        let rewards = t(&[1.0, 3.0], &device).reshape([2, 1]);
+        let out = GroupAdvantageConfig::new()
+            .with_num_generations(2)
+            .init()
+            .forward(rewards);
+        let a = 1.0 / (2f64.sqrt() + 1e-4);
+        assert_close(&v(out.advantages), &[-a, a]);
+    }
+}

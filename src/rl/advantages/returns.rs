@@ -132,3 +132,32 @@ pub fn try_discounted_returns(
     let r = zero_masked(rewards, mask.clone());
     Ok(zero_masked(reverse_cumsum_unchecked(r, gamma), mask))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{t, v};
+    use burn::tensor::Device;
+
+    fn assert_close(got: &[f64], want: &[f64]) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (g - w).abs() <= 1e-12 * w.abs().max(1.0),
+                "{got:?} vs {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn reverse_cumsum_matches_the_recursion_across_block_boundaries() {
+        let device = Device::flex();
+        // y_t = x_t + 0.5 y_{t+1} over [1, 1, 1]: [1.75, 1.5, 1].
+        let y = discounted_reverse_cumsum(t(&[1.0, 1.0, 1.0], &device).reshape([1, 3]), 0.5);
+        assert_close(&v(y), &[1.75, 1.5, 1.0]);
+        // c = 1 over 300 ones (three 128-wide blocks): y_t = 300 - t.
+        let y = discounted_reverse_cumsum(t(&[1.0; 300], &device).reshape([1, 300]), 1.0);
+        let want: Vec<f64> = (0..300).map(|i| (300 - i) as f64).collect();
+        assert_close(&v(y), &want);
+    }
+}

@@ -184,3 +184,31 @@ pub(super) fn reward_metrics(
     // One scorable value: std 0 (TRL's nanstd gives NaN, which poisons averaged logs).
     metrics.insert("reward_std", nan_to_zero(std));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{t, v};
+    use burn::tensor::Device;
+
+    fn assert_close(got: &[f64], want: &[f64]) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (g - w).abs() <= 1e-12 * w.abs().max(1.0),
+                "{got:?} vs {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn nan_cells_are_skipped_and_unscorable_rows_are_nan() {
+        let device = Device::flex();
+        let r = t(&[1.0, f64::NAN, f64::NAN, f64::NAN, 2.0, 3.0], &device).reshape([3, 2]);
+        let w = v(weighted_rewards(r, &[0.5, 2.0]));
+        assert_close(&w[..1], &[0.5]);
+        assert!(w[1].is_nan());
+        assert_close(&w[2..], &[7.0]);
+        assert_eq!(trl_reward_weights(&[0.1]), vec![0.1f32 as f64]);
+    }
+}

@@ -232,3 +232,36 @@ impl RlooAdvantageConfig {
         ) -> RlooAdvantages = try_forward;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{t, v};
+    use burn::tensor::Device;
+
+    fn assert_close(got: &[f64], want: &[f64]) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (g - w).abs() <= 1e-12 * w.abs().max(1.0),
+                "{got:?} vs {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rloo_baseline_leaves_one_out() {
+        let device = Device::flex();
+        // Rewards [1, 2, 6]: baselines (2 + 6) / 2, (1 + 6) / 2, (1 + 2) / 2.
+        let rewards = t(&[1.0, 2.0, 6.0], &device).reshape([3, 1]);
+        let old = t(&[-1.0, -2.0, -3.0], &device).reshape([3, 1]);
+        let mask = old.clone().lower_elem(0.0);
+        let out = RlooAdvantageConfig::new()
+            .with_num_generations(3)
+            .with_beta(0.0)
+            .init()
+            .forward(rewards, old, None, mask);
+        assert_close(&v(out.group.advantages), &[-3.0, -1.5, 4.5]);
+        assert_close(&v(out.old_logps), &[-1.0, -2.0, -3.0]);
+    }
+}

@@ -206,3 +206,38 @@ pub(crate) fn whiten_unchecked(
         _ => whitened,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{t, v};
+    use burn::tensor::Device;
+
+    fn assert_close(got: &[f64], want: &[f64]) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (g - w).abs() <= 1e-12 * w.abs().max(1.0),
+                "{got:?} vs {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn masked_mean_and_whiten_match_closed_form() {
+        let device = Device::flex();
+        let x = t(&[1.0, 2.0, 3.0, 4.0], &device).reshape([2, 2]);
+        let mask = t(&[1.0, 1.0, 1.0, 0.0], &device)
+            .reshape([2, 2])
+            .equal_elem(1.0);
+        // (1 + 2 + 3) / (3 + 1e-8)
+        assert_close(
+            &v(masked_mean(x.clone(), mask.clone(), None)),
+            &[6.0 / (3.0 + 1e-8)],
+        );
+        // No mask: mean 2.5, unbiased var 5/3; w = (x - 2.5) / sqrt(5/3 + 1e-8).
+        let w = whiten(x, None, Whitening::ZeroMean);
+        let s = (5.0f64 / 3.0 + 1e-8).sqrt();
+        assert_close(&v(w), &[-1.5 / s, -0.5 / s, 0.5 / s, 1.5 / s]);
+    }
+}

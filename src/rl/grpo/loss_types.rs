@@ -212,3 +212,41 @@ fn vespo(t: &Terms, c: &GrpoLossConfig, metrics: &mut Metrics) -> Tensor<2> {
     );
     (phi * adv.clone() * t.logps.clone()).neg()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{t, v};
+    use burn::tensor::Device;
+
+    fn assert_close(got: &[f64], want: &[f64]) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (g - w).abs() <= 1e-12 * w.abs().max(1.0),
+                "{got:?} vs {want:?}"
+            );
+        }
+    }
+
+    use crate::rl::grpo::{GrpoLossConfig, GrpoLossInput};
+
+    #[test]
+    fn clipped_surrogate_takes_the_pessimistic_branch() {
+        let device = Device::flex();
+        // rho = e^{ln 1.5} = 1.5, A = 1, eps = 0.2: -min(1.5, 1.2) = -1.2 per token.
+        let logps = t(&[1.5f64.ln(), 1.5f64.ln()], &device).reshape([1, 2]);
+        let old = t(&[0.0, 0.0], &device).reshape([1, 2]);
+        let mask = old.clone().equal_elem(0.0);
+        let input = GrpoLossInput::new(logps, mask, t(&[1.0], &device)).with_old_logprobs(old);
+        let out = GrpoLossConfig::new()
+            .with_loss_type(GrpoLossType::Bnpo)
+            .init()
+            .forward(input);
+        assert_close(&v(out.loss), &[-1.2]);
+        assert_close(
+            &v(out.metrics.get("clip_ratio/high_mean").unwrap().clone()),
+            &[1.0],
+        );
+    }
+}
