@@ -136,18 +136,8 @@ pub fn try_discounted_returns(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{t, v};
+    use crate::test_util::{assert_close, t, v};
     use burn::tensor::Device;
-
-    fn assert_close(got: &[f64], want: &[f64]) {
-        assert_eq!(got.len(), want.len());
-        for (g, w) in got.iter().zip(want) {
-            assert!(
-                (g - w).abs() <= 1e-12 * w.abs().max(1.0),
-                "{got:?} vs {want:?}"
-            );
-        }
-    }
 
     #[test]
     fn reverse_cumsum_matches_the_recursion_across_block_boundaries() {
