@@ -76,7 +76,7 @@ pub struct GroupAdvantageConfig {
     pub reward_names: Vec<String>,
 }
 
-/// Result of [`GroupAdvantageConfig::forward`] / [`RlooAdvantageConfig::forward`].
+/// Result of [`GroupAdvantageConfig::forward`] / [`RlooAdvantageConfig::forward`](crate::rl::RlooAdvantageConfig::forward).
 #[derive(Debug, Clone)]
 pub struct GroupAdvantages {
     /// Advantages `[N]` (0 for unscorable completions).
@@ -88,7 +88,7 @@ pub struct GroupAdvantages {
 }
 
 impl GroupAdvantages {
-    /// The advantages in the shape [`Rollout`](super::Rollout) takes: `[N, 1]` (one per
+    /// The advantages in the shape [`Rollout`](crate::rl::Rollout) takes: `[N, 1]` (one per
     /// sequence, broadcast over its tokens by the loss).
     pub fn for_rollout(&self) -> Tensor<2> {
         let [n] = self.advantages.dims();
@@ -98,7 +98,7 @@ impl GroupAdvantages {
 
 impl GroupAdvantageConfig {
     /// Checks what can be checked without the batch: `num_generations >= 1` and finite
-    /// `reward_weights` ([`Error::Config`]). The number of reward functions (and so the length
+    /// `reward_weights` ([`Error::Config`](crate::Error::Config)). The number of reward functions (and so the length
     /// of `reward_weights`) and the divisibility of the batch are checked at forward.
     pub fn validate(&self) -> crate::Result<()> {
         validate_common(self.num_generations, 1, &self.reward_weights)
@@ -134,9 +134,9 @@ impl GroupAdvantageConfig {
     /// # Shapes
     /// - rewards_per_func: `[N, K]` (N = prompts x G, each prompt's G completions consecutive)
     ///
-    /// Errors: `N = 0` ([`Error::Empty`]), `num_generations` not dividing `N` or
-    /// `reward_weights` not finite / not `K` long ([`Error::Config`]); in checked mode an
-    /// infinite reward ([`Error::NonFinite`]; NaN means "not scored" and is allowed).
+    /// Errors: `N = 0` ([`Error::Empty`](crate::Error::Empty)), `num_generations` not dividing `N` or
+    /// `reward_weights` not finite / not `K` long ([`Error::Config`](crate::Error::Config)); in checked mode an
+    /// infinite reward ([`Error::NonFinite`](crate::Error::NonFinite); NaN means "not scored" and is allowed).
     pub fn try_forward(&self, rewards_per_func: Tensor<2>) -> crate::Result<GroupAdvantages> {
         self.forward_impl(rewards_per_func, None)
     }

@@ -54,7 +54,7 @@ crate::error::panicking! {
 }
 
 /// Non-panicking form of [`discounted_reverse_cumsum`]: `discount` outside `[0, 1]`
-/// ([`Error::Config`]); in checked mode a non-finite `x` ([`Error::NonFinite`]).
+/// ([`Error::Config`](crate::Error::Config)); in checked mode a non-finite `x` ([`Error::NonFinite`](crate::Error::NonFinite)).
 pub fn try_discounted_reverse_cumsum(x: Tensor<2>, discount: f64) -> crate::Result<Tensor<2>> {
     check_in_closed("discount", discount, 0.0, 1.0)?;
     crate::error::check_finite(&x, "x")?;
@@ -117,9 +117,9 @@ crate::error::panicking! {
     ) -> Tensor<2> = try_discounted_returns;
 }
 
-/// Non-panicking form of [`discounted_returns`]: a mask of another shape ([`Error::Shape`]
-/// naming `mask`), `gamma` outside `[0, 1]` ([`Error::Config`]); in checked mode a non-finite
-/// valid reward ([`Error::NonFinite`]).
+/// Non-panicking form of [`discounted_returns`]: a mask of another shape ([`Error::Shape`](crate::Error::Shape)
+/// naming `mask`), `gamma` outside `[0, 1]` ([`Error::Config`](crate::Error::Config)); in checked mode a non-finite
+/// valid reward ([`Error::NonFinite`](crate::Error::NonFinite)).
 pub fn try_discounted_returns(
     rewards: Tensor<2>,
     mask: Tensor<2, Bool>,

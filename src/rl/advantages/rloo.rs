@@ -109,13 +109,13 @@ impl RlooAdvantageConfig {
         doc = "`A_i = R_i - (sum_{j in group} R_j - R_i) / (count - 1)`"
     )]
     ///
-    /// NaN-aware like [`GroupAdvantageConfig`]: the baseline averages the scorable siblings; an
+    /// NaN-aware like [`GroupAdvantageConfig`](crate::rl::GroupAdvantageConfig): the baseline averages the scorable siblings; an
     /// unscorable row or a group with one scorable completion gets advantage 0.
     ///
     /// # Shapes
     /// - rewards_per_func: `[N, K]`; old_logps, ref_logps (required when `beta != 0`), mask: `[N, C]`
     ///
-    /// Errors: as [`GroupAdvantageConfig::try_forward`], plus `num_generations < 2`, a
+    /// Errors: as [`GroupAdvantageConfig::try_forward`](crate::rl::GroupAdvantageConfig::try_forward), plus `num_generations < 2`, a
     /// non-finite `beta` or an invalid `reward_clip_range` ([`Error::Config`]), shape
     /// mismatches ([`Error::Shape`]); in checked mode non-finite `old_logps` / `ref_logps`.
     pub fn try_forward(

@@ -63,7 +63,7 @@ crate::error::panicking! {
 }
 
 /// Non-panicking form of [`clip_grad_norm`]: `max_norm` must be finite and > 0
-/// ([`Error::Config`] naming `max_norm`; a negative value would flip the gradient's sign).
+/// ([`Error::Config`](crate::Error::Config) naming `max_norm`; a negative value would flip the gradient's sign).
 pub fn try_clip_grad_norm<M: Module>(
     module: &M,
     grads: &mut GradientsParams,
