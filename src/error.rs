@@ -247,6 +247,71 @@ pub(crate) fn unwrap_or_panic<T>(result: Result<T>) -> T {
     }
 }
 
+/// Generates the panicking form of a `try_` entry point, so that no wrapper is written by
+/// hand: the same arguments, the `try_` form's checks, and on an error a panic with the same
+/// message (`burn-rlhf: <error>`). The caller writes the summary doc; the macro adds the
+/// `# Panics` section pointing at the `try_` form.
+///
+/// ```ignore
+/// crate::error::panicking! {
+///     /// The loss.
+///     pub fn forward(&self, batch: &Batch) -> LossOutput = try_forward;
+///     /// A free function (generics in brackets).
+///     pub fn masked_mean[const D: usize](x: Tensor<D>, mask: Tensor<D, Bool>) -> Tensor<1> = try_masked_mean;
+///     /// An associated constructor.
+///     pub fn new(x: Tensor<2>) -> Self = Self::try_new;
+/// }
+/// ```
+macro_rules! panicking {
+    () => {};
+    (
+        $(#[$attr:meta])*
+        $vis:vis fn $name:ident $([$($gen:tt)*])? (&self $(, $arg:ident : $ty:ty)* $(,)?) -> $ret:ty = $try:ident;
+        $($rest:tt)*
+    ) => {
+        $(#[$attr])*
+        #[doc = ""]
+        #[doc = "# Panics"]
+        #[doc = concat!("On the errors of [`", stringify!($try), "`](Self::", stringify!($try), "), with the same message.")]
+        #[track_caller]
+        $vis fn $name $(<$($gen)*>)? (&self $(, $arg: $ty)*) -> $ret {
+            $crate::error::unwrap_or_panic(self.$try($($arg),*))
+        }
+        $crate::error::panicking! { $($rest)* }
+    };
+    (
+        $(#[$attr:meta])*
+        $vis:vis fn $name:ident $([$($gen:tt)*])? ($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty = Self::$try:ident;
+        $($rest:tt)*
+    ) => {
+        $(#[$attr])*
+        #[doc = ""]
+        #[doc = "# Panics"]
+        #[doc = concat!("On the errors of [`", stringify!($try), "`](Self::", stringify!($try), "), with the same message.")]
+        #[track_caller]
+        $vis fn $name $(<$($gen)*>)? ($($arg: $ty),*) -> $ret {
+            $crate::error::unwrap_or_panic(Self::$try($($arg),*))
+        }
+        $crate::error::panicking! { $($rest)* }
+    };
+    (
+        $(#[$attr:meta])*
+        $vis:vis fn $name:ident $([$($gen:tt)*])? ($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty = $try:ident;
+        $($rest:tt)*
+    ) => {
+        $(#[$attr])*
+        #[doc = ""]
+        #[doc = "# Panics"]
+        #[doc = concat!("On the errors of [`", stringify!($try), "`], with the same message.")]
+        #[track_caller]
+        $vis fn $name $(<$($gen)*>)? ($($arg: $ty),*) -> $ret {
+            $crate::error::unwrap_or_panic($try($($arg),*))
+        }
+        $crate::error::panicking! { $($rest)* }
+    };
+}
+pub(crate) use panicking;
+
 static CHECKED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
 
 thread_local! {

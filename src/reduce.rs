@@ -204,12 +204,13 @@ impl Normalizer {
         })
     }
 
-    /// Panicking form of [`try_reduce_tokens`](Self::try_reduce_tokens).
-    ///
-    /// # Panics
-    /// On the errors of [`try_reduce_tokens`](Self::try_reduce_tokens).
-    pub fn reduce_tokens(&self, terms: Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<1> {
-        crate::error::unwrap_or_panic(self.try_reduce_tokens(terms, mask))
+    crate::error::panicking! {
+        /// Panicking form of [`try_reduce_tokens`](Self::try_reduce_tokens).
+        pub fn reduce_tokens(
+            &self,
+            terms: Tensor<2>,
+            mask: Tensor<2, Bool>,
+        ) -> Tensor<1> = try_reduce_tokens;
     }
 
     /// Reduces per-sequence (or per-pair) terms `[B]` to the scalar loss `[1]`.
@@ -240,12 +241,9 @@ impl Normalizer {
         })
     }
 
-    /// Panicking form of [`try_reduce_sequences`](Self::try_reduce_sequences).
-    ///
-    /// # Panics
-    /// On the errors of [`try_reduce_sequences`](Self::try_reduce_sequences).
-    pub fn reduce_sequences(&self, terms: Tensor<1>) -> Tensor<1> {
-        crate::error::unwrap_or_panic(self.try_reduce_sequences(terms))
+    crate::error::panicking! {
+        /// Panicking form of [`try_reduce_sequences`](Self::try_reduce_sequences).
+        pub fn reduce_sequences(&self, terms: Tensor<1>) -> Tensor<1> = try_reduce_sequences;
     }
 }
 

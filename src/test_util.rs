@@ -17,3 +17,15 @@ pub(crate) fn v<const D: usize>(x: Tensor<D>) -> Vec<f64> {
         .try_into_vec::<f64>()
         .unwrap()
 }
+
+/// Asserts `got` equals `want` elementwise to 1e-12 relative (absolute below 1).
+#[track_caller]
+pub(crate) fn assert_close(got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            (g - w).abs() <= 1e-12 * w.abs().max(1.0),
+            "{got:?} vs {want:?}"
+        );
+    }
+}

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::generation::Generation;
 use super::model::CausalLm;
 use super::scoring::Scores;
-use crate::error::{Error, check_positive, unwrap_or_panic};
+use crate::error::{Error, check_positive};
 use crate::reduce::masked_row_sum;
 use crate::rl::{
     GroupAdvantageConfig, GrpoLoss, GrpoLossConfig, GrpoLossInput, RlooAdvantageConfig,
@@ -71,12 +71,9 @@ impl GrpoStepConfig {
         })
     }
 
-    /// Panicking form of [`try_init`](Self::try_init).
-    ///
-    /// # Panics
-    /// On an invalid field.
-    pub fn init(&self) -> GrpoStep {
-        unwrap_or_panic(self.try_init())
+    crate::error::panicking! {
+        /// Panicking form of [`try_init`](Self::try_init).
+        pub fn init(&self) -> GrpoStep = try_init;
     }
 }
 
@@ -194,18 +191,15 @@ impl GrpoStep {
         Ok(GrpoStepOutput { policy, metrics })
     }
 
-    /// Panicking form of [`try_step`](Self::try_step).
-    ///
-    /// # Panics
-    /// On the errors `try_step` returns.
-    pub fn step<M: CausalLm + Module>(
-        &self,
-        policy: M,
-        reference: &M,
-        optim: &mut ModuleOptimizer,
-        generation: &Generation,
-        scores: &Scores,
-    ) -> GrpoStepOutput<M> {
-        unwrap_or_panic(self.try_step(policy, reference, optim, generation, scores))
+    crate::error::panicking! {
+        /// Panicking form of [`try_step`](Self::try_step).
+        pub fn step[M: CausalLm + Module](
+            &self,
+            policy: M,
+            reference: &M,
+            optim: &mut ModuleOptimizer,
+            generation: &Generation,
+            scores: &Scores,
+        ) -> GrpoStepOutput<M> = try_step;
     }
 }

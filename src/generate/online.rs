@@ -81,12 +81,9 @@ impl OnlineDpoConfig {
         })
     }
 
-    /// Panicking form of [`try_init`](Self::try_init).
-    ///
-    /// # Panics
-    /// On an invalid field.
-    pub fn init(&self) -> OnlineDpo {
-        unwrap_or_panic(self.try_init())
+    crate::error::panicking! {
+        /// Panicking form of [`try_init`](Self::try_init).
+        pub fn init(&self) -> OnlineDpo = try_init;
     }
 }
 
@@ -263,8 +260,9 @@ impl OnlineDpo {
     /// Panicking form of [`try_step`](Self::try_step).
     ///
     /// # Panics
-    /// On the errors `try_step` returns.
+    /// On the errors `try_step` returns (the macro form cannot carry a `where` clause).
     #[allow(clippy::too_many_arguments)]
+    #[track_caller]
     pub fn step<M, S>(
         &self,
         policy: M,

@@ -4,7 +4,7 @@ use burn::config::Config;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, unwrap_or_panic};
+use crate::error::Error;
 use crate::logprobs::GatheredLogprobs;
 use crate::losses::{PreferenceBatch, UnpairedBatch};
 
@@ -111,16 +111,13 @@ impl Pairs {
         })
     }
 
-    /// Panicking form of [`try_preference_batch`](Self::try_preference_batch).
-    ///
-    /// # Panics
-    /// On the errors `try_preference_batch` returns.
-    pub fn preference_batch(
-        &self,
-        tokens: GatheredLogprobs,
-        reference_logps: Option<Tensor<1>>,
-    ) -> PreferenceBatch {
-        unwrap_or_panic(self.try_preference_batch(tokens, reference_logps))
+    crate::error::panicking! {
+        /// Panicking form of [`try_preference_batch`](Self::try_preference_batch).
+        pub fn preference_batch(
+            &self,
+            tokens: GatheredLogprobs,
+            reference_logps: Option<Tensor<1>>,
+        ) -> PreferenceBatch = try_preference_batch;
     }
 }
 
@@ -209,12 +206,9 @@ impl PairingConfig {
         Ok(pairs)
     }
 
-    /// Panicking form of [`try_pair`](Self::try_pair).
-    ///
-    /// # Panics
-    /// On the errors `try_pair` returns.
-    pub fn pair(&self, scores: &[Option<f64>], num_generations: usize) -> Pairs {
-        unwrap_or_panic(self.try_pair(scores, num_generations))
+    crate::error::panicking! {
+        /// Panicking form of [`try_pair`](Self::try_pair).
+        pub fn pair(&self, scores: &[Option<f64>], num_generations: usize) -> Pairs = try_pair;
     }
 }
 
@@ -308,12 +302,13 @@ impl KtoLabels {
         Ok(UnpairedBatch::new(logps, reference_logps, desirable))
     }
 
-    /// Panicking form of [`try_unpaired_batch`](Self::try_unpaired_batch).
-    ///
-    /// # Panics
-    /// On the errors `try_unpaired_batch` returns.
-    pub fn unpaired_batch(&self, logps: Tensor<1>, reference_logps: Tensor<1>) -> UnpairedBatch {
-        unwrap_or_panic(self.try_unpaired_batch(logps, reference_logps))
+    crate::error::panicking! {
+        /// Panicking form of [`try_unpaired_batch`](Self::try_unpaired_batch).
+        pub fn unpaired_batch(
+            &self,
+            logps: Tensor<1>,
+            reference_logps: Tensor<1>,
+        ) -> UnpairedBatch = try_unpaired_batch;
     }
 }
 

@@ -6,7 +6,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use super::generation::Generation;
 use super::model::{CachedCausalLm, CausalLm};
 use super::truncation::{Truncation, inverse_cdf, log_softmax_finite};
-use crate::error::{Error, check_in_closed, check_positive, unwrap_or_panic};
+use crate::error::{Error, check_in_closed, check_positive};
 
 /// Configuration of the [`Sampler`] (names as in Hugging Face `GenerationConfig` / TRL).
 #[derive(Config, Debug)]
@@ -90,12 +90,9 @@ impl SamplerConfig {
         })
     }
 
-    /// Panicking form of [`try_init`](Self::try_init).
-    ///
-    /// # Panics
-    /// On an invalid field (see [`validate`](Self::validate)).
-    pub fn init(&self) -> Sampler {
-        unwrap_or_panic(self.try_init())
+    crate::error::panicking! {
+        /// Panicking form of [`try_init`](Self::try_init).
+        pub fn init(&self) -> Sampler = try_init;
     }
 }
 
@@ -151,12 +148,13 @@ impl Prompts {
         })
     }
 
-    /// Panicking form of [`try_left_padded`](Self::try_left_padded).
-    ///
-    /// # Panics
-    /// On the errors `try_left_padded` returns.
-    pub fn left_padded(rows: &[Vec<i64>], pad_token_id: i64, device: &Device) -> Self {
-        unwrap_or_panic(Self::try_left_padded(rows, pad_token_id, device))
+    crate::error::panicking! {
+        /// Panicking form of [`try_left_padded`](Self::try_left_padded).
+        pub fn left_padded(
+            rows: &[Vec<i64>],
+            pad_token_id: i64,
+            device: &Device,
+        ) -> Self = Self::try_left_padded;
     }
 
     /// Number of prompts `P`.
@@ -230,17 +228,14 @@ impl Sampler {
         })
     }
 
-    /// Panicking form of [`try_sample`](Self::try_sample).
-    ///
-    /// # Panics
-    /// On the errors `try_sample` returns.
-    pub fn sample<M: CausalLm + ?Sized>(
-        &self,
-        model: &M,
-        prompts: &Prompts,
-        seed: u64,
-    ) -> Generation {
-        unwrap_or_panic(self.try_sample(model, prompts, seed))
+    crate::error::panicking! {
+        /// Panicking form of [`try_sample`](Self::try_sample).
+        pub fn sample[M: CausalLm + ?Sized](
+            &self,
+            model: &M,
+            prompts: &Prompts,
+            seed: u64,
+        ) -> Generation = try_sample;
     }
 
     /// As [`try_sample`](Self::try_sample), through the model's incremental forward
@@ -258,17 +253,14 @@ impl Sampler {
         })
     }
 
-    /// Panicking form of [`try_sample_cached`](Self::try_sample_cached).
-    ///
-    /// # Panics
-    /// On the errors `try_sample_cached` returns.
-    pub fn sample_cached<M: CachedCausalLm + ?Sized>(
-        &self,
-        model: &M,
-        prompts: &Prompts,
-        seed: u64,
-    ) -> Generation {
-        unwrap_or_panic(self.try_sample_cached(model, prompts, seed))
+    crate::error::panicking! {
+        /// Panicking form of [`try_sample_cached`](Self::try_sample_cached).
+        pub fn sample_cached[M: CachedCausalLm + ?Sized](
+            &self,
+            model: &M,
+            prompts: &Prompts,
+            seed: u64,
+        ) -> Generation = try_sample_cached;
     }
 
     fn run(

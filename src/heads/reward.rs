@@ -5,7 +5,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::{Bool, Device, Int, Tensor};
 
-use crate::error::{Error, unwrap_or_panic};
+use crate::error::Error;
 
 /// Index of the last attended position of each row: `max { t : attention_mask[b, t] }`, or
 /// `-1` for a row with no attended position.
@@ -106,13 +106,12 @@ pub fn try_pool_last_attended(
     Ok(gather_rows(hidden, index))
 }
 
-/// Panicking form of [`try_pool_last_attended`].
-///
-/// # Panics
-/// On the errors [`try_pool_last_attended`] returns (shape mismatch, a row with no attended
-/// token).
-pub fn pool_last_attended(hidden: Tensor<3>, attention_mask: Tensor<2, Bool>) -> Tensor<2> {
-    unwrap_or_panic(try_pool_last_attended(hidden, attention_mask))
+crate::error::panicking! {
+    /// Panicking form of [`try_pool_last_attended`].
+    pub fn pool_last_attended(
+        hidden: Tensor<3>,
+        attention_mask: Tensor<2, Bool>,
+    ) -> Tensor<2> = try_pool_last_attended;
 }
 
 fn check_mask_shape(hidden: &Tensor<3>, attention_mask: &Tensor<2, Bool>) -> crate::Result<()> {
@@ -188,12 +187,9 @@ impl RewardHeadConfig {
         })
     }
 
-    /// Builds the head on `device`.
-    ///
-    /// # Panics
-    /// If the configuration is invalid (see [`validate`](Self::validate)).
-    pub fn init(&self, device: &Device) -> RewardHead {
-        unwrap_or_panic(self.try_init(device))
+    crate::error::panicking! {
+        /// Builds the head on `device`.
+        pub fn init(&self, device: &Device) -> RewardHead = try_init;
     }
 }
 
@@ -213,17 +209,18 @@ pub struct RewardHead {
 }
 
 impl RewardHead {
-    /// Scores `[B, K]`.
-    ///
-    /// # Shapes
-    /// - hidden: `[B, T, H]`
-    /// - attention_mask: `[B, T]` (`Bool`, `true` = attended)
-    /// - output: `[B, K]`
-    ///
-    /// # Panics
-    /// On the errors [`try_forward`](Self::try_forward) returns.
-    pub fn forward(&self, hidden: Tensor<3>, attention_mask: Tensor<2, Bool>) -> Tensor<2> {
-        unwrap_or_panic(self.try_forward(hidden, attention_mask))
+    crate::error::panicking! {
+        /// Scores `[B, K]`.
+        ///
+        /// # Shapes
+        /// - hidden: `[B, T, H]`
+        /// - attention_mask: `[B, T]` (`Bool`, `true` = attended)
+        /// - output: `[B, K]`
+        pub fn forward(
+            &self,
+            hidden: Tensor<3>,
+            attention_mask: Tensor<2, Bool>,
+        ) -> Tensor<2> = try_forward;
     }
 
     /// Non-panicking form of [`forward`](Self::forward): checks the shapes and (with
@@ -266,12 +263,13 @@ impl RewardHead {
         Ok(scores.mask_fill(empty.unsqueeze_dim::<2>(1).expand([b, k]), f64::NAN))
     }
 
-    /// The scalar reward `[B]` of a one-score head.
-    ///
-    /// # Panics
-    /// On the errors [`try_forward_reward`](Self::try_forward_reward) returns.
-    pub fn forward_reward(&self, hidden: Tensor<3>, attention_mask: Tensor<2, Bool>) -> Tensor<1> {
-        unwrap_or_panic(self.try_forward_reward(hidden, attention_mask))
+    crate::error::panicking! {
+        /// The scalar reward `[B]` of a one-score head.
+        pub fn forward_reward(
+            &self,
+            hidden: Tensor<3>,
+            attention_mask: Tensor<2, Bool>,
+        ) -> Tensor<1> = try_forward_reward;
     }
 
     /// Non-panicking form of [`forward_reward`](Self::forward_reward); also an error when the

@@ -60,12 +60,9 @@ impl ValueHeadConfig {
         })
     }
 
-    /// Builds the head on `device`.
-    ///
-    /// # Panics
-    /// If the configuration is invalid (see [`validate`](Self::validate)).
-    pub fn init(&self, device: &Device) -> ValueHead {
-        unwrap_or_panic(self.try_init(device))
+    crate::error::panicking! {
+        /// Builds the head on `device`.
+        pub fn init(&self, device: &Device) -> ValueHead = try_init;
     }
 }
 

@@ -3,9 +3,7 @@
 use burn::tensor::{Bool, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{
-    Result, check_finite, check_in_closed, check_positive, check_same_shape, unwrap_or_panic,
-};
+use crate::error::{Result, check_finite, check_in_closed, check_positive, check_same_shape};
 use crate::reduce::{mask_like, masked_mean_eps, masked_row_mean, masked_row_sum, zero_masked};
 
 /// How per-token log-probs `[B, T]` become one log-prob per sequence `[B]`.
@@ -23,12 +21,13 @@ pub enum SequenceReduction {
 }
 
 impl SequenceReduction {
-    /// Reduces `[B, T]` token log-probs with their mask to `[B]`.
-    ///
-    /// # Panics
-    /// On the errors of [`try_reduce`](Self::try_reduce).
-    pub fn reduce(&self, token_logps: Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<1> {
-        unwrap_or_panic(self.try_reduce(token_logps, mask))
+    crate::error::panicking! {
+        /// Reduces `[B, T]` token log-probs with their mask to `[B]`.
+        pub fn reduce(
+            &self,
+            token_logps: Tensor<2>,
+            mask: Tensor<2, Bool>,
+        ) -> Tensor<1> = try_reduce;
     }
 
     /// Non-panicking form of [`reduce`](Self::reduce): a mask of another shape is

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use super::kto::UnpairedBatch;
 use super::metrics::{LossOutput, Metrics};
 use super::stable::log_sigmoid;
-use crate::error::{check_positive, unwrap_or_panic};
-use crate::reduce::{Normalizer, mask_like};
+use crate::error::check_positive;
+use crate::reduce::Normalizer;
 
 /// Running mean / variance of the implicit rewards (TRL's `RunningMoments`, same update and
 /// initial state). Serialize it with your checkpoint (serde; TRL writes the same four fields
@@ -99,12 +99,9 @@ impl BcoLossConfig {
         })
     }
 
-    /// Builds the loss.
-    ///
-    /// # Panics
-    /// If the configuration is invalid.
-    pub fn init(&self) -> BcoLoss {
-        unwrap_or_panic(self.try_init())
+    crate::error::panicking! {
+        /// Builds the loss.
+        pub fn init(&self) -> BcoLoss = try_init;
     }
 }
 
@@ -135,18 +132,15 @@ pub struct BcoLoss {
 }
 
 impl BcoLoss {
-    /// The loss; updates `running` with this batch's rewards first when `train` is true
-    /// (one host sync).
-    ///
-    /// # Panics
-    /// On the errors [`try_forward`](Self::try_forward) returns.
-    pub fn forward(
-        &self,
-        batch: &UnpairedBatch,
-        running: &mut RunningMoments,
-        train: bool,
-    ) -> LossOutput {
-        unwrap_or_panic(self.try_forward(batch, running, train))
+    crate::error::panicking! {
+        /// The loss; updates `running` with this batch's rewards first when `train` is true
+        /// (one host sync).
+        pub fn forward(
+            &self,
+            batch: &UnpairedBatch,
+            running: &mut RunningMoments,
+            train: bool,
+        ) -> LossOutput = try_forward;
     }
 
     /// Non-panicking form of [`forward`](Self::forward).
@@ -168,21 +162,9 @@ impl BcoLoss {
         );
         let loss = self.normalizer.try_reduce_sequences(per_example.clone())?;
 
-        let is_desirable = mask_like(&rho, batch.desirable.clone());
-        let is_undesirable = is_desirable.clone().neg().add_scalar(1.0);
-        let class_mean = |x: Tensor<1>, class: &Tensor<1>| {
-            (x * class.clone()).sum() / class.clone().sum().clamp_min(1.0)
-        };
         let rewards = rho.detach();
-        let logps = batch.logps.clone().detach();
         let mut metrics = Metrics::new();
-        let chosen = class_mean(rewards.clone(), &is_desirable);
-        let rejected = class_mean(rewards.clone(), &is_undesirable);
-        metrics.insert("rewards/chosen", chosen.clone());
-        metrics.insert("rewards/rejected", rejected.clone());
-        metrics.insert("rewards/margins", chosen - rejected);
-        metrics.insert("logps/chosen", class_mean(logps.clone(), &is_desirable));
-        metrics.insert("logps/rejected", class_mean(logps, &is_undesirable));
+        batch.class_metrics(rewards.clone(), &mut metrics);
         metrics.insert(
             "delta",
             Tensor::zeros([1], (&rewards.device(), rewards.dtype())).add_scalar(running.mean),

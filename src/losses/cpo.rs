@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::metrics::{LossOutput, Metrics};
 use super::preference::{PreferenceBatch, fraction_greater};
 use super::stable::{log_sigmoid, relu};
-use crate::error::{Error, check_in_closed, check_positive, unwrap_or_panic};
+use crate::error::{Error, check_in_closed, check_positive};
 use crate::reduce::Normalizer;
 
 /// CPO loss types (TRL's `CPOConfig.loss_type` names).
@@ -143,12 +143,9 @@ impl CpoLossConfig {
         })
     }
 
-    /// Builds the loss.
-    ///
-    /// # Panics
-    /// If the configuration is invalid.
-    pub fn init(&self) -> CpoLoss {
-        unwrap_or_panic(self.try_init())
+    crate::error::panicking! {
+        /// Builds the loss.
+        pub fn init(&self) -> CpoLoss = try_init;
     }
 }
 
@@ -217,13 +214,14 @@ impl CpoLoss {
         self.cpo_alpha != 0.0
     }
 
-    /// TRL's `cpo_loss`: per-pair losses and rewards from sequence log-probs `[B]` that are
-    /// already reduced as this loss expects (averaged for `ipo`/`simpo` by default).
-    ///
-    /// # Panics
-    /// On the errors of [`try_pair_terms`](Self::try_pair_terms).
-    pub fn pair_terms(&self, chosen_logps: Tensor<1>, rejected_logps: Tensor<1>) -> PairTerms {
-        unwrap_or_panic(self.try_pair_terms(chosen_logps, rejected_logps))
+    crate::error::panicking! {
+        /// TRL's `cpo_loss`: per-pair losses and rewards from sequence log-probs `[B]` that are
+        /// already reduced as this loss expects (averaged for `ipo`/`simpo` by default).
+        pub fn pair_terms(
+            &self,
+            chosen_logps: Tensor<1>,
+            rejected_logps: Tensor<1>,
+        ) -> PairTerms = try_pair_terms;
     }
 
     /// Non-panicking form of [`pair_terms`](Self::pair_terms): shapes or dtypes that differ
@@ -287,12 +285,9 @@ impl CpoLoss {
             .mul_scalar(1.0 / self.alpha)
     }
 
-    /// The loss, per-pair losses (NLL term included) and metrics.
-    ///
-    /// # Panics
-    /// On the errors [`try_forward`](Self::try_forward) returns.
-    pub fn forward(&self, batch: &PreferenceBatch) -> LossOutput {
-        unwrap_or_panic(self.try_forward(batch))
+    crate::error::panicking! {
+        /// The loss, per-pair losses (NLL term included) and metrics.
+        pub fn forward(&self, batch: &PreferenceBatch) -> LossOutput = try_forward;
     }
 
     /// Non-panicking form of [`forward`](Self::forward). Needs token counts when averaging and

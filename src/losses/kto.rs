@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::metrics::{LossOutput, Metrics};
 use super::stable::sigmoid;
-use crate::error::{Error, check_positive, check_same_shape, unwrap_or_panic};
+use crate::error::{Error, check_positive, check_same_shape};
 use crate::logprobs::GatheredLogprobs;
 use crate::reduce::{Normalizer, mask_like};
 
@@ -29,6 +29,26 @@ pub struct UnpairedBatch {
 }
 
 impl UnpairedBatch {
+    /// The per-class metrics KTO and BCO share (TRL's keys): `rewards/chosen`,
+    /// `rewards/rejected` (class means of `rewards`), `rewards/margins`, `logps/chosen`,
+    /// `logps/rejected`. A class absent from the batch gives 0 (TRL omits the key or logs
+    /// NaN; knowing which needs a host sync).
+    pub(crate) fn class_metrics(&self, rewards: Tensor<1>, metrics: &mut Metrics) {
+        let is_desirable = mask_like(&rewards, self.desirable.clone());
+        let is_undesirable = is_desirable.clone().neg().add_scalar(1.0);
+        let class_mean = |x: Tensor<1>, class: &Tensor<1>| {
+            (x * class.clone()).sum() / class.clone().sum().clamp_min(1.0)
+        };
+        let logps = self.logps.clone().detach();
+        let chosen = class_mean(rewards.clone(), &is_desirable);
+        let rejected = class_mean(rewards, &is_undesirable);
+        metrics.insert("rewards/chosen", chosen.clone());
+        metrics.insert("rewards/rejected", rejected.clone());
+        metrics.insert("rewards/margins", chosen - rejected);
+        metrics.insert("logps/chosen", class_mean(logps.clone(), &is_desirable));
+        metrics.insert("logps/rejected", class_mean(logps, &is_undesirable));
+    }
+
     /// A batch from sequence log-probs.
     pub fn new(logps: Tensor<1>, reference_logps: Tensor<1>, desirable: Tensor<1, Bool>) -> Self {
         let desirable = crate::reduce::canonical_mask(desirable);
@@ -40,16 +60,13 @@ impl UnpairedBatch {
         }
     }
 
-    /// A batch from the token-level path (log-probs summed over the mask).
-    ///
-    /// # Panics
-    /// On the errors of [`try_from_tokens`](Self::try_from_tokens).
-    pub fn from_tokens(
-        tokens: &GatheredLogprobs,
-        reference_logps: Tensor<1>,
-        desirable: Tensor<1, Bool>,
-    ) -> Self {
-        crate::error::unwrap_or_panic(Self::try_from_tokens(tokens, reference_logps, desirable))
+    crate::error::panicking! {
+        /// A batch from the token-level path (log-probs summed over the mask).
+        pub fn from_tokens(
+            tokens: &GatheredLogprobs,
+            reference_logps: Tensor<1>,
+            desirable: Tensor<1, Bool>,
+        ) -> Self = Self::try_from_tokens;
     }
 
     /// Non-panicking form of [`from_tokens`](Self::from_tokens): [`Error::Shape`] naming
@@ -149,21 +166,21 @@ pub fn kto_mismatched_pairs<P: Clone, C: Clone>(
         .collect())
 }
 
-/// KTO's KL estimate from mismatched completions (TRL: completion `i+1` scored under prompt
-/// `i`): `max(0, mean(kl_logps - reference_kl_logps))`, **detached**.
-///
-/// **Batch-coupled**: every example's loss depends on the batch mean through this estimate.
-/// With data parallelism TRL averages the (unclamped) means over ranks before clamping; do the
-/// same (all-reduce the mean) before passing it on. Gradient accumulation: the estimate is per
-/// micro-batch, as in TRL.
-///
-/// # Shapes
-/// - `kl_logps`, `reference_kl_logps`: `[B]` -> `[1]`
-///
-/// # Panics
-/// On the errors of [`try_kto_kl_estimate`].
-pub fn kto_kl_estimate(kl_logps: Tensor<1>, reference_kl_logps: Tensor<1>) -> Tensor<1> {
-    unwrap_or_panic(try_kto_kl_estimate(kl_logps, reference_kl_logps))
+crate::error::panicking! {
+    /// KTO's KL estimate from mismatched completions (TRL: completion `i+1` scored under prompt
+    /// `i`): `max(0, mean(kl_logps - reference_kl_logps))`, **detached**.
+    ///
+    /// **Batch-coupled**: every example's loss depends on the batch mean through this estimate.
+    /// With data parallelism TRL averages the (unclamped) means over ranks before clamping; do the
+    /// same (all-reduce the mean) before passing it on. Gradient accumulation: the estimate is per
+    /// micro-batch, as in TRL.
+    ///
+    /// # Shapes
+    /// - `kl_logps`, `reference_kl_logps`: `[B]` -> `[1]`
+    pub fn kto_kl_estimate(
+        kl_logps: Tensor<1>,
+        reference_kl_logps: Tensor<1>,
+    ) -> Tensor<1> = try_kto_kl_estimate;
 }
 
 /// Non-panicking form of [`kto_kl_estimate`]: `B = 0` ([`Error::Empty`]), shapes or dtypes
@@ -257,12 +274,9 @@ impl KtoLossConfig {
         })
     }
 
-    /// Builds the loss.
-    ///
-    /// # Panics
-    /// If the configuration is invalid.
-    pub fn init(&self) -> KtoLoss {
-        unwrap_or_panic(self.try_init())
+    crate::error::panicking! {
+        /// Builds the loss.
+        pub fn init(&self) -> KtoLoss = try_init;
     }
 }
 
@@ -303,12 +317,9 @@ impl KtoLoss {
         }
     }
 
-    /// The loss, per-example (weighted) losses and metrics.
-    ///
-    /// # Panics
-    /// On the errors [`try_forward`](Self::try_forward) returns.
-    pub fn forward(&self, batch: &UnpairedBatch) -> LossOutput {
-        unwrap_or_panic(self.try_forward(batch))
+    crate::error::panicking! {
+        /// The loss, per-example (weighted) losses and metrics.
+        pub fn forward(&self, batch: &UnpairedBatch) -> LossOutput = try_forward;
     }
 
     /// Non-panicking form of [`forward`](Self::forward); `kto` needs `batch.kl`.
@@ -347,22 +358,9 @@ impl KtoLoss {
             );
         let loss = self.normalizer.try_reduce_sequences(per_example.clone())?;
 
-        let is_desirable = mask_like(&delta, batch.desirable.clone());
-        let is_undesirable = is_desirable.clone().neg().add_scalar(1.0);
-        let rewards = delta.mul_scalar(beta).detach();
-        let logps = batch.logps.clone().detach();
-        let class_mean = |x: Tensor<1>, class: &Tensor<1>| {
-            (x * class.clone()).sum() / class.clone().sum().clamp_min(1.0)
-        };
         let mut metrics = Metrics::new();
         metrics.insert("kl", kl);
-        let chosen_rewards = class_mean(rewards.clone(), &is_desirable);
-        let rejected_rewards = class_mean(rewards, &is_undesirable);
-        metrics.insert("rewards/chosen", chosen_rewards.clone());
-        metrics.insert("rewards/rejected", rejected_rewards.clone());
-        metrics.insert("rewards/margins", chosen_rewards - rejected_rewards);
-        metrics.insert("logps/chosen", class_mean(logps.clone(), &is_desirable));
-        metrics.insert("logps/rejected", class_mean(logps, &is_undesirable));
+        batch.class_metrics(delta.mul_scalar(beta).detach(), &mut metrics);
         Ok(LossOutput {
             loss,
             per_example,

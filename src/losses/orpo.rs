@@ -8,7 +8,7 @@ use super::cpo::{PairTerms, pair_metrics};
 use super::metrics::LossOutput;
 use super::preference::PreferenceBatch;
 use super::stable::{log_sigmoid, log1mexp};
-use crate::error::{check_positive, unwrap_or_panic};
+use crate::error::check_positive;
 use crate::reduce::Normalizer;
 
 /// Configuration of [`OrpoLoss`] (TRL's `ORPOConfig` names and defaults).
@@ -46,12 +46,9 @@ impl OrpoLossConfig {
         })
     }
 
-    /// Builds the loss.
-    ///
-    /// # Panics
-    /// If the configuration is invalid.
-    pub fn init(&self) -> OrpoLoss {
-        unwrap_or_panic(self.try_init())
+    crate::error::panicking! {
+        /// Builds the loss.
+        pub fn init(&self) -> OrpoLoss = try_init;
     }
 }
 
@@ -119,12 +116,13 @@ impl OrpoLoss {
         }
     }
 
-    /// TRL's `odds_ratio_loss` on average log-probs `[B]` (each < 0).
-    ///
-    /// # Panics
-    /// On the errors of [`try_odds_ratio`](Self::try_odds_ratio).
-    pub fn odds_ratio(&self, chosen_logps: Tensor<1>, rejected_logps: Tensor<1>) -> OddsRatioTerms {
-        unwrap_or_panic(self.try_odds_ratio(chosen_logps, rejected_logps))
+    crate::error::panicking! {
+        /// TRL's `odds_ratio_loss` on average log-probs `[B]` (each < 0).
+        pub fn odds_ratio(
+            &self,
+            chosen_logps: Tensor<1>,
+            rejected_logps: Tensor<1>,
+        ) -> OddsRatioTerms = try_odds_ratio;
     }
 
     /// Non-panicking form of [`odds_ratio`](Self::odds_ratio): shapes or dtypes that differ
@@ -159,12 +157,9 @@ impl OrpoLoss {
         }
     }
 
-    /// The loss, per-pair terms (`nll - β log σ(log_odds)`) and metrics.
-    ///
-    /// # Panics
-    /// On the errors [`try_forward`](Self::try_forward) returns.
-    pub fn forward(&self, batch: &PreferenceBatch) -> LossOutput {
-        unwrap_or_panic(self.try_forward(batch))
+    crate::error::panicking! {
+        /// The loss, per-pair terms (`nll - β log σ(log_odds)`) and metrics.
+        pub fn forward(&self, batch: &PreferenceBatch) -> LossOutput = try_forward;
     }
 
     /// Non-panicking form of [`forward`](Self::forward). Needs token counts and per-token

@@ -72,14 +72,14 @@ impl PreferenceBatch {
         }
     }
 
-    /// A batch from the token-level path: the sequence log-probs are the masked sums, the
-    /// token counts the mask sums, and the per-token log-probs are kept (for LD-DPO, WPO and
-    /// the NLL/SFT term).
-    ///
-    /// # Panics
-    /// On the errors of [`try_from_tokens`](Self::try_from_tokens).
-    pub fn from_tokens(chosen: GatheredLogprobs, rejected: GatheredLogprobs) -> Self {
-        crate::error::unwrap_or_panic(Self::try_from_tokens(chosen, rejected))
+    crate::error::panicking! {
+        /// A batch from the token-level path: the sequence log-probs are the masked sums, the
+        /// token counts the mask sums, and the per-token log-probs are kept (for LD-DPO, WPO and
+        /// the NLL/SFT term).
+        pub fn from_tokens(
+            chosen: GatheredLogprobs,
+            rejected: GatheredLogprobs,
+        ) -> Self = Self::try_from_tokens;
     }
 
     /// Non-panicking form of [`from_tokens`](Self::from_tokens): [`Error::Shape`] naming
@@ -111,14 +111,11 @@ impl PreferenceBatch {
         Ok(batch)
     }
 
-    /// A batch from **one stacked forward** over `[2B]` rows, chosen rows first (the layout
-    /// TRL's `concatenated_forward` and the reward loss's `forward_stacked` use): rows `0..B`
-    /// are the chosen completions, rows `B..2B` the rejected ones.
-    ///
-    /// # Panics
-    /// On the errors of [`try_from_stacked`](Self::try_from_stacked).
-    pub fn from_stacked(stacked: GatheredLogprobs) -> Self {
-        crate::error::unwrap_or_panic(Self::try_from_stacked(stacked))
+    crate::error::panicking! {
+        /// A batch from **one stacked forward** over `[2B]` rows, chosen rows first (the layout
+        /// TRL's `concatenated_forward` and the reward loss's `forward_stacked` use): rows `0..B`
+        /// are the chosen completions, rows `B..2B` the rejected ones.
+        pub fn from_stacked(stacked: GatheredLogprobs) -> Self = Self::try_from_stacked;
     }
 
     /// Non-panicking form of [`from_stacked`](Self::from_stacked): an odd or zero row count

@@ -5,6 +5,7 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::metrics::{LossOutput, Metrics};
+use super::stable::log_sigmoid;
 use crate::error::{Error, unwrap_or_panic};
 use crate::reduce::{Normalizer, mask_like};
 
@@ -68,12 +69,9 @@ impl BradleyTerryLossConfig {
         })
     }
 
-    /// Builds the loss.
-    ///
-    /// # Panics
-    /// If the configuration is invalid (see [`validate`](Self::validate)).
-    pub fn init(&self) -> BradleyTerryLoss {
-        unwrap_or_panic(self.try_init())
+    crate::error::panicking! {
+        /// Builds the loss.
+        pub fn init(&self) -> BradleyTerryLoss = try_init;
     }
 }
 
@@ -117,23 +115,20 @@ pub struct BradleyTerryLoss {
 }
 
 impl BradleyTerryLoss {
-    /// Loss, per-pair terms and metrics.
-    ///
-    /// # Shapes
-    /// - rewards_chosen: `[B]`
-    /// - rewards_rejected: `[B]`
-    /// - margin: `[B]` or `None` (no margin)
-    /// - output: `loss` `[1]`, `per_example` `[B]`, metrics `[1]` each
-    ///
-    /// # Panics
-    /// On the errors [`try_forward`](Self::try_forward) returns.
-    pub fn forward(
-        &self,
-        rewards_chosen: Tensor<1>,
-        rewards_rejected: Tensor<1>,
-        margin: Option<Tensor<1>>,
-    ) -> LossOutput {
-        unwrap_or_panic(self.try_forward(rewards_chosen, rewards_rejected, margin))
+    crate::error::panicking! {
+        /// Loss, per-pair terms and metrics.
+        ///
+        /// # Shapes
+        /// - rewards_chosen: `[B]`
+        /// - rewards_rejected: `[B]`
+        /// - margin: `[B]` or `None` (no margin)
+        /// - output: `loss` `[1]`, `per_example` `[B]`, metrics `[1]` each
+        pub fn forward(
+            &self,
+            rewards_chosen: Tensor<1>,
+            rewards_rejected: Tensor<1>,
+            margin: Option<Tensor<1>>,
+        ) -> LossOutput = try_forward;
     }
 
     /// As [`forward`](Self::forward), from TRL's stacked layout: `rewards` `[2B]` (or the model
@@ -220,7 +215,7 @@ impl BradleyTerryLoss {
             None => diff.clone(),
         };
         let mut per_pair = match self.form {
-            BradleyTerryForm::LogSigmoid => stable_log_sigmoid(x).neg(),
+            BradleyTerryForm::LogSigmoid => log_sigmoid(x).neg(),
             // OpenRLHF LogExpLoss, evaluated as written (see the variant's docs).
             BradleyTerryForm::LogExp => x.neg().exp().add_scalar(1.0).log(),
         };
@@ -254,18 +249,6 @@ fn reward_metrics(chosen: Tensor<1>, rejected: Tensor<1>, diff: Tensor<1>) -> Me
     metrics
 }
 
-/// `log σ(x)`, stable for any finite `x` and with an exact gradient everywhere.
-///
-/// With `n = min(x, 0)` and `p = x - n = max(x, 0)` (both exact), `log σ(x) = n - log1p(exp(n - p))`
-/// and `n - p = -|x| <= 0`, so nothing overflows. Writing `n - p` as `2n - x` makes the
-/// gradient `a - σ(2n - x)(2a - 1)` (with `a = dn/dx`), which equals `σ(-x)` for every
-/// choice of `a` at the kink `x = 0`.
-pub(crate) fn stable_log_sigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    let n = x.clone().clamp_max(0.0);
-    let u = n.clone().mul_scalar(2.0) - x;
-    n - u.exp().log1p()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,35 +266,6 @@ mod tests {
             .convert::<f64>()
             .try_into_vec::<f64>()
             .unwrap()
-    }
-
-    #[test]
-    fn stable_log_sigmoid_extremes() {
-        let device = Device::flex().autodiff();
-        let xs = [-1e4, -50.0, -1.0, 0.0, 1.0, 50.0, 1e4];
-        let x = f64_tensor(&xs, &device).require_grad();
-        let y = stable_log_sigmoid(x.clone());
-        let grads = y.clone().sum().backward();
-        let values = host(y);
-        let grad = host(x.grad(&grads).unwrap());
-        for (i, &xi) in xs.iter().enumerate() {
-            // Closed form: log σ(x) = -ln(1 + e^{-x}); d/dx = σ(-x) = 1 / (1 + e^{x}).
-            let want = if xi >= 0.0 {
-                -(-xi).exp().ln_1p()
-            } else {
-                xi - xi.exp().ln_1p()
-            };
-            let want_grad = 1.0 / (1.0 + xi.exp());
-            assert!(
-                (values[i] - want).abs() <= 1e-12 * want.abs().max(1.0),
-                "value at {xi}"
-            );
-            assert!(
-                (grad[i] - want_grad).abs() <= 1e-15 + 1e-12 * want_grad,
-                "grad at {xi}: {} vs {want_grad}",
-                grad[i]
-            );
-        }
     }
 
     #[test]

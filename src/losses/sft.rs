@@ -15,7 +15,7 @@
 use burn::config::Config;
 
 use super::metrics::{LossOutput, Metrics};
-use crate::error::{Error, unwrap_or_panic};
+use crate::error::Error;
 use crate::logprobs::GatheredLogprobs;
 use crate::reduce::{Normalizer, mask_like};
 
@@ -42,12 +42,9 @@ impl SftLossConfig {
         })
     }
 
-    /// Panicking form of [`try_init`](Self::try_init).
-    ///
-    /// # Panics
-    /// On an invalid normalizer.
-    pub fn init(&self) -> SftLoss {
-        unwrap_or_panic(self.try_init())
+    crate::error::panicking! {
+        /// Panicking form of [`try_init`](Self::try_init).
+        pub fn init(&self) -> SftLoss = try_init;
     }
 }
 
@@ -67,12 +64,9 @@ pub struct SftLoss {
 }
 
 impl SftLoss {
-    /// The loss of a batch.
-    ///
-    /// # Panics
-    /// On the errors of [`try_forward`](Self::try_forward).
-    pub fn forward(&self, tokens: &GatheredLogprobs) -> LossOutput {
-        unwrap_or_panic(self.try_forward(tokens))
+    crate::error::panicking! {
+        /// The loss of a batch.
+        pub fn forward(&self, tokens: &GatheredLogprobs) -> LossOutput = try_forward;
     }
 
     /// Non-panicking form of [`forward`](Self::forward): a mask of another shape

@@ -7,19 +7,17 @@ use burn::tensor::Tensor;
 use super::Whitening;
 use crate::error::Error;
 
-/// [`whiten`](super::whiten) with a given mean and (unbiased) variance, e.g. the global
-/// ones from [`MomentParts`](crate::distributed::MomentParts): `(x - mean) / sqrt(var + 1e-8)` (`+ mean` with `KeepMean`).
-///
-/// Equals `whiten(x, Some(mask), mode)` on the concatenated batch up to torchtune's `1e-8` in
-/// the mean and Bessel denominators (relative difference about `1e-8 / count`).
-///
-/// # Shapes
-/// - x: `[B, T]` -> `[B, T]`
-///
-/// # Panics
-/// On the errors of [`try_whiten_with`].
-pub fn whiten_with(x: Tensor<2>, mean: f64, var: f64, mode: Whitening) -> Tensor<2> {
-    crate::error::unwrap_or_panic(try_whiten_with(x, mean, var, mode))
+crate::error::panicking! {
+    /// [`whiten`](super::whiten) with a given mean and (unbiased) variance, e.g. the global
+    /// ones from [`MomentParts`](crate::distributed::MomentParts):
+    /// `(x - mean) / sqrt(var + 1e-8)` (`+ mean` with `KeepMean`).
+    ///
+    /// Equals `whiten(x, Some(mask), mode)` on the concatenated batch up to torchtune's `1e-8`
+    /// in the mean and Bessel denominators (relative difference about `1e-8 / count`).
+    ///
+    /// # Shapes
+    /// - x: `[B, T]` -> `[B, T]`
+    pub fn whiten_with(x: Tensor<2>, mean: f64, var: f64, mode: Whitening) -> Tensor<2> = try_whiten_with;
 }
 
 /// Non-panicking form of [`whiten_with`]: `mean` not finite, or `var` not finite and `>= 0`

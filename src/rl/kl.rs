@@ -4,7 +4,7 @@ use burn::config::Config;
 use burn::tensor::{Bool, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, check_positive, check_same_shape, unwrap_or_panic};
+use crate::error::{Error, check_positive, check_same_shape};
 use crate::reduce::{mask_like, zero_masked};
 
 /// Per-token estimator of `KL(pi || pi_ref)` from sampled-token log-probs (Schulman's k1/k2/k3).
@@ -21,30 +21,27 @@ pub enum KlEstimator {
     Abs,
 }
 
-/// Per-token KL estimate of the policy against the reference.
-///
-#[cfg_attr(
-    doc,
-    doc = r#"$$\ell = \log\pi_{\text{ref}} - \log\pi:\quad k_1 = -\ell,\; k_2 = \tfrac12\ell^2,\; k_3 = e^{\ell} - \ell - 1,\; \text{abs} = |\ell|$$"#
-)]
-#[cfg_attr(
-    not(doc),
-    doc = "`l = ref - logp`: k1 = -l, k2 = l^2/2, k3 = exp(l) - l - 1, abs = |l|"
-)]
-///
-/// Differentiable in both arguments.
-///
-/// # Shapes
-/// - logprobs, ref_logprobs: any shape (the same) -> same shape
-///
-/// # Panics
-/// On the errors of [`try_kl_estimate`].
-pub fn kl_estimate<const D: usize>(
-    logprobs: Tensor<D>,
-    ref_logprobs: Tensor<D>,
-    estimator: KlEstimator,
-) -> Tensor<D> {
-    unwrap_or_panic(try_kl_estimate(logprobs, ref_logprobs, estimator))
+crate::error::panicking! {
+    /// Per-token KL estimate of the policy against the reference.
+    ///
+    #[cfg_attr(
+        doc,
+        doc = r#"$$\ell = \log\pi_{\text{ref}} - \log\pi:\quad k_1 = -\ell,\; k_2 = \tfrac12\ell^2,\; k_3 = e^{\ell} - \ell - 1,\; \text{abs} = |\ell|$$"#
+    )]
+    #[cfg_attr(
+        not(doc),
+        doc = "`l = ref - logp`: k1 = -l, k2 = l^2/2, k3 = exp(l) - l - 1, abs = |l|"
+    )]
+    ///
+    /// Differentiable in both arguments.
+    ///
+    /// # Shapes
+    /// - logprobs, ref_logprobs: any shape (the same) -> same shape
+    pub fn kl_estimate[const D: usize](
+        logprobs: Tensor<D>,
+        ref_logprobs: Tensor<D>,
+        estimator: KlEstimator,
+    ) -> Tensor<D> = try_kl_estimate;
 }
 
 /// Non-panicking form of [`kl_estimate`]: shapes or dtypes that differ ([`Error::Shape`] /
@@ -114,12 +111,9 @@ impl KlPenaltyConfig {
         })
     }
 
-    /// Panicking form of [`try_init`](Self::try_init).
-    ///
-    /// # Panics
-    /// If `kl_coef` is negative or not finite.
-    pub fn init(&self) -> KlPenalty {
-        unwrap_or_panic(self.try_init())
+    crate::error::panicking! {
+        /// Panicking form of [`try_init`](Self::try_init).
+        pub fn init(&self) -> KlPenalty = try_init;
     }
 }
 
@@ -243,19 +237,16 @@ impl KlPenalty {
         })
     }
 
-    /// Panicking form of [`try_forward`](Self::try_forward).
-    ///
-    /// # Panics
-    /// On the errors of [`try_forward`](Self::try_forward).
-    pub fn forward(
-        &self,
-        scores: Tensor<1>,
-        logprobs: Tensor<2>,
-        ref_logprobs: Tensor<2>,
-        mask: Option<Tensor<2, Bool>>,
-        score_index: Option<Tensor<1, Int>>,
-    ) -> KlPenaltyOutput {
-        unwrap_or_panic(self.try_forward(scores, logprobs, ref_logprobs, mask, score_index))
+    crate::error::panicking! {
+        /// Panicking form of [`try_forward`](Self::try_forward).
+        pub fn forward(
+            &self,
+            scores: Tensor<1>,
+            logprobs: Tensor<2>,
+            ref_logprobs: Tensor<2>,
+            mask: Option<Tensor<2, Bool>>,
+            score_index: Option<Tensor<1, Int>>,
+        ) -> KlPenaltyOutput = try_forward;
     }
 }
 

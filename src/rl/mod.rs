@@ -21,6 +21,7 @@ pub mod grpo;
 pub mod kl;
 pub mod ppo;
 pub mod ratio;
+mod rloo;
 pub mod step;
 
 pub use advantages::{

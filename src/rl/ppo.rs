@@ -3,7 +3,7 @@
 use burn::config::Config;
 use burn::tensor::{Bool, Tensor};
 
-use crate::error::{Error, check_positive, check_same_shape, unwrap_or_panic};
+use crate::error::{Error, check_positive, check_same_shape};
 use crate::losses::{LossOutput, Metrics};
 use crate::reduce::{Normalizer, mask_like, zero_masked};
 
@@ -88,12 +88,9 @@ impl PpoLossConfig {
         })
     }
 
-    /// Panicking form of [`try_init`](Self::try_init).
-    ///
-    /// # Panics
-    /// On an invalid configuration (see the field docs).
-    pub fn init(&self) -> PpoLoss {
-        unwrap_or_panic(self.try_init())
+    crate::error::panicking! {
+        /// Panicking form of [`try_init`](Self::try_init).
+        pub fn init(&self) -> PpoLoss = try_init;
     }
 }
 
@@ -355,11 +352,8 @@ $$\ell^{V}_t = \tfrac12\max\!\big((V_t - R_t)^2,\; (\operatorname{clip}(V_t, V^{
         })
     }
 
-    /// Panicking form of [`try_forward`](Self::try_forward).
-    ///
-    /// # Panics
-    /// On the errors of [`try_forward`](Self::try_forward).
-    pub fn forward(&self, input: PpoLossInput) -> LossOutput {
-        unwrap_or_panic(self.try_forward(input))
+    crate::error::panicking! {
+        /// Panicking form of [`try_forward`](Self::try_forward).
+        pub fn forward(&self, input: PpoLossInput) -> LossOutput = try_forward;
     }
 }

@@ -1,134 +1,41 @@
 //! Paired preference losses with a reference model: TRL's `DPOTrainer` loss zoo (all 15 loss
 //! types of TRL 1.16, several at once for MPO), its modifiers (f-divergences, WPO, LD-DPO),
 //! cDPO label smoothing, RPO, and torchtune's `DPOLoss` / `RSOLoss`.
+//!
+#![cfg_attr(
+    doc,
+    doc = r#"$$L = \operatorname{normalize}\Big(\sum_k w_k\, \ell_k\big(\beta,\ s(\Delta_c) - s(\Delta_r)\big)\Big),\qquad \ell_{\text{sigmoid}} = -\log\sigma\big(\beta(\Delta_c - \Delta_r)\big),\quad \Delta = \log\pi - \log\pi_{\text{ref}}$$"#
+)]
+#![cfg_attr(
+    not(doc),
+    doc = "`L = normalize(sum_k w_k l_k)`, `l_sigmoid = -log sigmoid(beta (dc - dr))`, `d = logp - ref_logp`"
+)]
+//!
+//! Each loss type's formula sits next to its code in `loss_types.rs` ([`DpoLossType`]).
+//! Shapes: sequence log-probs `[B]` (see [`PreferenceBatch`]) -> `loss` `[1]`,
+//! `per_example` `[B]`.
+//!
+//! Anchor: TRL 1.16 `DPOTrainer._compute_loss`; torchtune 0.6.1 `DPOLoss.forward` /
+//! `RSOLoss.forward`. Paper: Rafailov et al., *Direct Preference Optimization*,
+//! <https://arxiv.org/abs/2305.18290>; IPO <https://arxiv.org/abs/2310.12036>.
+//!
+//! Golden value: `fixtures/dpo/sigmoid_B8.json` (TRL `_compute_loss`, `loss_type =
+//! ["sigmoid"]`, `beta = 0.1`, float64) gives `loss = 0.7484667196241332`.
+
+mod loss_types;
 
 use burn::config::Config;
 use burn::tensor::{DType, Tensor};
-use serde::{Deserialize, Serialize};
+
+use loss_types::PairTerms;
+pub use loss_types::{DpoLossType, FDivergenceType};
 
 use super::metrics::{LossOutput, Metrics};
 use super::preference::{PreferenceBatch, fraction_greater};
-use super::stable::{log_sigmoid, relu, sigmoid};
-use crate::error::{Error, check_in_closed, check_positive, unwrap_or_panic};
+use super::stable::log_sigmoid;
+use crate::error::{Error, check_in_closed, check_positive};
 use crate::logprobs::ld_dpo_sequence_logps;
 use crate::reduce::{Normalizer, masked_row_sum};
-
-/// One DPO-family loss type (TRL's `loss_type` names, JSON as in TRL: `"sigmoid"`, `"exo_pair"`, ...).
-///
-/// Notation (per pair): `c, r` policy log-probs of the chosen / rejected completion (summed
-/// over tokens), `c₀, r₀` the reference's, `Δc = c - c₀`, `Δr = r - r₀`; `s(·)` the
-/// f-divergence score ([`FDivergenceType`], identity by default), `δ = s(Δc) - s(Δr)`;
-/// `|y|` completion token counts (clamped to >= 1); `ε` = `label_smoothing`, `β` = `beta`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DpoLossType {
-    /// DPO: `-log σ(βδ)`. With `cdpo_label_smoothing = ε > 0`, cDPO:
-    /// `-(1-ε) log σ(βδ) - ε log σ(-βδ)` (torchtune / OpenRLHF; TRL 1.16 has no smoothing here).
-    Sigmoid,
-    /// SLiC / RSO hinge: `max(0, 1 - βδ)` (`β` = 1 / margin).
-    Hinge,
-    /// IPO, length-normalized as in TRL: `(s(Δc)/|y_w| - s(Δr)/|y_l| - 1/(2β))²`.
-    /// Needs token counts.
-    Ipo,
-    /// EXO (pair): `σ(βδ)(log σ(βδ) - log(1-ε)) + σ(-βδ)(log σ(-βδ) - log ε)`, `0 < ε < 1`.
-    ExoPair,
-    /// NCA (pair): `-log σ(β s(Δc)) - ½ log σ(-β s(Δc)) - ½ log σ(-β s(Δr))`.
-    NcaPair,
-    /// Robust DPO: `(-(1-ε) log σ(βδ) + ε log σ(-βδ)) / (1 - 2ε)`, `0 <= ε < ½`.
-    Robust,
-    /// BCO (pair, TRL 1.16 form without the running-mean shift): `-log σ(βΔc) - log σ(-βΔr)`.
-    BcoPair,
-    /// SPPO (hard labels): `(Δc - 1/(2β))² + (Δr + 1/(2β))²`.
-    SppoHard,
-    /// AOT (paired): `d = sort_B(c - r) - sort_B(c₀ - r₀)`, `-(1-ε) log σ(βd) - ε log σ(-βd)`.
-    /// **Batch-coupled**: the batch is sorted, so the loss of a pair depends on the others.
-    Aot,
-    /// AOT (unpaired): `d = sort_B(Δc) - sort_B(Δr)`, then as [`Aot`](Self::Aot). Batch-coupled.
-    AotUnpaired,
-    /// APO-zero: `(1 - σ(βΔc)) + σ(βΔr)`.
-    ApoZero,
-    /// APO-down: `σ(βΔc) + (1 - σ(βδ))`.
-    ApoDown,
-    /// DiscoPOP (LRML): `ℓ = βδ`, `m = σ(ℓ/τ)`: `(1-m)(-log σ(ℓ)) + m e^{-ℓ}` (`τ` = `discopop_tau`).
-    Discopop,
-    /// SFT: token-mean NLL of the chosen completions over the whole batch, the same scalar for
-    /// every pair (TRL's convention). Weigh it with `loss_weights` (MPO, RPO).
-    Sft,
-    /// Length-normalized DPO with a reference: `-log σ(β(s(Δc)/|y_w| - s(Δr)/|y_l|))`.
-    /// Needs token counts.
-    SigmoidNorm,
-}
-
-impl DpoLossType {
-    /// Every loss type, in TRL's order.
-    pub const ALL: [DpoLossType; 15] = [
-        DpoLossType::Sigmoid,
-        DpoLossType::Hinge,
-        DpoLossType::Ipo,
-        DpoLossType::ExoPair,
-        DpoLossType::NcaPair,
-        DpoLossType::Robust,
-        DpoLossType::BcoPair,
-        DpoLossType::SppoHard,
-        DpoLossType::Aot,
-        DpoLossType::AotUnpaired,
-        DpoLossType::ApoZero,
-        DpoLossType::ApoDown,
-        DpoLossType::Discopop,
-        DpoLossType::Sft,
-        DpoLossType::SigmoidNorm,
-    ];
-
-    /// Whether TRL 1.16 accepts a non-default f-divergence with this loss type.
-    pub fn accepts_f_divergence(self) -> bool {
-        matches!(
-            self,
-            DpoLossType::Sigmoid
-                | DpoLossType::SigmoidNorm
-                | DpoLossType::Hinge
-                | DpoLossType::Ipo
-                | DpoLossType::ExoPair
-                | DpoLossType::Robust
-                | DpoLossType::Discopop
-                | DpoLossType::Sft
-        )
-    }
-
-    /// Whether this loss type reads `label_smoothing`.
-    pub fn reads_label_smoothing(self) -> bool {
-        matches!(
-            self,
-            DpoLossType::Robust
-                | DpoLossType::ExoPair
-                | DpoLossType::Aot
-                | DpoLossType::AotUnpaired
-        )
-    }
-
-    /// Whether the loss of one pair depends on the other pairs of the batch (sorting).
-    pub fn is_batch_coupled(self) -> bool {
-        matches!(self, DpoLossType::Aot | DpoLossType::AotUnpaired)
-    }
-
-    fn needs_token_counts(self) -> bool {
-        matches!(self, DpoLossType::Ipo | DpoLossType::SigmoidNorm)
-    }
-}
-
-/// The f-divergence that maps each log-ratio `Δ` to a score `s(Δ)` (TRL 1.16 forms).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FDivergenceType {
-    /// Standard DPO: `s(Δ) = Δ`.
-    ReverseKl,
-    /// `s(Δ) = 1 - e^{-Δ}`.
-    ForwardKl,
-    /// Jensen-Shannon: `s(Δ) = log 2 + log σ(Δ)`.
-    JsDivergence,
-    /// `s(Δ) = (e^{(α-1)Δ} - 1)/(α-1)` with `α` = `f_alpha_divergence_coef`; the exponent is
-    /// clamped at 80 (11 in f16) as in TRL; `|α - 1| < 1e-6` falls back to reverse KL.
-    AlphaDivergence,
-}
 
 /// Configuration of [`DpoLoss`], with TRL's `DPOConfig` field names and defaults.
 ///
@@ -333,12 +240,9 @@ impl DpoLossConfig {
         })
     }
 
-    /// Builds the loss.
-    ///
-    /// # Panics
-    /// If the configuration is invalid (see [`validate`](Self::validate)).
-    pub fn init(&self) -> DpoLoss {
-        unwrap_or_panic(self.try_init())
+    crate::error::panicking! {
+        /// Builds the loss.
+        pub fn init(&self) -> DpoLoss = try_init;
     }
 }
 
@@ -416,15 +320,12 @@ impl DpoLoss {
         self.loss_types.contains(&DpoLossType::Sft)
     }
 
-    /// The loss, per-pair losses and metrics.
-    ///
-    /// # Shapes
-    /// See [`PreferenceBatch`]; output `loss` `[1]`, `per_example` `[B]`.
-    ///
-    /// # Panics
-    /// On the errors [`try_forward`](Self::try_forward) returns.
-    pub fn forward(&self, batch: &PreferenceBatch) -> LossOutput {
-        unwrap_or_panic(self.try_forward(batch))
+    crate::error::panicking! {
+        /// The loss, per-pair losses and metrics.
+        ///
+        /// # Shapes
+        /// See [`PreferenceBatch`]; output `loss` `[1]`, `per_example` `[B]`.
+        pub fn forward(&self, batch: &PreferenceBatch) -> LossOutput = try_forward;
     }
 
     /// Non-panicking form of [`forward`](Self::forward): checks the batch's shapes and that
@@ -455,87 +356,22 @@ impl DpoLoss {
             None
         };
 
+        let pair = PairTerms {
+            chosen: seq.chosen.clone(),
+            rejected: seq.rejected.clone(),
+            ref_chosen: seq.reference_chosen.clone(),
+            ref_rejected: seq.reference_rejected.clone(),
+            dc: dc.clone(),
+            dr: dr.clone(),
+            sc,
+            sr,
+            delta,
+            counts,
+            nll: nll.as_ref().map(|n| n.in_pair_terms.clone()),
+        };
         let mut per_example: Option<Tensor<1>> = None;
         for (&loss_type, &weight) in self.loss_types.iter().zip(&self.loss_weights) {
-            let term = match loss_type {
-                DpoLossType::Sigmoid => {
-                    let x = delta.clone().mul_scalar(beta);
-                    smoothed_sigmoid(x, self.cdpo_label_smoothing)
-                }
-                DpoLossType::Hinge => relu(delta.clone().mul_scalar(-beta).add_scalar(1.0)),
-                DpoLossType::Ipo => {
-                    let (cc, cr) = counts.clone().expect("counts computed above");
-                    let z = sc.clone() / cc - sr.clone() / cr;
-                    z.sub_scalar(1.0 / (2.0 * beta)).square()
-                }
-                DpoLossType::ExoPair => {
-                    let eps = self.label_smoothing;
-                    let x = delta.clone().mul_scalar(beta);
-                    let log_qw = log_sigmoid(x.clone());
-                    let log_ql = log_sigmoid(x.neg());
-                    log_qw.clone().exp() * log_qw.sub_scalar((-eps).ln_1p())
-                        + log_ql.clone().exp() * log_ql.sub_scalar(eps.ln())
-                }
-                DpoLossType::NcaPair => {
-                    let xc = sc.clone().mul_scalar(beta);
-                    let xr = sr.clone().mul_scalar(beta);
-                    log_sigmoid(xc.clone()).neg()
-                        - log_sigmoid(xc.neg()).mul_scalar(0.5)
-                        - log_sigmoid(xr.neg()).mul_scalar(0.5)
-                }
-                DpoLossType::Robust => {
-                    let eps = self.label_smoothing;
-                    let x = delta.clone().mul_scalar(beta);
-                    (log_sigmoid(x.clone()).mul_scalar(-(1.0 - eps))
-                        + log_sigmoid(x.neg()).mul_scalar(eps))
-                    .mul_scalar(1.0 / (1.0 - 2.0 * eps))
-                }
-                DpoLossType::BcoPair => {
-                    log_sigmoid(sc.clone().mul_scalar(beta)).neg()
-                        - log_sigmoid(sr.clone().mul_scalar(-beta))
-                }
-                DpoLossType::SppoHard => {
-                    let half = 0.5 / beta;
-                    sc.clone().sub_scalar(half).square() + sr.clone().add_scalar(half).square()
-                }
-                DpoLossType::Aot => {
-                    let policy = sorted(seq.chosen.clone() - seq.rejected.clone());
-                    let reference =
-                        sorted(seq.reference_chosen.clone() - seq.reference_rejected.clone());
-                    let x = (policy - reference).mul_scalar(beta);
-                    smoothed_sigmoid(x, self.label_smoothing)
-                }
-                DpoLossType::AotUnpaired => {
-                    let x = (sorted(dc.clone()) - sorted(dr.clone())).mul_scalar(beta);
-                    smoothed_sigmoid(x, self.label_smoothing)
-                }
-                DpoLossType::ApoZero => {
-                    sigmoid(dc.clone().mul_scalar(-beta)) + sigmoid(dr.clone().mul_scalar(beta))
-                }
-                DpoLossType::ApoDown => {
-                    sigmoid(dc.clone().mul_scalar(beta)) + sigmoid(delta.clone().mul_scalar(-beta))
-                }
-                DpoLossType::Discopop => {
-                    let tau = self.discopop_tau;
-                    let l = delta.clone().mul_scalar(beta);
-                    // (1 - m) = σ(-ℓ/τ); m e^{-ℓ} = exp(log σ(ℓ/τ) - ℓ), finite where the
-                    // product is (ℓ ≪ 0 with τ < 1), unlike the naive σ(ℓ/τ) · e^{-ℓ}.
-                    let logistic =
-                        sigmoid(l.clone().mul_scalar(-1.0 / tau)) * log_sigmoid(l.clone()).neg();
-                    let exponential = (log_sigmoid(l.clone().mul_scalar(1.0 / tau)) - l).exp();
-                    logistic + exponential
-                }
-                DpoLossType::Sft => nll
-                    .as_ref()
-                    .expect("nll computed above")
-                    .in_pair_terms
-                    .clone(),
-                DpoLossType::SigmoidNorm => {
-                    let (cc, cr) = counts.clone().expect("counts computed above");
-                    let z = sc.clone() / cc - sr.clone() / cr;
-                    log_sigmoid(z.mul_scalar(beta)).neg()
-                }
-            };
+            let term = loss_type.term(&pair, self);
             let term = match &wpo {
                 Some(w) => term * w.clone(),
                 None => term,
@@ -675,21 +511,6 @@ impl DpoLoss {
         };
         Ok((weight(c, c_sq) * weight(r, r_sq)).detach())
     }
-}
-
-/// `-(1-ε) log σ(x) - ε log σ(-x)` (plain `-log σ(x)` at ε = 0).
-fn smoothed_sigmoid(x: Tensor<1>, eps: f64) -> Tensor<1> {
-    if eps == 0.0 {
-        log_sigmoid(x).neg()
-    } else {
-        log_sigmoid(x.clone()).mul_scalar(-(1.0 - eps)) - log_sigmoid(x.neg()).mul_scalar(eps)
-    }
-}
-
-/// Ascending sort along the batch, differentiable (the gradient follows each element).
-fn sorted(x: Tensor<1>) -> Tensor<1> {
-    let (_, indices) = x.clone().detach().sort_with_indices(0);
-    x.gather(0, indices)
 }
 
 #[cfg(test)]

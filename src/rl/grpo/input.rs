@@ -1,0 +1,157 @@
+//! The inputs of [`GrpoLoss::forward`](super::GrpoLoss::forward), their checks and the
+//! half-precision upcast.
+
+use burn::tensor::{Bool, Tensor};
+
+use crate::error::{Error, check_same_shape};
+
+/// Inputs of [`GrpoLoss::forward`](super::GrpoLoss::forward).
+///
+/// # Shapes
+/// `[B, C]` per-token tensors; advantages `[B, 1]` (one per sequence) or `[B, C]`.
+#[derive(Debug, Clone)]
+pub struct GrpoLossInput {
+    /// Per-token log-probs of the completion (differentiable).
+    pub logprobs: Tensor<2>,
+    /// Valid completion tokens (completion mask, and tool mask if any).
+    pub mask: Tensor<2, Bool>,
+    /// Advantages `[B, 1]` or `[B, C]`.
+    pub advantages: Tensor<2>,
+    /// Log-probs at generation time; `None` = on-policy (`logprobs.detach()`: ratio 1).
+    pub old_logprobs: Option<Tensor<2>>,
+    /// Reference log-probs (required when `beta != 0`).
+    pub ref_logprobs: Option<Tensor<2>>,
+    /// Per-token entropies (metric, top-entropy mask, entropy bonus).
+    pub entropies: Option<Tensor<2>>,
+    /// Sampler (e.g. vLLM) log-probs for the off-policy mask; `None` = `old_logprobs`.
+    pub sampling_logprobs: Option<Tensor<2>>,
+    /// Per-token importance weight of the sampler correction (multiplies the per-token loss;
+    /// VESPO folds it into its gamma weight).
+    pub importance_sampling_ratio: Option<Tensor<2>>,
+    /// Active tokens of the whole generation batch (dapo/cispo/vespo normalizer).
+    pub num_items_in_batch: Option<f64>,
+}
+
+impl GrpoLossInput {
+    /// Required inputs; advantages per sequence `[B]`.
+    pub fn new(logprobs: Tensor<2>, mask: Tensor<2, Bool>, advantages: Tensor<1>) -> Self {
+        let mask = crate::reduce::canonical_mask(mask);
+        let b = advantages.dims()[0];
+        Self::with_token_advantages(logprobs, mask, advantages.reshape([b, 1]))
+    }
+    /// Required inputs; advantages `[B, 1]` or per token `[B, C]`.
+    pub fn with_token_advantages(
+        logprobs: Tensor<2>,
+        mask: Tensor<2, Bool>,
+        advantages: Tensor<2>,
+    ) -> Self {
+        let mask = crate::reduce::canonical_mask(mask);
+        Self {
+            logprobs,
+            mask,
+            advantages,
+            old_logprobs: None,
+            ref_logprobs: None,
+            entropies: None,
+            sampling_logprobs: None,
+            importance_sampling_ratio: None,
+            num_items_in_batch: None,
+        }
+    }
+    /// Sets the generation-time log-probs.
+    pub fn with_old_logprobs(mut self, x: Tensor<2>) -> Self {
+        self.old_logprobs = Some(x);
+        self
+    }
+    /// Sets the reference log-probs.
+    pub fn with_ref_logprobs(mut self, x: Tensor<2>) -> Self {
+        self.ref_logprobs = Some(x);
+        self
+    }
+    /// Sets the entropies.
+    pub fn with_entropies(mut self, x: Tensor<2>) -> Self {
+        self.entropies = Some(x);
+        self
+    }
+    /// Sets the sampler log-probs.
+    pub fn with_sampling_logprobs(mut self, x: Tensor<2>) -> Self {
+        self.sampling_logprobs = Some(x);
+        self
+    }
+    /// Sets the sampler importance ratio.
+    pub fn with_importance_sampling_ratio(mut self, x: Tensor<2>) -> Self {
+        self.importance_sampling_ratio = Some(x);
+        self
+    }
+    /// Sets the generation batch's token count.
+    pub fn with_num_items_in_batch(mut self, n: f64) -> Self {
+        self.num_items_in_batch = Some(n);
+        self
+    }
+}
+
+impl GrpoLossInput {
+    /// Checks shapes, dtypes, `num_items_in_batch` and (in checked mode) finiteness, then
+    /// upcasts half-precision tensors to f32 (f16 overflows `e^11`) and detaches the
+    /// advantages.
+    pub(super) fn checked(self) -> crate::Result<Self> {
+        let dims = self.logprobs.dims();
+        let [b, t] = dims;
+        let mask = crate::reduce::canonical_mask(self.mask);
+        check_same_shape("mask", &mask.dims(), &dims, "logprobs")?;
+        let adv_dims = self.advantages.dims();
+        if adv_dims != [b, 1] && adv_dims != dims {
+            return Err(Error::shape(
+                "advantages",
+                format!("[{b}, 1] or [{b}, {t}]"),
+                &adv_dims,
+            ));
+        }
+        let optional = [
+            ("old_logprobs", &self.old_logprobs),
+            ("ref_logprobs", &self.ref_logprobs),
+            ("entropies", &self.entropies),
+            ("sampling_logprobs", &self.sampling_logprobs),
+            ("importance_sampling_ratio", &self.importance_sampling_ratio),
+        ];
+        for (name, x) in optional {
+            if let Some(x) = x {
+                check_same_shape(name, &x.dims(), &dims, "logprobs")?;
+            }
+        }
+        crate::error::check_non_empty(
+            "logprobs",
+            b * t,
+            &format!("shape {:?} has a zero dimension", [b, t]),
+        )?;
+        if let Some(n) = self.num_items_in_batch
+            && !(n.is_finite() && n >= 0.0)
+        {
+            return Err(Error::config(
+                "num_items_in_batch",
+                "must be finite and >= 0",
+                n,
+            ));
+        }
+        let logprobs = &self.logprobs;
+        crate::error::check_dtype_like("advantages", &self.advantages, "logprobs", logprobs)?;
+        crate::error::check_finite(logprobs, "logprobs")?;
+        crate::error::check_finite(&self.advantages, "advantages")?;
+        for (name, x) in optional {
+            crate::error::check_dtype_like_opt(name, x.as_ref(), "logprobs", logprobs)?;
+            crate::error::check_finite_opt(x.as_ref(), name)?;
+        }
+        use crate::precision::upcast_half;
+        Ok(Self {
+            logprobs: upcast_half(self.logprobs),
+            mask,
+            advantages: upcast_half(self.advantages).detach(),
+            old_logprobs: self.old_logprobs.map(upcast_half),
+            ref_logprobs: self.ref_logprobs.map(upcast_half),
+            entropies: self.entropies.map(upcast_half),
+            sampling_logprobs: self.sampling_logprobs.map(upcast_half),
+            importance_sampling_ratio: self.importance_sampling_ratio.map(upcast_half),
+            num_items_in_batch: self.num_items_in_batch,
+        })
+    }
+}

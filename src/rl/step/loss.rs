@@ -1,0 +1,100 @@
+//! [`StepLoss`]: how [`ppo_update`](super::ppo_update) drives each loss (PPO, GRPO, RLOO),
+//! and the minibatch normalizer that makes micro-batch gradients sum exactly.
+
+use super::rollout::{PolicyOutput, RolloutBatch};
+use crate::losses::LossOutput;
+use crate::reduce::{Normalizer, masked_row_sum};
+use crate::rl::grpo::{GrpoLoss, GrpoLossInput, RlooLoss};
+use crate::rl::ppo::{PpoLoss, PpoLossInput};
+
+/// A loss the update step can drive.
+pub trait StepLoss {
+    /// The normalizer for a minibatch with `tokens` valid tokens and `rows` sequences; the
+    /// micro-batch losses are reduced with it so that they **sum** to the minibatch loss.
+    fn normalizer(&self, tokens: f64, rows: f64) -> Normalizer {
+        let _ = rows;
+        Normalizer::GlobalTokens(tokens.max(1.0))
+    }
+    /// The loss of one micro-batch.
+    fn step_loss(
+        &self,
+        batch: &RolloutBatch,
+        output: PolicyOutput,
+        normalizer: Normalizer,
+    ) -> crate::Result<LossOutput>;
+}
+
+impl StepLoss for PpoLoss {
+    fn step_loss(
+        &self,
+        batch: &RolloutBatch,
+        output: PolicyOutput,
+        normalizer: Normalizer,
+    ) -> crate::Result<LossOutput> {
+        let dims = batch.mask.dims();
+        let advantages = batch.advantages.clone().expand(dims);
+        let mut input = PpoLossInput::new(output.logprobs, batch.old_logprobs.clone(), advantages)
+            .with_mask(batch.mask.clone());
+        if let (Some(v), Some(v_old), Some(ret)) =
+            (output.values, &batch.old_values, &batch.returns)
+        {
+            input = input.with_values(v, v_old.clone(), ret.clone());
+        }
+        if let Some(h) = output.entropy {
+            input = input.with_entropy(h);
+        }
+        self.with_normalizer(normalizer).try_forward(input)
+    }
+}
+
+impl StepLoss for GrpoLoss {
+    fn step_loss(
+        &self,
+        batch: &RolloutBatch,
+        output: PolicyOutput,
+        normalizer: Normalizer,
+    ) -> crate::Result<LossOutput> {
+        let mut input = GrpoLossInput::with_token_advantages(
+            output.logprobs,
+            batch.mask.clone(),
+            batch.advantages.clone(),
+        )
+        .with_old_logprobs(batch.old_logprobs.clone());
+        if let Some(h) = output.entropy {
+            input = input.with_entropies(h);
+        }
+        if let Some(r) = &batch.ref_logprobs {
+            input = input.with_ref_logprobs(r.clone());
+        }
+        if let Some(s) = &batch.sampling_logprobs {
+            input = input.with_sampling_logprobs(s.clone());
+        }
+        if let Some(is) = &batch.importance_sampling_ratio {
+            input = input.with_importance_sampling_ratio(is.clone());
+        }
+        self.with_normalizer(normalizer).try_forward(input)
+    }
+}
+
+impl StepLoss for RlooLoss {
+    fn normalizer(&self, _tokens: f64, rows: f64) -> Normalizer {
+        Normalizer::GlobalSequences(rows.max(1.0))
+    }
+    fn step_loss(
+        &self,
+        batch: &RolloutBatch,
+        output: PolicyOutput,
+        normalizer: Normalizer,
+    ) -> crate::Result<LossOutput> {
+        let b = batch.len();
+        let old = masked_row_sum(batch.old_logprobs.clone(), batch.mask.clone());
+        let adv = batch.advantages.clone().slice([0..b, 0..1]).reshape([b]);
+        self.with_normalizer(normalizer).try_forward(
+            output.logprobs,
+            batch.mask.clone(),
+            old,
+            adv,
+            output.entropy,
+        )
+    }
+}

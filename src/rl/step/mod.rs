@@ -1,0 +1,325 @@
+//! A PPO-style update step over any burn [`Module`] and optimizer.
+//!
+//! [`ppo_update`] runs `epochs x shuffled minibatches x micro-batches` over a [`Rollout`]: the
+//! user's closure maps the model and a row subset of the rollout to new log-probs (and values),
+//! a [`StepLoss`] ([`PpoLoss`](crate::rl::PpoLoss), [`GrpoLoss`](crate::rl::GrpoLoss) or
+//! [`RlooLoss`](crate::rl::RlooLoss)) turns them into a loss normalized
+//! by the **minibatch's** global count (so the micro-batch gradients sum to the minibatch
+//! gradient exactly), gradients are accumulated, clipped by their global norm and applied with
+//! one optimizer step per minibatch. An optional KL target stops the update early.
+//!
+//! Files: `rollout` ([`Rollout`], [`PolicyOutput`]), `loss` ([`StepLoss`] for each loss),
+//! `grad` ([`clip_grad_norm`]), this file (the loop). Anchor: TRL 1.16's PPO trainer loop
+//! (`num_ppo_epochs` x `num_mini_batches` x `gradient_accumulation_steps`). Paper: Schulman
+//! et al., *Proximal Policy Optimization Algorithms*, <https://arxiv.org/abs/1707.06347>.
+
+mod grad;
+mod loss;
+mod rollout;
+
+use std::collections::BTreeMap;
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
+
+use grad::clip_grad_norm_unchecked;
+pub use grad::{clip_grad_norm, try_clip_grad_norm};
+pub use loss::StepLoss;
+pub use rollout::{PolicyOutput, Rollout, RolloutBatch};
+
+use crate::error::{Error, check_positive};
+use crate::losses::LossOutput;
+
+/// Configuration of [`ppo_update`]. Defaults follow TRL's PPO (`num_ppo_epochs` 4,
+/// `num_mini_batches` 1, `max_grad_norm` 1.0).
+#[derive(Config, Debug)]
+pub struct PpoStepConfig {
+    /// Passes over the rollout. Default 4.
+    #[config(default = 4)]
+    pub epochs: usize,
+    /// Minibatches per epoch (one optimizer step each); must divide the rollout rows. Default 1.
+    #[config(default = 1)]
+    pub num_minibatches: usize,
+    /// Micro-batches per minibatch (gradient accumulation); must divide the minibatch. Default 1.
+    #[config(default = 1)]
+    pub gradient_accumulation_steps: usize,
+    /// Learning rate passed to the optimizer. Default 1e-5.
+    #[config(default = 1e-5)]
+    pub learning_rate: f64,
+    /// Clip the gradient's **global** L2 norm (over all parameters, like
+    /// `torch.nn.utils.clip_grad_norm_`) before each optimizer step; `None` = off. Default 1.0.
+    /// (burn's `GradientClippingConfig` on the optimizer clips per parameter instead.)
+    #[config(default = "Some(1.0)")]
+    pub max_grad_norm: Option<f64>,
+    /// Stop the update once a minibatch's mean `approx_kl` exceeds this; `None` = off.
+    pub target_kl: Option<f64>,
+    /// Seed of the minibatch shuffle (xorshift). Vary it per update (e.g. the step index).
+    #[config(default = 0)]
+    pub seed: u64,
+}
+
+impl PpoStepConfig {
+    /// Rejects a non-positive or non-finite `learning_rate`, `max_grad_norm` or `target_kl`
+    /// (a NaN `target_kl` would silently disable early stopping), and zero `epochs`,
+    /// `num_minibatches` or `gradient_accumulation_steps`.
+    pub fn validate(&self) -> crate::Result<()> {
+        check_positive("learning_rate", self.learning_rate)?;
+        if let Some(n) = self.max_grad_norm {
+            check_positive("max_grad_norm", n)?;
+        }
+        if let Some(kl) = self.target_kl {
+            check_positive("target_kl", kl)?;
+        }
+        for (field, value) in [
+            ("epochs", self.epochs),
+            ("num_minibatches", self.num_minibatches),
+            (
+                "gradient_accumulation_steps",
+                self.gradient_accumulation_steps,
+            ),
+        ] {
+            if value == 0 {
+                return Err(Error::config(field, "must be >= 1", value));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Averages and counters of one [`ppo_update`].
+#[derive(Debug, Clone, Default)]
+pub struct StepStats {
+    /// Every loss metric plus `loss` and `grad_norm` (pre-clip), averaged over micro-batches
+    /// (`grad_norm` over optimizer steps).
+    pub metrics: BTreeMap<String, f64>,
+    /// Optimizer steps taken.
+    pub optimizer_steps: usize,
+    /// Whether the KL target stopped the update early.
+    pub early_stopped: bool,
+}
+
+/// Minimal xorshift64* for the shuffle (no dependency).
+struct XorShift(u64);
+
+impl XorShift {
+    fn new(seed: u64) -> Self {
+        XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn shuffle(&mut self, v: &mut [usize]) {
+        for i in (1..v.len()).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+    }
+}
+
+/// A failed [`try_ppo_update`]: the error, and the model, which is never lost.
+///
+/// `model` is the model as it was when the error occurred: unchanged when the configuration or
+/// the rollout is invalid (checked before any step), or after the optimizer steps already
+/// taken when a loss fails in a later minibatch (`optimizer_steps` says how many).
+#[derive(Debug)]
+pub struct StepError<M> {
+    /// The model (see above).
+    pub model: M,
+    /// What went wrong.
+    pub error: Error,
+    /// Optimizer steps taken before the error.
+    pub optimizer_steps: usize,
+}
+
+impl<M> std::fmt::Display for StepError<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (after {} optimizer steps)",
+            self.error, self.optimizer_steps
+        )
+    }
+}
+
+impl<M: std::fmt::Debug> std::error::Error for StepError<M> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl<M> From<StepError<M>> for Error {
+    fn from(e: StepError<M>) -> Self {
+        e.error
+    }
+}
+
+/// Runs the update (see the module docs) and returns the updated model and averaged metrics.
+///
+/// `forward(&model, &batch)` must compute the new log-probs (and values / entropies if the loss
+/// uses them) for the rows of `batch`, aligned with `batch.mask`, on an autodiff device.
+///
+/// # Errors
+/// On an invalid configuration, a rollout whose rows are not divisible into minibatches and
+/// micro-batches, or a loss error: a [`StepError`] that hands the model back.
+pub fn try_ppo_update<M, L, F>(
+    model: M,
+    optim: &mut ModuleOptimizer,
+    config: &PpoStepConfig,
+    rollout: &Rollout,
+    loss: &L,
+    forward: F,
+) -> Result<(M, StepStats), StepError<M>>
+where
+    M: Module,
+    L: StepLoss,
+    F: FnMut(&M, &RolloutBatch) -> PolicyOutput,
+{
+    let mut stats = StepStats::default();
+    let mut slot = Some(model);
+    match update_in_place(&mut slot, optim, config, rollout, loss, forward, &mut stats) {
+        Ok(()) => Ok((slot.expect("the model is put back after every step"), stats)),
+        Err(error) => Err(StepError {
+            model: slot.expect("the model is put back after every step"),
+            error,
+            optimizer_steps: stats.optimizer_steps,
+        }),
+    }
+}
+
+/// The update on a model held in `slot` (taken out only for the optimizer step, which cannot
+/// fail), so every error leaves the current model in place.
+fn update_in_place<M, L, F>(
+    slot: &mut Option<M>,
+    optim: &mut ModuleOptimizer,
+    config: &PpoStepConfig,
+    rollout: &Rollout,
+    loss: &L,
+    mut forward: F,
+    stats: &mut StepStats,
+) -> crate::Result<()>
+where
+    M: Module,
+    L: StepLoss,
+    F: FnMut(&M, &RolloutBatch) -> PolicyOutput,
+{
+    rollout.validate()?;
+    config.validate()?;
+    let b = rollout.len();
+    let (mb, gas) = (config.num_minibatches, config.gradient_accumulation_steps);
+    if config.epochs == 0
+        || mb == 0
+        || gas == 0
+        || !b.is_multiple_of(mb)
+        || !(b / mb).is_multiple_of(gas)
+    {
+        return Err(Error::Conflict {
+            field: "num_minibatches",
+            other: "rollout",
+            reason: format!(
+                "epochs ({}) >= 1 and rollout rows ({b}) must split into num_minibatches ({mb}) x \
+                 gradient_accumulation_steps ({gas}) equal parts",
+                config.epochs
+            ),
+        });
+    }
+    let mb_size = b / mb;
+    let micro_size = mb_size / gas;
+    let row_tokens: Vec<f64> = rollout
+        .mask
+        .clone()
+        .int()
+        .sum_dim(1)
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .map_err(|e| Error::Backend {
+            arg: "rollout.mask",
+            detail: format!("{e:?}"),
+        })?
+        .into_iter()
+        .map(|x| x as f64)
+        .collect();
+    let mut rng = XorShift::new(config.seed);
+    let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    let mut add = |key: &str, v: f64| {
+        let e = sums.entry(key.to_string()).or_insert((0.0, 0));
+        e.0 += v;
+        e.1 += 1;
+    };
+    'epochs: for _ in 0..config.epochs {
+        let mut order: Vec<usize> = (0..b).collect();
+        rng.shuffle(&mut order);
+        for minibatch in order.chunks(mb_size) {
+            let tokens: f64 = minibatch.iter().map(|&r| row_tokens[r]).sum();
+            let normalizer = loss.normalizer(tokens, minibatch.len() as f64);
+            let mut accumulator = GradientsAccumulator::<M>::new();
+            let mut kl_sum = 0.0;
+            for micro in minibatch.chunks(micro_size) {
+                let batch = rollout.select(micro);
+                let model = slot.as_ref().expect("model in its slot");
+                let out = forward(model, &batch);
+                let LossOutput {
+                    loss: l, metrics, ..
+                } = loss.step_loss(&batch, out, normalizer)?;
+                let grads = GradientsParams::from_grads(l.backward(), model);
+                accumulator.accumulate(model, grads);
+                // The micro-batch losses sum to the minibatch loss; log that sum's average.
+                add("loss", l.into_scalar::<f64>() * gas as f64);
+                for (k, v) in metrics.to_host() {
+                    if k == "approx_kl" {
+                        kl_sum += v;
+                    }
+                    add(&k, v);
+                }
+            }
+            let mut grads = accumulator.grads();
+            let model = slot.take().expect("model in its slot");
+            if let Some(max_norm) = config.max_grad_norm {
+                let norm = clip_grad_norm_unchecked(&model, &mut grads, max_norm);
+                add("grad_norm", norm);
+            }
+            *slot = Some(optim.step(config.learning_rate, model, grads));
+            stats.optimizer_steps += 1;
+            if let Some(target) = config.target_kl
+                && kl_sum / gas as f64 > target
+            {
+                stats.early_stopped = true;
+                break 'epochs;
+            }
+        }
+    }
+    stats.metrics = sums
+        .into_iter()
+        .map(|(k, (s, n))| (k, s / n as f64))
+        .collect();
+    Ok(())
+}
+
+/// Panicking form of [`try_ppo_update`].
+///
+/// # Panics
+/// On the errors listed there.
+pub fn ppo_update<M, L, F>(
+    model: M,
+    optim: &mut ModuleOptimizer,
+    config: &PpoStepConfig,
+    rollout: &Rollout,
+    loss: &L,
+    forward: F,
+) -> (M, StepStats)
+where
+    M: Module,
+    L: StepLoss,
+    F: FnMut(&M, &RolloutBatch) -> PolicyOutput,
+{
+    match try_ppo_update(model, optim, config, rollout, loss, forward) {
+        Ok(done) => done,
+        Err(e) => panic!("burn-rlhf: {e}"),
+    }
+}
