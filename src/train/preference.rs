@@ -236,7 +236,8 @@ impl<P: CausalLmLogps + Module + ModuleDisplay, R: CausalLmLogps + Module + Modu
                 if self.objective.has_nll_term() {
                     let nll_tokens = batch.nll_tokens.as_ref().or(batch.chosen_tokens.as_ref());
                     if let Some(tokens) = nll_tokens {
-                        local.tokens = crate::reduce::global_token_count(&[tokens.mask.clone()]);
+                        local.tokens =
+                            crate::reduce::global_token_count(std::slice::from_ref(&tokens.mask));
                     }
                 }
                 global = self

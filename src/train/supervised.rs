@@ -59,7 +59,7 @@ impl<M: CausalLmLogps + Module + ModuleDisplay> SftModel<M> {
             None => Normalizer::TokenMean,
             Some(reducer) => {
                 let local = StepCounts {
-                    tokens: crate::reduce::global_token_count(&[tokens.mask.clone()]),
+                    tokens: crate::reduce::global_token_count(std::slice::from_ref(&tokens.mask)),
                     ..StepCounts::default()
                 };
                 reducer.reduce(&local)?.token_normalizer()?
