@@ -48,9 +48,9 @@
 
 use std::time::Instant;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, FloatDType, Tensor};
+use burn::tensor::{Device, Tensor};
 use burn_rlhf::distributed::{Parts, StepCounts, sum_parts};
 use burn_rlhf::losses::{DpoLoss, DpoLossConfig, PreferenceBatch};
 
@@ -59,15 +59,10 @@ const LR: f64 = 1e-3;
 // The `dpo` example's model, task and data (one copy of them, shared).
 #[path = "dpo.rs"]
 mod dpo;
+#[path = "common/params.rs"]
+mod params;
 use dpo::{Rng, TinyLm, gather, ints, labels_of as labels, make_pairs};
-
-/// Casts every float parameter to f64 (a fresh leaf that requires grad).
-struct ToF64;
-impl ModuleMapper for ToF64 {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        param.map(|t| t.cast(FloatDType::F64).detach().require_grad())
-    }
-}
+use params::{ToF64, max_abs_diff};
 
 // ----------------------------------------------------------------------------- training
 
@@ -198,30 +193,6 @@ fn all_reduce_gradients(model: &TinyLm, per_replica: Vec<GradientsParams>) -> Ve
     };
     model.visit(&mut visitor);
     visitor.out
-}
-
-/// Max `|a - b|` over all float parameters of two models with the same structure.
-fn max_abs_diff(a: &TinyLm, b: &TinyLm) -> f64 {
-    struct Collect(Vec<Vec<f64>>);
-    impl ModuleVisitor for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0.push(
-                param
-                    .val()
-                    .into_data()
-                    .convert::<f64>()
-                    .try_into_vec::<f64>()
-                    .unwrap(),
-            );
-        }
-    }
-    let (mut ca, mut cb) = (Collect(vec![]), Collect(vec![]));
-    a.visit(&mut ca);
-    b.visit(&mut cb);
-    ca.0.iter()
-        .zip(&cb.0)
-        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
-        .fold(0.0, f64::max)
 }
 
 /// Runs single-device and replicated training from the same start and compares them.

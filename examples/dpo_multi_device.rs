@@ -34,6 +34,8 @@
 // The `dpo` example's model, task and data (one copy of them, shared).
 #[path = "dpo.rs"]
 pub mod dpo;
+#[path = "common/params.rs"]
+mod params;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,9 +43,9 @@ use std::time::Instant;
 
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::InMemDataset;
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::optim::AdamConfig;
-use burn::tensor::{Device, FloatDType, Int, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 use burn::train::renderer::CliMetricsRenderer;
 use burn::train::{ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining};
 use burn_rlhf::GatheredLogprobs;
@@ -54,6 +56,7 @@ use burn_rlhf::train::{
 };
 use clap::Parser;
 use dpo::{EOS, PROMPT, Rng, TinyLm, gather, ints, labels_of, make_pairs, warm_up};
+use params::{ToF64, max_abs_diff};
 
 const LR: f64 = 1e-3;
 
@@ -115,38 +118,6 @@ pub struct Summary {
     pub seconds_per_step: (f64, f64),
     /// Reducer calls made by the replicas (one per step).
     pub reducer_calls: u64,
-}
-
-/// Casts every float parameter to f64 (a fresh leaf that requires grad).
-struct ToF64;
-impl ModuleMapper for ToF64 {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        param.map(|t| t.cast(FloatDType::F64).detach().require_grad())
-    }
-}
-
-/// Max `|a - b|` over all float parameters of two models with the same structure.
-fn max_abs_diff(a: &TinyLm, b: &TinyLm) -> f64 {
-    struct Collect(Vec<Vec<f64>>);
-    impl ModuleVisitor for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0.push(
-                param
-                    .val()
-                    .into_data()
-                    .convert::<f64>()
-                    .try_into_vec::<f64>()
-                    .unwrap(),
-            );
-        }
-    }
-    let (mut ca, mut cb) = (Collect(vec![]), Collect(vec![]));
-    a.visit(&mut ca);
-    b.visit(&mut cb);
-    ca.0.iter()
-        .zip(&cb.0)
-        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
-        .fold(0.0, f64::max)
 }
 
 /// Prompt (digits + SEP) and completion (digits + EOS) of a `[prompt, SEP, completion, EOS]` row.

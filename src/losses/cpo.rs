@@ -193,10 +193,8 @@ pub struct CpoLoss {
 }
 
 impl CpoLoss {
-    /// A copy reduced with `normalizer` (pairs) and `nll_normalizer` (the NLL term's tokens),
-    /// e.g. the step's global counts from [`StepCounts`](crate::distributed::StepCounts)
-    /// under data parallelism (what the burn-train adapters do with a reducer). The
-    /// normalizers are used as given; [`Normalizer::validate`] them if they come from outside.
+    /// A copy reduced with the step's global counts, as
+    /// [`DpoLoss::with_normalizers`](crate::losses::DpoLoss::with_normalizers).
     pub fn with_normalizers(
         &self,
         normalizer: Normalizer,
