@@ -406,7 +406,8 @@ pub fn check_finite<const D: usize>(
 /// Number of true elements, read back as one integer. (Reading a Bool reduction with
 /// `into_scalar::<bool>()` returned a wrong answer on wgpu/lavapipe; an integer sum does not.)
 pub(crate) fn count_true<const D: usize>(mask: burn::tensor::Tensor<D, burn::tensor::Bool>) -> i64 {
-    mask.int().sum().into_scalar::<i64>()
+    crate::host_reads::ints(mask.int().sum(), "mask").unwrap_or_else(|e| panic!("burn-rlhf: {e}"))
+        [0]
 }
 
 /// [`Error::DType`] when the float tensor `tensor` (argument `arg`) does not have the dtype of

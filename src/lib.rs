@@ -14,6 +14,7 @@ pub mod distributed;
 pub mod error;
 pub mod generate;
 pub mod heads;
+pub mod host_reads;
 pub mod logprobs;
 pub mod losses;
 mod precision;

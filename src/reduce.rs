@@ -251,8 +251,15 @@ impl Normalizer {
 /// micro-batches (reads them back to the host). Pass it to [`Normalizer::GlobalTokens`].
 /// Across data-parallel ranks, sum the per-rank results (all-reduce) before use.
 pub fn global_token_count(masks: &[Tensor<2, Bool>]) -> f64 {
-    masks
-        .iter()
-        .map(|m| m.clone().int().sum().into_scalar::<i64>() as f64)
+    if masks.is_empty() {
+        return 0.0;
+    }
+    // One read for all the masks.
+    let counts: Vec<Tensor<1, burn::tensor::Int>> =
+        masks.iter().map(|m| m.clone().int().sum()).collect();
+    crate::host_reads::ints(Tensor::cat(counts, 0), "masks")
+        .unwrap_or_else(|e| panic!("burn-rlhf: {e}"))
+        .into_iter()
+        .map(|c| c as f64)
         .sum()
 }

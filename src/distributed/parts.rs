@@ -12,11 +12,7 @@ use crate::reduce::{Normalizer, mask_like, zero_masked};
 
 /// Reads a small float tensor back to the host as `f64` (one sync).
 pub(super) fn host(x: Tensor<1>) -> Vec<f64> {
-    x.detach()
-        .into_data()
-        .convert::<f64>()
-        .try_into_vec::<f64>()
-        .expect("float tensor converts to f64")
+    crate::host_reads::floats(x.detach(), "parts").unwrap_or_else(|e| panic!("burn-rlhf: {e}"))
 }
 
 /// Statistics that are sums over examples, so that their totals over micro-batches and ranks

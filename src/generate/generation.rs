@@ -186,8 +186,5 @@ impl Generation {
 }
 
 pub(crate) fn host_i64(x: Tensor<2, Int>) -> Vec<i64> {
-    x.into_data()
-        .convert::<i64>()
-        .try_into_vec::<i64>()
-        .expect("int tensor reads back as i64")
+    crate::host_reads::ints(x, "generation").unwrap_or_else(|e| panic!("burn-rlhf: {e}"))
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use burn::config::Config;
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::generation::Generation;
@@ -143,16 +144,14 @@ impl GrpoStep {
                     .group
             }
         };
-        let mut metrics = advantages.metrics.to_host();
+        // Every metric stays on the device; one read at the end of the step.
+        let mut metrics = advantages.metrics.clone();
         let lengths = masked_row_sum(mask.clone().int().float(), mask.clone());
+        metrics.insert("completions/mean_length", lengths.mean());
+        let unfinished = generation.finished.clone().bool_not().int().float();
         metrics.insert(
-            "completions/mean_length".into(),
-            lengths.mean().into_scalar::<f64>(),
-        );
-        let finished = generation.finished_host();
-        metrics.insert(
-            "completions/clipped_ratio".into(),
-            finished.iter().filter(|&&f| !f).count() as f64 / r as f64,
+            "completions/clipped_ratio",
+            unfinished.sum().div_scalar(r as f64),
         );
         let temperature = generation.logps_temperature;
         let ref_logps = (self.loss.config().beta != 0.0)
@@ -163,8 +162,8 @@ impl GrpoStep {
                 .clamp_max(cap)
         });
         let mut policy = policy;
-        let mut losses = vec![];
-        for _ in 0..c.num_iterations {
+        let mut loss_sum: Option<Tensor<1>> = None;
+        for iteration in 0..c.num_iterations {
             let tokens = generation.completion_logps(&policy, temperature);
             let mut input =
                 GrpoLossInput::new(tokens.logprobs, tokens.mask, advantages.advantages.clone())
@@ -177,18 +176,24 @@ impl GrpoStep {
                 input = input.with_importance_sampling_ratio(x.clone());
             }
             let out = self.loss.try_forward(input)?;
-            if losses.is_empty() {
-                metrics.extend(out.metrics.to_host());
+            if iteration == 0 {
+                metrics.extend_prefixed("", out.metrics.clone());
             }
-            losses.push(out.loss.clone().into_scalar::<f64>());
+            let loss = out.loss.clone().detach();
+            loss_sum = Some(match loss_sum.take() {
+                Some(total) => total + loss,
+                None => loss,
+            });
             let grads = GradientsParams::from_grads(out.loss.backward(), &policy);
             policy = optim.step(c.learning_rate, policy, grads);
         }
-        metrics.insert(
-            "loss".into(),
-            losses.iter().sum::<f64>() / losses.len() as f64,
-        );
-        Ok(GrpoStepOutput { policy, metrics })
+        if let Some(total) = loss_sum {
+            metrics.insert("loss", total.div_scalar(c.num_iterations as f64));
+        }
+        Ok(GrpoStepOutput {
+            policy,
+            metrics: metrics.to_host(),
+        })
     }
 
     crate::error::panicking! {

@@ -188,10 +188,18 @@ impl OnlineDpo {
         let ref_logps = paired.completion_logps(&*reference, temperature).sum();
         let old_logps =
             crate::reduce::masked_row_sum(paired.logps.clone(), paired.completion_mask.clone());
-        let kl = (old_logps.clone() - ref_logps.clone())
-            .mean()
-            .into_scalar::<f64>();
-        let entropy = -old_logps.mean().into_scalar::<f64>();
+        // One read for the two objective statistics.
+        let stats = crate::host_reads::floats(
+            Tensor::cat(
+                vec![
+                    (old_logps.clone() - ref_logps.clone()).mean(),
+                    old_logps.mean().neg(),
+                ],
+                0,
+            ),
+            "objective statistics",
+        )?;
+        let (kl, entropy) = (stats[0], stats[1]);
         let pair_scores: Vec<f64> = rows.iter().filter_map(|&r| scores[r]).collect();
         let mean_pair_score = pair_scores.iter().sum::<f64>() / pair_scores.len().max(1) as f64;
         metrics.insert("objective/kl".into(), kl);
@@ -209,7 +217,9 @@ impl OnlineDpo {
             c.batch_pairs.min(b)
         };
         let mut policy = policy;
-        let mut losses = vec![];
+        // The loss and the first batch's metrics stay on the device; one read after the loop.
+        let mut step_metrics: Option<crate::losses::Metrics> = None;
+        let (mut loss_sum, mut loss_count): (Option<Tensor<1>>, usize) = (None, 0);
         for _ in 0..c.epochs {
             for start in (0..b).step_by(per_step) {
                 let len = per_step.min(b - start);
@@ -231,20 +241,24 @@ impl OnlineDpo {
                     .to_device(&device);
                 let batch = chunk.try_preference_batch(tokens, Some(sub_ref))?;
                 let out = self.loss.try_forward(&batch)?;
-                if losses.is_empty() {
-                    for (k, v) in out.metrics.to_host() {
-                        metrics.insert(k, v);
-                    }
+                if step_metrics.is_none() {
+                    step_metrics = Some(out.metrics.clone());
                 }
-                losses.push(out.loss.clone().into_scalar::<f64>());
+                let loss = out.loss.clone().detach();
+                loss_sum = Some(match loss_sum.take() {
+                    Some(total) => total + loss,
+                    None => loss,
+                });
+                loss_count += 1;
                 let grads = GradientsParams::from_grads(out.loss.backward(), &policy);
                 policy = optim.step(c.learning_rate, policy, grads);
             }
         }
-        metrics.insert(
-            "loss".into(),
-            losses.iter().sum::<f64>() / losses.len() as f64,
-        );
+        let mut step_metrics = step_metrics.unwrap_or_default();
+        if let Some(total) = loss_sum {
+            step_metrics.insert("loss", total.div_scalar(loss_count as f64));
+        }
+        metrics.extend(step_metrics.to_host());
         if c.sync_ref_model {
             *reference = policy.valid();
         }

@@ -362,7 +362,8 @@ impl Sampler {
             let last = step + 1 == c.max_new_tokens;
             if !last
                 && (step + 1) % c.finished_check_interval == 0
-                && done.clone().int().sum().into_scalar::<i64>() == rows as i64
+                && crate::host_reads::ints(done.clone().int().sum(), "finished")
+                    .is_ok_and(|finished| finished[0] == rows as i64)
             {
                 break;
             }

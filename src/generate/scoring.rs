@@ -218,11 +218,8 @@ impl<F: Fn(Tensor<2, Int>, Tensor<2, Bool>) -> Tensor<3>> Scorer for RewardModel
         let mask = generation.attention_mask();
         let hidden = (self.hidden)(generation.ids(), mask.clone());
         let rewards = self.head.forward_reward(hidden, mask);
-        rewards
-            .into_data()
-            .convert::<f64>()
-            .try_into_vec::<f64>()
-            .expect("float tensor reads back as f64")
+        crate::host_reads::floats(rewards, "rewards")
+            .unwrap_or_else(|e| panic!("burn-rlhf: {e}"))
             .into_iter()
             .map(|x| x.is_finite().then_some(x))
             .collect()

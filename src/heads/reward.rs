@@ -38,8 +38,8 @@ pub fn last_attended_index(attention_mask: Tensor<2, Bool>) -> Tensor<1, Int> {
 /// [`last_attended_index`], returning [`Error::Empty`] (naming the first offending row) when a
 /// row has no attended position, and [`Error::Shape`] for a zero-sized mask.
 ///
-/// The check reads **one boolean** back from the device (`all(any(mask, dim 1))`), which
-/// synchronizes; the row indices are only read on the error path.
+/// The check reads the per-row counts `[B]` back from the device (one sync; see
+/// [`host_reads`](crate::host_reads)).
 pub fn try_last_attended_index(attention_mask: Tensor<2, Bool>) -> crate::Result<Tensor<1, Int>> {
     let attention_mask = crate::reduce::canonical_mask(attention_mask);
     let [b, t] = attention_mask.dims();
@@ -57,13 +57,8 @@ pub fn try_last_attended_index(attention_mask: Tensor<2, Bool>) -> crate::Result
 fn check_every_row_attended(attention_mask: Tensor<2, Bool>) -> crate::Result<()> {
     // One readback of the per-row attended-token counts `[B]` (ints: a Bool reduction read
     // with `into_scalar::<bool>()` was wrong on wgpu/lavapipe).
-    let counts = attention_mask.int().sum_dim(1).into_data().convert::<i64>();
-    let rows: Vec<bool> = counts
-        .try_into_vec::<i64>()
-        .unwrap_or_default()
-        .iter()
-        .map(|&c| c > 0)
-        .collect();
+    let counts = crate::host_reads::ints(attention_mask.int().sum_dim(1), "attention_mask")?;
+    let rows: Vec<bool> = counts.iter().map(|&c| c > 0).collect();
     if rows.iter().all(|&attended| attended) {
         return Ok(());
     }
@@ -89,8 +84,10 @@ fn gather_rows(hidden: Tensor<3>, index: Tensor<1, Int>) -> Tensor<2> {
 
 /// The hidden state of each row's last attended token: `[B, T, H]` -> `[B, H]`.
 ///
-/// Checks that every row has an attended token (one boolean read back, see
-/// [`try_last_attended_index`]) and that the shapes agree. Differentiable w.r.t. `hidden`.
+/// Checks that the shapes agree and, in [checked mode](crate::set_checked_mode) or a debug
+/// build of this crate, that every row has an attended token (one `[B]` read back, see
+/// [`try_last_attended_index`] and [`host_reads`](crate::host_reads)); otherwise it reads
+/// nothing and a row with no attended token pools position 0. Differentiable w.r.t. `hidden`.
 ///
 /// # Shapes
 /// - hidden: `[B, T, H]`
@@ -102,7 +99,11 @@ pub fn try_pool_last_attended(
 ) -> crate::Result<Tensor<2>> {
     let attention_mask = crate::reduce::canonical_mask(attention_mask);
     check_mask_shape(&hidden, &attention_mask)?;
-    let index = try_last_attended_index(attention_mask)?;
+    let index = if crate::host_reads::default_checks() {
+        try_last_attended_index(attention_mask)?
+    } else {
+        last_attended_index(attention_mask).clamp_min(0)
+    };
     Ok(gather_rows(hidden, index))
 }
 

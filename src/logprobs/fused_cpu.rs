@@ -311,6 +311,18 @@ fn contiguous(t: FlexTensor) -> FlexTensor {
     }
 }
 
+/// Unchecked calls (no range check requested) still never return a silent wrong value on
+/// the CPU: the targets are in host memory here, so the check is free.
+fn assert_targets_in_range(targets: &[i64], vocab: usize) {
+    if let Some(row) = targets.iter().position(|&x| x >= vocab as i64) {
+        panic!(
+            "burn-rlhf: fused log-probs: target {} of row {row} is outside [0, {vocab}) (set \
+             check_targets or checked mode for a typed error)",
+            targets[row]
+        );
+    }
+}
+
 fn targets_vec(targets: &FlexTensor) -> Option<Vec<i64>> {
     if let Some(s) = targets.as_slice::<i64>() {
         Some(s.to_vec())
@@ -334,6 +346,7 @@ pub(crate) fn forward(
     let t = targets_vec(&contiguous(targets))?;
     // The weight stays as it is (any strides): only its tiles' GEMMs read it.
     let weight = weight_vh(&weight, p.layout);
+    assert_targets_in_range(&t, weight.shape()[0]);
     let (hidden, bias) = (contiguous(hidden), bias.map(contiguous));
     let out = match hidden.dtype() {
         DType::F32 => TensorData::new(

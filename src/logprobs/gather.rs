@@ -50,11 +50,13 @@ pub struct TokenLogprobsConfig {
     /// Must be finite and > 0.
     #[config(default = 1.0)]
     pub temperature: f64,
-    /// Check that every label is in `[0, V)` or equal to `ignore_index`, returning
-    /// [`Error::LabelOutOfRange`] otherwise. This reads the `[B, T]` labels back to the host
-    /// (one small sync). Default: true. Without it, an out-of-range label is undefined
-    /// behaviour of the backend's gather.
-    #[config(default = true)]
+    /// Always check that every label is in `[0, V)` or equal to `ignore_index`, returning
+    /// [`Error::LabelOutOfRange`] otherwise. The check reads the `[B, T]` labels back to the
+    /// host (one sync), so it is off in release builds by default and runs by itself in
+    /// [checked mode](crate::set_checked_mode) and in debug builds of this crate (see
+    /// [`host_reads`](crate::host_reads)). Default: false. Unchecked, an out-of-range label
+    /// panics in the CPU kernels and is undefined behaviour of a GPU backend's gather.
+    #[config(default = false)]
     pub check_labels: bool,
     /// Implementation. Default: [`LogprobsImplementation::Auto`].
     #[config(default = "LogprobsImplementation::Auto")]
@@ -231,7 +233,7 @@ impl TokenLogprobs {
                 &[b, t, v],
             ));
         }
-        if self.check_labels {
+        if self.check_labels || crate::host_reads::default_checks() {
             check_label_range(&labels, "labels", v, self.ignore_index, 0)?;
         }
         crate::error::check_finite(&logits, "logits")?;
@@ -308,15 +310,7 @@ pub(crate) fn check_label_range<const D: usize>(
     first_col: usize,
 ) -> crate::Result<()> {
     let cols = labels.dims()[D - 1].max(1);
-    let values: Vec<i64> = labels
-        .clone()
-        .into_data()
-        .convert::<i64>()
-        .try_into_vec::<i64>()
-        .map_err(|e| Error::Backend {
-            arg,
-            detail: format!("{e:?}"),
-        })?;
+    let values = crate::host_reads::ints(labels.clone(), arg)?;
     if let Some((position, &value)) = values
         .iter()
         .enumerate()

@@ -35,9 +35,12 @@ pub struct FusedLogprobsConfig {
     /// Default: false (log-probs only, the cheapest pass).
     #[config(default = false)]
     pub with_stats: bool,
-    /// Check that targets are in `[0, V)` or `ignore_index` (reads `[N]` targets back).
-    /// Default: true.
-    #[config(default = true)]
+    /// Always check that targets are in `[0, V)` or `ignore_index` ([`Error::LabelOutOfRange`]).
+    /// The check reads the targets back (one sync), so it is off in release builds by default
+    /// and runs by itself in [checked mode](crate::set_checked_mode) and in debug builds of
+    /// this crate (see [`host_reads`](crate::host_reads)). Default: false. Unchecked, an
+    /// out-of-range target panics in the CPU kernel and is undefined behaviour on a GPU.
+    #[config(default = false)]
     pub check_targets: bool,
     /// Implementation. `Reference` materializes the `[N, V]` logits (test oracle).
     #[config(default = "LogprobsImplementation::Auto")]
@@ -143,6 +146,12 @@ pub struct FusedLogprobs {
 }
 
 impl FusedLogprobs {
+    /// Whether this call checks the target range (the config's `check_targets`, checked mode,
+    /// or a debug build).
+    fn checks_targets(&self) -> bool {
+        self.check_targets || crate::host_reads::default_checks()
+    }
+
     /// Per-row outputs, for a `[V, H]` weight (the [`LmHeadLayout::VocabMajor`] layout of
     /// PyTorch's `nn.Linear` and Hugging Face checkpoints). For burn's [`Linear`](burn::nn::Linear)
     /// (`[H, V]`) use [`forward_head`](Self::forward_head); this is
@@ -202,7 +211,7 @@ impl FusedLogprobs {
         head: impl Into<LmHead>,
         targets: Tensor<1, Int>,
     ) -> crate::Result<FusedLogprobsOutput> {
-        self.forward_checked(hidden, head.into(), targets, self.check_targets)
+        self.forward_checked(hidden, head.into(), targets, self.checks_targets())
     }
 
     /// `weight` and `bias` against `hidden [n, h]`; returns the vocabulary size.
@@ -368,7 +377,7 @@ impl FusedLogprobs {
                 &[b, t, h],
             ));
         }
-        if self.check_targets {
+        if self.checks_targets() {
             // Checked on the caller's `labels`, so a bad label is reported at its own position.
             let v = Self::check_head(&head, b * (t - 1), h)?;
             super::gather::check_label_range(&labels, "labels", v, self.ignore_index, 1)?;

@@ -46,12 +46,8 @@ impl RunningMoments {
         if n == 0.0 {
             return;
         }
-        let values: Vec<f64> = xs
-            .detach()
-            .into_data()
-            .convert::<f64>()
-            .try_into_vec::<f64>()
-            .expect("float tensor converts to f64");
+        let values = crate::host_reads::floats(xs.detach(), "xs")
+            .unwrap_or_else(|e| panic!("burn-rlhf: {e}"));
         let xs_mean = values.iter().sum::<f64>() / n;
         let xs_var = values.iter().map(|x| (x - xs_mean).powi(2)).sum::<f64>() / n;
         self.update_with(xs_mean, xs_var, n);

@@ -52,12 +52,31 @@ impl Metrics {
         }
     }
 
-    /// Reads every metric back to the host (one sync per metric) as `f64`.
+    /// Reads every metric back to the host as `f64`, in **one** transfer (the metrics are
+    /// concatenated on the device first; see [`host_reads`](crate::host_reads)).
+    ///
+    /// # Panics
+    /// If the backend fails to read the values back.
     pub fn to_host(&self) -> BTreeMap<String, f64> {
-        self.values
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone().into_scalar::<f64>()))
-            .collect()
+        if self.values.is_empty() {
+            return BTreeMap::new();
+        }
+        let mut all: Vec<Tensor<1>> = self
+            .values
+            .values()
+            .map(|v| v.clone().reshape([1]))
+            .collect();
+        let dtype = all[0].dtype();
+        if all.iter().any(|v| v.dtype() != dtype) {
+            // Mixed precisions: f32 holds every metric (f64 may not exist on the device).
+            all = all
+                .into_iter()
+                .map(|v| v.cast(burn::tensor::FloatDType::F32))
+                .collect();
+        }
+        let values = crate::host_reads::floats(Tensor::cat(all, 0), "metrics")
+            .unwrap_or_else(|e| panic!("burn-rlhf: {e}"));
+        self.values.keys().cloned().zip(values).collect()
     }
 }
 

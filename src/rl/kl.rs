@@ -157,7 +157,8 @@ impl KlPenalty {
     /// outside it. A row with no valid token gets its score at column 0.
     ///
     /// Errors: shape mismatches ([`Error::Shape`]), `B * T = 0` ([`Error::Empty`]), a
-    /// `score_index` outside `[0, T)` (one host read) or a `kl_coef` (from
+    /// `score_index` outside `[0, T)` (checked mode or a debug build only: one host read, see
+    /// [`host_reads`](crate::host_reads)) or a `kl_coef` (from
     /// [`with_kl_coef`](Self::with_kl_coef)) not finite and >= 0 ([`Error::Config`]); in
     /// checked mode non-finite inputs ([`Error::NonFinite`]).
     ///
@@ -192,12 +193,14 @@ impl KlPenalty {
         }
         if let Some(idx) = &score_index {
             check_same_shape("score_index", &idx.dims(), &[b], "logprobs rows")?;
-            let values: Vec<i64> = idx
-                .clone()
-                .into_data()
-                .convert::<i64>()
-                .try_into_vec::<i64>()
-                .expect("int tensor data converts to i64");
+        }
+        // The range check reads the index back: checked mode or a debug build only (see
+        // `host_reads`); unchecked, an index outside [0, T) places the score nowhere.
+        if let Some(idx) = score_index
+            .as_ref()
+            .filter(|_| crate::host_reads::default_checks())
+        {
+            let values = crate::host_reads::ints(idx.clone(), "score_index")?;
             if let Some(&bad) = values.iter().find(|&&i| i < 0 || i >= t as i64) {
                 return Err(Error::config(
                     "score_index",

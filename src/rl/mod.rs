@@ -44,7 +44,7 @@ pub use ppo::{PpoLoss, PpoLossConfig, PpoLossInput};
 pub use ratio::LOG_RATIO_LIMIT;
 pub use step::{
     PolicyOutput, PpoStepConfig, Rollout, RolloutBatch, StepError, StepLoss, StepStats,
-    clip_grad_norm, ppo_update, try_clip_grad_norm, try_ppo_update,
+    clip_grad_norm, clip_grad_norm_on_device, ppo_update, try_clip_grad_norm, try_ppo_update,
 };
 
 use burn::tensor::{Tensor, TensorData};

@@ -39,22 +39,28 @@ impl ModuleVisitor for GradSquaredNorm<'_> {
 
 struct GradScale<'a> {
     grads: &'a mut GradientsParams,
-    factor: f64,
+    factor: Tensor<1>,
 }
 
 impl ModuleVisitor for GradScale<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.remove::<D>(param.id) {
-            self.grads
-                .register::<D>(param.id, g.mul_scalar(self.factor));
+            let factor = self
+                .factor
+                .clone()
+                .to_device(&g.device())
+                .cast(g.dtype())
+                .reshape([1; D]);
+            self.grads.register::<D>(param.id, g * factor);
         }
     }
 }
 
 crate::error::panicking! {
     /// Clips the global L2 norm of `grads` (over `module`'s parameters) to `max_norm` like
-    /// `torch.nn.utils.clip_grad_norm_` (`scale = max_norm / (norm + 1e-6)` when above). Returns
-    /// the norm before clipping (one host read).
+    /// `torch.nn.utils.clip_grad_norm_` (`scale = min(1, max_norm / (norm + 1e-6))`). Returns
+    /// the norm before clipping as `f64` (one host read; [`clip_grad_norm_on_device`] reads
+    /// nothing).
     pub fn clip_grad_norm[M: Module](
         module: &M,
         grads: &mut GradientsParams,
@@ -70,6 +76,22 @@ pub fn try_clip_grad_norm<M: Module>(
     max_norm: f64,
 ) -> crate::Result<f64> {
     check_positive("max_norm", max_norm)?;
+    match clip_grad_norm_unchecked(module, grads, max_norm) {
+        Some(norm) => crate::host_reads::scalar(norm, "grad_norm"),
+        None => Ok(0.0),
+    }
+}
+
+/// [`clip_grad_norm`] without a host read: the scale `min(1, max_norm / (norm + 1e-6))` is
+/// computed and applied on the device (torch's `clip_grad_norm_` does the same), and the norm
+/// before clipping comes back as a `[1]` f32 tensor (`None` when `grads` holds no gradient of
+/// `module`'s parameters). `max_norm` must be finite and > 0.
+pub fn clip_grad_norm_on_device<M: Module>(
+    module: &M,
+    grads: &mut GradientsParams,
+    max_norm: f64,
+) -> crate::Result<Option<Tensor<1>>> {
+    check_positive("max_norm", max_norm)?;
     Ok(clip_grad_norm_unchecked(module, grads, max_norm))
 }
 
@@ -77,19 +99,17 @@ pub(super) fn clip_grad_norm_unchecked<M: Module>(
     module: &M,
     grads: &mut GradientsParams,
     max_norm: f64,
-) -> f64 {
+) -> Option<Tensor<1>> {
     let mut visitor = GradSquaredNorm { grads, total: None };
     module.visit(&mut visitor);
-    let norm = visitor
-        .total
-        .map(|t| t.into_scalar::<f64>().sqrt())
-        .unwrap_or(0.0);
-    if norm > max_norm {
-        let mut scale = GradScale {
-            grads,
-            factor: max_norm / (norm + 1e-6),
-        };
-        module.visit(&mut scale);
-    }
-    norm
+    let norm = visitor.total?.sqrt();
+    let factor = norm
+        .clone()
+        .add_scalar(1e-6)
+        .recip()
+        .mul_scalar(max_norm)
+        .clamp_max(1.0);
+    let mut scale = GradScale { grads, factor };
+    module.visit(&mut scale);
+    Some(norm)
 }

@@ -22,9 +22,10 @@ use std::collections::BTreeMap;
 use burn::config::Config;
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::tensor::Tensor;
 
 use grad::clip_grad_norm_unchecked;
-pub use grad::{clip_grad_norm, try_clip_grad_norm};
+pub use grad::{clip_grad_norm, clip_grad_norm_on_device, try_clip_grad_norm};
 pub use loss::StepLoss;
 pub use rollout::{PolicyOutput, Rollout, RolloutBatch};
 
@@ -230,27 +231,27 @@ where
     }
     let mb_size = b / mb;
     let micro_size = mb_size / gas;
-    let row_tokens: Vec<f64> = rollout
-        .mask
-        .clone()
-        .int()
-        .sum_dim(1)
-        .into_data()
-        .convert::<i64>()
-        .try_into_vec::<i64>()
-        .map_err(|e| Error::Backend {
-            arg: "rollout.mask",
-            detail: format!("{e:?}"),
-        })?
-        .into_iter()
-        .map(|x| x as f64)
-        .collect();
+    // One read per update: the per-row token counts, for each minibatch's global normalizer.
+    let row_tokens: Vec<f64> =
+        crate::host_reads::ints(rollout.mask.clone().int().sum_dim(1), "rollout.mask")?
+            .into_iter()
+            .map(|x| x as f64)
+            .collect();
     let mut rng = XorShift::new(config.seed);
-    let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
-    let mut add = |key: &str, v: f64| {
-        let e = sums.entry(key.to_string()).or_insert((0.0, 0));
-        e.0 += v;
-        e.1 += 1;
+    // Metrics stay on the device (sum, count) until the end of the update: no read per
+    // micro-batch. With `target_kl`, the minibatch's `approx_kl` is read once (early stopping).
+    let mut sums: BTreeMap<String, (Tensor<1>, usize)> = BTreeMap::new();
+    let mut add = |key: &str, v: Tensor<1>| {
+        let v = v.detach().cast(burn::tensor::FloatDType::F32);
+        match sums.get_mut(key) {
+            Some(e) => {
+                e.0 = e.0.clone() + v;
+                e.1 += 1;
+            }
+            None => {
+                sums.insert(key.to_string(), (v, 1));
+            }
+        }
     };
     'epochs: for _ in 0..config.epochs {
         let mut order: Vec<usize> = (0..b).collect();
@@ -259,7 +260,7 @@ where
             let tokens: f64 = minibatch.iter().map(|&r| row_tokens[r]).sum();
             let normalizer = loss.normalizer(tokens, minibatch.len() as f64);
             let mut accumulator = GradientsAccumulator::<M>::new();
-            let mut kl_sum = 0.0;
+            let mut kl_sum: Option<Tensor<1>> = None;
             for micro in minibatch.chunks(micro_size) {
                 let batch = rollout.select(micro);
                 let model = slot.as_ref().expect("model in its slot");
@@ -270,34 +271,45 @@ where
                 let grads = GradientsParams::from_grads(l.backward(), model);
                 accumulator.accumulate(model, grads);
                 // The micro-batch losses sum to the minibatch loss; log that sum's average.
-                add("loss", l.into_scalar::<f64>() * gas as f64);
-                for (k, v) in metrics.to_host() {
-                    if k == "approx_kl" {
-                        kl_sum += v;
+                add("loss", l.mul_scalar(gas as f64));
+                for key in metrics.keys().map(str::to_string).collect::<Vec<_>>() {
+                    let v = metrics.get(&key).expect("listed key").clone();
+                    if key == "approx_kl" {
+                        let v = v.clone().cast(burn::tensor::FloatDType::F32);
+                        kl_sum = Some(match kl_sum.take() {
+                            Some(t) => t + v,
+                            None => v,
+                        });
                     }
-                    add(&k, v);
+                    add(&key, v);
                 }
             }
             let mut grads = accumulator.grads();
             let model = slot.take().expect("model in its slot");
-            if let Some(max_norm) = config.max_grad_norm {
-                let norm = clip_grad_norm_unchecked(&model, &mut grads, max_norm);
+            if let Some(max_norm) = config.max_grad_norm
+                && let Some(norm) = clip_grad_norm_unchecked(&model, &mut grads, max_norm)
+            {
                 add("grad_norm", norm);
             }
             *slot = Some(optim.step(config.learning_rate, model, grads));
             stats.optimizer_steps += 1;
-            if let Some(target) = config.target_kl
-                && kl_sum / gas as f64 > target
+            if let (Some(target), Some(kl)) = (config.target_kl, kl_sum)
+                && crate::host_reads::scalar(kl, "approx_kl")? / gas as f64 > target
             {
                 stats.early_stopped = true;
                 break 'epochs;
             }
         }
     }
-    stats.metrics = sums
+    // One read for all the metrics of the update.
+    let (keys, means): (Vec<String>, Vec<Tensor<1>>) = sums
         .into_iter()
-        .map(|(k, (s, n))| (k, s / n as f64))
-        .collect();
+        .map(|(k, (s, n))| (k, s.div_scalar(n as f64)))
+        .unzip();
+    if !means.is_empty() {
+        let values = crate::host_reads::floats(Tensor::cat(means, 0), "metrics")?;
+        stats.metrics = keys.into_iter().zip(values).collect();
+    }
     Ok(())
 }
 

@@ -1,0 +1,84 @@
+//! Every device -> host read the library makes, in one place.
+//!
+//! A read (`into_data`, `into_scalar`) waits for the device to finish the queued work, which
+//! stalls a GPU pipeline; on the CPU it is a copy. The default hot paths make **none**: the
+//! token and fused log-prob ops, every loss forward and backward, [`Metrics`](crate::losses::Metrics)
+//! (device tensors until you ask), the heads, gradient clipping inside the PPO update (the
+//! scale is applied on the device) and the update's inner loop. What remains, each a
+//! documented, deliberate read through this module (so it is counted by [`count`]):
+//!
+//! | read | when | cost | how to avoid it |
+//! |---|---|---|---|
+//! | label / target range check (`TokenLogprobs`, `FusedLogprobs`, the `[B, T]` or `[N]` ids) | only with `check_labels` / `check_targets = true`, in [checked mode](crate::set_checked_mode), or in a debug build of this crate | one read of the labels | off by default in release builds |
+//! | reward head: every row attends to a token | checked mode or a debug build | one `[B]` read | off by default in release builds |
+//! | finite-input checks of every entry point | checked mode only | one count per checked tensor | off by default |
+//! | [`Metrics::to_host`](crate::losses::Metrics::to_host) | when you call it | **one** transfer for all metrics | call it only on logging steps |
+//! | [`ppo_update`](crate::rl::ppo_update) | once per update (per-row token counts for the global normalizer), once per minibatch **only** with `target_kl` (early stopping), and once at the end (the stats) | 1 + (minibatches with `target_kl`) + 1 | leave `target_kl` unset |
+//! | [`clip_grad_norm`](crate::rl::clip_grad_norm) (the public function) | when you call it: it returns the norm as `f64` | one scalar | use `clip_grad_norm_on_device` (returns the norm as a tensor) |
+//! | `RunningMoments::update` (BCO's running reward mean) | once per BCO training step | the batch's rewards | inherent to BCO's running statistic (TRL reads it too) |
+//! | the `distributed` parts (`StepCounts::from_token_masks`, `KlParts`, `MomentParts`) and [`global_token_count`](crate::reduce::global_token_count) | when you build them | one read each | inherent: they are host values reduced across ranks |
+//! | `KlPenalty` with `score_index` | checked mode or a debug build (the index range check) | one `[B]` read | off by default in release builds |
+//! | the sampler ([`crate::generate`]) | every `finished_check_interval` tokens (stop when all rows finished) and once at the end (the sampled ids) | one count / one copy | raise `finished_check_interval` |
+//! | online steps (`OnlineDpo`, `GrpoStep`, scoring, pairing) | pairing and rule-based scores read the samples; the step reads its loss and metrics once at the end | a few per step | inherent to scoring on the host |
+//! | burn-train metrics ([`crate::train`]) | burn-train reads each logged metric | one per metric | burn-train's design |
+//!
+//! [`count`] returns how many reads the library made on the current thread; the tests use it
+//! to pin the list (`tests/host_reads.rs`): a hot path that starts reading fails them.
+
+use std::cell::Cell;
+
+use burn::tensor::{Int, Tensor};
+
+use crate::error::Error;
+
+thread_local! {
+    static READS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Device -> host reads the library has made on the current thread so far (every read in
+/// the table above; reads you make yourself are not counted).
+pub fn count() -> u64 {
+    READS.with(Cell::get)
+}
+
+fn counted() {
+    READS.with(|r| r.set(r.get() + 1));
+}
+
+/// One read of a float tensor, as `f64` values in row-major order.
+pub(crate) fn floats<const D: usize>(t: Tensor<D>, arg: &'static str) -> crate::Result<Vec<f64>> {
+    counted();
+    t.into_data()
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .map_err(|e| Error::Backend {
+            arg,
+            detail: format!("{e:?}"),
+        })
+}
+
+/// One read of an int tensor, as `i64` values in row-major order.
+pub(crate) fn ints<const D: usize>(
+    t: Tensor<D, Int>,
+    arg: &'static str,
+) -> crate::Result<Vec<i64>> {
+    counted();
+    t.into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .map_err(|e| Error::Backend {
+            arg,
+            detail: format!("{e:?}"),
+        })
+}
+
+/// One read of a one-element float tensor.
+pub(crate) fn scalar(t: Tensor<1>, arg: &'static str) -> crate::Result<f64> {
+    floats(t, arg).map(|v| v[0])
+}
+
+/// Whether the optional checks that need a read run by default: in checked mode, or when this
+/// crate is compiled with debug assertions (a dev build), so release builds stay read-free.
+pub(crate) fn default_checks() -> bool {
+    cfg!(debug_assertions) || crate::checked_mode()
+}
