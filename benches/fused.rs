@@ -1,6 +1,7 @@
 //! criterion: fused LM-head log-probs fwd+bwd on flex at N=2048, H=1024, V=32000 (f32): the
-//! fused op (`[V, H]` weight, and a burn `Linear` head `[H, V]`), materialized logits + lean
-//! gather, and the bare GEMMs. The memory table is
+//! fused op (`[V, H]` weight, and a burn `Linear` head `[H, V]`), the fused op with half the
+//! rows ignored (the first 256 of every 512-token sequence: prompt tokens), materialized
+//! logits + lean gather, and the bare GEMMs. The memory table is
 //! printed by `cargo run --release --example fused_bench`.
 
 use std::hint::black_box;
@@ -48,6 +49,27 @@ fn fused(c: &mut Criterion) {
     };
     group.bench_function("fused", |b| {
         b.iter_custom(|iters| timed(&device, &run_fused, iters))
+    });
+    // Half the rows ignored: the first 256 of every 512 (prompt tokens, label -100).
+    let prompt = Tensor::<1, burn::tensor::Bool>::from_data(
+        burn::tensor::TensorData::new((0..n).map(|i| i % 512 < 256).collect::<Vec<_>>(), [n]),
+        &device,
+    );
+    let half_ignored = targets.clone().mask_fill(prompt, -100);
+    let run_fused_half = || {
+        let (hh, ww) = (
+            hidden.clone().autodiff().require_grad(),
+            weight.clone().autodiff().require_grad(),
+        );
+        let grads = fused_op
+            .forward(hh.clone(), ww.clone(), None, half_ignored.clone())
+            .logprobs
+            .sum()
+            .backward();
+        black_box((hh.grad(&grads), ww.grad(&grads)));
+    };
+    group.bench_function("fused_half_rows_ignored", |b| {
+        b.iter_custom(|iters| timed(&device, &run_fused_half, iters))
     });
     let weight_hv = Tensor::<2>::random([h, v], Distribution::Normal(0.0, 0.03), &device);
     let run_fused_linear = || {
