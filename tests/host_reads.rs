@@ -97,11 +97,12 @@ fn token_and_fused_logprobs_read_nothing_but_the_optional_check() {
 #[test]
 fn every_loss_forward_and_backward_reads_nothing() {
     let b = 4;
-    let pair = || {
+    let pair = move || {
         PreferenceBatch::from_tokens(logps(b, 5), logps(b, 5))
             .with_reference(seq(b, -4.0), seq(b, -4.0))
     };
-    let cases: Vec<(&str, Box<dyn Fn() -> Tensor<1>>)> = vec![
+    type Loss<'a> = Box<dyn Fn() -> Tensor<1> + 'a>;
+    let cases: Vec<(&str, Loss)> = vec![
         (
             "dpo",
             Box::new(move || DpoLossConfig::new().init().forward(&pair()).loss),

@@ -225,6 +225,46 @@ fn forward_avx2<F: KernelFloat>(
     forward_impl(logits, targets, vocab, scale, logprobs, lse)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn forward_avx512<F: KernelFloat>(
+    logits: &[F],
+    targets: &[i64],
+    vocab: usize,
+    scale: f64,
+    logprobs: &mut [F],
+    lse: &mut [F],
+) {
+    forward_impl(logits, targets, vocab, scale, logprobs, lse)
+}
+
+/// Which compiled variant of the row kernels this CPU runs (AVX-512, AVX2 + FMA, portable),
+/// detected once.
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Simd {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+pub(crate) fn simd() -> Simd {
+    static LEVEL: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma");
+            if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
+                return Simd::Avx512;
+            }
+            if avx2 {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Portable
+    })
+}
+
 /// Forward pass over `N = targets.len()` rows of width `vocab`: writes the log-prob of each
 /// row's target under `softmax(scale * row)` and the row's `logsumexp(scale * row)`. Rows with
 /// a negative target get 0 for both.
@@ -239,10 +279,17 @@ pub(crate) fn forward<F: KernelFloat>(
     let mut logprobs = vec![F::ZERO; n];
     let mut lse = vec![F::ZERO; n];
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function was compiled for.
-        unsafe { forward_avx2(logits, targets, vocab, scale, &mut logprobs, &mut lse) };
-        return (logprobs, lse);
+    match simd() {
+        // SAFETY (both arms): the CPU supports the features the function was compiled for.
+        Simd::Avx512 => {
+            unsafe { forward_avx512(logits, targets, vocab, scale, &mut logprobs, &mut lse) };
+            return (logprobs, lse);
+        }
+        Simd::Avx2 => {
+            unsafe { forward_avx2(logits, targets, vocab, scale, &mut logprobs, &mut lse) };
+            return (logprobs, lse);
+        }
+        Simd::Portable => {}
     }
     forward_impl(logits, targets, vocab, scale, &mut logprobs, &mut lse);
     (logprobs, lse)
@@ -297,6 +344,21 @@ fn backward_avx2<F: KernelFloat>(
     backward_impl(logits, out, targets, lse, grad, vocab, scale)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+fn backward_avx512<F: KernelFloat>(
+    logits: Option<&[F]>,
+    out: &mut [F],
+    targets: &[i64],
+    lse: &[F],
+    grad: &[F],
+    vocab: usize,
+    scale: f64,
+) {
+    backward_impl(logits, out, targets, lse, grad, vocab, scale)
+}
+
 /// Backward pass: `d logits = g * scale * (onehot(target) - softmax(scale * logits))` per row,
 /// zero for rows with a negative target. With `logits = None`, `out` holds the logits on entry
 /// and is overwritten with their gradient (no allocation).
@@ -310,10 +372,17 @@ pub(crate) fn backward<F: KernelFloat>(
     scale: f64,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function was compiled for.
-        unsafe { backward_avx2(logits, out, targets, lse, grad, vocab, scale) };
-        return;
+    match simd() {
+        // SAFETY (both arms): the CPU supports the features the function was compiled for.
+        Simd::Avx512 => {
+            unsafe { backward_avx512(logits, out, targets, lse, grad, vocab, scale) };
+            return;
+        }
+        Simd::Avx2 => {
+            unsafe { backward_avx2(logits, out, targets, lse, grad, vocab, scale) };
+            return;
+        }
+        Simd::Portable => {}
     }
     backward_impl(logits, out, targets, lse, grad, vocab, scale)
 }

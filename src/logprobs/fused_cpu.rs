@@ -1,15 +1,15 @@
 //! Flex (CPU) implementation of the fused LM-head log-prob op: token x vocab tiles, an online
-//! logsumexp across vocab tiles, GEMMs through the backend's own matmul, elementwise work on
-//! raw slices.
+//! logsumexp across vocab tiles, elementwise work on raw slices, and the GEMMs through `gemm`
+//! (the crate burn-flex's matmul uses) called directly on strided slices, so that no tile is
+//! allocated per step: one reused logits tile, `d hidden` and `d weight` accumulated in place by
+//! the GEMMs (`dst += lhs . rhs`).
 //!
-//! The weight is never copied: both layouts (`[V, H]` and burn `Linear`'s `[H, V]`) are seen
-//! through a `[V, H]` strided view (`weight_vh`), whose vocabulary slices are handed to the
-//! strided GEMM as they are (burn-flex's 2-D matmul passes row and column strides to `gemm`).
-//! `d weight` is accumulated directly in the weight's own layout.
+//! The weight is never copied: both layouts (`[V, H]` and burn `Linear`'s `[H, V]`) are read
+//! as a `[V, H]` strided view ([`WeightView`]); `d weight` is accumulated in the weight's own
+//! layout. Only the scored rows (target >= 0) enter the GEMMs.
 
+use burn::backend::TensorMetadata;
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::FloatTensorOps;
-use burn::backend::{Flex, TensorMetadata};
 use burn::tensor::{DType, Shape, TensorData};
 use rayon::prelude::*;
 
@@ -38,33 +38,85 @@ impl FusedFloat for f64 {
     }
 }
 
-fn slice_of<F: FusedFloat>(t: &FlexTensor) -> &[F] {
-    t.as_slice::<F>().expect("contiguous tile")
+/// The weight seen as a `[V, H]` matrix without copying: its contiguous storage and the
+/// (row, column) strides of the `[V, H]` view (`[H, V]` storage is read transposed).
+struct WeightView<'a, F> {
+    data: &'a [F],
+    rs: usize,
+    cs: usize,
 }
 
-/// The weight as a `[V, H]` view, without copying: the `[H, V]` layout is transposed by
-/// swapping strides.
-fn weight_vh(weight: &FlexTensor, layout: LmHeadLayout) -> FlexTensor {
-    match layout {
-        LmHeadLayout::VocabMajor => weight.clone(),
-        LmHeadLayout::HiddenMajor => weight.transpose(0, 1),
+impl<F> WeightView<'_, F> {
+    /// Pointer to row `v0` of the `[V, H]` view.
+    fn row_ptr(&self, v0: usize) -> *const F {
+        self.data[v0 * self.rs..].as_ptr()
     }
 }
 
-/// The hidden rows `rows` (scored rows only, ascending) as a `[rows.len(), H]` tile: a view
-/// when they are consecutive, else a gathered copy (one row tile of memory).
-fn row_tile<F: FusedFloat>(hidden: &FlexTensor, rows: &[usize]) -> FlexTensor {
+/// `dst[m x n] = (accumulate ? dst : 0) + lhs[m x k] . rhs[k x n]` through `gemm` (the crate
+/// burn-flex's matmul calls; AVX-512 / AVX2 kernels picked at run time), on strided operands
+/// (strides in elements, row then column). Accumulating in place spares a temporary and a pass.
+///
+/// # Safety
+/// Every pointer must address a matrix of the given shape and strides inside one allocation;
+/// `dst` must not overlap `lhs` or `rhs`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into<F: FusedFloat>(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut F, usize, usize),
+    accumulate: bool,
+    lhs: (*const F, usize, usize),
+    rhs: (*const F, usize, usize),
+) {
+    let parallelism = if m * n * k >= 64 * 64 * 64 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    let (zero, one) = (F::ZERO, F::from_f64(1.0));
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            dst.2 as isize,
+            dst.1 as isize,
+            accumulate,
+            lhs.0,
+            lhs.2 as isize,
+            lhs.1 as isize,
+            rhs.0,
+            rhs.2 as isize,
+            rhs.1 as isize,
+            if accumulate { one } else { zero },
+            one,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// The hidden rows `rows` (scored rows only, ascending) as a `[rows.len(), H]` block: a
+/// sub-slice when they are consecutive, else gathered into `buf` (one row tile of memory).
+fn row_block<'a, F: FusedFloat>(
+    hidden: &'a [F],
+    h: usize,
+    rows: &[usize],
+    buf: &'a mut Vec<F>,
+) -> &'a [F] {
     let (first, len) = (rows[0], rows.len());
     if rows[len - 1] - first + 1 == len {
-        return hidden.narrow(0, first, len);
+        return &hidden[first * h..(first + len) * h];
     }
-    let hsize = hidden.shape()[1];
-    let all = slice_of::<F>(hidden);
-    let mut tile = Vec::with_capacity(len * hsize);
+    buf.clear();
     for &r in rows {
-        tile.extend_from_slice(&all[r * hsize..(r + 1) * hsize]);
+        buf.extend_from_slice(&hidden[r * h..(r + 1) * h]);
     }
-    FlexTensor::from_data(TensorData::new(tile, [len, hsize]))
+    buf
 }
 
 /// The scored rows (`target >= 0`): ignored rows (prompt, padding) take no GEMM work.
@@ -72,20 +124,33 @@ fn scored_rows(targets: &[i64]) -> Vec<usize> {
     (0..targets.len()).filter(|&r| targets[r] >= 0).collect()
 }
 
-/// `h @ weight[cols]^T (+ bias[cols])` for a row tile `h`, transformed to `z`, as a contiguous
-/// tile (`weight` is the `[V, H]` view: `weight[cols]^T` is `W[:, cols]` of an `[H, V]`
-/// weight).
-fn logits_tile<F: FusedFloat>(
-    h: FlexTensor,
-    weight: &FlexTensor,
+/// `z = h_block @ weight[c0 .. c0 + width]^T (+ bias)`, transformed (scale, softcap,
+/// temperature), written into `z` (`[rows, width]`, row-major).
+fn logits_into<F: FusedFloat>(
+    z: &mut [F],
+    h_block: &[F],
+    h: usize,
+    weight: &WeightView<'_, F>,
     bias: Option<&[F]>,
-    cols: (usize, usize),
+    (c0, width): (usize, usize),
     p: &FusedParams,
-) -> FlexTensor {
-    let w = weight.narrow(0, cols.0, cols.1 - cols.0).transpose(0, 1);
-    let mut tile = contiguous(Flex::float_matmul(h, w));
-    let width = cols.1 - cols.0;
-    let z = tile_mut::<F>(&mut tile);
+) {
+    let rows = h_block.len() / h;
+    debug_assert_eq!(z.len(), rows * width);
+    // SAFETY: z is [rows, width] row-major; h_block is [rows, h] row-major; the weight rows
+    // c0 .. c0 + width exist in the [V, H] view (transposed: (k, j) -> weight[c0 + j][k]).
+    unsafe {
+        gemm_into(
+            (rows, width, h),
+            (z.as_mut_ptr(), width, 1),
+            false,
+            (h_block.as_ptr(), h, 1),
+            (weight.row_ptr(c0), weight.cs, weight.rs),
+        );
+    }
+    if bias.is_none() && p.logit_scale == 1.0 && p.softcap.is_none() && p.temperature == 1.0 {
+        return; // z = logits: no elementwise pass
+    }
     let scale = F::from_f64(p.logit_scale);
     let inv_t = F::from_f64(1.0 / p.temperature);
     let cap = p.softcap.map(F::from_f64);
@@ -93,7 +158,7 @@ fn logits_tile<F: FusedFloat>(
         for (j, x) in row.iter_mut().enumerate() {
             let mut a = *x;
             if let Some(b) = bias {
-                a = a.add(b[cols.0 + j]);
+                a = a.add(b[c0 + j]);
             }
             a = a.mul(scale);
             if let Some(c) = cap {
@@ -102,14 +167,6 @@ fn logits_tile<F: FusedFloat>(
             *x = a.mul(inv_t);
         }
     });
-    tile
-}
-
-/// The tile's elements, mutable; the matmul output is fresh and unshared, so this does not
-/// copy (`storage_mut` would copy-on-write a shared buffer).
-fn tile_mut<F: FusedFloat>(tile: &mut FlexTensor) -> &mut [F] {
-    let n = tile.shape().num_elements();
-    &mut tile.storage_mut::<F>()[..n]
 }
 
 /// Running per-row statistics over vocab tiles.
@@ -125,22 +182,23 @@ struct RowStats<F> {
     target_z: F,
 }
 
-/// `weight` is the `[V, H]` view ([`weight_vh`]).
 fn forward_typed<F: FusedFloat>(
-    hidden: &FlexTensor,
-    weight: &FlexTensor,
-    bias: Option<&FlexTensor>,
+    hidden: &[F],
+    h: usize,
+    weight: &WeightView<'_, F>,
+    v: usize,
+    bias: Option<&[F]>,
     targets: &[i64],
     p: &FusedParams,
 ) -> Vec<F> {
-    let n = hidden.shape()[0];
-    let v = weight.shape()[0];
-    let bias = bias.map(slice_of::<F>);
+    let n = targets.len();
     let mut out = vec![F::ZERO; n * OUT_COLS];
     let scored = scored_rows(targets);
     let (tn, tv) = p.tiles(scored.len().max(1), v);
+    let mut z = vec![F::ZERO; tn.min(scored.len()) * tv];
+    let mut gathered = Vec::new();
     for rows in scored.chunks(tn) {
-        let h_tile = row_tile::<F>(hidden, rows);
+        let h_block = row_block(hidden, h, rows, &mut gathered);
         let mut stats = vec![
             RowStats {
                 max: F::NEG_INFINITY,
@@ -155,10 +213,9 @@ fn forward_typed<F: FusedFloat>(
             rows.len()
         ];
         for c0 in (0..v).step_by(tv) {
-            let c1 = (c0 + tv).min(v);
-            let width = c1 - c0;
-            let z_tile = logits_tile::<F>(h_tile.clone(), weight, bias, (c0, c1), p);
-            let z = slice_of::<F>(&z_tile);
+            let width = (c0 + tv).min(v) - c0;
+            let z = &mut z[..rows.len() * width];
+            logits_into(z, h_block, h, weight, bias, (c0, width), p);
             stats
                 .par_iter_mut()
                 .zip(z.par_chunks(width))
@@ -178,7 +235,7 @@ fn forward_typed<F: FusedFloat>(
                     s.total_z = s.total_z.add(z_sum);
                     s.max = new_max;
                     let t = targets[r] as usize;
-                    if t >= c0 && t < c1 {
+                    if t >= c0 && t < c0 + width {
                         s.target_z = row[t - c0];
                     }
                 });
@@ -204,99 +261,109 @@ fn forward_typed<F: FusedFloat>(
     out
 }
 
-/// `weight` is the `[V, H]` view ([`weight_vh`]); `d weight` comes back in `p.layout`.
+/// `(d hidden, d weight, d bias)`; `d weight` in `p.layout`, accumulated in place by the GEMMs.
 #[allow(clippy::too_many_arguments)]
 fn backward_typed<F: FusedFloat>(
-    hidden: &FlexTensor,
-    weight: &FlexTensor,
-    bias: Option<&FlexTensor>,
+    hidden: &[F],
+    h: usize,
+    weight: &WeightView<'_, F>,
+    v: usize,
+    bias: Option<&[F]>,
     targets: &[i64],
     saved: &[F],
     grad: &[F],
     p: &FusedParams,
 ) -> (Vec<F>, Vec<F>, Vec<F>) {
-    let n = hidden.shape()[0];
-    let hsize = hidden.shape()[1];
-    let v = weight.shape()[0];
-    let bias_s = bias.map(slice_of::<F>);
+    let n = targets.len();
     let scored = scored_rows(targets);
     let (tn, tv) = p.tiles(scored.len().max(1), v);
-    let mut d_hidden = vec![F::ZERO; n * hsize];
-    let mut d_weight = vec![F::ZERO; v * hsize];
+    let mut d_hidden = vec![F::ZERO; n * h];
+    let mut d_weight = vec![F::ZERO; v * h];
     let mut d_bias = vec![F::ZERO; v];
+    let mut z = vec![F::ZERO; tn.min(scored.len()) * tv];
+    let mut gathered = Vec::new();
+    let mut dh_block = Vec::new();
     let scale = F::from_f64(p.logit_scale);
     let inv_t = F::from_f64(1.0 / p.temperature);
     let cap = p.softcap.map(F::from_f64);
     for rows in scored.chunks(tn) {
-        let h_tile = row_tile::<F>(hidden, rows);
+        let len = rows.len();
+        let consecutive = rows[len - 1] - rows[0] + 1 == len;
+        let h_block = row_block(hidden, h, rows, &mut gathered);
+        if !consecutive {
+            dh_block.clear();
+            dh_block.resize(len * h, F::ZERO);
+        }
         for c0 in (0..v).step_by(tv) {
-            let c1 = (c0 + tv).min(v);
-            let width = c1 - c0;
-            let mut z_tile = logits_tile::<F>(h_tile.clone(), weight, bias_s, (c0, c1), p);
+            let width = (c0 + tv).min(v) - c0;
+            let dl = &mut z[..len * width];
+            logits_into(dl, h_block, h, weight, bias, (c0, width), p);
             // z -> d loss / d raw logits, in place.
-            tile_mut::<F>(&mut z_tile)
-                .par_chunks_mut(width)
+            dl.par_chunks_mut(width)
                 .zip(rows.par_iter())
                 .for_each(|(row, &r)| {
-                    let g_lp = grad[r * OUT_COLS];
-                    let g_h = grad[r * OUT_COLS + 1];
-                    let lse = saved[r * OUT_COLS + 5];
-                    let mean_z = saved[r * OUT_COLS + 6];
                     let t = targets[r] as usize;
-                    let local_target = (t >= c0 && t < c1).then(|| t - c0);
                     let k = RowGrad {
-                        g_lp,
-                        g_h,
-                        lse,
-                        mean_z,
+                        g_lp: grad[r * OUT_COLS],
+                        g_h: grad[r * OUT_COLS + 1],
+                        lse: saved[r * OUT_COLS + 5],
+                        mean_z: saved[r * OUT_COLS + 6],
                         inv_t,
                         cap,
                         scale,
                     };
-                    grad_row(row, local_target, &k);
+                    grad_row(row, (t >= c0 && t < c0 + width).then(|| t - c0), &k);
                 });
-            let dl = z_tile;
             if bias.is_some() {
-                let dl_s = slice_of::<F>(&dl);
-                for i in 0..rows.len() {
-                    for j in 0..width {
-                        d_bias[c0 + j] = d_bias[c0 + j].add(dl_s[i * width + j]);
+                for row in dl.chunks(width) {
+                    for (acc, &x) in d_bias[c0..c0 + width].iter_mut().zip(row) {
+                        *acc = acc.add(x);
                     }
                 }
             }
-            // d_hidden[rows] += dl @ weight[cols] (a strided view for the [H, V] layout)
-            let w = weight.narrow(0, c0, width);
-            let dh = Flex::float_matmul(dl.clone(), w);
-            let dh_s = slice_of::<F>(&dh);
-            for (dh_row, &r) in dh_s.chunks(hsize).zip(rows) {
-                for (acc, &x) in d_hidden[r * hsize..(r + 1) * hsize].iter_mut().zip(dh_row) {
-                    *acc = acc.add(x);
+            // d hidden[rows] += dl @ weight[c0 .. c0 + width]   ([len, H]; in place when the
+            // rows are consecutive, else into the block and scattered below).
+            let (dst, accumulate) = if consecutive {
+                (d_hidden[rows[0] * h..].as_mut_ptr(), true)
+            } else {
+                (dh_block.as_mut_ptr(), c0 > 0)
+            };
+            // SAFETY: dst is [len, H] row-major inside d_hidden / dh_block; dl is [len, width];
+            // weight rows c0 .. c0 + width exist in the view.
+            unsafe {
+                gemm_into(
+                    (len, h, width),
+                    (dst, h, 1),
+                    accumulate,
+                    (dl.as_ptr(), width, 1),
+                    (weight.row_ptr(c0), weight.rs, weight.cs),
+                );
+            }
+            // d weight[c0 .. c0 + width] += dl^T @ h_block, in the weight's own layout.
+            // SAFETY: the destinations are the weight-shaped block of d_weight for these
+            // columns; dl^T is read through strides; h_block is [len, H].
+            unsafe {
+                match p.layout {
+                    LmHeadLayout::VocabMajor => gemm_into(
+                        (width, h, len),
+                        (d_weight[c0 * h..].as_mut_ptr(), h, 1),
+                        true,
+                        (dl.as_ptr(), 1, width),
+                        (h_block.as_ptr(), h, 1),
+                    ),
+                    LmHeadLayout::HiddenMajor => gemm_into(
+                        (h, width, len),
+                        (d_weight[c0..].as_mut_ptr(), v, 1),
+                        true,
+                        (h_block.as_ptr(), 1, h),
+                        (dl.as_ptr(), width, 1),
+                    ),
                 }
             }
-            let h = h_tile.clone();
-            match p.layout {
-                LmHeadLayout::VocabMajor => {
-                    // d_weight[cols, :] += dl^T @ hidden[rows]   ([width, H], contiguous rows)
-                    let dw = Flex::float_matmul(dl.transpose(0, 1), h);
-                    let dw_s = slice_of::<F>(&dw);
-                    d_weight[c0 * hsize..c1 * hsize]
-                        .par_iter_mut()
-                        .zip(dw_s.par_iter())
-                        .for_each(|(acc, &x)| *acc = acc.add(x));
-                }
-                LmHeadLayout::HiddenMajor => {
-                    // d_weight[:, cols] += hidden[rows]^T @ dl   ([H, width], a column block)
-                    let dw = Flex::float_matmul(h.transpose(0, 1), dl);
-                    let dw_s = slice_of::<F>(&dw);
-                    d_weight
-                        .par_chunks_mut(v)
-                        .zip(dw_s.par_chunks(width))
-                        .for_each(|(acc_row, dw_row)| {
-                            for (acc, &x) in acc_row[c0..c1].iter_mut().zip(dw_row) {
-                                *acc = acc.add(x);
-                            }
-                        });
-                }
+        }
+        if !consecutive {
+            for (block_row, &r) in dh_block.chunks(h).zip(rows) {
+                d_hidden[r * h..(r + 1) * h].copy_from_slice(block_row);
             }
         }
     }
@@ -333,6 +400,34 @@ fn targets_vec(targets: &FlexTensor) -> Option<Vec<i64>> {
     }
 }
 
+/// The weight as stored (any non-negative strides: a transposed or sliced view is read in
+/// place; negative strides are copied once), with the `[V, H]` view's strides and `(V, H)`.
+fn weight_geometry(
+    weight: FlexTensor,
+    layout: LmHeadLayout,
+) -> (FlexTensor, (usize, usize), (usize, usize)) {
+    let weight = if weight.layout().strides().iter().all(|&st| st >= 0) {
+        weight
+    } else {
+        weight.to_contiguous()
+    };
+    let st = weight.layout().strides();
+    let (s0, s1) = (st[0] as usize, st[1] as usize);
+    let (d0, d1) = (weight.shape()[0], weight.shape()[1]);
+    match layout {
+        LmHeadLayout::VocabMajor => (weight, (s0, s1), (d0, d1)),
+        LmHeadLayout::HiddenMajor => (weight, (s1, s0), (d1, d0)),
+    }
+}
+
+/// The weight's elements from its first one (the strides address the rest).
+fn weight_data<F: FusedFloat>(weight: &FlexTensor) -> Option<&[F]> {
+    if F::dtype() != weight.dtype() {
+        return None;
+    }
+    Some(&weight.storage::<F>()[weight.layout().start_offset()..])
+}
+
 /// Forward on Flex; `None` when the dtype has no native path (the caller falls back).
 /// `weight` is `[V, H]` or `[H, V]` by `p.layout`, with any strides.
 pub(crate) fn forward(
@@ -344,19 +439,29 @@ pub(crate) fn forward(
 ) -> Option<FlexTensor> {
     let n = hidden.shape()[0];
     let t = targets_vec(&contiguous(targets))?;
-    // The weight stays as it is (any strides): only its tiles' GEMMs read it.
-    let weight = weight_vh(&weight, p.layout);
-    assert_targets_in_range(&t, weight.shape()[0]);
+    let (weight, (rs, cs), (v, h)) = weight_geometry(weight, p.layout);
+    assert_targets_in_range(&t, v);
     let (hidden, bias) = (contiguous(hidden), bias.map(contiguous));
+    macro_rules! run {
+        ($f:ty) => {{
+            let view = WeightView {
+                data: weight_data::<$f>(&weight)?,
+                rs,
+                cs,
+            };
+            let bias = match &bias {
+                Some(b) => Some(b.as_slice::<$f>()?),
+                None => None,
+            };
+            TensorData::new(
+                forward_typed::<$f>(hidden.as_slice::<$f>()?, h, &view, v, bias, &t, p),
+                [n, OUT_COLS],
+            )
+        }};
+    }
     let out = match hidden.dtype() {
-        DType::F32 => TensorData::new(
-            forward_typed::<f32>(&hidden, &weight, bias.as_ref(), &t, p),
-            [n, OUT_COLS],
-        ),
-        DType::F64 => TensorData::new(
-            forward_typed::<f64>(&hidden, &weight, bias.as_ref(), &t, p),
-            [n, OUT_COLS],
-        ),
+        DType::F32 => run!(f32),
+        DType::F64 => run!(f64),
         _ => return None,
     };
     Some(FlexTensor::from_data(out))
@@ -372,9 +477,8 @@ pub(crate) fn backward(
     grad: FlexTensor,
     p: &FusedParams,
 ) -> Option<(FlexTensor, FlexTensor, FlexTensor)> {
-    let (n, h) = (hidden.shape()[0], hidden.shape()[1]);
-    let weight = weight_vh(&weight, p.layout);
-    let v = weight.shape()[0];
+    let n = hidden.shape()[0];
+    let (weight, (rs, cs), (v, h)) = weight_geometry(weight, p.layout);
     let t = targets_vec(&contiguous(targets))?;
     let (hidden, bias) = (contiguous(hidden), bias.map(contiguous));
     let dw_shape = match p.layout {
@@ -384,10 +488,21 @@ pub(crate) fn backward(
     let (saved, grad) = (contiguous(saved), contiguous(grad));
     macro_rules! run {
         ($f:ty) => {{
+            let view = WeightView {
+                data: weight_data::<$f>(&weight)?,
+                rs,
+                cs,
+            };
+            let bias_s = match &bias {
+                Some(b) => Some(b.as_slice::<$f>()?),
+                None => None,
+            };
             let (dh, dw, db) = backward_typed::<$f>(
-                &hidden,
-                &weight,
-                bias.as_ref(),
+                hidden.as_slice::<$f>()?,
+                h,
+                &view,
+                v,
+                bias_s,
                 &t,
                 saved.as_slice::<$f>()?,
                 grad.as_slice::<$f>()?,
@@ -409,18 +524,6 @@ pub(crate) fn backward(
 
 const LANES: usize = 16;
 
-#[inline(always)]
-fn avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// `(max, index of its first occurrence)` of a row.
 #[inline(always)]
 fn row_first_max_impl<F: FusedFloat>(row: &[F]) -> (F, usize) {
@@ -441,6 +544,12 @@ fn row_first_max_impl<F: FusedFloat>(row: &[F]) -> (F, usize) {
 }
 
 #[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn row_first_max_avx512<F: FusedFloat>(row: &[F]) -> (F, usize) {
+    row_first_max_impl(row)
+}
+
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn row_first_max_avx2<F: FusedFloat>(row: &[F]) -> (F, usize) {
     row_first_max_impl(row)
@@ -448,9 +557,11 @@ fn row_first_max_avx2<F: FusedFloat>(row: &[F]) -> (F, usize) {
 
 fn row_first_max<F: FusedFloat>(row: &[F]) -> (F, usize) {
     #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: the CPU has the features the function was compiled for.
-        return unsafe { row_first_max_avx2(row) };
+    match super::cpu::simd() {
+        // SAFETY (both arms): the CPU has the features the function was compiled for.
+        super::cpu::Simd::Avx512 => return unsafe { row_first_max_avx512(row) },
+        super::cpu::Simd::Avx2 => return unsafe { row_first_max_avx2(row) },
+        super::cpu::Simd::Portable => {}
     }
     row_first_max_impl(row)
 }
@@ -504,6 +615,12 @@ fn row_sums_impl<F: FusedFloat>(row: &[F], max: F, stats: bool) -> [F; 4] {
 }
 
 #[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn row_sums_avx512<F: FusedFloat>(row: &[F], max: F, stats: bool) -> [F; 4] {
+    row_sums_impl(row, max, stats)
+}
+
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn row_sums_avx2<F: FusedFloat>(row: &[F], max: F, stats: bool) -> [F; 4] {
     row_sums_impl(row, max, stats)
@@ -511,9 +628,11 @@ fn row_sums_avx2<F: FusedFloat>(row: &[F], max: F, stats: bool) -> [F; 4] {
 
 fn row_sums<F: FusedFloat>(row: &[F], max: F, stats: bool) -> [F; 4] {
     #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: the CPU has the features the function was compiled for.
-        return unsafe { row_sums_avx2(row, max, stats) };
+    match super::cpu::simd() {
+        // SAFETY (both arms): the CPU has the features the function was compiled for.
+        super::cpu::Simd::Avx512 => return unsafe { row_sums_avx512(row, max, stats) },
+        super::cpu::Simd::Avx2 => return unsafe { row_sums_avx2(row, max, stats) },
+        super::cpu::Simd::Portable => {}
     }
     row_sums_impl(row, max, stats)
 }
@@ -571,6 +690,12 @@ fn grad_row_impl<F: FusedFloat>(row: &mut [F], target: Option<usize>, k: &RowGra
 }
 
 #[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn grad_row_avx512<F: FusedFloat>(row: &mut [F], target: Option<usize>, k: &RowGrad<F>) {
+    grad_row_impl(row, target, k)
+}
+
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn grad_row_avx2<F: FusedFloat>(row: &mut [F], target: Option<usize>, k: &RowGrad<F>) {
     grad_row_impl(row, target, k)
@@ -578,9 +703,11 @@ fn grad_row_avx2<F: FusedFloat>(row: &mut [F], target: Option<usize>, k: &RowGra
 
 fn grad_row<F: FusedFloat>(row: &mut [F], target: Option<usize>, k: &RowGrad<F>) {
     #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: the CPU has the features the function was compiled for.
-        return unsafe { grad_row_avx2(row, target, k) };
+    match super::cpu::simd() {
+        // SAFETY (both arms): the CPU has the features the function was compiled for.
+        super::cpu::Simd::Avx512 => return unsafe { grad_row_avx512(row, target, k) },
+        super::cpu::Simd::Avx2 => return unsafe { grad_row_avx2(row, target, k) },
+        super::cpu::Simd::Portable => {}
     }
     grad_row_impl(row, target, k)
 }
