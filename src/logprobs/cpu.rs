@@ -387,6 +387,45 @@ pub(crate) fn backward<F: KernelFloat>(
     backward_impl(logits, out, targets, lse, grad, vocab, scale)
 }
 
+/// A zeroed buffer of `len` elements for a large gradient. The memory comes from the
+/// allocator's zeroed allocation (for large sizes, fresh pages that the OS zeroes when first
+/// touched: nothing is written here), and on Linux it is marked for transparent huge pages
+/// (`madvise(MADV_HUGEPAGE)`, honoured where the system's THP mode is `madvise` or `always`)
+/// before it is touched, so writing a logits-sized gradient takes 2 MiB page faults instead of
+/// 4 KiB ones (a 262 MB gradient: ~130 faults instead of ~64 000).
+pub(crate) fn zeroed_buffer<F: KernelFloat>(len: usize) -> Vec<F> {
+    let layout = std::alloc::Layout::array::<F>(len).expect("buffer size overflows");
+    if layout.size() == 0 {
+        return vec![F::ZERO; len];
+    }
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<F>();
+    if ptr.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = ptr as usize;
+        let aligned = start.next_multiple_of(HUGE);
+        let end = (start + layout.size()) / HUGE * HUGE;
+        if layout.size() >= 4 * HUGE && end > aligned {
+            // SAFETY: the range lies inside this allocation; MADV_HUGEPAGE is advice only (it
+            // changes neither the contents nor the mapping's validity).
+            unsafe {
+                libc::madvise(
+                    aligned as *mut libc::c_void,
+                    end - aligned,
+                    libc::MADV_HUGEPAGE,
+                );
+            }
+        }
+    }
+    // SAFETY: allocated by the global allocator with `Layout::array::<F>(len)`, zeroed (all-zero
+    // bits are `F::ZERO` for f32 / f64), `len` elements initialized, capacity `len`.
+    unsafe { Vec::from_raw_parts(ptr, len, len) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -278,7 +278,7 @@ fn backward_typed<F: FusedFloat>(
     let scored = scored_rows(targets);
     let (tn, tv) = p.tiles(scored.len().max(1), v);
     let mut d_hidden = vec![F::ZERO; n * h];
-    let mut d_weight = vec![F::ZERO; v * h];
+    let mut d_weight = super::cpu::zeroed_buffer::<F>(v * h);
     let mut d_bias = vec![F::ZERO; v];
     let mut z = vec![F::ZERO; tn.min(scored.len()) * tv];
     let mut gathered = Vec::new();

@@ -192,7 +192,7 @@ mod flex_impl {
             return Ok(logits);
         }
         let x = logits.as_slice::<F>().expect("checked above");
-        let mut out = vec![F::ZERO; b * t * v];
+        let mut out = cpu::zeroed_buffer::<F>(b * t * v);
         cpu::backward(Some(x), &mut out, targets, &lse, &grad, v, scale);
         Ok(FlexTensor::from_data(TensorData::new(out, [b, t, v])))
     }
