@@ -92,6 +92,10 @@
 //! parts, finishing the statistics) is the same code as on one machine: [`Parts::to_values`]
 //! / [`Parts::from_values`] are the wire format, one `[k]` vector per step.
 //!
+//! [`Normalizer::GlobalTokens`]: crate::reduce::Normalizer::GlobalTokens
+//! [`Normalizer::GlobalSequences`]: crate::reduce::Normalizer::GlobalSequences
+//! [`all_reduce`]: burn::tensor::distributed::all_reduce
+//! [`Error::Device`]: crate::Error::Device
 //! [`UnpairedBatch::with_kl`]: crate::losses::UnpairedBatch::with_kl
 //! [`RunningMoments`]: crate::losses::RunningMoments
 //! [`BcoLoss::forward`]: crate::losses::BcoLoss::forward

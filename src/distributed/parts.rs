@@ -85,7 +85,7 @@ pub fn sum_parts<P: Parts>(shards: &[P]) -> P {
 // ---------------------------------------------------------------------------------------------
 
 /// The counts of one optimizer step: valid tokens, sequences and preference pairs over all
-/// its micro-batches (and, after [`Reducer::reduce`], all ranks).
+/// its micro-batches (and, after [`Reducer::reduce`](super::Reducer::reduce), all ranks).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StepCounts {
     /// Valid (mask = true) tokens.
