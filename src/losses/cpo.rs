@@ -9,7 +9,7 @@ use super::metrics::{LossOutput, Metrics};
 use super::preference::{PreferenceBatch, fraction_greater};
 use super::stable::{log_sigmoid, relu};
 use crate::error::{Error, check_in_closed, check_positive};
-use crate::reduce::Normalizer;
+use crate::reduce::{MeanDenominator, Normalizer, mean_from_sum};
 
 /// CPO loss types (TRL's `CPOConfig.loss_type` names).
 ///
@@ -295,8 +295,12 @@ impl CpoLoss {
         let (chosen, rejected) = if self.average {
             let (cc, cr) = batch.token_counts("CPO ipo / simpo (averaged log-probs)")?;
             (
-                batch.chosen_logps.clone() / cc.clamp_min(1.0),
-                batch.rejected_logps.clone() / cr.clamp_min(1.0),
+                mean_from_sum(batch.chosen_logps.clone(), cc, MeanDenominator::AtLeastOne),
+                mean_from_sum(
+                    batch.rejected_logps.clone(),
+                    cr,
+                    MeanDenominator::AtLeastOne,
+                ),
             )
         } else {
             (batch.chosen_logps.clone(), batch.rejected_logps.clone())

@@ -9,7 +9,7 @@ use super::metrics::{LossOutput, Metrics};
 use super::stable::sigmoid;
 use crate::error::{Error, check_positive, check_same_shape};
 use crate::logprobs::GatheredLogprobs;
-use crate::reduce::{Normalizer, mask_like};
+use crate::reduce::{MeanDenominator, Normalizer, mask_like, mean_from_sum};
 
 /// A batch of `B` completions, each labelled desirable or undesirable.
 ///
@@ -37,7 +37,11 @@ impl UnpairedBatch {
         let is_desirable = mask_like(&rewards, self.desirable.clone());
         let is_undesirable = is_desirable.clone().neg().add_scalar(1.0);
         let class_mean = |x: Tensor<1>, class: &Tensor<1>| {
-            (x * class.clone()).sum() / class.clone().sum().clamp_min(1.0)
+            mean_from_sum(
+                (x * class.clone()).sum(),
+                class.clone().sum(),
+                MeanDenominator::AtLeastOne,
+            )
         };
         let logps = self.logps.clone().detach();
         let chosen = class_mean(rewards.clone(), &is_desirable);

@@ -23,7 +23,7 @@ use burn::tensor::{Bool, Tensor};
 
 use crate::error::{Error, check_same_shape};
 use crate::losses::{LossOutput, Metrics};
-use crate::reduce::{Normalizer, mask_like, masked_row_sum, zero_masked};
+use crate::reduce::{MeanDenominator, Normalizer, mask_like, masked_mean_with, masked_row_sum};
 
 /// Configuration of [`RlooLoss`] (TRL `RLOOTrainer._compute_loss`).
 #[derive(Config, Debug)]
@@ -135,8 +135,8 @@ impl RlooLoss {
         let mut metrics = Metrics::new();
         if let Some(h) = entropies {
             check_same_shape("entropies", &h.dims(), &mask.dims(), "mask")?;
-            let count = mask_like(&h, mask.clone()).sum().clamp_min(1.0);
-            metrics.insert("entropy", zero_masked(h, mask).sum() / count);
+            let entropy = masked_mean_with(h, mask, None, MeanDenominator::AtLeastOne);
+            metrics.insert("entropy", entropy);
         }
         let low = mask_like(&ratio, ratio.clone().lower_elem(1.0 - self.eps_low))
             * mask_like(&advantages, advantages.clone().lower_elem(0.0));

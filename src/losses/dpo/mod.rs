@@ -35,7 +35,7 @@ use super::preference::{PreferenceBatch, fraction_greater};
 use super::stable::log_sigmoid;
 use crate::error::{Error, check_in_closed, check_positive};
 use crate::logprobs::ld_dpo_sequence_logps;
-use crate::reduce::{Normalizer, masked_row_sum};
+use crate::reduce::{MeanDenominator, Normalizer, masked_row_sum, mean_from_sum};
 
 /// Configuration of [`DpoLoss`], with TRL's `DPOConfig` field names and defaults.
 ///
@@ -341,7 +341,7 @@ impl DpoLoss {
 
         let counts = if self.loss_types.iter().any(|t| t.needs_token_counts()) {
             let (c, r) = batch.token_counts("ipo / sigmoid_norm")?;
-            Some((c.clamp_min(1.0), r.clamp_min(1.0)))
+            Some((c, r))
         } else {
             None
         };
@@ -507,7 +507,7 @@ impl DpoLoss {
                 t.logprobs.clone().detach() - sq.clone().detach(),
                 t.mask.clone(),
             );
-            (aligned / t.token_counts().clamp_min(1.0)).exp()
+            mean_from_sum(aligned, t.token_counts(), MeanDenominator::AtLeastOne).exp()
         };
         Ok((weight(c, c_sq) * weight(r, r_sq)).detach())
     }
