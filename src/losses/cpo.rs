@@ -2,6 +2,7 @@
 //! experimental `CPOTrainer` computes them, with CPO's NLL term.
 
 use burn::config::Config;
+use burn::module::Module;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -179,8 +180,9 @@ pub struct PairTerms {
 ///
 /// Metrics: `rewards/chosen`, `rewards/rejected`, `rewards/accuracies`, `rewards/margins`,
 /// `logps/chosen`, `logps/rejected` (the log-probs as used: summed or averaged), `nll_loss`.
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct CpoLoss {
+    #[module(skip)]
     loss_type: CpoLossType,
     beta: f64,
     label_smoothing: f64,
@@ -188,7 +190,9 @@ pub struct CpoLoss {
     simpo_gamma: f64,
     alpha: f64,
     average: bool,
+    #[module(skip)]
     normalizer: Normalizer,
+    #[module(skip)]
     nll_normalizer: Option<Normalizer>,
 }
 

@@ -2,6 +2,7 @@
 //! batch they read.
 
 use burn::config::Config;
+use burn::module::Module;
 use burn::tensor::{Bool, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -302,12 +303,14 @@ impl KtoLossConfig {
 /// examples), `rewards/rejected`, `logps/rejected`, `rewards/margins`. TRL omits the keys of a
 /// class absent from the batch; knowing that would need a sync, so here they are 0 (finite
 /// inputs never give a NaN metric, e.g. with a batch of one).
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct KtoLoss {
+    #[module(skip)]
     loss_type: KtoLossType,
     beta: f64,
     desirable_weight: f64,
     undesirable_weight: f64,
+    #[module(skip)]
     normalizer: Normalizer,
 }
 

@@ -2,6 +2,7 @@
 //! stable `log1mexp` of TRL PR 4763.
 
 use burn::config::Config;
+use burn::module::Module;
 use burn::tensor::Tensor;
 
 use super::cpo::{PairTerms, pair_metrics};
@@ -92,10 +93,12 @@ const MAX_AVG_LOGP: f64 = -1e-6;
 ///
 /// Metrics: `rewards/*` (`β ĉ`, `β r̂`), `logps/*` (averages), `nll_loss`, `log_odds_ratio`
 /// (`mean log σ(log_odds)`), `log_odds_chosen` (`mean log_odds`).
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct OrpoLoss {
     beta: f64,
+    #[module(skip)]
     normalizer: Normalizer,
+    #[module(skip)]
     nll_normalizer: Option<Normalizer>,
 }
 

@@ -1,6 +1,7 @@
 //! PPO losses: clipped surrogate (asymmetric and dual clip), clipped value loss, entropy bonus.
 
 use burn::config::Config;
+use burn::module::Module;
 use burn::tensor::{Bool, Tensor};
 
 use crate::error::{Error, check_positive, check_same_shape};
@@ -160,7 +161,7 @@ impl PpoLossInput {
 }
 
 /// PPO loss (see [`PpoLossConfig`]).
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct PpoLoss {
     eps_low: f64,
     eps_high: f64,
@@ -168,7 +169,9 @@ pub struct PpoLoss {
     value_clip_range: f64,
     value_coeff: f64,
     entropy_coeff: f64,
+    #[module(skip)]
     normalizer: Normalizer,
+    #[module(skip)]
     value_normalizer: Option<Normalizer>,
 }
 

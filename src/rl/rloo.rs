@@ -19,6 +19,7 @@
 //! float64) gives `loss = 0.35860713711145165`.
 
 use burn::config::Config;
+use burn::module::Module;
 use burn::tensor::{Bool, Tensor};
 
 use crate::error::{Error, check_same_shape};
@@ -68,10 +69,11 @@ impl RlooLossConfig {
 }
 
 /// RLOO sequence-level clipped loss.
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct RlooLoss {
     eps_low: f64,
     eps_high: f64,
+    #[module(skip)]
     normalizer: Normalizer,
 }
 

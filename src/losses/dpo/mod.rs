@@ -25,6 +25,7 @@
 mod loss_types;
 
 use burn::config::Config;
+use burn::module::Module;
 use burn::tensor::{DType, Tensor};
 
 use loss_types::PairTerms;
@@ -274,19 +275,23 @@ impl DpoLossConfig {
 /// `rewards/rejected`, `rewards/accuracies` `mean[βΔc > βΔr]`, `rewards/margins`,
 /// `logps/chosen`, `logps/rejected` (means of the, LD-weighted, policy log-probs). Rewards use
 /// the raw log-ratios even under an f-divergence, as TRL.
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct DpoLoss {
+    #[module(skip)]
     loss_types: Vec<DpoLossType>,
     loss_weights: Vec<f64>,
     beta: f64,
     label_smoothing: f64,
+    #[module(skip)]
     f_divergence_type: FDivergenceType,
     f_alpha_divergence_coef: f64,
     use_weighting: bool,
     ld_alpha: Option<f64>,
     discopop_tau: f64,
     cdpo_label_smoothing: f64,
+    #[module(skip)]
     normalizer: Normalizer,
+    #[module(skip)]
     nll_normalizer: Option<Normalizer>,
 }
 
