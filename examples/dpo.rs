@@ -22,6 +22,9 @@
 mod device_arg;
 #[path = "common/chart.rs"]
 pub mod plot;
+#[path = "common/rng.rs"]
+mod rng;
+pub use rng::Rng;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -150,23 +153,6 @@ impl CachedCausalLm for TinyLm {
 }
 
 // ----------------------------------------------------------------------------- data
-
-/// A small xorshift generator (no dependency), seeded by the caller.
-pub struct Rng(pub u64);
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    pub fn chance(&mut self, p: f64) -> bool {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
-    }
-}
 
 /// A random prompt of `PROMPT` digits.
 pub fn prompt(rng: &mut Rng) -> Vec<i64> {
@@ -579,9 +565,7 @@ pub fn run(args: &Args) -> Result<Summary, String> {
     let base = device_of(&args.device)?;
     let device = base.clone().autodiff();
     base.seed(args.seed);
-    let mut rng = Rng(
-        0x9E37_79B9_7F4A_7C15 ^ (args.seed.wrapping_add(1)).wrapping_mul(0x2545_F491_4F6C_DD1D)
-    );
+    let mut rng = Rng::new(args.seed);
     let obj = objective(&args.loss)?;
     let say = |s: String| {
         if !args.quiet {

@@ -175,8 +175,7 @@ pub fn run(o: &Options) -> Result<Summary, String> {
     let start = Instant::now();
     let device = Device::flex();
     device.seed(o.seed);
-    let mut rng =
-        Rng(0x9E37_79B9_7F4A_7C15 ^ (o.seed.wrapping_add(1)).wrapping_mul(0x2545_F491_4F6C_DD1D));
+    let mut rng = Rng::new(o.seed);
 
     // --- SFT warm-up on a 40% reverse / 60% copy mix.
     let sft_items = |n: usize, rng: &mut Rng| -> Vec<SftItem> {

@@ -17,6 +17,8 @@
 
 #[path = "common/chart.rs"]
 mod plot;
+#[path = "common/rng.rs"]
+mod rng;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -32,6 +34,7 @@ use burn_rlhf::rl::{
 };
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use rng::Rng;
 
 /// Vocabulary (digits).
 pub const VOCAB: usize = 8;
@@ -150,22 +153,12 @@ impl CausalLm for Policy {
     }
 }
 
-struct XorShift(u64);
-impl XorShift {
-    fn uniform(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// Samples `batch` sequences with the (non-autodiff) policy through the crate's sampler:
 /// `[batch, 1 + LEN]` token ids (a random prompt digit, then `LEN` sampled tokens).
 fn sample(
     policy: &Policy,
     batch: usize,
-    rng: &mut XorShift,
+    rng: &mut Rng,
     seed: u64,
     device: &Device,
 ) -> Tensor<2, Int> {
@@ -209,7 +202,7 @@ pub fn train(options: &TrainOptions, device: &Device) -> Vec<(usize, f64, f64)> 
         .with_epochs(4)
         .with_num_minibatches(4)
         .with_learning_rate(3e-3);
-    let mut rng = XorShift(options.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng::new(options.seed);
     let mut history = Vec::with_capacity(options.steps);
     let bar = if options.log_every > 0 {
         ProgressBar::new(options.steps as u64).with_style(

@@ -21,6 +21,8 @@
 
 #[path = "common/plot.rs"]
 mod plot;
+#[path = "common/rng.rs"]
+mod rng;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -31,6 +33,7 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
 use burn_rlhf::heads::{RewardHead, RewardHeadConfig};
 use burn_rlhf::losses::BradleyTerryLossConfig;
+use rng::Rng;
 
 /// Digits 0..=9, then the eos id, which is also the pad id (the TRL 3750 / transformers 35352
 /// setting).
@@ -123,23 +126,6 @@ impl Scorer {
             .div_scalar(T as f64);
         let h = activation::relu(self.hidden.forward(prefix));
         self.head.forward_reward(h, mask)
-    }
-}
-
-/// xorshift64* for the synthetic data.
-pub struct Rng(u64);
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
     }
 }
 

@@ -8,6 +8,28 @@
 //! (all micro-batches, all ranks), so the gradients of the micro-batch losses *sum* to the
 //! gradient of the whole-batch loss (see the crate tests `normalizer_*`).
 //!
+//! # Masked means: one family, one empty-group rule
+//!
+//! Every masked mean of the crate is [`masked_mean_with`] (or [`mean_from_sum`] when the sum
+//! and count are already at hand): `sum(x * mask) / denominator(count)` over one group (a row,
+//! or the whole tensor). The anchors differ only in the denominator ([`MeanDenominator`]);
+//! **the empty-group rule is the same everywhere: a group with no valid element gives exactly
+//! 0, in value and gradient, never NaN** (also when `eps` rounds to 0 in the tensor's dtype).
+//!
+//! | public function | group | denominator | anchor it reproduces |
+//! |---|---|---|---|
+//! | [`masked_row_mean`], [`SequenceReduction::Mean`](crate::SequenceReduction::Mean), [`Normalizer::SequenceMean`] / [`Normalizer::GlobalSequences`] (per row) | row | `max(count, 1)` | TRL `(x * m).sum(-1) / m.sum(-1).clamp(min=1)` (GRPO `grpo` loss, DPO `ipo` / `sigmoid_norm` averages, SFT per-example) |
+//! | [`Normalizer::TokenMean`], the token-mean metrics (PPO `clipfrac`, RLOO `entropy` / `kl`, GRPO `global_masked_mean`, KTO / BCO class means), the NLL term of paired losses | all | `max(count, 1)` | TRL `(x * m).sum() / m.sum().clamp(min=1.0)` |
+//! | averaged sequence log-probs from counts ([`mean_from_sum`]: DPO `ipo` / `sigmoid_norm`, CPO `ipo` / `simpo`, ORPO, DPO's `ld_alpha` weights) | row | `max(count, 1)` | TRL's per-token averaged log-probs (completion-token counts, clamped at 1) |
+//! | [`masked_mean_eps`], [`Normalizer::TokenMeanEps`], [`rl::masked_mean`](crate::rl::masked_mean), [`SequenceReduction::MeanEps`](crate::SequenceReduction::MeanEps) | row or all | `count + eps` | torchtune 0.6.1 `rlhf.masked_mean`: `(x * m).sum(dim) / (m.sum(dim) + 1e-8)` |
+//! | [`rl::masked_var`](crate::rl::masked_var), [`rl::whiten`](crate::rl::whiten) | all | `count + 1e-8`, Bessel `n / (n - 1)` with `n = count + 1e-8` | torchtune 0.6.1 `rlhf.masked_var`, `whiten` |
+//! | GRPO `clip_ratio/*/min`, `/max` (per-sequence means, then min / max) | row | `max(count, 1)`; an empty row is *left out* of the min / max (0 if every row is empty) | TRL `nanmin` / `nanmax` of per-sequence means |
+//!
+//! The only difference between the two denominators on a non-empty group is `eps` (relative
+//! `eps / count`). TRL's `max(count, 1)` and torchtune's `count + eps` on an empty group are
+//! both `0 / positive = 0`, so the rule above is the anchors' own, except where torchtune's
+//! `eps` underflows (f16, or `eps` below the dtype's resolution), where torchtune gives `0/0`.
+//!
 //! Implementation note: divisions by a constant are written `mul_scalar(1.0 / c)`. burn 0.22's
 //! autodiff backward of `div_scalar` rounds the scalar to f32, which costs f64 callers about
 //! 1e-8 relative precision in the gradient; `mul_scalar` keeps it.
@@ -69,37 +91,75 @@ pub fn masked_row_count(like: &Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<1> {
 }
 
 /// Per-row mean over valid positions, dividing by `max(count, 1)` so that a row with no valid
-/// position gives exactly 0 (not NaN): `[B, T] -> [B]`.
+/// position gives exactly 0 (not NaN): `[B, T] -> [B]`. [`masked_mean_with`] over `dim = 1`
+/// with [`MeanDenominator::AtLeastOne`] (TRL's rule; see the module docs).
 pub fn masked_row_mean(x: Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<1> {
-    let mask = crate::reduce::canonical_mask(mask);
-    let count = masked_row_count(&x, mask.clone()).clamp_min(1.0);
-    masked_row_sum(x, mask) / count
+    masked_mean_with(x, mask, Some(1), MeanDenominator::AtLeastOne)
 }
 
 /// torchtune's `masked_mean(x, mask, dim)`: `sum(x * mask) / (sum(mask) + eps)` along `dim`
 /// (`None` = over everything), with torchtune's `eps = 1e-8` when you pass that. Rows with no
 /// valid position give exactly 0 (value and gradient), also when `eps` underflows to 0 in the
 /// tensor's dtype (1e-8 is 0 in f16 and 1e-50 in f32, where torchtune's formula gives 0/0).
+/// [`masked_mean_with`] with [`MeanDenominator::CountPlusEps`].
 pub fn masked_mean_eps<const D: usize>(
     x: Tensor<D>,
     mask: Tensor<D, Bool>,
     dim: Option<usize>,
     eps: f64,
 ) -> Tensor<1> {
-    let mask = crate::reduce::canonical_mask(mask);
+    masked_mean_with(x, mask, dim, MeanDenominator::CountPlusEps(eps))
+}
+
+/// The denominator of a masked mean: the anchors differ only here (module docs, "Masked
+/// means"). Either way a group with no valid element gives exactly 0.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MeanDenominator {
+    /// `max(count, 1)`: TRL's `mask.sum().clamp(min=1.0)`.
+    AtLeastOne,
+    /// `count + eps` (an empty group divides by 1): torchtune's `mask.sum() + 1e-8`.
+    CountPlusEps(f64),
+}
+
+/// The one masked mean: `sum(x * mask) / denominator(count)` along `dim` (`None` = over
+/// everything, output `[1]`; `Some(d)`: the other dims, flattened). Masked positions
+/// contribute exactly 0 and receive exactly 0 gradient; an empty group gives exactly 0.
+///
+/// # Shapes
+/// `x`, `mask`: the same shape (not checked here: the public entry points check it) -> `[1]`
+/// or the product of the other dims.
+pub fn masked_mean_with<const D: usize>(
+    x: Tensor<D>,
+    mask: Tensor<D, Bool>,
+    dim: Option<usize>,
+    denominator: MeanDenominator,
+) -> Tensor<1> {
+    let mask = canonical_mask(mask);
     let count = mask_like(&x, mask.clone());
     let num = zero_masked(x, mask);
     match dim {
-        None => safe_eps_divide(num.sum(), count.sum(), eps),
-        Some(d) => safe_eps_divide(num.sum_dim(d), count.sum_dim(d), eps).flatten::<1>(0, D - 1),
+        None => mean_from_sum(num.sum(), count.sum(), denominator),
+        Some(d) => {
+            mean_from_sum(num.sum_dim(d), count.sum_dim(d), denominator).flatten::<1>(0, D - 1)
+        }
     }
 }
 
-/// `sum / (count + eps)`, with the denominator of an empty group (`count = 0`, so `sum = 0`)
-/// replaced by 1: exactly 0 there, whatever `eps` rounds to in the dtype.
-fn safe_eps_divide<const D: usize>(sum: Tensor<D>, count: Tensor<D>, eps: f64) -> Tensor<D> {
-    let empty = count.clone().equal_elem(0.0);
-    sum / count.add_scalar(eps).mask_fill(empty, 1.0)
+/// `sum / denominator(count)` with the empty-group rule (module docs): for an empty group
+/// (`count = 0`, so `sum = 0`) the result is exactly 0. Use it where the masked sum and the
+/// count already exist (sequence log-probs and their token counts).
+pub fn mean_from_sum<const D: usize>(
+    sum: Tensor<D>,
+    count: Tensor<D>,
+    denominator: MeanDenominator,
+) -> Tensor<D> {
+    match denominator {
+        MeanDenominator::AtLeastOne => sum / count.clamp_min(1.0),
+        MeanDenominator::CountPlusEps(eps) => {
+            let empty = count.clone().equal_elem(0.0);
+            sum / count.add_scalar(eps).mask_fill(empty, 1.0)
+        }
+    }
 }
 
 /// How loss terms become the scalar loss. Shared by every loss in the crate.
@@ -190,8 +250,7 @@ impl Normalizer {
         Ok(match *self {
             Normalizer::Sum => zero_masked(terms, mask).sum(),
             Normalizer::TokenMean => {
-                let count = mask_like(&terms, mask.clone()).sum().clamp_min(1.0);
-                zero_masked(terms, mask).sum() / count
+                masked_mean_with(terms, mask, None, MeanDenominator::AtLeastOne)
             }
             Normalizer::SequenceMean => masked_row_mean(terms, mask).mean(),
             Normalizer::TokenMeanEps(eps) => masked_mean_eps(terms, mask, None, eps),
@@ -262,4 +321,58 @@ pub fn global_token_count(masks: &[Tensor<2, Bool>]) -> f64 {
         .into_iter()
         .map(|c| c as f64)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{assert_close, v};
+    use burn::tensor::{Device, FloatDType, TensorData};
+
+    fn rows(values: &[f64], mask: &[bool], device: &Device) -> (Tensor<2>, Tensor<2, Bool>) {
+        let x = Tensor::from_data(
+            TensorData::new(values.to_vec(), [2, 3]),
+            (device, FloatDType::F64.into()),
+        );
+        let m = Tensor::from_data(TensorData::new(mask.to_vec(), [2, 3]), device);
+        (x, m)
+    }
+
+    /// Both denominators on a full row and an empty row: `(1 + 3) / 2`, `(1 + 3) / (2 + eps)`,
+    /// and exactly 0 (value and gradient) for the empty row.
+    #[test]
+    fn masked_means_share_the_empty_group_rule() {
+        let device = Device::flex().autodiff();
+        let (x, m) = rows(
+            &[1.0, 2.0, 3.0, 7.0, 8.0, 9.0],
+            &[true, false, true, false, false, false],
+            &device,
+        );
+        let x = x.require_grad();
+        let clamped = masked_mean_with(x.clone(), m.clone(), Some(1), MeanDenominator::AtLeastOne);
+        assert_close(&v(clamped.clone()), &[2.0, 0.0]);
+        assert_close(&v(masked_row_mean(x.clone(), m.clone())), &[2.0, 0.0]);
+        let eps = masked_mean_eps(x.clone(), m.clone(), Some(1), 1e-8);
+        assert_close(&v(eps), &[4.0 / (2.0 + 1e-8), 0.0]);
+        // eps below f64's resolution at 0 (no underflow guard would give 0 / 0 = NaN).
+        let tiny = masked_mean_eps(x.clone(), m.clone(), Some(1), 1e-400);
+        assert_close(&v(tiny), &[2.0, 0.0]);
+        let whole = masked_mean_with(x.clone(), m.clone(), None, MeanDenominator::AtLeastOne);
+        assert_close(&v(whole.clone()), &[2.0]);
+        let grads = (clamped.sum() + whole).backward();
+        let g = v(x.grad(&grads).unwrap());
+        assert_close(&g, &[1.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
+        // An all-false mask: 0 under both denominators.
+        let (x, m) = rows(&[1.0; 6], &[false; 6], &device);
+        assert_close(
+            &v(masked_mean_with(
+                x.clone(),
+                m.clone(),
+                None,
+                MeanDenominator::AtLeastOne,
+            )),
+            &[0.0],
+        );
+        assert_close(&v(masked_mean_eps(x, m, None, 1e-8)), &[0.0]);
+    }
 }

@@ -4,6 +4,9 @@
 //!
 //! Every expected value is computed here from the formulas, in f64 on the flex device.
 
+#[path = "../examples/common/rng.rs"]
+mod rng;
+
 use burn::module::{Module, Param};
 use burn::optim::SgdConfig;
 use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
@@ -14,6 +17,7 @@ use burn_rlhf::rl::{
     Whitening, kl_estimate, ppo_update,
 };
 use proptest::prelude::*;
+use rng::Rng;
 
 fn dev() -> Device {
     Device::flex().autodiff()
@@ -264,13 +268,8 @@ struct Linear1 {
 fn ppo_update_gradient_accumulation_is_exact() {
     let device = dev();
     let (b, t, f) = (4, 5, 3);
-    let mut rng = 1u64;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        (rng % 10_000) as f64 / 10_000.0 - 0.5
-    };
+    let mut rng = Rng(1);
+    let mut next = || (rng.next_u64() % 10_000) as f64 / 10_000.0 - 0.5;
     let feats: Vec<f64> = (0..b * t * f).map(|_| next()).collect();
     let w0: Vec<f64> = (0..f).map(|_| next()).collect();
     let adv: Vec<f64> = (0..b * t).map(|_| next() * 2.0).collect();

@@ -80,8 +80,9 @@ impl GrpoStepConfig {
 
 /// A GRPO (or RLOO-advantage) update from a [`Generation`] and its [`Scores`]; build with
 /// [`GrpoStepConfig::init`].
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct GrpoStep {
+    #[module(skip)]
     config: GrpoStepConfig,
     loss: GrpoLoss,
 }

@@ -88,9 +88,11 @@ impl OnlineDpoConfig {
 }
 
 /// Online / iterative DPO step; build with [`OnlineDpoConfig::init`].
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct OnlineDpo {
+    #[module(skip)]
     config: OnlineDpoConfig,
+    #[module(skip)]
     pairing: PairingConfig,
     loss: DpoLoss,
 }

@@ -1,6 +1,7 @@
 //! The batched, on-device sampler.
 
 use burn::config::Config;
+use burn::module::Module;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::generation::Generation;
@@ -181,8 +182,9 @@ impl Prompts {
 /// `seed` argument: not on burn's process-global RNG (`Device::seed`), the batch size, the
 /// amount of left padding, or other calls. Pass a different seed per call (e.g. the step
 /// number) for fresh samples.
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct Sampler {
+    #[module(skip)]
     config: SamplerConfig,
 }
 

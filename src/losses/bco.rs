@@ -2,6 +2,7 @@
 //! reward baseline as explicit, serializable state.
 
 use burn::config::Config;
+use burn::module::Module;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -121,9 +122,10 @@ impl BcoLossConfig {
 /// Metrics: `rewards/chosen`, `rewards/rejected` (class means, 0 for a class absent from the
 /// batch; TRL: NaN),
 /// `rewards/margins`, `logps/chosen`, `logps/rejected`, `delta`.
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct BcoLoss {
     beta: f64,
+    #[module(skip)]
     normalizer: Normalizer,
 }
 

@@ -2,6 +2,7 @@
 //! experimental `CPOTrainer` computes them, with CPO's NLL term.
 
 use burn::config::Config;
+use burn::module::Module;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -9,7 +10,7 @@ use super::metrics::{LossOutput, Metrics};
 use super::preference::{PreferenceBatch, fraction_greater};
 use super::stable::{log_sigmoid, relu};
 use crate::error::{Error, check_in_closed, check_positive};
-use crate::reduce::Normalizer;
+use crate::reduce::{MeanDenominator, Normalizer, mean_from_sum};
 
 /// CPO loss types (TRL's `CPOConfig.loss_type` names).
 ///
@@ -179,8 +180,9 @@ pub struct PairTerms {
 ///
 /// Metrics: `rewards/chosen`, `rewards/rejected`, `rewards/accuracies`, `rewards/margins`,
 /// `logps/chosen`, `logps/rejected` (the log-probs as used: summed or averaged), `nll_loss`.
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct CpoLoss {
+    #[module(skip)]
     loss_type: CpoLossType,
     beta: f64,
     label_smoothing: f64,
@@ -188,7 +190,9 @@ pub struct CpoLoss {
     simpo_gamma: f64,
     alpha: f64,
     average: bool,
+    #[module(skip)]
     normalizer: Normalizer,
+    #[module(skip)]
     nll_normalizer: Option<Normalizer>,
 }
 
@@ -295,8 +299,12 @@ impl CpoLoss {
         let (chosen, rejected) = if self.average {
             let (cc, cr) = batch.token_counts("CPO ipo / simpo (averaged log-probs)")?;
             (
-                batch.chosen_logps.clone() / cc.clamp_min(1.0),
-                batch.rejected_logps.clone() / cr.clamp_min(1.0),
+                mean_from_sum(batch.chosen_logps.clone(), cc, MeanDenominator::AtLeastOne),
+                mean_from_sum(
+                    batch.rejected_logps.clone(),
+                    cr,
+                    MeanDenominator::AtLeastOne,
+                ),
             )
         } else {
             (batch.chosen_logps.clone(), batch.rejected_logps.clone())

@@ -2,6 +2,7 @@
 //! batch they read.
 
 use burn::config::Config;
+use burn::module::Module;
 use burn::tensor::{Bool, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -9,7 +10,7 @@ use super::metrics::{LossOutput, Metrics};
 use super::stable::sigmoid;
 use crate::error::{Error, check_positive, check_same_shape};
 use crate::logprobs::GatheredLogprobs;
-use crate::reduce::{Normalizer, mask_like};
+use crate::reduce::{MeanDenominator, Normalizer, mask_like, mean_from_sum};
 
 /// A batch of `B` completions, each labelled desirable or undesirable.
 ///
@@ -37,7 +38,11 @@ impl UnpairedBatch {
         let is_desirable = mask_like(&rewards, self.desirable.clone());
         let is_undesirable = is_desirable.clone().neg().add_scalar(1.0);
         let class_mean = |x: Tensor<1>, class: &Tensor<1>| {
-            (x * class.clone()).sum() / class.clone().sum().clamp_min(1.0)
+            mean_from_sum(
+                (x * class.clone()).sum(),
+                class.clone().sum(),
+                MeanDenominator::AtLeastOne,
+            )
         };
         let logps = self.logps.clone().detach();
         let chosen = class_mean(rewards.clone(), &is_desirable);
@@ -298,12 +303,14 @@ impl KtoLossConfig {
 /// examples), `rewards/rejected`, `logps/rejected`, `rewards/margins`. TRL omits the keys of a
 /// class absent from the batch; knowing that would need a sync, so here they are 0 (finite
 /// inputs never give a NaN metric, e.g. with a batch of one).
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct KtoLoss {
+    #[module(skip)]
     loss_type: KtoLossType,
     beta: f64,
     desirable_weight: f64,
     undesirable_weight: f64,
+    #[module(skip)]
     normalizer: Normalizer,
 }
 

@@ -1,4 +1,13 @@
 //! Loss functions. One file per family; every loss returns a [`LossOutput`].
+//!
+//! Every loss op (`DpoLoss`, `CpoLoss`, `OrpoLoss`, `KtoLoss`, `BcoLoss`, `BradleyTerryLoss`,
+//! `SftLoss`, and in [`crate::rl`] `PpoLoss`, `GrpoLoss`, `RlooLoss`, `Gae`, `KlPenalty`)
+//! derives burn's [`Module`](burn::module::Module), as burn-nn's `CrossEntropyLoss` does, so it
+//! can be a field of your `#[derive(Module)]` model. Its settings are configuration, not
+//! parameters: numbers and flags are burn constants, enums and normalizers `#[module(skip)]`.
+//! A record therefore holds nothing for a loss, and loading a record keeps the destination's
+//! settings (build the destination from the same config). `BcoLoss`'s running mean `δ` lives
+//! in the caller's [`RunningMoments`], not in the loss.
 
 mod bco;
 mod cpo;

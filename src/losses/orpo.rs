@@ -2,6 +2,7 @@
 //! stable `log1mexp` of TRL PR 4763.
 
 use burn::config::Config;
+use burn::module::Module;
 use burn::tensor::Tensor;
 
 use super::cpo::{PairTerms, pair_metrics};
@@ -9,7 +10,7 @@ use super::metrics::LossOutput;
 use super::preference::PreferenceBatch;
 use super::stable::{log_sigmoid, log1mexp};
 use crate::error::check_positive;
-use crate::reduce::Normalizer;
+use crate::reduce::{MeanDenominator, Normalizer, mean_from_sum};
 
 /// Configuration of [`OrpoLoss`] (TRL's `ORPOConfig` names and defaults).
 #[derive(Config, Debug)]
@@ -92,10 +93,12 @@ const MAX_AVG_LOGP: f64 = -1e-6;
 ///
 /// Metrics: `rewards/*` (`β ĉ`, `β r̂`), `logps/*` (averages), `nll_loss`, `log_odds_ratio`
 /// (`mean log σ(log_odds)`), `log_odds_chosen` (`mean log_odds`).
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct OrpoLoss {
     beta: f64,
+    #[module(skip)]
     normalizer: Normalizer,
+    #[module(skip)]
     nll_normalizer: Option<Normalizer>,
 }
 
@@ -167,8 +170,11 @@ impl OrpoLoss {
         let (cc, cr) = batch.token_counts("ORPO (averaged log-probs)")?;
         // Clamped below 0: an average log-prob of 0 (a completion with no token, or p = 1)
         // has infinite odds, and log1mexp(0) = -inf made the loss and gradient NaN.
-        let chosen = (batch.chosen_logps.clone() / cc.clamp_min(1.0)).clamp_max(MAX_AVG_LOGP);
-        let rejected = (batch.rejected_logps.clone() / cr.clamp_min(1.0)).clamp_max(MAX_AVG_LOGP);
+        let average = |logps: Tensor<1>, count| {
+            mean_from_sum(logps, count, MeanDenominator::AtLeastOne).clamp_max(MAX_AVG_LOGP)
+        };
+        let chosen = average(batch.chosen_logps.clone(), cc);
+        let rejected = average(batch.rejected_logps.clone(), cr);
         let terms = self.odds_ratio_unchecked(chosen.clone(), rejected.clone());
         let nll_term = batch.nll_term("ORPO's NLL term", self.nll_normalizer)?;
         let mut loss = self

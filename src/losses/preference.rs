@@ -5,7 +5,7 @@ use burn::tensor::Tensor;
 
 use crate::error::{Error, Result, check_dtype_like, check_same_shape};
 use crate::logprobs::GatheredLogprobs;
-use crate::reduce::{Normalizer, mask_like, zero_masked};
+use crate::reduce::{MeanDenominator, Normalizer, mask_like, masked_mean_with};
 
 /// A batch of `B` preference pairs: what the paired losses read, and nothing hidden.
 ///
@@ -399,13 +399,12 @@ impl PreferenceBatch {
                 needed_by: format!("{needed_by} needs per-token chosen log-probs for its NLL term: build the batch with PreferenceBatch::from_tokens or set nll_tokens"),
             }
         })?;
-        let count = mask_like(&tokens.logprobs, tokens.mask.clone())
-            .sum()
-            .clamp_min(1.0);
-        Ok(zero_masked(tokens.logprobs.clone(), tokens.mask.clone())
-            .sum()
-            .neg()
-            / count)
+        Ok(masked_mean_with(
+            tokens.logprobs.clone().neg(),
+            tokens.mask.clone(),
+            None,
+            MeanDenominator::AtLeastOne,
+        ))
     }
 }
 

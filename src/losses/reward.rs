@@ -1,6 +1,7 @@
 //! Pairwise reward-model loss (Bradley-Terry), as TRL's `RewardTrainer.compute_loss`.
 
 use burn::config::Config;
+use burn::module::Module;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -107,10 +108,12 @@ impl BradleyTerryLossConfig {
 /// Metrics (TRL's keys, computed without gradient): `accuracy` = fraction of pairs with
 /// `r_c > r_r` (ties count as wrong), `margin` = `mean(r_c - r_r)` (the margin input is not
 /// subtracted), and `min_reward`, `mean_reward`, `max_reward` over all `2B` rewards.
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct BradleyTerryLoss {
     center_rewards_coefficient: f64,
+    #[module(skip)]
     form: BradleyTerryForm,
+    #[module(skip)]
     normalizer: Normalizer,
 }
 

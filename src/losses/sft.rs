@@ -13,6 +13,7 @@
 //! parallelism).
 
 use burn::config::Config;
+use burn::module::Module;
 
 use super::metrics::{LossOutput, Metrics};
 use crate::error::Error;
@@ -58,8 +59,9 @@ impl SftLossConfig {
 ///
 /// Metrics: `nll_loss` (the batch token mean, whatever the normalizer) and `num_tokens` (the
 /// valid tokens of this batch; TRL's key). No host sync.
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct SftLoss {
+    #[module(skip)]
     normalizer: Normalizer,
 }
 

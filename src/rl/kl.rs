@@ -1,6 +1,7 @@
 //! KL estimators, KL-penalized per-token rewards and KL coefficient controllers.
 
 use burn::config::Config;
+use burn::module::Module;
 use burn::tensor::{Bool, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -118,9 +119,10 @@ impl KlPenaltyConfig {
 }
 
 /// Per-token rewards `r_t = -beta * kl_t`, plus the sequence score at one position per row.
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct KlPenalty {
     kl_coef: f64,
+    #[module(skip)]
     estimator: KlEstimator,
 }
 

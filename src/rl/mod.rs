@@ -13,7 +13,9 @@
 //!
 //! Every loss reduces its terms through the shared [`Normalizer`](crate::Normalizer), so with
 //! a global count ([`Normalizer::GlobalTokens`](crate::Normalizer::GlobalTokens)) gradient
-//! accumulation and data-parallel ranks do not change the gradient.
+//! accumulation and data-parallel ranks do not change the gradient. The loss ops and `Gae` /
+//! `KlPenalty` are plain-data burn modules (see [`crate::losses`]); `AdaptiveKlController`
+//! carries state that changes every step and stays a plain struct.
 
 pub mod advantages;
 mod global_whiten;

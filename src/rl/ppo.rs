@@ -1,11 +1,12 @@
 //! PPO losses: clipped surrogate (asymmetric and dual clip), clipped value loss, entropy bonus.
 
 use burn::config::Config;
+use burn::module::Module;
 use burn::tensor::{Bool, Tensor};
 
 use crate::error::{Error, check_positive, check_same_shape};
 use crate::losses::{LossOutput, Metrics};
-use crate::reduce::{Normalizer, mask_like, zero_masked};
+use crate::reduce::{MeanDenominator, Normalizer, mask_like, masked_mean_with};
 
 /// Configuration of [`PpoLoss`]. Defaults follow TRL's PPO (`cliprange` 0.2,
 /// `cliprange_value` 0.2, `vf_coef` 0.1, no entropy bonus); torchtune's `PPOLoss` is
@@ -160,7 +161,7 @@ impl PpoLossInput {
 }
 
 /// PPO loss (see [`PpoLossConfig`]).
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct PpoLoss {
     eps_low: f64,
     eps_high: f64,
@@ -168,7 +169,9 @@ pub struct PpoLoss {
     value_clip_range: f64,
     value_coeff: f64,
     entropy_coeff: f64,
+    #[module(skip)]
     normalizer: Normalizer,
+    #[module(skip)]
     value_normalizer: Option<Normalizer>,
 }
 
@@ -286,8 +289,7 @@ $$\ell^{V}_t = \tfrac12\max\!\big((V_t - R_t)^2,\; (\operatorname{clip}(V_t, V^{
         let mut loss = policy_loss.clone();
         let mut metrics = Metrics::new();
         let mean = |x: Tensor<2>, m: Tensor<2, Bool>| -> Tensor<1> {
-            let count = mask_like(&x, m.clone()).sum().clamp_min(1.0);
-            zero_masked(x, m).sum() / count
+            masked_mean_with(x, m, None, MeanDenominator::AtLeastOne)
         };
         metrics.insert("policy_loss", policy_loss);
         let active = mask_like(&pg, clipped_loss.clone().greater(unclipped_loss));

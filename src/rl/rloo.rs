@@ -19,11 +19,12 @@
 //! float64) gives `loss = 0.35860713711145165`.
 
 use burn::config::Config;
+use burn::module::Module;
 use burn::tensor::{Bool, Tensor};
 
 use crate::error::{Error, check_same_shape};
 use crate::losses::{LossOutput, Metrics};
-use crate::reduce::{Normalizer, mask_like, masked_row_sum, zero_masked};
+use crate::reduce::{MeanDenominator, Normalizer, mask_like, masked_mean_with, masked_row_sum};
 
 /// Configuration of [`RlooLoss`] (TRL `RLOOTrainer._compute_loss`).
 #[derive(Config, Debug)]
@@ -68,10 +69,11 @@ impl RlooLossConfig {
 }
 
 /// RLOO sequence-level clipped loss.
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct RlooLoss {
     eps_low: f64,
     eps_high: f64,
+    #[module(skip)]
     normalizer: Normalizer,
 }
 
@@ -135,8 +137,8 @@ impl RlooLoss {
         let mut metrics = Metrics::new();
         if let Some(h) = entropies {
             check_same_shape("entropies", &h.dims(), &mask.dims(), "mask")?;
-            let count = mask_like(&h, mask.clone()).sum().clamp_min(1.0);
-            metrics.insert("entropy", zero_masked(h, mask).sum() / count);
+            let entropy = masked_mean_with(h, mask, None, MeanDenominator::AtLeastOne);
+            metrics.insert("entropy", entropy);
         }
         let low = mask_like(&ratio, ratio.clone().lower_elem(1.0 - self.eps_low))
             * mask_like(&advantages, advantages.clone().lower_elem(0.0));

@@ -275,12 +275,9 @@ impl<P: CausalLmLogps + Module + ModuleDisplay, R: CausalLmLogps + Module + Modu
         Ok(TrlOutput::new(out, b))
     }
 
-    /// Panicking form of [`try_forward`](Self::try_forward).
-    ///
-    /// # Panics
-    /// On the errors of [`try_forward`](Self::try_forward).
-    pub fn forward(&self, input: PreferenceInput) -> TrlOutput {
-        unwrap_or_panic(self.try_forward(input))
+    crate::error::panicking! {
+        /// Panicking form of [`try_forward`](Self::try_forward).
+        pub fn forward(&self, input: PreferenceInput) -> TrlOutput = try_forward;
     }
 }
 
@@ -353,12 +350,9 @@ impl<P, R> KtoModel<P, R> {
         self
     }
 
-    /// Panicking form of [`try_new`](Self::try_new).
-    ///
-    /// # Panics
-    /// If the config is invalid.
-    pub fn new(policy: P, reference: Option<R>, config: &KtoLossConfig) -> Self {
-        unwrap_or_panic(Self::try_new(policy, reference, config))
+    crate::error::panicking! {
+        /// Panicking form of [`try_new`](Self::try_new) (an invalid config).
+        pub fn new(policy: P, reference: Option<R>, config: &KtoLossConfig) -> Self = Self::try_new;
     }
 }
 
@@ -469,12 +463,9 @@ impl<P: CausalLmLogps + Module + ModuleDisplay, R: CausalLmLogps + Module + Modu
         Ok(TrlOutput::new(loss.try_forward(&batch)?, n))
     }
 
-    /// Panicking form of [`try_forward`](Self::try_forward).
-    ///
-    /// # Panics
-    /// On the errors of [`try_forward`](Self::try_forward).
-    pub fn forward(&self, input: UnpairedInput) -> TrlOutput {
-        unwrap_or_panic(self.try_forward(input))
+    crate::error::panicking! {
+        /// Panicking form of [`try_forward`](Self::try_forward).
+        pub fn forward(&self, input: UnpairedInput) -> TrlOutput = try_forward;
     }
 }
 

@@ -76,12 +76,9 @@ impl<M: CausalLmLogps + Module + ModuleDisplay> SftModel<M> {
         Ok(TrlOutput::new(out, n))
     }
 
-    /// Panicking form of [`try_forward`](Self::try_forward).
-    ///
-    /// # Panics
-    /// On the errors of [`try_forward`](Self::try_forward).
-    pub fn forward(&self, input: SftInput) -> TrlOutput {
-        unwrap_or_panic(self.try_forward(input))
+    crate::error::panicking! {
+        /// Panicking form of [`try_forward`](Self::try_forward).
+        pub fn forward(&self, input: SftInput) -> TrlOutput = try_forward;
     }
 }
 
@@ -125,12 +122,9 @@ impl<M> RewardModel<M> {
         })
     }
 
-    /// Panicking form of [`try_new`](Self::try_new).
-    ///
-    /// # Panics
-    /// If the config is invalid.
-    pub fn new(model: M, config: &BradleyTerryLossConfig) -> Self {
-        unwrap_or_panic(Self::try_new(model, config))
+    crate::error::panicking! {
+        /// Panicking form of [`try_new`](Self::try_new) (an invalid config).
+        pub fn new(model: M, config: &BradleyTerryLossConfig) -> Self = Self::try_new;
     }
 }
 
@@ -205,12 +199,9 @@ impl<M: SequenceRewardModel + Module + ModuleDisplay> RewardModel<M> {
         Ok(TrlOutput::new(out, b))
     }
 
-    /// Panicking form of [`try_forward`](Self::try_forward).
-    ///
-    /// # Panics
-    /// On the errors of [`try_forward`](Self::try_forward).
-    pub fn forward(&self, input: RewardInput) -> TrlOutput {
-        unwrap_or_panic(self.try_forward(input))
+    crate::error::panicking! {
+        /// Panicking form of [`try_forward`](Self::try_forward).
+        pub fn forward(&self, input: RewardInput) -> TrlOutput = try_forward;
     }
 }
 

@@ -14,12 +14,13 @@ use burn_rlhf::{GatheredLogprobs, LabelAlignment, TokenLogprobsConfig};
 use serde_json::Value;
 
 use crate::common::{TestDevice, bool_tensor, int_tensor, to_vec};
-use crate::dpo::{Tol, case_dtype, float, grad_or_zeros};
+use crate::dpo::{case_dtype, float, grad_or_zeros};
 use crate::fixture::Case;
+use crate::tolerance::{Kind, Tol, tol};
 
 const MODEL_OUTPUT_METRICS: [&str; 2] = ["logits/chosen", "logits/rejected"];
 
-fn check_loss_metrics(case: &Case, out: &LossOutput, tol: Tol) -> Result<(), String> {
+fn check_loss_metrics(case: &Case, out: &LossOutput, bound: Tol) -> Result<(), String> {
     let Some(Value::Object(want)) = Some(case.expected_value("metrics")) else {
         return Err("no expected metrics".into());
     };
@@ -32,7 +33,7 @@ fn check_loss_metrics(case: &Case, out: &LossOutput, tol: Tol) -> Result<(), Str
         let have = *got
             .get(key)
             .ok_or_else(|| format!("metric `{key}` missing"))?;
-        tol.check(
+        bound.check(
             &format!("metric {key}"),
             &[have],
             &[value.as_f64().unwrap()],
@@ -70,7 +71,7 @@ fn pair_case(
     case: &Case,
     dev: &TestDevice,
     dtype: FloatDType,
-    tol: Tol,
+    bound: Tol,
     run: &dyn Fn(Tensor<1>, Tensor<1>) -> PairOutputs,
 ) -> Result<(), String> {
     let device = dev.autodiff();
@@ -78,26 +79,26 @@ fn pair_case(
     let rejected = float::<1>(&case.input("policy_rejected_logps"), dtype, &device).require_grad();
     let (losses, chosen_rewards, rejected_rewards, extra) = run(chosen.clone(), rejected.clone());
     let grads = losses.clone().mean().backward();
-    tol.check("losses", &to_vec(losses), &case.expect("losses").values)?;
-    tol.check(
+    bound.check("losses", &to_vec(losses), &case.expect("losses").values)?;
+    bound.check(
         "chosen_rewards",
         &to_vec(chosen_rewards),
         &case.expect("chosen_rewards").values,
     )?;
-    tol.check(
+    bound.check(
         "rejected_rewards",
         &to_vec(rejected_rewards),
         &case.expect("rejected_rewards").values,
     )?;
     for (key, value) in extra {
-        tol.check(key, &to_vec(value), &case.expect(key).values)?;
+        bound.check(key, &to_vec(value), &case.expect(key).values)?;
     }
-    tol.check(
+    bound.check(
         "grad_policy_chosen_logps",
         &grad_or_zeros(&chosen, &grads),
         &case.expect("grad_policy_chosen_logps").values,
     )?;
-    tol.check(
+    bound.check(
         "grad_policy_rejected_logps",
         &grad_or_zeros(&rejected, &grads),
         &case.expect("grad_policy_rejected_logps").values,
@@ -113,7 +114,7 @@ pub fn cpo_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
         case,
         dev,
         case_dtype(case, dev),
-        Tol::f64_values().on(dev),
+        tol(Kind::Values, dev),
         &|c, r| {
             let t = loss.pair_terms(c, r);
             (t.losses, t.chosen_rewards, t.rejected_rewards, vec![])
@@ -121,21 +122,15 @@ pub fn cpo_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
     )
 }
 
-/// `ORPOTrainer.odds_ratio_loss` (TRL computes it in float32: README tolerance 1e-6 / 1e-7).
+/// `ORPOTrainer.odds_ratio_loss` (TRL computes it in float32: [`Kind::OddsRatioNearZero`]).
 pub fn orpo_odds_ratio_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
     let loss = OrpoLossConfig::new()
         .with_beta(case.config_f64("beta"))
         .try_init()
         .map_err(|e| format!("config rejected: {e}"))?;
-    // On f32-only devices (wgpu) log(1 - exp(x)) for x near 0 has condition number ~1/|x|,
-    // and GPU transcendentals (Vulkan allows log() an *absolute* error of 2^-21 near 1) turn
-    // that into ~5e-4 relative error on `ratio_near_zero_logps`: allow 1e-3 there, on those
-    // devices only. f64 devices use the fixture README's 1e-6.
-    let mut tol = Tol::metrics().on(dev);
-    if !dev.has_f64() {
-        tol.rtol = tol.rtol.max(1e-3);
-    }
-    pair_case(case, dev, case_dtype(case, dev), tol, &|c, r| {
+    // 1e-6 on f64 devices, 1e-3 on f32-only ones (log1mexp near 0: see `tolerance`).
+    let bound = tol(Kind::OddsRatioNearZero, dev);
+    pair_case(case, dev, case_dtype(case, dev), bound, &|c, r| {
         let t = loss.odds_ratio(c, r);
         let ratio = burn_rlhf::losses::stable::log_sigmoid(t.log_odds.clone()).mean();
         let extra = vec![
@@ -211,8 +206,8 @@ pub fn cpo_batch_loss_metrics(case: &Case, dev: &TestDevice) -> Result<(), Strin
         &out,
         &chosen,
         &rejected,
-        Tol::f64_values().on(dev),
-        Tol::metrics().on(dev),
+        tol(Kind::Values, dev),
+        tol(Kind::Metrics, dev),
     )
 }
 
@@ -241,13 +236,13 @@ pub fn orpo_batch_loss_metrics(case: &Case, dev: &TestDevice) -> Result<(), Stri
     let out = loss
         .try_forward(&batch)
         .map_err(|e| format!("forward: {e}"))?;
-    // The odds ratio runs in float32 inside TRL: README tolerance 1e-6 / 1e-7 for everything.
+    // The odds ratio runs in float32 inside TRL: `Kind::Metrics` (1e-6 / 1e-7) for everything.
     check_full(
         case,
         &out,
         &chosen,
         &rejected,
-        Tol::metrics().on(dev),
-        Tol::metrics().on(dev),
+        tol(Kind::Metrics, dev),
+        tol(Kind::Metrics, dev),
     )
 }

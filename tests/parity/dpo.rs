@@ -10,62 +10,9 @@ use burn_rlhf::GatheredLogprobs;
 use burn_rlhf::losses::{DpoLossConfig, DpoLossType, FDivergenceType, LossOutput, PreferenceBatch};
 use serde_json::Value;
 
-use crate::common::{TestDevice, bool_tensor, check_close, to_vec};
+use crate::common::{TestDevice, bool_tensor, to_vec};
 use crate::fixture::{Array, Case};
-
-/// Tolerances for one fixture array: the README's where the device computes the fixture's
-/// dtype, relaxed ones on f32-only devices.
-#[derive(Clone, Copy)]
-pub struct Tol {
-    pub rtol: f64,
-    pub atol: f64,
-    /// Relative to the array's max |value| (f32-only devices).
-    pub scaled: bool,
-}
-
-impl Tol {
-    pub fn f64_values() -> Self {
-        Tol {
-            rtol: 1e-9,
-            atol: 1e-12,
-            scaled: false,
-        }
-    }
-    pub fn metrics() -> Self {
-        Tol {
-            rtol: 1e-6,
-            atol: 1e-7,
-            scaled: false,
-        }
-    }
-    pub fn f32_values() -> Self {
-        Tol {
-            rtol: 1e-5,
-            atol: 1e-6,
-            scaled: false,
-        }
-    }
-    /// `self` on a device that computes f64; relaxed f32 tolerances elsewhere.
-    pub fn on(self, dev: &TestDevice) -> Self {
-        if dev.has_f64() {
-            self
-        } else {
-            Tol {
-                rtol: self.rtol.max(1e-4),
-                atol: 1e-5,
-                scaled: true,
-            }
-        }
-    }
-    pub fn check(self, what: &str, actual: &[f64], expected: &[f64]) -> Result<(), String> {
-        let atol = if self.scaled {
-            self.atol * expected.iter().fold(1.0f64, |m, x| m.max(x.abs()))
-        } else {
-            self.atol
-        };
-        check_close(what, actual, expected, self.rtol, atol)
-    }
-}
+use crate::tolerance::{Kind, Tol, tol};
 
 /// The float dtype a case runs in on this device: the fixture's (`config.dtype`), or f32
 /// where the device has no f64.
@@ -87,7 +34,7 @@ pub fn float<const D: usize>(a: &Array, dtype: FloatDType, device: &Device) -> T
 }
 
 /// Compares every metric present in `expected.metrics` (our output may have more keys).
-pub fn check_metrics(case: &Case, out: &LossOutput, tol: Tol) -> Result<(), String> {
+pub fn check_metrics(case: &Case, out: &LossOutput, bound: Tol) -> Result<(), String> {
     let Some(Value::Object(want)) = Some(case.expected_value("metrics")) else {
         return Ok(());
     };
@@ -99,7 +46,7 @@ pub fn check_metrics(case: &Case, out: &LossOutput, tol: Tol) -> Result<(), Stri
         let have = *got
             .get(key)
             .ok_or_else(|| format!("metric `{key}` missing (have {:?})", got.keys()))?;
-        tol.check(&format!("metric {key}"), &[have], &[want])?;
+        bound.check(&format!("metric {key}"), &[have], &[want])?;
     }
     Ok(())
 }
@@ -185,18 +132,11 @@ pub fn dpo_compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
         .map_err(|e| format!("forward: {e}"))?;
     let grads = out.loss.backward();
 
-    let values = if dtype == FloatDType::F32 {
-        Tol::f32_values()
+    let (values, metrics_tol) = if dtype == FloatDType::F32 {
+        (tol(Kind::F32Case, dev), tol(Kind::F32Case, dev))
     } else {
-        Tol::f64_values()
-    }
-    .on(dev);
-    let metrics_tol = if dtype == FloatDType::F32 {
-        Tol::f32_values()
-    } else {
-        Tol::metrics()
-    }
-    .on(dev);
+        (tol(Kind::Values, dev), tol(Kind::Metrics, dev))
+    };
     values.check(
         "loss",
         &to_vec(out.loss.clone()),
@@ -236,28 +176,28 @@ fn torchtune(case: &Case, dev: &TestDevice, config: DpoLossConfig) -> Result<(),
     let (chosen_rewards, rejected_rewards) =
         loss.implicit_rewards(&batch).map_err(|e| e.to_string())?;
     let grads = out.loss.backward();
-    let tol = Tol::f64_values().on(dev);
-    tol.check(
+    let values = tol(Kind::Values, dev);
+    values.check(
         "losses",
         &to_vec(out.per_example),
         &case.expect("losses").values,
     )?;
-    tol.check(
+    values.check(
         "chosen_rewards",
         &to_vec(chosen_rewards),
         &case.expect("chosen_rewards").values,
     )?;
-    tol.check(
+    values.check(
         "rejected_rewards",
         &to_vec(rejected_rewards),
         &case.expect("rejected_rewards").values,
     )?;
-    tol.check(
+    values.check(
         "grad_policy_chosen_logps",
         &grad_or_zeros(&chosen, &grads),
         &case.expect("grad_policy_chosen_logps").values,
     )?;
-    tol.check(
+    values.check(
         "grad_policy_rejected_logps",
         &grad_or_zeros(&rejected, &grads),
         &case.expect("grad_policy_rejected_logps").values,

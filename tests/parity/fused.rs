@@ -7,13 +7,14 @@
 use burn::tensor::Tensor;
 use burn_rlhf::logprobs::{FusedLogprobsConfig, LogprobsImplementation};
 
-use crate::common::{TestDevice, check_close, int_tensor, tensor, to_vec};
+use crate::common::{TestDevice, int_tensor, tensor, to_vec};
 use crate::fixture::{Array, Case};
+use crate::tolerance::{self, Kind, Tol};
 
-/// README: TRL outputs and gradients (float32 accumulation): rtol 1e-4, atol 1e-5 x max(1, max|x|).
+/// TRL's outputs and gradients (float32 accumulation in TRL): [`Kind::Float32Accumulated`]
+/// on every device (the `tolerance` table).
 fn check(what: &str, actual: &[f64], expected: &Array) -> Result<(), String> {
-    let max = expected.values.iter().fold(1.0f64, |m, x| m.max(x.abs()));
-    check_close(what, actual, &expected.values, 1e-4, 1e-5 * max)
+    Tol::f64_device(Kind::Float32Accumulated).check(what, actual, &expected.values)
 }
 
 fn config(case: &Case, implementation: LogprobsImplementation) -> FusedLogprobsConfig {
@@ -120,8 +121,7 @@ pub fn chunked_kernel(case: &Case, dev: &TestDevice) -> Result<(), String> {
     Ok(())
 }
 
-/// README: `logprob` `reference_fp64` (plain float64 torch on full logits): rtol 1e-9,
-/// atol 1e-12. On an f64 device the fused op computes in f64, so it is held to that bound
+/// `reference_fp64` (plain float64 torch on full logits): [`Kind::ReferenceF64`]. On an f64 device the fused op computes in f64, so it is held to that bound
 /// (TRL's own outputs only reach float32 precision).
 fn check_reference_fp64(
     case: &Case,
@@ -137,12 +137,12 @@ fn check_reference_fp64(
     }
     let strict = |what: &str, actual: Vec<f64>| -> Result<(), String> {
         match case.expect_nested("reference_fp64", what) {
-            Some(want) => check_close(
+            Some(want) => tolerance::check(
+                Kind::ReferenceF64,
+                dev,
                 &format!("{tag} reference_fp64 {what}"),
                 &actual,
                 &want.values,
-                1e-9,
-                1e-12,
             ),
             None => Ok(()),
         }

@@ -4,8 +4,9 @@ use burn_rlhf::GatheredLogprobs;
 use burn_rlhf::losses::{KtoLossConfig, KtoLossType, UnpairedBatch, kto_kl_estimate};
 
 use crate::common::{TestDevice, bool_tensor, to_vec};
-use crate::dpo::{Tol, case_dtype, check_metrics, float, grad_or_zeros};
+use crate::dpo::{case_dtype, check_metrics, float, grad_or_zeros};
 use crate::fixture::Case;
+use crate::tolerance::{Kind, tol};
 
 pub fn kto_compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
     let device = dev.autodiff();
@@ -51,13 +52,13 @@ pub fn kto_compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
         .try_forward(&batch)
         .map_err(|e| format!("forward: {e}"))?;
     let grads = out.loss.backward();
-    let values = Tol::f64_values().on(dev);
+    let values = tol(Kind::Values, dev);
     values.check(
         "loss",
         &to_vec(out.loss.clone()),
         &case.expect("loss").values,
     )?;
-    check_metrics(case, &out, Tol::metrics().on(dev))?;
+    check_metrics(case, &out, tol(Kind::Metrics, dev))?;
     values.check(
         "grad_token_logps",
         &grad_or_zeros(&x, &grads),

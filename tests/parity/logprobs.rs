@@ -6,28 +6,18 @@ use burn::tensor::Tensor;
 use burn_rlhf::logprobs::LogprobsImplementation;
 use burn_rlhf::{LabelAlignment, SequenceReduction, TokenLogprobsConfig};
 
-use crate::common::{TestDevice, check_close, int_tensor, tensor, to_vec};
+use crate::common::{TestDevice, int_tensor, tensor, to_vec};
 use crate::fixture::Case;
+use crate::tolerance::{self, Kind};
 
 const IMPLEMENTATIONS: [LogprobsImplementation; 2] = [
     LogprobsImplementation::Auto,
     LogprobsImplementation::Reference,
 ];
 
-/// Fixture README tolerances: float64 1e-9 / 1e-12; f32 devices get 1e-4 relative and an
-/// absolute floor scaled to the array.
-fn tolerances(dev: &TestDevice, expected: &[f64]) -> (f64, f64) {
-    if dev.has_f64() {
-        (1e-9, 1e-12)
-    } else {
-        let max = expected.iter().fold(1.0f64, |m, x| m.max(x.abs()));
-        (1e-4, 1e-5 * max)
-    }
-}
-
+/// Values and gradients: [`Kind::Values`] (the `tolerance` table).
 fn check(what: &str, actual: &[f64], expected: &[f64], dev: &TestDevice) -> Result<(), String> {
-    let (rtol, atol) = tolerances(dev, expected);
-    check_close(what, actual, expected, rtol, atol)
+    tolerance::check(Kind::Values, dev, what, actual, expected)
 }
 
 /// `logprobs = gather(log_softmax(logits / temperature), sequences)`, no shift.

@@ -9,6 +9,7 @@
 //!
 //! Every case runs on every device under test (`tests/common`): in f64 with the fixture
 //! README's tolerances where the device computes f64, else in f32 with relaxed tolerances.
+//! Every runner takes its bounds from the one table in [`tolerance`].
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -20,6 +21,7 @@ mod kto;
 mod logprobs;
 mod reward;
 mod rl;
+mod tolerance;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -3,21 +3,12 @@
 
 use burn_rlhf::losses::BradleyTerryLossConfig;
 
-use crate::common::{TestDevice, check_close, tensor, to_vec};
+use crate::common::{TestDevice, tensor, to_vec};
 use crate::fixture::Case;
+use crate::tolerance::{self, Kind};
 
-/// Fixture README tolerances: float64 1e-9 / 1e-12, metrics 1e-6 / 1e-7 (accuracy is
-/// float32-rounded in TRL); f32 devices get 1e-4 relative and an absolute floor scaled to the
-/// array.
-fn tolerances(dev: &TestDevice, expected: &[f64], metric: bool) -> (f64, f64) {
-    if dev.has_f64() {
-        if metric { (1e-6, 1e-7) } else { (1e-9, 1e-12) }
-    } else {
-        let max = expected.iter().fold(1.0f64, |m, x| m.max(x.abs()));
-        (1e-4, 1e-5 * max)
-    }
-}
-
+/// Values and gradients: [`Kind::Values`]; metrics: [`Kind::Metrics`] (accuracy is
+/// float32-rounded in TRL). See the `tolerance` table.
 fn check(
     what: &str,
     actual: &[f64],
@@ -25,8 +16,8 @@ fn check(
     dev: &TestDevice,
     metric: bool,
 ) -> Result<(), String> {
-    let (rtol, atol) = tolerances(dev, expected, metric);
-    check_close(what, actual, expected, rtol, atol)
+    let kind = if metric { Kind::Metrics } else { Kind::Values };
+    tolerance::check(kind, dev, what, actual, expected)
 }
 
 pub fn compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {

@@ -12,32 +12,22 @@ use burn_rlhf::rl::{
 };
 use serde_json::Value;
 
-use crate::common::{TestDevice, bool_tensor, check_close, int_tensor, tensor, to_vec};
+use crate::common::{TestDevice, bool_tensor, int_tensor, tensor, to_vec};
 use crate::fixture::{Array, Case};
+use crate::tolerance::{self, Kind};
 
-/// Fixture README tolerances for values / gradients: float64 1e-9 / 1e-12; f32 devices 1e-4
-/// relative with an absolute floor scaled to the array.
+/// Values, advantages and gradients: [`Kind::Values`] (the `tolerance` table).
 fn check(what: &str, actual: &[f64], expected: &[f64], dev: &TestDevice) -> Result<(), String> {
-    let (rtol, atol) = if dev.has_f64() {
-        (1e-9, 1e-12)
-    } else {
-        let max = expected.iter().fold(1.0f64, |m, x| m.max(x.abs()));
-        (1e-4, 1e-5 * max)
-    };
-    check_close(what, actual, expected, rtol, atol)
+    tolerance::check(Kind::Values, dev, what, actual, expected)
 }
 
-/// Metrics tolerance (some TRL metrics are float32-rounded): 1e-6 / 1e-7.
+/// Every metric in `expected`: [`Kind::Metrics`] (some TRL metrics are float32-rounded).
 fn check_metrics(
     actual: &BTreeMap<String, f64>,
     expected: &Value,
     dev: &TestDevice,
 ) -> Result<(), String> {
-    let (rtol, atol) = if dev.has_f64() {
-        (1e-6, 1e-7)
-    } else {
-        (1e-4, 1e-5)
-    };
+    let bound = tolerance::tol(Kind::Metrics, dev);
     let Some(map) = expected.as_object() else {
         return Ok(());
     };
@@ -48,7 +38,7 @@ fn check_metrics(
         let got = actual
             .get(key)
             .ok_or_else(|| format!("metric `{key}` not produced (have {:?})", actual.keys()))?;
-        check_close(&format!("metric {key}"), &[*got], &[want], rtol, atol)?;
+        bound.check(&format!("metric {key}"), &[*got], &[want])?;
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::DpoLoss;
 use crate::losses::stable::{log_sigmoid, relu, sigmoid};
+use crate::reduce::{MeanDenominator, mean_from_sum};
 
 /// One DPO-family loss type (TRL's `loss_type` names, JSON as in TRL: `"sigmoid"`, `"exo_pair"`, ...).
 ///
@@ -151,7 +152,7 @@ pub(super) struct PairTerms {
     pub sc: Tensor<1>,
     pub sr: Tensor<1>,
     pub delta: Tensor<1>,
-    /// Completion token counts `|y_w|`, `|y_l|` (clamped to >= 1), when a type needs them.
+    /// Completion token counts `|y_w|`, `|y_l|` (a count of 0 divides as 1), when a type needs them.
     pub counts: Option<(Tensor<1>, Tensor<1>)>,
     /// The `sft` term per pair, when configured.
     pub nll: Option<Tensor<1>>,
@@ -164,7 +165,9 @@ impl PairTerms {
             .counts
             .clone()
             .expect("counts computed for ipo / sigmoid_norm");
-        self.sc.clone() / cc - self.sr.clone() / cr
+        let per_token =
+            |score: Tensor<1>, count| mean_from_sum(score, count, MeanDenominator::AtLeastOne);
+        per_token(self.sc.clone(), cc) - per_token(self.sr.clone(), cr)
     }
 }
 

@@ -25,6 +25,7 @@
 mod loss_types;
 
 use burn::config::Config;
+use burn::module::Module;
 use burn::tensor::{DType, Tensor};
 
 use loss_types::PairTerms;
@@ -35,7 +36,7 @@ use super::preference::{PreferenceBatch, fraction_greater};
 use super::stable::log_sigmoid;
 use crate::error::{Error, check_in_closed, check_positive};
 use crate::logprobs::ld_dpo_sequence_logps;
-use crate::reduce::{Normalizer, masked_row_sum};
+use crate::reduce::{MeanDenominator, Normalizer, masked_row_sum, mean_from_sum};
 
 /// Configuration of [`DpoLoss`], with TRL's `DPOConfig` field names and defaults.
 ///
@@ -274,19 +275,23 @@ impl DpoLossConfig {
 /// `rewards/rejected`, `rewards/accuracies` `mean[βΔc > βΔr]`, `rewards/margins`,
 /// `logps/chosen`, `logps/rejected` (means of the, LD-weighted, policy log-probs). Rewards use
 /// the raw log-ratios even under an f-divergence, as TRL.
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct DpoLoss {
+    #[module(skip)]
     loss_types: Vec<DpoLossType>,
     loss_weights: Vec<f64>,
     beta: f64,
     label_smoothing: f64,
+    #[module(skip)]
     f_divergence_type: FDivergenceType,
     f_alpha_divergence_coef: f64,
     use_weighting: bool,
     ld_alpha: Option<f64>,
     discopop_tau: f64,
     cdpo_label_smoothing: f64,
+    #[module(skip)]
     normalizer: Normalizer,
+    #[module(skip)]
     nll_normalizer: Option<Normalizer>,
 }
 
@@ -341,7 +346,7 @@ impl DpoLoss {
 
         let counts = if self.loss_types.iter().any(|t| t.needs_token_counts()) {
             let (c, r) = batch.token_counts("ipo / sigmoid_norm")?;
-            Some((c.clamp_min(1.0), r.clamp_min(1.0)))
+            Some((c, r))
         } else {
             None
         };
@@ -507,7 +512,7 @@ impl DpoLoss {
                 t.logprobs.clone().detach() - sq.clone().detach(),
                 t.mask.clone(),
             );
-            (aligned / t.token_counts().clamp_min(1.0)).exp()
+            mean_from_sum(aligned, t.token_counts(), MeanDenominator::AtLeastOne).exp()
         };
         Ok((weight(c, c_sq) * weight(r, r_sq)).detach())
     }

@@ -21,6 +21,7 @@
 //! `advantages[0][0] = 0.5987293389777696`, `returns[0][0] = -0.5160461764986455`.
 
 use burn::config::Config;
+use burn::module::Module;
 use burn::tensor::{Bool, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -89,11 +90,13 @@ impl GaeConfig {
 }
 
 /// Generalized advantage estimation (see [`GaeConfig`]).
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct Gae {
     gamma: f64,
     lam: f64,
+    #[module(skip)]
     masking: GaeMasking,
+    #[module(skip)]
     whitening: Whitening,
 }
 

@@ -31,7 +31,7 @@ use super::rewards::{
 };
 use crate::error::{Error, check_finite_masked, check_no_inf, check_same_shape};
 use crate::losses::Metrics;
-use crate::reduce::{mask_like, zero_masked};
+use crate::reduce::{MeanDenominator, mask_like, masked_mean_with, zero_masked};
 
 /// Configuration of RLOO advantages (TRL `RLOOTrainer`).
 #[derive(Config, Debug)]
@@ -184,8 +184,13 @@ impl RlooAdvantageConfig {
             let per_token_kl = zero_masked(old_logps.clone() - reference, mask.clone());
             let kl_seq = per_token_kl.clone().sum_dim(1).reshape([n]);
             rewards = rewards - kl_seq.mul_scalar(self.beta);
-            let count = mask_like(&per_token_kl, mask.clone()).sum().clamp_min(1.0);
-            metrics.insert("kl", per_token_kl.sum() / count);
+            let kl = masked_mean_with(
+                per_token_kl,
+                mask.clone(),
+                None,
+                MeanDenominator::AtLeastOne,
+            );
+            metrics.insert("kl", kl);
         }
         let grouped = rewards.clone().reshape([p, g]);
         let (_, std_g) = nan_stats(grouped.clone(), 1);

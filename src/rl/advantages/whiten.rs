@@ -11,8 +11,8 @@
 //!
 //! `σ²` is the Bessel-corrected [`masked_var`] of the centered values (`n = Σm + 1e-8`).
 //! Shapes: `x`, `mask` `[B, T]` (any rank for the mean / variance) -> `[B, T]` (`[1]` for the
-//! statistics). The empty-row rule is the `+ 1e-8` of [`crate::reduce::masked_mean_eps`]: an
-//! all-false mask gives mean 0.
+//! statistics). The mean is [`crate::reduce::masked_mean_eps`] (the crate's one masked-mean
+//! family and empty-group rule: the table in [`crate::reduce`]): an all-false mask gives mean 0.
 //!
 //! Anchor: torchtune 0.6.1 `torchtune.rlhf.rewards.masked_mean`, `masked_var`, `whiten`
 //! (TRL's `masked_whiten` is [`Whitening::ZeroMean`]). Why advantages are normalized:

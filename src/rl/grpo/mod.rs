@@ -27,6 +27,7 @@ mod loss_types;
 mod stats;
 
 use burn::config::Config;
+use burn::module::Module;
 use burn::tensor::{Bool, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -235,8 +236,9 @@ impl GrpoLossConfig {
 }
 
 /// GRPO-family loss (see [`GrpoLossConfig`]).
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct GrpoLoss {
+    #[module(skip)]
     config: GrpoLossConfig,
     eps_high: f64,
 }

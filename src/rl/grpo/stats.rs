@@ -4,7 +4,7 @@
 
 use burn::tensor::{Bool, Tensor};
 
-use crate::reduce::{mask_like, zero_masked};
+use crate::reduce::{MeanDenominator, masked_mean_with, masked_row_mean};
 
 /// Mean over valid tokens (or over rows for `[B, 1]` values), clamped count: TRL's
 /// `global_masked_mean` on one process.
@@ -13,27 +13,31 @@ pub(super) fn global_masked_mean(x: Tensor<2>, mask: &Tensor<2, Bool>) -> Tensor
     if c == 1 && mask.dims()[1] != 1 {
         return x.sum().mul_scalar(1.0 / b as f64);
     }
-    let x = x.expand(mask.dims());
-    let count = mask_like(&x, mask.clone()).sum().clamp_min(1.0);
-    zero_masked(x, mask.clone()).sum() / count
+    masked_mean_with(
+        x.expand(mask.dims()),
+        mask.clone(),
+        None,
+        MeanDenominator::AtLeastOne,
+    )
 }
 
-/// Per-sequence means (NaN for empty rows) reduced by min or max ignoring NaN; 0 when every
-/// row is empty.
+/// Per-sequence means reduced by min or max, leaving empty rows out (TRL: NaN means, then
+/// `nanmin` / `nanmax`); 0 when every row is empty.
 pub(super) fn seq_mean_extreme(x: Tensor<2>, mask: &Tensor<2, Bool>, max: bool) -> Tensor<1> {
     let [b, c] = x.dims();
-    let per_seq = if c == 1 && mask.dims()[1] != 1 {
-        x.reshape([b])
+    let (per_seq, empty) = if c == 1 && mask.dims()[1] != 1 {
+        let x = x.reshape([b]);
+        let empty = x.clone().is_nan();
+        (x, empty)
     } else {
         let x = x.expand(mask.dims());
-        let count = mask_like(&x, mask.clone()).sum_dim(1);
-        (zero_masked(x, mask.clone()).sum_dim(1) / count).reshape([b])
+        let empty = mask.clone().int().sum_dim(1).reshape([b]).equal_elem(0);
+        (masked_row_mean(x, mask.clone()), empty)
     };
-    let nan = per_seq.clone().is_nan();
     let extreme = if max {
-        per_seq.mask_fill(nan, f64::NEG_INFINITY).max()
+        per_seq.mask_fill(empty, f64::NEG_INFINITY).max()
     } else {
-        per_seq.mask_fill(nan, f64::INFINITY).min()
+        per_seq.mask_fill(empty, f64::INFINITY).min()
     };
     // No sequence with a valid token: 0, not the +-inf of an empty min/max.
     let empty = extreme.clone().is_inf();
