@@ -15,6 +15,8 @@ mod entropy;
 mod fused;
 #[cfg(feature = "flex")]
 mod fused_cpu;
+#[cfg(feature = "flex")]
+mod fused_rows;
 mod gather;
 mod head;
 mod kernel;
