@@ -179,6 +179,7 @@ fn row_grad_in_place<F: KernelFloat>(row: &mut [F], lse: F, gs: F, scale: F, tar
     row[target] = row[target].add(gs);
 }
 
+#[inline(always)]
 fn forward_impl<F: KernelFloat>(
     logits: &[F],
     targets: &[i64],
@@ -212,32 +213,6 @@ fn forward_impl<F: KernelFloat>(
         });
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn forward_avx2<F: KernelFloat>(
-    logits: &[F],
-    targets: &[i64],
-    vocab: usize,
-    scale: f64,
-    logprobs: &mut [F],
-    lse: &mut [F],
-) {
-    forward_impl(logits, targets, vocab, scale, logprobs, lse)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn forward_avx512<F: KernelFloat>(
-    logits: &[F],
-    targets: &[i64],
-    vocab: usize,
-    scale: f64,
-    logprobs: &mut [F],
-    lse: &mut [F],
-) {
-    forward_impl(logits, targets, vocab, scale, logprobs, lse)
-}
-
 /// Which compiled variant of the row kernels this CPU runs (AVX-512, AVX2 + FMA, portable),
 /// detected once.
 #[derive(Clone, Copy, PartialEq)]
@@ -265,6 +240,62 @@ pub(crate) fn simd() -> Simd {
     })
 }
 
+/// Defines `$name`, which runs `$imp` compiled for the best instruction set this CPU has
+/// (AVX-512, AVX2 + FMA, or portable; [`simd`] detects it once). `$imp` must be
+/// `#[inline(always)]` so that each variant gets its own code.
+macro_rules! simd_dispatch {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident<$F:ident: $bound:path>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $imp:ident) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name<$F: $bound>($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx512<$F: $bound>($($arg: $ty),*) $(-> $ret)? {
+                    $imp($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx2<$F: $bound>($($arg: $ty),*) $(-> $ret)? {
+                    $imp($($arg),*)
+                }
+                match $crate::logprobs::cpu::simd() {
+                    // SAFETY: the CPU has the features each variant was compiled for.
+                    $crate::logprobs::cpu::Simd::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::logprobs::cpu::Simd::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::logprobs::cpu::Simd::Portable => {}
+                }
+            }
+            $imp($($arg),*)
+        }
+    };
+}
+pub(crate) use simd_dispatch;
+
+simd_dispatch! {
+    fn forward_rows<F: KernelFloat>(
+        logits: &[F],
+        targets: &[i64],
+        vocab: usize,
+        scale: f64,
+        logprobs: &mut [F],
+        lse: &mut [F],
+    ) => forward_impl
+}
+
+simd_dispatch! {
+    fn backward_rows<F: KernelFloat>(
+        logits: Option<&[F]>,
+        out: &mut [F],
+        targets: &[i64],
+        lse: &[F],
+        grad: &[F],
+        vocab: usize,
+        scale: f64,
+    ) => backward_impl
+}
+
 /// Forward pass over `N = targets.len()` rows of width `vocab`: writes the log-prob of each
 /// row's target under `softmax(scale * row)` and the row's `logsumexp(scale * row)`. Rows with
 /// a negative target get 0 for both.
@@ -278,24 +309,12 @@ pub(crate) fn forward<F: KernelFloat>(
     debug_assert_eq!(logits.len(), n * vocab);
     let mut logprobs = vec![F::ZERO; n];
     let mut lse = vec![F::ZERO; n];
-    #[cfg(target_arch = "x86_64")]
-    match simd() {
-        // SAFETY (both arms): the CPU supports the features the function was compiled for.
-        Simd::Avx512 => {
-            unsafe { forward_avx512(logits, targets, vocab, scale, &mut logprobs, &mut lse) };
-            return (logprobs, lse);
-        }
-        Simd::Avx2 => {
-            unsafe { forward_avx2(logits, targets, vocab, scale, &mut logprobs, &mut lse) };
-            return (logprobs, lse);
-        }
-        Simd::Portable => {}
-    }
-    forward_impl(logits, targets, vocab, scale, &mut logprobs, &mut lse);
+    forward_rows(logits, targets, vocab, scale, &mut logprobs, &mut lse);
     (logprobs, lse)
 }
 
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn backward_impl<F: KernelFloat>(
     logits: Option<&[F]>,
     out: &mut [F],
@@ -329,36 +348,6 @@ fn backward_impl<F: KernelFloat>(
         });
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-fn backward_avx2<F: KernelFloat>(
-    logits: Option<&[F]>,
-    out: &mut [F],
-    targets: &[i64],
-    lse: &[F],
-    grad: &[F],
-    vocab: usize,
-    scale: f64,
-) {
-    backward_impl(logits, out, targets, lse, grad, vocab, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-fn backward_avx512<F: KernelFloat>(
-    logits: Option<&[F]>,
-    out: &mut [F],
-    targets: &[i64],
-    lse: &[F],
-    grad: &[F],
-    vocab: usize,
-    scale: f64,
-) {
-    backward_impl(logits, out, targets, lse, grad, vocab, scale)
-}
-
 /// Backward pass: `d logits = g * scale * (onehot(target) - softmax(scale * logits))` per row,
 /// zero for rows with a negative target. With `logits = None`, `out` holds the logits on entry
 /// and is overwritten with their gradient (no allocation).
@@ -371,20 +360,7 @@ pub(crate) fn backward<F: KernelFloat>(
     vocab: usize,
     scale: f64,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    match simd() {
-        // SAFETY (both arms): the CPU supports the features the function was compiled for.
-        Simd::Avx512 => {
-            unsafe { backward_avx512(logits, out, targets, lse, grad, vocab, scale) };
-            return;
-        }
-        Simd::Avx2 => {
-            unsafe { backward_avx2(logits, out, targets, lse, grad, vocab, scale) };
-            return;
-        }
-        Simd::Portable => {}
-    }
-    backward_impl(logits, out, targets, lse, grad, vocab, scale)
+    backward_rows(logits, out, targets, lse, grad, vocab, scale)
 }
 
 /// A zeroed buffer of `len` elements for a large gradient. The memory comes from the

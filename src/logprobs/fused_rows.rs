@@ -25,27 +25,8 @@ fn row_first_max_impl<F: FusedFloat>(row: &[F]) -> (F, usize) {
     (m, arg)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn row_first_max_avx512<F: FusedFloat>(row: &[F]) -> (F, usize) {
-    row_first_max_impl(row)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn row_first_max_avx2<F: FusedFloat>(row: &[F]) -> (F, usize) {
-    row_first_max_impl(row)
-}
-
-pub(super) fn row_first_max<F: FusedFloat>(row: &[F]) -> (F, usize) {
-    #[cfg(target_arch = "x86_64")]
-    match super::cpu::simd() {
-        // SAFETY (both arms): the CPU has the features the function was compiled for.
-        super::cpu::Simd::Avx512 => return unsafe { row_first_max_avx512(row) },
-        super::cpu::Simd::Avx2 => return unsafe { row_first_max_avx2(row) },
-        super::cpu::Simd::Portable => {}
-    }
-    row_first_max_impl(row)
+super::cpu::simd_dispatch! {
+    pub(super) fn row_first_max<F: FusedFloat>(row: &[F]) -> (F, usize) => row_first_max_impl
 }
 
 /// `[sum e, sum e z, sum e^2, sum z]` with `e = exp(z - max)` (only `sum e` without stats).
@@ -96,27 +77,8 @@ fn row_sums_impl<F: FusedFloat>(row: &[F], max: F, stats: bool) -> [F; 4] {
     out
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn row_sums_avx512<F: FusedFloat>(row: &[F], max: F, stats: bool) -> [F; 4] {
-    row_sums_impl(row, max, stats)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn row_sums_avx2<F: FusedFloat>(row: &[F], max: F, stats: bool) -> [F; 4] {
-    row_sums_impl(row, max, stats)
-}
-
-pub(super) fn row_sums<F: FusedFloat>(row: &[F], max: F, stats: bool) -> [F; 4] {
-    #[cfg(target_arch = "x86_64")]
-    match super::cpu::simd() {
-        // SAFETY (both arms): the CPU has the features the function was compiled for.
-        super::cpu::Simd::Avx512 => return unsafe { row_sums_avx512(row, max, stats) },
-        super::cpu::Simd::Avx2 => return unsafe { row_sums_avx2(row, max, stats) },
-        super::cpu::Simd::Portable => {}
-    }
-    row_sums_impl(row, max, stats)
+super::cpu::simd_dispatch! {
+    pub(super) fn row_sums<F: FusedFloat>(row: &[F], max: F, stats: bool) -> [F; 4] => row_sums_impl
 }
 
 /// Per-row constants of the backward pass.
@@ -171,25 +133,6 @@ fn grad_row_impl<F: FusedFloat>(row: &mut [F], target: Option<usize>, k: &RowGra
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn grad_row_avx512<F: FusedFloat>(row: &mut [F], target: Option<usize>, k: &RowGrad<F>) {
-    grad_row_impl(row, target, k)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn grad_row_avx2<F: FusedFloat>(row: &mut [F], target: Option<usize>, k: &RowGrad<F>) {
-    grad_row_impl(row, target, k)
-}
-
-pub(super) fn grad_row<F: FusedFloat>(row: &mut [F], target: Option<usize>, k: &RowGrad<F>) {
-    #[cfg(target_arch = "x86_64")]
-    match super::cpu::simd() {
-        // SAFETY (both arms): the CPU has the features the function was compiled for.
-        super::cpu::Simd::Avx512 => return unsafe { grad_row_avx512(row, target, k) },
-        super::cpu::Simd::Avx2 => return unsafe { grad_row_avx2(row, target, k) },
-        super::cpu::Simd::Portable => {}
-    }
-    grad_row_impl(row, target, k)
+super::cpu::simd_dispatch! {
+    pub(super) fn grad_row<F: FusedFloat>(row: &mut [F], target: Option<usize>, k: &RowGrad<F>) => grad_row_impl
 }
