@@ -238,6 +238,35 @@ pub(crate) fn check_same_shape(
     }
 }
 
+impl From<crate::host_reads::ReadError> for Error {
+    fn from(e: crate::host_reads::ReadError) -> Self {
+        Error::Backend {
+            arg: e.arg,
+            detail: e.detail,
+        }
+    }
+}
+
+impl std::fmt::Display for crate::host_reads::ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}",
+            Error::from(crate::host_reads::ReadError {
+                arg: self.arg,
+                detail: self.detail.clone()
+            })
+        )
+    }
+}
+
+/// Whether the optional checks that need a device read run by default: in checked mode, or
+/// when this crate is compiled with debug assertions (a dev build), so release builds stay
+/// read-free (see [`host_reads`](crate::host_reads)).
+pub(crate) fn default_checks() -> bool {
+    cfg!(debug_assertions) || checked_mode()
+}
+
 /// Unwraps a `try_` result in a panicking convenience wrapper.
 #[track_caller]
 pub(crate) fn unwrap_or_panic<T>(result: Result<T>) -> T {

@@ -29,8 +29,6 @@ use std::cell::Cell;
 
 use burn::tensor::{Int, Tensor};
 
-use crate::error::Error;
-
 thread_local! {
     static READS: Cell<u64> = const { Cell::new(0) };
 }
@@ -45,13 +43,24 @@ fn counted() {
     READS.with(|r| r.set(r.get() + 1));
 }
 
+/// A failed read: the tensor's argument name and the backend's message (converted into
+/// [`Error::Backend`](crate::Error::Backend); this module sits below `error`).
+#[derive(Debug)]
+pub(crate) struct ReadError {
+    pub(crate) arg: &'static str,
+    pub(crate) detail: String,
+}
+
 /// One read of a float tensor, as `f64` values in row-major order.
-pub(crate) fn floats<const D: usize>(t: Tensor<D>, arg: &'static str) -> crate::Result<Vec<f64>> {
+pub(crate) fn floats<const D: usize>(
+    t: Tensor<D>,
+    arg: &'static str,
+) -> Result<Vec<f64>, ReadError> {
     counted();
     t.into_data()
         .convert::<f64>()
         .try_into_vec::<f64>()
-        .map_err(|e| Error::Backend {
+        .map_err(|e| ReadError {
             arg,
             detail: format!("{e:?}"),
         })
@@ -61,24 +70,18 @@ pub(crate) fn floats<const D: usize>(t: Tensor<D>, arg: &'static str) -> crate::
 pub(crate) fn ints<const D: usize>(
     t: Tensor<D, Int>,
     arg: &'static str,
-) -> crate::Result<Vec<i64>> {
+) -> Result<Vec<i64>, ReadError> {
     counted();
     t.into_data()
         .convert::<i64>()
         .try_into_vec::<i64>()
-        .map_err(|e| Error::Backend {
+        .map_err(|e| ReadError {
             arg,
             detail: format!("{e:?}"),
         })
 }
 
 /// One read of a one-element float tensor.
-pub(crate) fn scalar(t: Tensor<1>, arg: &'static str) -> crate::Result<f64> {
+pub(crate) fn scalar(t: Tensor<1>, arg: &'static str) -> Result<f64, ReadError> {
     floats(t, arg).map(|v| v[0])
-}
-
-/// Whether the optional checks that need a read run by default: in checked mode, or when this
-/// crate is compiled with debug assertions (a dev build), so release builds stay read-free.
-pub(crate) fn default_checks() -> bool {
-    cfg!(debug_assertions) || crate::checked_mode()
 }

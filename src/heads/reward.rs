@@ -99,7 +99,7 @@ pub fn try_pool_last_attended(
 ) -> crate::Result<Tensor<2>> {
     let attention_mask = crate::reduce::canonical_mask(attention_mask);
     check_mask_shape(&hidden, &attention_mask)?;
-    let index = if crate::host_reads::default_checks() {
+    let index = if crate::error::default_checks() {
         try_last_attended_index(attention_mask)?
     } else {
         last_attended_index(attention_mask).clamp_min(0)

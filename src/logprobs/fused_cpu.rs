@@ -13,31 +13,9 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Shape, TensorData};
 use rayon::prelude::*;
 
-use super::cpu::KernelFloat;
-use super::fused::{FusedParams, OUT_COLS};
-use super::fused_rows::{RowGrad, grad_row, row_first_max, row_sums};
+use super::fused_params::{FusedParams, OUT_COLS};
+use super::fused_rows::{FusedFloat, RowGrad, grad_row, row_first_max, row_sums};
 use super::head::LmHeadLayout;
-
-pub(crate) trait FusedFloat: KernelFloat + burn::tensor::Element + bytemuck::Pod {
-    fn tanh(self) -> Self;
-    fn div(self, o: Self) -> Self;
-}
-impl FusedFloat for f32 {
-    fn tanh(self) -> Self {
-        f32::tanh(self)
-    }
-    fn div(self, o: Self) -> Self {
-        self / o
-    }
-}
-impl FusedFloat for f64 {
-    fn tanh(self) -> Self {
-        f64::tanh(self)
-    }
-    fn div(self, o: Self) -> Self {
-        self / o
-    }
-}
 
 /// The weight seen as a `[V, H]` matrix without copying: its contiguous storage and the
 /// (row, column) strides of the `[V, H]` view (`[H, V]` storage is read transposed).

@@ -2,7 +2,29 @@
 //! the exponential sums of the online logsumexp, and the row's gradient. Each is compiled three
 //! times (AVX-512, AVX2 + FMA, portable) and picked at run time ([`super::cpu::simd`]).
 
-use super::fused_cpu::FusedFloat;
+use super::cpu::KernelFloat;
+
+/// The float types of the fused kernel (f32, f64).
+pub(crate) trait FusedFloat: KernelFloat + burn::tensor::Element + bytemuck::Pod {
+    fn tanh(self) -> Self;
+    fn div(self, o: Self) -> Self;
+}
+impl FusedFloat for f32 {
+    fn tanh(self) -> Self {
+        f32::tanh(self)
+    }
+    fn div(self, o: Self) -> Self {
+        self / o
+    }
+}
+impl FusedFloat for f64 {
+    fn tanh(self) -> Self {
+        f64::tanh(self)
+    }
+    fn div(self, o: Self) -> Self {
+        self / o
+    }
+}
 
 const LANES: usize = 16;
 

@@ -233,7 +233,7 @@ impl TokenLogprobs {
                 &[b, t, v],
             ));
         }
-        if self.check_labels || crate::host_reads::default_checks() {
+        if self.check_labels || crate::error::default_checks() {
             check_label_range(&labels, "labels", v, self.ignore_index, 0)?;
         }
         crate::error::check_finite(&logits, "logits")?;

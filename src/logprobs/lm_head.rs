@@ -3,7 +3,8 @@
 use burn::config::Config;
 use burn::tensor::{Bool, Int, Tensor, activation};
 
-use super::fused::{FusedParams, OUT_COLS, fused_op};
+use super::fused::fused_op;
+use super::fused_params::{FusedParams, OUT_COLS};
 use super::gather::{GatheredLogprobs, LogprobsImplementation};
 use super::head::{LmHead, LmHeadLayout};
 use crate::backends::has_native_kernel;
@@ -149,7 +150,7 @@ impl FusedLogprobs {
     /// Whether this call checks the target range (the config's `check_targets`, checked mode,
     /// or a debug build).
     fn checks_targets(&self) -> bool {
-        self.check_targets || crate::host_reads::default_checks()
+        self.check_targets || crate::error::default_checks()
     }
 
     /// Per-row outputs, for a `[V, H]` weight (the [`LmHeadLayout::VocabMajor`] layout of

@@ -15,6 +15,7 @@ mod entropy;
 mod fused;
 #[cfg(feature = "flex")]
 mod fused_cpu;
+mod fused_params;
 #[cfg(feature = "flex")]
 mod fused_rows;
 mod gather;

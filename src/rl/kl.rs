@@ -200,7 +200,7 @@ impl KlPenalty {
         // `host_reads`); unchecked, an index outside [0, T) places the score nowhere.
         if let Some(idx) = score_index
             .as_ref()
-            .filter(|_| crate::host_reads::default_checks())
+            .filter(|_| crate::error::default_checks())
         {
             let values = crate::host_reads::ints(idx.clone(), "score_index")?;
             if let Some(&bad) = values.iter().find(|&&i| i < 0 || i >= t as i64) {

@@ -77,7 +77,7 @@ pub fn try_clip_grad_norm<M: Module>(
 ) -> crate::Result<f64> {
     check_positive("max_norm", max_norm)?;
     match clip_grad_norm_unchecked(module, grads, max_norm) {
-        Some(norm) => crate::host_reads::scalar(norm, "grad_norm"),
+        Some(norm) => Ok(crate::host_reads::scalar(norm, "grad_norm")?),
         None => Ok(0.0),
     }
 }
