@@ -81,6 +81,26 @@ pub(crate) fn ints<const D: usize>(
         })
 }
 
+/// One read of several `[k]` float tensors, concatenated on the device first: in their dtype
+/// when they share one, else in f64 where the device has it (f32 otherwise).
+pub(crate) fn floats_cat(values: Vec<Tensor<1>>, arg: &'static str) -> Result<Vec<f64>, ReadError> {
+    let Some(first) = values.first() else {
+        return Ok(Vec::new());
+    };
+    let dtype = first.dtype();
+    let values = if values.iter().all(|v| v.dtype() == dtype) {
+        values
+    } else {
+        let wide = if first.device().supports_dtype(burn::tensor::FloatDType::F64) {
+            burn::tensor::FloatDType::F64
+        } else {
+            burn::tensor::FloatDType::F32
+        };
+        values.into_iter().map(|v| v.cast(wide)).collect()
+    };
+    floats(Tensor::cat(values, 0), arg)
+}
+
 /// One read of a one-element float tensor.
 pub(crate) fn scalar(t: Tensor<1>, arg: &'static str) -> Result<f64, ReadError> {
     floats(t, arg).map(|v| v[0])

@@ -61,20 +61,12 @@ impl Metrics {
         if self.values.is_empty() {
             return BTreeMap::new();
         }
-        let mut all: Vec<Tensor<1>> = self
+        let all: Vec<Tensor<1>> = self
             .values
             .values()
             .map(|v| v.clone().reshape([1]))
             .collect();
-        let dtype = all[0].dtype();
-        if all.iter().any(|v| v.dtype() != dtype) {
-            // Mixed precisions: f32 holds every metric (f64 may not exist on the device).
-            all = all
-                .into_iter()
-                .map(|v| v.cast(burn::tensor::FloatDType::F32))
-                .collect();
-        }
-        let values = crate::host_reads::floats(Tensor::cat(all, 0), "metrics")
+        let values = crate::host_reads::floats_cat(all, "metrics")
             .unwrap_or_else(|e| panic!("burn-rlhf: {e}"));
         self.values.keys().cloned().zip(values).collect()
     }

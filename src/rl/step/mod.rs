@@ -242,7 +242,7 @@ where
     // micro-batch. With `target_kl`, the minibatch's `approx_kl` is read once (early stopping).
     let mut sums: BTreeMap<String, (Tensor<1>, usize)> = BTreeMap::new();
     let mut add = |key: &str, v: Tensor<1>| {
-        let v = v.detach().cast(burn::tensor::FloatDType::F32);
+        let v = v.detach();
         match sums.get_mut(key) {
             Some(e) => {
                 e.0 = e.0.clone() + v;
@@ -275,7 +275,7 @@ where
                 for key in metrics.keys().map(str::to_string).collect::<Vec<_>>() {
                     let v = metrics.get(&key).expect("listed key").clone();
                     if key == "approx_kl" {
-                        let v = v.clone().cast(burn::tensor::FloatDType::F32);
+                        let v = v.clone();
                         kl_sum = Some(match kl_sum.take() {
                             Some(t) => t + v,
                             None => v,
@@ -307,7 +307,7 @@ where
         .map(|(k, (s, n))| (k, s.div_scalar(n as f64)))
         .unzip();
     if !means.is_empty() {
-        let values = crate::host_reads::floats(Tensor::cat(means, 0), "metrics")?;
+        let values = crate::host_reads::floats_cat(means, "metrics")?;
         stats.metrics = keys.into_iter().zip(values).collect();
     }
     Ok(())
