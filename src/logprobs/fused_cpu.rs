@@ -407,6 +407,58 @@ fn weight_data<F: FusedFloat>(weight: &FlexTensor) -> Option<&[F]> {
     Some(&weight.storage::<F>()[weight.layout().start_offset()..])
 }
 
+/// The op's inputs as the kernels read them: contiguous hidden / bias, the weight as stored
+/// (with its `[V, H]` view strides), the targets on the host (range-asserted).
+/// `(hidden, weight view, bias)` read as `F`.
+type Slices<'a, F> = (&'a [F], WeightView<'a, F>, Option<&'a [F]>);
+
+struct Inputs {
+    hidden: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+    targets: Vec<i64>,
+    view_strides: (usize, usize),
+    v: usize,
+    h: usize,
+}
+
+impl Inputs {
+    fn new(
+        hidden: FlexTensor,
+        weight: FlexTensor,
+        bias: Option<FlexTensor>,
+        targets: FlexTensor,
+        p: &FusedParams,
+    ) -> Option<Self> {
+        let targets = targets_vec(&contiguous(targets))?;
+        let (weight, view_strides, (v, h)) = weight_geometry(weight, p.layout);
+        assert_targets_in_range(&targets, v);
+        Some(Self {
+            hidden: contiguous(hidden),
+            weight,
+            bias: bias.map(contiguous),
+            targets,
+            view_strides,
+            v,
+            h,
+        })
+    }
+
+    /// `(hidden, weight view, bias)` as `F` slices; `None` when the dtype is not `F`.
+    fn slices<F: FusedFloat>(&self) -> Option<Slices<'_, F>> {
+        let view = WeightView {
+            data: weight_data::<F>(&self.weight)?,
+            rs: self.view_strides.0,
+            cs: self.view_strides.1,
+        };
+        let bias = match &self.bias {
+            Some(b) => Some(b.as_slice::<F>()?),
+            None => None,
+        };
+        Some((self.hidden.as_slice::<F>()?, view, bias))
+    }
+}
+
 /// Forward on Flex; `None` when the dtype has no native path (the caller falls back).
 /// `weight` is `[V, H]` or `[H, V]` by `p.layout`, with any strides.
 pub(crate) fn forward(
@@ -416,29 +468,16 @@ pub(crate) fn forward(
     targets: FlexTensor,
     p: &FusedParams,
 ) -> Option<FlexTensor> {
-    let n = hidden.shape()[0];
-    let t = targets_vec(&contiguous(targets))?;
-    let (weight, (rs, cs), (v, h)) = weight_geometry(weight, p.layout);
-    assert_targets_in_range(&t, v);
-    let (hidden, bias) = (contiguous(hidden), bias.map(contiguous));
+    let x = Inputs::new(hidden, weight, bias, targets, p)?;
+    let n = x.targets.len();
     macro_rules! run {
         ($f:ty) => {{
-            let view = WeightView {
-                data: weight_data::<$f>(&weight)?,
-                rs,
-                cs,
-            };
-            let bias = match &bias {
-                Some(b) => Some(b.as_slice::<$f>()?),
-                None => None,
-            };
-            TensorData::new(
-                forward_typed::<$f>(hidden.as_slice::<$f>()?, h, &view, v, bias, &t, p),
-                [n, OUT_COLS],
-            )
+            let (hidden, view, bias) = x.slices::<$f>()?;
+            let out = forward_typed::<$f>(hidden, x.h, &view, x.v, bias, &x.targets, p);
+            TensorData::new(out, [n, OUT_COLS])
         }};
     }
-    let out = match hidden.dtype() {
+    let out = match x.hidden.dtype() {
         DType::F32 => run!(f32),
         DType::F64 => run!(f64),
         _ => return None,
@@ -456,10 +495,8 @@ pub(crate) fn backward(
     grad: FlexTensor,
     p: &FusedParams,
 ) -> Option<(FlexTensor, FlexTensor, FlexTensor)> {
-    let n = hidden.shape()[0];
-    let (weight, (rs, cs), (v, h)) = weight_geometry(weight, p.layout);
-    let t = targets_vec(&contiguous(targets))?;
-    let (hidden, bias) = (contiguous(hidden), bias.map(contiguous));
+    let x = Inputs::new(hidden, weight, bias, targets, p)?;
+    let (n, v, h) = (x.targets.len(), x.v, x.h);
     let dw_shape = match p.layout {
         LmHeadLayout::VocabMajor => Shape::new([v, h]),
         LmHeadLayout::HiddenMajor => Shape::new([h, v]),
@@ -467,26 +504,10 @@ pub(crate) fn backward(
     let (saved, grad) = (contiguous(saved), contiguous(grad));
     macro_rules! run {
         ($f:ty) => {{
-            let view = WeightView {
-                data: weight_data::<$f>(&weight)?,
-                rs,
-                cs,
-            };
-            let bias_s = match &bias {
-                Some(b) => Some(b.as_slice::<$f>()?),
-                None => None,
-            };
-            let (dh, dw, db) = backward_typed::<$f>(
-                hidden.as_slice::<$f>()?,
-                h,
-                &view,
-                v,
-                bias_s,
-                &t,
-                saved.as_slice::<$f>()?,
-                grad.as_slice::<$f>()?,
-                p,
-            );
+            let (hidden, view, bias) = x.slices::<$f>()?;
+            let (saved, grad) = (saved.as_slice::<$f>()?, grad.as_slice::<$f>()?);
+            let (dh, dw, db) =
+                backward_typed::<$f>(hidden, h, &view, v, bias, &x.targets, saved, grad, p);
             Some((
                 FlexTensor::from_data(TensorData::new(dh, Shape::new([n, h]))),
                 FlexTensor::from_data(TensorData::new(dw, dw_shape.clone())),
@@ -494,7 +515,7 @@ pub(crate) fn backward(
             ))
         }};
     }
-    match hidden.dtype() {
+    match x.hidden.dtype() {
         DType::F32 => run!(f32),
         DType::F64 => run!(f64),
         _ => None,
