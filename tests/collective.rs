@@ -15,6 +15,8 @@
 //! CUDA devices when the test is built with `--features cuda` and `BURN_RLHF_CUDA_PEERS=2`,
 //! and prints why it is skipped everywhere else.
 
+mod common;
+
 use std::ops::Range;
 use std::time::Duration;
 
@@ -31,6 +33,7 @@ use burn_rlhf::rl::{
     ScaleRewards, Whitening, whiten, whiten_with,
 };
 use burn_rlhf::{Error, GatheredLogprobs};
+use common::Rng;
 
 const B: usize = 24;
 const T: usize = 5;
@@ -64,18 +67,11 @@ fn host<const D: usize>(t: Tensor<D>) -> Vec<f64> {
         .unwrap()
 }
 
-/// Deterministic values in `[-scale/2, scale/2)` (splitmix64).
+/// Deterministic values in `[-scale/2, scale/2)` from the tests' one seeded generator.
 fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-    let mut state = seed;
+    let mut rng = Rng::new(seed);
     (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
-        })
+        .map(|_| rng.range(-0.5, 0.5) as f32 * scale)
         .collect()
 }
 

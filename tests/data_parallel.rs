@@ -14,6 +14,7 @@
 //! `burn_rlhf::distributed`), so ranks are simulated here; the last test checks that the
 //! collective reducer refuses a flex device with a typed error.
 
+mod common;
 #[path = "../examples/dpo_data_parallel.rs"]
 mod dpo_data_parallel;
 
@@ -32,6 +33,7 @@ use burn_rlhf::rl::{
     RewardAggregation, ScaleRewards, Whitening, whiten, whiten_with,
 };
 use burn_rlhf::{Error, GatheredLogprobs, Normalizer};
+use common::Rng;
 
 const B: usize = 24;
 const T: usize = 5;
@@ -79,16 +81,13 @@ fn host<const D: usize>(t: Tensor<D>) -> Vec<f64> {
         .unwrap()
 }
 
-struct Rng(u64);
-impl Rng {
-    fn uniform(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % 1_000_000) as f64 / 1_000_000.0 - 0.5
-    }
+/// `n` values in `[-scale/2, scale/2)` from the tests' one seeded generator.
+trait Values {
+    fn vec(&mut self, n: usize, scale: f64) -> Vec<f64>;
+}
+impl Values for Rng {
     fn vec(&mut self, n: usize, scale: f64) -> Vec<f64> {
-        (0..n).map(|_| self.uniform() * scale).collect()
+        (0..n).map(|_| self.range(-0.5, 0.5) * scale).collect()
     }
 }
 
@@ -109,7 +108,7 @@ struct Data {
 }
 
 fn data(seed: u64) -> Data {
-    let mut r = Rng(seed);
+    let mut r = Rng::new(seed);
     // Lengths 1..=T, varying per row, so token counts differ between micro-batches.
     let lens_a: Vec<usize> = (0..B).map(|i| 1 + (i * 7 + 3) % T).collect();
     let lens_b: Vec<usize> = (0..B).map(|i| 1 + (i * 5 + 1) % T).collect();
@@ -594,7 +593,7 @@ fn naive_per_microbatch_mean_does_not_match() {
 /// do not.
 #[test]
 fn grpo_batch_scaled_advantages_from_reduced_parts() {
-    let mut r = Rng(5);
+    let mut r = Rng::new(5);
     let (g, k) = (4, 2);
     let n = B; // 6 prompts x 4 completions
     let mut rewards = r.vec(n * k, 4.0);
