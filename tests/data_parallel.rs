@@ -14,6 +14,8 @@
 //! `burn_rlhf::distributed`), so ranks are simulated here; the last test checks that the
 //! collective reducer refuses a flex device with a typed error.
 
+// The shared generator is loaded by `common` and again by the included example (through `dpo`).
+#[allow(clippy::duplicate_mod)]
 mod common;
 #[path = "../examples/dpo_data_parallel.rs"]
 mod dpo_data_parallel;
