@@ -400,6 +400,23 @@ pub struct Summary {
     pub first_step_loss_precomputed_ref: Option<f64>,
 }
 
+/// Held-out reward accuracy: the share of pairs (full `[prompt, SEP, completion, EOS]` rows)
+/// where the policy's implicit reward margin over the reference is positive.
+pub fn heldout_reward_accuracy(
+    policy: &TinyLm,
+    reference: &TinyLm,
+    chosen: &[Vec<i64>],
+    rejected: &[Vec<i64>],
+    device: &Device,
+) -> f64 {
+    let eval = |m: &TinyLm, rows: &[Vec<i64>]| {
+        gather(m, ints(rows, device), labels_of(rows, device)).sum()
+    };
+    let margin = (eval(policy, chosen) - eval(reference, chosen))
+        - (eval(policy, rejected) - eval(reference, rejected));
+    margin.greater_elem(0.0).float().mean().into_scalar::<f64>()
+}
+
 /// Completion log-probs of `ids` under `model`, through the fused LM-head op.
 pub fn gather(model: &TinyLm, ids: Tensor<2, Int>, lbl: Tensor<2, Int>) -> GatheredLogprobs {
     FusedLogprobsConfig::new()
@@ -693,11 +710,13 @@ pub fn run(args: &Args) -> Result<Summary, String> {
 
     // --- Evaluation on held-out pairs and prompts.
     let policy = model.valid();
-    let eval =
-        |m: &TinyLm, rows: &[Vec<i64>]| gather(m, ints(rows, &base), labels_of(rows, &base)).sum();
-    let margin = (eval(&policy, &heldout.chosen) - eval(&reference, &heldout.chosen))
-        - (eval(&policy, &heldout.rejected) - eval(&reference, &heldout.rejected));
-    summary.heldout_reward_accuracy = margin.greater_elem(0.0).float().mean().into_scalar::<f64>();
+    summary.heldout_reward_accuracy = heldout_reward_accuracy(
+        &policy,
+        &reference,
+        &heldout.chosen,
+        &heldout.rejected,
+        &base,
+    );
     summary.policy_rule_rate = rule_rate(&policy, &heldout_prompts, &base);
     summary.reference_rule_rate = rule_rate(&reference, &heldout_prompts, &base);
     summary.seconds = start.elapsed().as_secs_f64();

@@ -268,12 +268,8 @@ pub fn run(o: &Options) -> Result<Summary, String> {
             .collect()
     };
     let (chosen, rejected) = (rows(|i| &i.chosen), rows(|i| &i.rejected));
-    let eval = |m: &TinyLm, rows: &[Vec<i64>]| {
-        gather(m, ints(rows, &device), labels_of(rows, &device)).sum()
-    };
-    let margin = (eval(&policy, &chosen) - eval(&reference, &chosen))
-        - (eval(&policy, &rejected) - eval(&reference, &rejected));
-    let heldout_reward_accuracy = margin.greater_elem(0.0).float().mean().into_scalar::<f64>();
+    let heldout_reward_accuracy =
+        dpo::heldout_reward_accuracy(&policy, &reference, &chosen, &rejected, &device);
 
     let metrics = TrlMetric::PREFERENCE_KEYS
         .iter()

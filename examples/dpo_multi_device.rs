@@ -55,7 +55,7 @@ use burn_rlhf::train::{
     CausalLmLogps, PreferenceInput, PreferenceItem, PreferenceModel, TokenBatcher,
 };
 use clap::Parser;
-use dpo::{EOS, PROMPT, Rng, TinyLm, gather, ints, labels_of, make_pairs, warm_up};
+use dpo::{EOS, PROMPT, Rng, TinyLm, gather, make_pairs, warm_up};
 use params::{ToF64, max_abs_diff};
 
 const LR: f64 = 1e-3;
@@ -183,12 +183,7 @@ fn reward_accuracy(
             .collect()
     };
     let (chosen, rejected) = (rows(|i| &i.chosen), rows(|i| &i.rejected));
-    let eval = |m: &TinyLm, rows: &[Vec<i64>]| {
-        gather(m, ints(rows, device), labels_of(rows, device)).sum()
-    };
-    let margin = (eval(policy, &chosen) - eval(reference, &chosen))
-        - (eval(policy, &rejected) - eval(reference, &rejected));
-    margin.greater_elem(0.0).float().mean().into_scalar::<f64>()
+    dpo::heldout_reward_accuracy(policy, reference, &chosen, &rejected, device)
 }
 
 /// Both trainings from the same warmed-up policy.
