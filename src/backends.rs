@@ -36,3 +36,11 @@ pub fn backend_name(device: &Device) -> &'static str {
     }
     "other"
 }
+
+/// True when the device's tensors live in host memory (the CPU backends `flex` and
+/// `ndarray`): reading one back is a plain copy, with no device synchronization. The crate
+/// then always runs the checks that read an index tensor (label / target range, attended rows,
+/// score positions), in every build profile.
+pub(crate) fn is_host_memory(device: &Device) -> bool {
+    matches!(backend_name(device), "flex" | "ndarray")
+}

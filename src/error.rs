@@ -127,15 +127,26 @@ pub enum Error {
         /// The device, formatted.
         device: String,
     },
-    /// A config file names a field that the config class does not have (see [`crate::trl`]).
+    /// A config file names a field that the config class does not have: a TRL config
+    /// ([`crate::trl`]: neither the class's own field nor a `TrainingArguments` field) or one
+    /// of the crate's configs loaded with [`crate::config::LoadStrict`].
     #[error(
-        "unknown field `{field}` for {config}: it is neither a field of TRL's {config} nor of transformers' TrainingArguments"
+        "unknown field `{field}` for {config}: it is not a field of {config} (a typo, or a field of another version)"
     )]
     UnknownField {
-        /// The config class, e.g. `"DPOConfig"`.
+        /// The config class, e.g. `"DPOConfig"` or `"SamplerConfig"`.
         config: &'static str,
         /// The unknown field, as written in the file.
         field: String,
+    },
+    /// A config file sets fields that this crate does not implement to values other than
+    /// TRL's defaults ([`crate::trl::TrlConfig::deny_unsupported`]).
+    #[error("unsupported fields {fields:?}: {reason}")]
+    Unsupported {
+        /// The fields, as TRL names them.
+        fields: Vec<String>,
+        /// Each field's value, TRL's default and what it changes.
+        reason: String,
     },
     /// A collective reduction between data-parallel ranks did not complete: a rank did not
     /// arrive in time, the ranks sent values of different lengths, or the group was broken by
@@ -260,11 +271,14 @@ impl std::fmt::Display for crate::host_reads::ReadError {
     }
 }
 
-/// Whether the optional checks that need a device read run by default: in checked mode, or
-/// when this crate is compiled with debug assertions (a dev build), so release builds stay
-/// read-free (see [`host_reads`](crate::host_reads)).
-pub(crate) fn default_checks() -> bool {
-    cfg!(debug_assertions) || checked_mode()
+/// Whether the index checks (label / target range, attended rows, score positions) read the
+/// indices back for a tensor on `device`: always on the CPU backends, where the read is a
+/// plain copy of host memory, and on other devices (wgpu, CUDA) in checked mode. The answer
+/// is the same in every build profile, so a debug and a release build behave alike. Where
+/// they do not run, the op never reads out of bounds: the affected outputs are NaN instead
+/// (see [`host_reads`](crate::host_reads)).
+pub(crate) fn index_checks(device: &burn::tensor::Device) -> bool {
+    checked_mode() || crate::backends::is_host_memory(device)
 }
 
 /// Unwraps a `try_` result in a panicking convenience wrapper.

@@ -1,23 +1,24 @@
 //! Every device -> host read the library makes, in one place.
 //!
 //! A read (`into_data`, `into_scalar`) waits for the device to finish the queued work, which
-//! stalls a GPU pipeline; on the CPU it is a copy. The default hot paths make **none**: the
-//! token and fused log-prob ops, every loss forward and backward, [`Metrics`](crate::losses::Metrics)
+//! stalls a GPU pipeline; on the CPU it is a copy. The default hot paths make **none** on a
+//! GPU (on the CPU backends the log-prob ops read their labels: a copy of host memory, for the
+//! range check): the token and fused log-prob ops, every loss forward and backward, [`Metrics`](crate::losses::Metrics)
 //! (device tensors until you ask), the heads, gradient clipping inside the PPO update (the
 //! scale is applied on the device) and the update's inner loop. What remains, each a
 //! documented, deliberate read through this module (so it is counted by [`count`]):
 //!
 //! | read | when | cost | how to avoid it |
 //! |---|---|---|---|
-//! | label / target range check (`TokenLogprobs`, `FusedLogprobs`, the `[B, T]` or `[N]` ids) | only with `check_labels` / `check_targets = true`, in [checked mode](crate::set_checked_mode), or in a debug build of this crate | one read of the labels | off by default in release builds |
-//! | reward head: every row attends to a token | checked mode or a debug build | one `[B]` read | off by default in release builds |
+//! | label / target range check (`TokenLogprobs`, `FusedLogprobs`, the `[B, T]` or `[N]` ids) | always on the CPU backends (flex, ndarray: a copy of host memory, no sync); on GPU devices with `check_labels` / `check_targets = true` or in [checked mode](crate::set_checked_mode) | one read of the labels | on a GPU, off by default: an out-of-range label gives a NaN log-prob instead |
+//! | reward head: every row attends to a token | always on the CPU backends; on GPU devices in checked mode | one `[B]` read | on a GPU, off by default (an empty row's score is NaN); `check_attended = false` turns it off everywhere |
 //! | finite-input checks of every entry point | checked mode only | one count per checked tensor | off by default |
 //! | [`Metrics::to_host`](crate::losses::Metrics::to_host) | when you call it | **one** transfer for all metrics | call it only on logging steps |
 //! | [`ppo_update`](crate::rl::ppo_update) | once per update (per-row token counts for the global normalizer), once per minibatch **only** with `target_kl` (early stopping), and once at the end (the stats) | 1 + (minibatches with `target_kl`) + 1 | leave `target_kl` unset |
 //! | [`clip_grad_norm`](crate::rl::clip_grad_norm) (the public function) | when you call it: it returns the norm as `f64` | one scalar | use `clip_grad_norm_on_device` (returns the norm as a tensor) |
 //! | `RunningMoments::update` (BCO's running reward mean) | once per BCO training step | the batch's rewards | inherent to BCO's running statistic (TRL reads it too) |
 //! | the `distributed` parts (`StepCounts::from_token_masks`, `KlParts`, `MomentParts`) and [`global_token_count`](crate::reduce::global_token_count) | when you build them | one read each | inherent: they are host values reduced across ranks |
-//! | `KlPenalty` with `score_index` | checked mode or a debug build (the index range check) | one `[B]` read | off by default in release builds |
+//! | `KlPenalty` with `score_index` | always on the CPU backends; on GPU devices in checked mode (the index range check) | one `[B]` read | on a GPU, off by default (a row with a bad index gets NaN rewards) |
 //! | the sampler ([`crate::generate`]) | every `finished_check_interval` tokens (stop when all rows finished) and once at the end (the sampled ids) | one count / one copy | raise `finished_check_interval` |
 //! | online steps (`OnlineDpo`, `GrpoStep`, scoring, pairing) | pairing and rule-based scores read the samples; the step reads its loss and metrics once at the end | a few per step | inherent to scoring on the host |
 //! | burn-train metrics ([`crate::train`]) | burn-train reads each logged metric | one per metric | burn-train's design |

@@ -4,9 +4,10 @@
 //! makes on this thread; `every_read_goes_through_host_reads` checks that no source file reads
 //! around it, so the counts below cover all of them.
 //!
-//! The optional range checks run in checked mode and in debug builds of the crate (`cargo
-//! test` is one), so the log-prob ops and the reward head make one read here and none in a
-//! release build: `CHECKS` is that one read.
+//! The label range checks always run on the CPU backends (the labels are host memory: the
+//! read is a copy, not a device sync), so the log-prob ops make one read here on flex, in
+//! debug and release builds alike: `CHECKS` is that one read. On a GPU they read nothing
+//! outside checked mode (an out-of-range label is a NaN log-prob there).
 
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
@@ -24,8 +25,8 @@ use burn_rlhf::rl::{
 };
 use burn_rlhf::{GatheredLogprobs, LabelAlignment, TokenLogprobsConfig, with_checked_mode};
 
-/// Reads of the optional checks in this build (debug: on; release: off).
-const CHECKS: u64 = if cfg!(debug_assertions) { 1 } else { 0 };
+/// Reads of the label range check on a CPU device (every build profile).
+const CHECKS: u64 = 1;
 
 fn dev() -> Device {
     Device::flex().autodiff()

@@ -568,3 +568,77 @@ fn normalizer_rejects_bad_counts_and_shapes() {
         Err(Error::NormalizerKind { .. })
     ));
 }
+
+/// Issue 22: an out-of-range label never unwinds and never reads out of bounds, in every
+/// build profile. CPU backends (flex, ndarray): always `Error::LabelOutOfRange` (the labels
+/// are host memory). GPU devices (wgpu here): outside checked mode a NaN log-prob at exactly
+/// that position (the others are the in-range values); in checked mode the typed error. The
+/// same for the lean op and the fused op (causal and per-row forms).
+#[test]
+fn out_of_range_labels_give_the_documented_outcome_on_every_device() {
+    use burn_rlhf::logprobs::FusedLogprobsConfig;
+    for dev in common::devices() {
+        let device = dev.device.clone();
+        let host_memory = dev.name == "flex" || dev.name == "ndarray";
+        let (b, t, v, h) = (2, 4, 5, 3);
+        let values: Vec<f64> = (0..b * t * v)
+            .map(|i| ((i * 7) % 11) as f64 * 0.3)
+            .collect();
+        // label 5 == V at [1, 2] (scored after the causal shift), -3 at [0, 3]
+        let label_values = vec![0i64, 1, 2, -3, 4, 3, 5, 0];
+        for checked in [false, true] {
+            burn_rlhf::with_checked_mode(checked, || {
+                let logits = tensor(values.clone(), [b, t, v], &dev, &device);
+                let labels = int_tensor(label_values.clone(), [b, t], &device);
+                let lean = TokenLogprobsConfig::new(LabelAlignment::CausalShift)
+                    .init()
+                    .try_forward(logits, labels, None);
+                let hidden = tensor(
+                    (0..b * t * h).map(|i| (i % 5) as f64 * 0.2).collect(),
+                    [b, t, h],
+                    &dev,
+                    &device,
+                );
+                let weight = tensor(
+                    (0..v * h).map(|i| (i % 7) as f64 * 0.1 - 0.3).collect(),
+                    [v, h],
+                    &dev,
+                    &device,
+                );
+                let labels = int_tensor(label_values.clone(), [b, t], &device);
+                let fused = FusedLogprobsConfig::new()
+                    .init()
+                    .try_forward_causal(hidden, weight, None, labels)
+                    .map(|(g, _)| g);
+                for (name, out) in [("lean", lean), ("fused", fused)] {
+                    if host_memory || checked {
+                        match out {
+                            Err(Error::LabelOutOfRange { arg, value, .. }) => {
+                                assert_eq!(arg, "labels", "{}/{name}", dev.name);
+                                assert!(value == -3 || value == 5, "{}/{name}: {value}", dev.name);
+                            }
+                            other => panic!(
+                                "{}/{name} (checked {checked}): expected LabelOutOfRange, got {:?}",
+                                dev.name,
+                                other.map(|g| to_vec(g.logprobs))
+                            ),
+                        }
+                    } else {
+                        let out = out.unwrap_or_else(|e| panic!("{}/{name}: {e}", dev.name));
+                        let lp = to_vec(out.logprobs);
+                        // shifted coordinates: [0, 2] holds label[0, 3] = -3, [1, 1] label[1, 2] = 5
+                        for (i, x) in lp.iter().enumerate() {
+                            let bad = i == 2 || i == (t - 1) + 1;
+                            assert_eq!(
+                                x.is_nan(),
+                                bad,
+                                "{}/{name}: position {i}: {lp:?}",
+                                dev.name
+                            );
+                        }
+                    }
+                }
+            });
+        }
+    }
+}

@@ -84,10 +84,13 @@ fn gather_rows(hidden: Tensor<3>, index: Tensor<1, Int>) -> Tensor<2> {
 
 /// The hidden state of each row's last attended token: `[B, T, H]` -> `[B, H]`.
 ///
-/// Checks that the shapes agree and, in [checked mode](crate::set_checked_mode) or a debug
-/// build of this crate, that every row has an attended token (one `[B]` read back, see
-/// [`try_last_attended_index`] and [`host_reads`](crate::host_reads)); otherwise it reads
-/// nothing and a row with no attended token pools position 0. Differentiable w.r.t. `hidden`.
+/// Checks that the shapes agree and that every row has an attended token
+/// ([`Error::Empty`] naming the rows; one `[B]` read back, see [`try_last_attended_index`]):
+/// always on the CPU backends (where the read is a copy), and on other devices in
+/// [checked mode](crate::set_checked_mode), in every build profile. On a GPU device
+/// outside those it reads nothing (see [`host_reads`](crate::host_reads)) and a row with no
+/// attended token is NaN: never a silent read of another position. Differentiable w.r.t.
+/// `hidden`.
 ///
 /// # Shapes
 /// - hidden: `[B, T, H]`
@@ -99,12 +102,21 @@ pub fn try_pool_last_attended(
 ) -> crate::Result<Tensor<2>> {
     let attention_mask = crate::reduce::canonical_mask(attention_mask);
     check_mask_shape(&hidden, &attention_mask)?;
-    let index = if crate::error::default_checks() {
-        try_last_attended_index(attention_mask)?
-    } else {
-        last_attended_index(attention_mask).clamp_min(0)
-    };
-    Ok(gather_rows(hidden, index))
+    if crate::error::index_checks(&attention_mask.device()) {
+        let index = try_last_attended_index(attention_mask)?;
+        return Ok(gather_rows(hidden, index));
+    }
+    Ok(pool_or_nan(hidden, attention_mask))
+}
+
+/// Unchecked pooling: `-1` (no attended token) is clamped to a valid index for the gather,
+/// and those rows are then written NaN.
+fn pool_or_nan(hidden: Tensor<3>, attention_mask: Tensor<2, Bool>) -> Tensor<2> {
+    let [b, _, h] = hidden.dims();
+    let index = last_attended_index(attention_mask);
+    let empty = index.clone().lower_elem(0);
+    let pooled = gather_rows(hidden, index.clamp_min(0));
+    pooled.mask_fill(empty.unsqueeze_dim::<2>(1).expand([b, h]), f64::NAN)
 }
 
 crate::error::panicking! {
@@ -148,10 +160,11 @@ pub struct RewardHeadConfig {
     /// Weight initializer. `None` (default): `Normal { mean: 0, std: 1 / (H + 1) }`, OpenRLHF's
     /// reward-head initialization, which starts every reward near 0 (pairwise accuracy ~50%).
     pub initializer: Option<Initializer>,
-    /// Check that every row has an attended token, returning [`Error::Empty`] otherwise. This
-    /// reads one boolean back from the device per forward (a sync). Default: true. When false,
-    /// a row with no attended token gets `NaN` scores instead (never a silent read of another
-    /// position), and the forward pass does not synchronize.
+    /// Check that every row has an attended token, returning [`Error::Empty`] otherwise, as
+    /// [`try_pool_last_attended`] does: always on the CPU backends, on other devices in
+    /// checked mode (one `[B]` read; elsewhere such a row's scores are NaN).
+    /// Default: true. When false, nothing is read on any device and a row with no attended
+    /// token always gets NaN scores (never a silent read of another position).
     #[config(default = true)]
     pub check_attended: bool,
 }
@@ -251,17 +264,12 @@ impl RewardHead {
         }
         crate::error::check_dtype_like("hidden", &hidden, "weight", &self.linear.weight.val())?;
         crate::error::check_finite(&hidden, "hidden")?;
-        if self.check_attended {
-            let pooled = try_pool_last_attended(hidden, attention_mask)?;
-            return Ok(self.linear.forward(pooled));
-        }
-        // Unchecked: clamp `-1` to a valid index for the gather, then poison those rows.
-        let index = last_attended_index(attention_mask);
-        let empty = index.clone().lower_elem(0);
-        let pooled = gather_rows(hidden, index.clamp_min(0));
-        let scores = self.linear.forward(pooled);
-        let k = scores.dims()[1];
-        Ok(scores.mask_fill(empty.unsqueeze_dim::<2>(1).expand([b, k]), f64::NAN))
+        let pooled = if self.check_attended {
+            try_pool_last_attended(hidden, attention_mask)?
+        } else {
+            pool_or_nan(hidden, attention_mask)
+        };
+        Ok(self.linear.forward(pooled))
     }
 
     crate::error::panicking! {

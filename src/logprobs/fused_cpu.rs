@@ -357,8 +357,8 @@ fn contiguous(t: FlexTensor) -> FlexTensor {
     }
 }
 
-/// Unchecked calls (no range check requested) still never return a silent wrong value on
-/// the CPU: the targets are in host memory here, so the check is free.
+/// A last line of defence: `FusedLogprobs` always range-checks targets on the CPU backends
+/// (a typed error), so this assert is never reached from the public API.
 fn assert_targets_in_range(targets: &[i64], vocab: usize) {
     if let Some(row) = targets.iter().position(|&x| x >= vocab as i64) {
         panic!(

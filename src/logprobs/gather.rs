@@ -50,12 +50,14 @@ pub struct TokenLogprobsConfig {
     /// Must be finite and > 0.
     #[config(default = 1.0)]
     pub temperature: f64,
-    /// Always check that every label is in `[0, V)` or equal to `ignore_index`, returning
-    /// [`Error::LabelOutOfRange`] otherwise. The check reads the `[B, T]` labels back to the
-    /// host (one sync), so it is off in release builds by default and runs by itself in
-    /// [checked mode](crate::set_checked_mode) and in debug builds of this crate (see
-    /// [`host_reads`](crate::host_reads)). Default: false. Unchecked, an out-of-range label
-    /// panics in the CPU kernels and is undefined behaviour of a GPU backend's gather.
+    /// Check on every device that every scored label is in `[0, V)` or equal to
+    /// `ignore_index`, returning [`Error::LabelOutOfRange`] otherwise. Default: false, which
+    /// still checks wherever the check is free or asked for: on the CPU backends (flex,
+    /// ndarray: the labels are host memory) in every build profile, and on other devices in
+    /// [checked mode](crate::set_checked_mode), in every build profile. On a GPU device
+    /// outside those, the labels are not read back (no sync, see
+    /// [`host_reads`](crate::host_reads)): a scored position with an out-of-range label gets a
+    /// NaN log-prob (never an out-of-bounds read), which makes the loss NaN.
     #[config(default = false)]
     pub check_labels: bool,
     /// Implementation. Default: [`LogprobsImplementation::Auto`].
@@ -233,22 +235,56 @@ impl TokenLogprobs {
                 &[b, t, v],
             ));
         }
-        if self.check_labels || crate::error::default_checks() {
-            check_label_range(&labels, "labels", v, self.ignore_index, 0)?;
-        }
-        crate::error::check_finite(&logits, "logits")?;
-        let logits = crate::precision::accumulate_in_f32(logits, "logits")?;
-
+        let first_col = usize::from(self.alignment == LabelAlignment::CausalShift);
         let mut valid = labels.clone().not_equal_elem(self.ignore_index);
         if let Some(mask) = mask {
             valid = valid.bool_and(mask);
         }
-        let safe_labels = labels.mask_fill(valid.clone().bool_not(), 0);
+        let out_of_range = guard_label_range(
+            &labels,
+            &valid,
+            LabelRange {
+                arg: "labels",
+                vocab: v,
+                ignore_index: self.ignore_index,
+                first_col,
+                always: self.check_labels,
+            },
+        )?;
+        crate::error::check_finite(&logits, "logits")?;
+        let logits = crate::precision::accumulate_in_f32(logits, "logits")?;
+
+        let unsafe_label = match &out_of_range {
+            Some(bad) => valid.clone().bool_not().bool_or(bad.clone()),
+            None => valid.clone().bool_not(),
+        };
+        let safe_labels = labels.mask_fill(unsafe_label, 0);
+        let out = self.gather(logits, safe_labels, valid);
+        Ok(match out_of_range {
+            None => out,
+            Some(bad) => {
+                let bad = bad.narrow(1, first_col, t - first_col);
+                GatheredLogprobs {
+                    logprobs: out.logprobs.mask_fill(bad, f64::NAN),
+                    mask: out.mask,
+                }
+            }
+        })
+    }
+
+    /// The gather on labels already in `[0, V)` (`valid` marks the scored positions).
+    fn gather(
+        &self,
+        logits: Tensor<3>,
+        safe_labels: Tensor<2, Int>,
+        valid: Tensor<2, Bool>,
+    ) -> GatheredLogprobs {
+        let [b, t, _] = logits.dims();
         let scale = 1.0 / self.temperature;
 
         let native = self.implementation == LogprobsImplementation::Auto
             && has_native_kernel(&logits.device());
-        Ok(match (self.alignment, native) {
+        match (self.alignment, native) {
             (LabelAlignment::Aligned, false) => GatheredLogprobs {
                 logprobs: token_logprobs_reference(logits, safe_labels, valid.clone(), scale),
                 mask: valid,
@@ -286,7 +322,7 @@ impl TokenLogprobs {
                     mask: shifted_valid,
                 }
             }
-        })
+        }
     }
 }
 
@@ -295,6 +331,48 @@ fn bool_as_float_like(logits: &Tensor<3>, mask: Tensor<2, Bool>) -> Tensor<2> {
     let [b, t, _] = logits.dims();
     let like = Tensor::<2>::zeros([b, t], (&logits.device(), logits.dtype()));
     mask_like(&like, mask)
+}
+
+/// What [`guard_label_range`] checks.
+pub(crate) struct LabelRange {
+    /// The argument holding the labels, for the error.
+    pub(crate) arg: &'static str,
+    /// The vocabulary size `V`.
+    pub(crate) vocab: usize,
+    /// The ignore index (never out of range).
+    pub(crate) ignore_index: i64,
+    /// Columns before this one are never scored (1 with a causal shift).
+    pub(crate) first_col: usize,
+    /// Check on every device (the op's `check_labels` / `check_targets`).
+    pub(crate) always: bool,
+}
+
+/// The label range policy of every op that indexes by a label (lean gather, fused op): where
+/// the labels can be read ([`index_checks`](crate::error::index_checks): the CPU backends
+/// always, other devices in checked mode, or when the op asks `always`), an
+/// out-of-range label is [`Error::LabelOutOfRange`] and `Ok(None)` is returned; elsewhere the
+/// labels are not read, and the scored positions holding an out-of-range label are returned,
+/// for the op to gather a safe index there and write NaN (no out-of-bounds read).
+pub(crate) fn guard_label_range<const D: usize>(
+    labels: &Tensor<D, Int>,
+    valid: &Tensor<D, Bool>,
+    range: LabelRange,
+) -> crate::Result<Option<Tensor<D, Bool>>> {
+    if range.always || crate::error::index_checks(&labels.device()) {
+        check_label_range(
+            labels,
+            range.arg,
+            range.vocab,
+            range.ignore_index,
+            range.first_col,
+        )?;
+        return Ok(None);
+    }
+    let outside = labels
+        .clone()
+        .lower_elem(0)
+        .bool_or(labels.clone().greater_equal_elem(range.vocab as i64));
+    Ok(Some(outside.bool_and(valid.clone())))
 }
 
 /// The one label range check of the crate (lean gather and fused op): every label of the

@@ -36,11 +36,13 @@ pub struct FusedLogprobsConfig {
     /// Default: false (log-probs only, the cheapest pass).
     #[config(default = false)]
     pub with_stats: bool,
-    /// Always check that targets are in `[0, V)` or `ignore_index` ([`Error::LabelOutOfRange`]).
-    /// The check reads the targets back (one sync), so it is off in release builds by default
-    /// and runs by itself in [checked mode](crate::set_checked_mode) and in debug builds of
-    /// this crate (see [`host_reads`](crate::host_reads)). Default: false. Unchecked, an
-    /// out-of-range target panics in the CPU kernel and is undefined behaviour on a GPU.
+    /// Check on every device that targets are in `[0, V)` or `ignore_index`
+    /// ([`Error::LabelOutOfRange`]). Default: false, which still checks on the CPU backends
+    /// (flex, ndarray: the targets are host memory) in every build profile, and on other
+    /// devices in [checked mode](crate::set_checked_mode), in every build profile. On a
+    /// GPU device outside those the targets are not read back (no sync, see
+    /// [`host_reads`](crate::host_reads)): a row with an out-of-range target gets a NaN
+    /// log-prob (never an out-of-bounds read).
     #[config(default = false)]
     pub check_targets: bool,
     /// Implementation. `Reference` materializes the `[N, V]` logits (test oracle).
@@ -147,10 +149,10 @@ pub struct FusedLogprobs {
 }
 
 impl FusedLogprobs {
-    /// Whether this call checks the target range (the config's `check_targets`, checked mode,
-    /// or a debug build).
-    fn checks_targets(&self) -> bool {
-        self.check_targets || crate::error::default_checks()
+    /// Whether this call reads the targets back for the range check (the config's
+    /// `check_targets`, a CPU device, or checked mode).
+    fn checks_targets(&self, device: &burn::tensor::Device) -> bool {
+        self.check_targets || crate::error::index_checks(device)
     }
 
     /// Per-row outputs, for a `[V, H]` weight (the [`LmHeadLayout::VocabMajor`] layout of
@@ -212,7 +214,7 @@ impl FusedLogprobs {
         head: impl Into<LmHead>,
         targets: Tensor<1, Int>,
     ) -> crate::Result<FusedLogprobsOutput> {
-        self.forward_checked(hidden, head.into(), targets, self.checks_targets())
+        self.forward_checked(hidden, head.into(), targets, false)
     }
 
     /// `weight` and `bias` against `hidden [n, h]`; returns the vocabulary size.
@@ -251,7 +253,7 @@ impl FusedLogprobs {
         hidden: Tensor<2>,
         head: LmHead,
         targets: Tensor<1, Int>,
-        check_targets: bool,
+        range_checked: bool,
     ) -> crate::Result<FusedLogprobsOutput> {
         let [n, h] = hidden.dims();
         let v = Self::check_head(&head, n, h)?;
@@ -269,9 +271,22 @@ impl FusedLogprobs {
                 what: format!("hidden {:?}, weight {:?}", [n, h], weight.dims()),
             });
         }
-        if check_targets {
-            super::gather::check_label_range(&targets, "targets", v, self.ignore_index, 0)?;
-        }
+        let valid = targets.clone().not_equal_elem(self.ignore_index);
+        let out_of_range = if range_checked {
+            None
+        } else {
+            super::gather::guard_label_range(
+                &targets,
+                &valid,
+                super::gather::LabelRange {
+                    arg: "targets",
+                    vocab: v,
+                    ignore_index: self.ignore_index,
+                    first_col: 0,
+                    always: self.check_targets,
+                },
+            )?
+        };
         crate::error::check_dtype_like("weight", &weight, "hidden", &hidden)?;
         crate::error::check_dtype_like_opt("bias", bias.as_ref(), "hidden", &hidden)?;
         crate::error::check_finite(&hidden, "hidden")?;
@@ -284,8 +299,11 @@ impl FusedLogprobs {
         let bias = bias
             .map(|b| crate::precision::accumulate_in_f32(b, "bias"))
             .transpose()?;
-        let valid = targets.clone().not_equal_elem(self.ignore_index);
-        let safe = targets.mask_fill(valid.clone().bool_not(), 0);
+        let unsafe_target = match &out_of_range {
+            Some(bad) => valid.clone().bool_not().bool_or(bad.clone()),
+            None => valid.clone().bool_not(),
+        };
+        let safe = targets.mask_fill(unsafe_target, 0);
         let native = self.implementation == LogprobsImplementation::Auto
             && has_native_kernel(&hidden.device());
         let params = FusedParams {
@@ -306,8 +324,12 @@ impl FusedLogprobs {
         let column = |c: usize| packed.clone().narrow(1, c, 1).squeeze_dim::<1>(1);
         let stats = self.params.stats;
         let detached = |c: usize| stats.then(|| column(c).detach());
+        let logprobs = match out_of_range {
+            Some(bad) => column(0).mask_fill(bad, f64::NAN),
+            None => column(0),
+        };
         Ok(FusedLogprobsOutput {
-            logprobs: column(0),
+            logprobs,
             entropy: stats.then(|| column(1)),
             log_sum_sq_probs: detached(2),
             mean_logits: detached(3),
@@ -378,7 +400,8 @@ impl FusedLogprobs {
                 &[b, t, h],
             ));
         }
-        if self.checks_targets() {
+        let range_checked = self.checks_targets(&labels.device());
+        if range_checked {
             // Checked on the caller's `labels`, so a bad label is reported at its own position.
             let v = Self::check_head(&head, b * (t - 1), h)?;
             super::gather::check_label_range(&labels, "labels", v, self.ignore_index, 1)?;
@@ -386,7 +409,7 @@ impl FusedLogprobs {
         let rows = b * (t - 1);
         let hidden = hidden.narrow(1, 0, t - 1).reshape([rows, h]);
         let targets = labels.narrow(1, 1, t - 1).reshape([rows]);
-        let out = self.forward_checked(hidden, head, targets, false)?;
+        let out = self.forward_checked(hidden, head, targets, range_checked)?;
         let gathered = GatheredLogprobs {
             logprobs: out.logprobs.clone().reshape([b, t - 1]),
             mask: out.mask.clone().reshape([b, t - 1]),

@@ -159,8 +159,9 @@ impl KlPenalty {
     /// outside it. A row with no valid token gets its score at column 0.
     ///
     /// Errors: shape mismatches ([`Error::Shape`]), `B * T = 0` ([`Error::Empty`]), a
-    /// `score_index` outside `[0, T)` (checked mode or a debug build only: one host read, see
-    /// [`host_reads`](crate::host_reads)) or a `kl_coef` (from
+    /// `score_index` outside `[0, T)` (one host read, see [`host_reads`](crate::host_reads):
+    /// always on the CPU backends, elsewhere in checked mode; where it is not
+    /// read, such a row's `rewards` are NaN) or a `kl_coef` (from
     /// [`with_kl_coef`](Self::with_kl_coef)) not finite and >= 0 ([`Error::Config`]); in
     /// checked mode non-finite inputs ([`Error::NonFinite`]).
     ///
@@ -196,11 +197,12 @@ impl KlPenalty {
         if let Some(idx) = &score_index {
             check_same_shape("score_index", &idx.dims(), &[b], "logprobs rows")?;
         }
-        // The range check reads the index back: checked mode or a debug build only (see
-        // `host_reads`); unchecked, an index outside [0, T) places the score nowhere.
+        // The range check reads the index back: always on the CPU backends, elsewhere in
+        // checked mode (see `host_reads`); unchecked, a row whose index is
+        // outside [0, T) gets NaN rewards (below).
         if let Some(idx) = score_index
             .as_ref()
-            .filter(|_| crate::error::default_checks())
+            .filter(|idx| crate::error::index_checks(&idx.device()))
         {
             let values = crate::host_reads::ints(idx.clone(), "score_index")?;
             if let Some(&bad) = values.iter().find(|&&i| i < 0 || i >= t as i64) {
@@ -233,10 +235,15 @@ impl KlPenalty {
             (None, Some(m)) => (positions.clone() * m.clone().int()).max_dim(1),
             (None, None) => Tensor::<2, Int>::full([b, 1], t as i64 - 1, &device),
         };
+        let outside = index
+            .clone()
+            .lower_elem(0)
+            .bool_or(index.clone().greater_equal_elem(t as i64));
         let at_score = positions.equal(index.expand([b, t]));
         let placed = mask_like(&kl_reward, at_score) * scores.reshape([b, 1]);
+        let rewards = (kl_reward.clone() + placed).mask_fill(outside.expand([b, t]), f64::NAN);
         Ok(KlPenaltyOutput {
-            rewards: kl_reward.clone() + placed,
+            rewards,
             kl,
             kl_reward,
         })
