@@ -516,3 +516,202 @@ fn suppressed_tokens_are_never_generated() {
     );
     assert!(sample((0..V as i64).collect()).is_err());
 }
+
+/// A model with logits in a chosen dtype (f16 / f64), or NaN logits.
+struct TypedConstant(Vec<f32>, burn::tensor::FloatDType);
+impl CausalLm for TypedConstant {
+    fn logits(&self, ids: Tensor<2, Int>, mask: Tensor<2, Bool>) -> Tensor<3> {
+        Constant(self.0.clone()).logits(ids, mask).cast(self.1)
+    }
+}
+
+/// Issue 22: NaN logits never unwind: checked mode names `logits`; without it every row still
+/// draws a valid id (token 0 when sampling) and the log-probs are NaN. The same through greedy.
+#[test]
+fn nan_logits_are_an_error_in_checked_mode_and_never_a_panic() {
+    let device = Device::flex();
+    let model = Constant(vec![f32::NAN; V]);
+    let prompts = Prompts::left_padded(&[vec![1, 2], vec![3]], 0, &device);
+    for greedy in [false, true] {
+        let sampler = SamplerConfig::new()
+            .with_num_generations(2)
+            .with_max_new_tokens(3)
+            .with_top_k(Some(3))
+            .with_greedy(greedy)
+            .init();
+        let err = burn_rlhf::with_checked_mode(true, || sampler.try_sample(&model, &prompts, 1))
+            .unwrap_err();
+        assert!(
+            matches!(err, burn_rlhf::Error::NonFinite { arg: "logits" }),
+            "{err}"
+        );
+        let g = burn_rlhf::with_checked_mode(false, || sampler.try_sample(&model, &prompts, 1))
+            .expect("NaN logits must not be an error outside checked mode");
+        let ids = host_int(g.completion_ids.clone());
+        assert!(ids.iter().all(|&i| (0..V as i64).contains(&i)), "{ids:?}");
+        if !greedy {
+            assert!(ids.iter().all(|&i| i == 0), "clamped to token 0: {ids:?}");
+        }
+        assert!(host(g.logps).iter().all(|x| x.is_nan()));
+    }
+}
+
+/// Issue 22: f16 and f64 models sample (the draw follows the logits' dtype, f16 is upcast to
+/// f32) and give the same tokens as the f32 model on the same (rounded) values.
+#[test]
+fn f16_and_f64_models_sample_like_f32() {
+    use burn::tensor::{DType, FloatDType};
+    let device = Device::flex();
+    // Values exact in f16, so the three models have identical logits.
+    let logits: Vec<f32> = (0..V).map(|i| ((i * 5) % 7) as f32 * 0.5 - 1.0).collect();
+    let prompts = Prompts::left_padded(&[vec![1, 2], vec![3]], 0, &device);
+    let sampler = SamplerConfig::new()
+        .with_num_generations(3)
+        .with_max_new_tokens(6)
+        .with_top_p(0.9)
+        .init();
+    let reference = sampler
+        .try_sample(&Constant(logits.clone()), &prompts, 7)
+        .unwrap();
+    for (dtype, logps_dtype) in [
+        (FloatDType::F16, DType::F32),
+        (FloatDType::F64, DType::F64),
+        (FloatDType::F32, DType::F32),
+    ] {
+        let g = sampler
+            .try_sample(&TypedConstant(logits.clone(), dtype), &prompts, 7)
+            .unwrap_or_else(|e| panic!("{dtype:?}: {e}"));
+        assert_eq!(g.logps.dtype(), logps_dtype, "{dtype:?}");
+        assert_eq!(
+            host_int(g.completion_ids.clone()),
+            host_int(reference.completion_ids.clone()),
+            "{dtype:?}"
+        );
+        let (a, b) = (host(g.logps), host(reference.logps.clone()));
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-6),
+            "{dtype:?}: {a:?} vs {b:?}"
+        );
+    }
+}
+
+/// Issue 22: the public functions of `generate` that can fail on their input have `try_`
+/// forms naming the argument (no failure inside burn, no inf).
+#[test]
+fn generate_try_forms_name_their_argument() {
+    use burn_rlhf::Error;
+    use burn_rlhf::generate::{RewardFunctions, Truncation};
+    let device = Device::flex();
+    let prompts = Prompts::left_padded(&[vec![1, 2], vec![3]], 0, &device);
+    let g = SamplerConfig::new()
+        .with_num_generations(2)
+        .with_max_new_tokens(3)
+        .init()
+        .sample(&MeanLm::new(&device), &prompts, 1);
+    // select: a row index past the end, and no row
+    let err = g.try_select(&[0, 4]).unwrap_err();
+    assert!(
+        matches!(&err, Error::Config { field: "rows", value, .. } if value == "4"),
+        "{err}"
+    );
+    assert!(matches!(
+        g.try_select(&[]),
+        Err(Error::Empty { arg: "rows", .. })
+    ));
+    assert_eq!(g.try_select(&[3, 0]).unwrap().len(), 2);
+    // rollout: one advantage per row
+    let err = g.try_rollout(Tensor::<1>::zeros([3], &device)).unwrap_err();
+    assert!(
+        matches!(&err, Error::Shape { arg: "advantages", got, .. } if got == &[3]),
+        "{err}"
+    );
+    assert!(g.try_rollout(Tensor::<1>::zeros([4], &device)).is_ok());
+    // score_rows: one prompt and one `finished` flag per completion
+    let rewards = RewardFunctions::new().with("len", 1.0, |c| Some(c.completion.len() as f64));
+    let rows = vec![vec![1i64]; 4];
+    let err = rewards
+        .try_score_rows(&rows[..3], &rows, &[true; 4], 2)
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Shape { arg: "prompts", got, .. } if got == &[3]),
+        "{err}"
+    );
+    let err = rewards
+        .try_score_rows(&rows, &rows, &[true; 2], 2)
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Shape {
+                arg: "finished",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = rewards
+        .try_score_rows(&rows, &rows, &[true; 4], 3)
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Config {
+                field: "num_generations",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        rewards
+            .try_score_rows(&rows, &rows, &[true; 4], 2)
+            .unwrap()
+            .total,
+        vec![Some(1.0); 4]
+    );
+    // Truncation: temperature 0 is an error, not inf
+    let logits = Tensor::<2>::zeros([2, V], &device);
+    let bad = Truncation {
+        temperature: 0.0,
+        top_k: None,
+        top_p: 1.0,
+        min_p: 0.0,
+    };
+    assert!(matches!(
+        bad.try_apply(logits.clone()),
+        Err(Error::Config {
+            field: "temperature",
+            ..
+        })
+    ));
+    for (t, field) in [
+        (
+            Truncation {
+                top_k: Some(0),
+                ..bad
+            },
+            "top_k",
+        ),
+        (Truncation { top_p: 0.0, ..bad }, "top_p"),
+        (Truncation { min_p: 1.0, ..bad }, "min_p"),
+    ] {
+        let t = Truncation {
+            temperature: if field == "temperature" { 0.0 } else { 1.0 },
+            ..t
+        };
+        let err = t.try_apply(logits.clone()).unwrap_err();
+        assert!(
+            matches!(err, Error::Config { field: f, .. } if f == field),
+            "{err}"
+        );
+    }
+    let ok = Truncation {
+        temperature: 0.5,
+        ..bad
+    };
+    assert!(
+        host(ok.try_apply(logits).unwrap())
+            .iter()
+            .all(|x| x.is_finite())
+    );
+}

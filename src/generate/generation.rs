@@ -3,6 +3,7 @@
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use super::model::CausalLm;
+use crate::error::Error;
 use crate::logprobs::{GatheredLogprobs, LabelAlignment, TokenLogprobsConfig};
 use crate::rl::Rollout;
 
@@ -76,8 +77,24 @@ impl Generation {
         .equal_elem(1)
     }
 
-    /// Rows `rows`, in that order (`num_generations` becomes 1: the rows need not form groups).
-    pub fn select(&self, rows: &[usize]) -> Generation {
+    crate::error::panicking! {
+        /// Rows `rows`, in that order (`num_generations` becomes 1: the rows need not form
+        /// groups).
+        pub fn select(&self, rows: &[usize]) -> Generation = try_select;
+    }
+
+    /// Non-panicking form of [`select`](Self::select): [`Error::Config`] naming `rows` when
+    /// an index is not below [`len`](Self::len), [`Error::Empty`] when `rows` is empty.
+    pub fn try_select(&self, rows: &[usize]) -> crate::Result<Generation> {
+        crate::error::check_non_empty("rows", rows.len(), "no row selected")?;
+        let len = self.len();
+        if let Some(&bad) = rows.iter().find(|&&r| r >= len) {
+            return Err(Error::config(
+                "rows",
+                format!("every row index must be < {len} (the generation's rows)"),
+                bad,
+            ));
+        }
         let device = self.completion_ids.device();
         let idx = Tensor::<1, Int>::from_data(
             TensorData::new(
@@ -87,7 +104,7 @@ impl Generation {
             &device,
         );
         let bool2 = |x: &Tensor<2, Bool>| x.clone().int().select(0, idx.clone()).equal_elem(1);
-        Generation {
+        Ok(Generation {
             prompt_ids: self.prompt_ids.clone().select(0, idx.clone()),
             prompt_mask: bool2(&self.prompt_mask),
             completion_ids: self.completion_ids.clone().select(0, idx.clone()),
@@ -97,7 +114,7 @@ impl Generation {
             finished: self.finished.clone().int().select(0, idx).equal_elem(1),
             num_generations: 1,
             logps_temperature: self.logps_temperature,
-        }
+        })
     }
 
     /// The completions on the host, each cut after its stop token (one read).
@@ -173,15 +190,30 @@ impl Generation {
     ///
     /// # Shapes
     /// - advantages: `[R]`
-    pub fn rollout(&self, advantages: Tensor<1>) -> Rollout {
+    ///
+    /// Errors: `advantages` not of length `R` ([`Error::Shape`]), or of another dtype than
+    /// the log-probs ([`Error::DType`]).
+    pub fn try_rollout(&self, advantages: Tensor<1>) -> crate::Result<Rollout> {
         let r = self.len();
-        Rollout::new(
+        crate::error::check_same_shape(
+            "advantages",
+            &advantages.dims(),
+            &[r],
+            "one advantage per generated row",
+        )?;
+        crate::error::check_dtype_like("advantages", &advantages, "logps", &self.logps)?;
+        Ok(Rollout::new(
             self.ids(),
             self.completion_mask.clone(),
             self.logps.clone(),
             advantages.reshape([r, 1]),
         )
-        .with_sampling_logprobs(self.sampling_logps.clone())
+        .with_sampling_logprobs(self.sampling_logps.clone()))
+    }
+
+    crate::error::panicking! {
+        /// Panicking form of [`try_rollout`](Self::try_rollout).
+        pub fn rollout(&self, advantages: Tensor<1>) -> Rollout = try_rollout;
     }
 }
 

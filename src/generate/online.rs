@@ -186,7 +186,7 @@ impl OnlineDpo {
 
         let temperature = sampler.logps_temperature();
         let rows = pairs.rows();
-        let paired = generation.select(&rows);
+        let paired = generation.try_select(&rows)?;
         let ref_logps = paired.completion_logps(&*reference, temperature).sum();
         let old_logps =
             crate::reduce::masked_row_sum(paired.logps.clone(), paired.completion_mask.clone());
@@ -234,7 +234,7 @@ impl OnlineDpo {
                 let local: Vec<usize> = (start..start + len)
                     .chain(b + start..b + start + len)
                     .collect();
-                let sub = paired.select(&local);
+                let sub = paired.try_select(&local)?;
                 let tokens = sub.completion_logps(&policy, temperature);
                 let device = tokens.logprobs.device();
                 let sub_ref = ref_logps

@@ -7,7 +7,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use super::generation::Generation;
 use super::model::{CachedCausalLm, CausalLm};
 use super::truncation::{Truncation, inverse_cdf, log_softmax_finite};
-use crate::error::{Error, check_in_closed, check_positive};
+use crate::error::Error;
 
 /// Configuration of the [`Sampler`] (names as in Hugging Face `GenerationConfig` / TRL).
 #[derive(Config, Debug)]
@@ -65,22 +65,17 @@ impl SamplerConfig {
         if self.finished_check_interval == 0 {
             return Err(Error::config("finished_check_interval", "must be >= 1", 0));
         }
-        check_positive("temperature", self.temperature)?;
-        if self.top_k == Some(0) {
-            return Err(Error::config(
-                "top_k",
-                "must be >= 1 (None turns it off)",
-                0,
-            ));
+        self.truncation().validate()
+    }
+
+    /// The truncation of each sampling step (these fields of the config).
+    pub fn truncation(&self) -> Truncation {
+        Truncation {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
         }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::config("top_p", "must be in (0, 1]", self.top_p));
-        }
-        check_in_closed("min_p", self.min_p, 0.0, 1.0)?;
-        if self.min_p >= 1.0 {
-            return Err(Error::config("min_p", "must be in [0, 1)", self.min_p));
-        }
-        Ok(())
     }
 
     /// Validates and builds the sampler.
@@ -176,6 +171,15 @@ impl Prompts {
 /// distribution), the stop test and the log-probs. The host reads one scalar every
 /// [`finished_check_interval`](SamplerConfig::finished_check_interval) tokens.
 ///
+/// **Non-finite logits.** In [checked mode](crate::set_checked_mode) every step's logits are
+/// read and a NaN or infinity is [`Error::NonFinite`] naming `logits`. Outside checked mode
+/// nothing is read: a row whose logits hold NaN still draws a valid token id (token 0 when
+/// sampling, burn's argmax when greedy) and its `logps` are NaN, so the loss that consumes them
+/// is NaN; the call never reads out of bounds or panics.
+///
+/// **Dtypes.** f16/bf16 logits are upcast to f32 for the draw and the log-probs (outputs are
+/// f32); f32 and f64 logits are drawn from in their own dtype.
+///
 /// **Randomness.** The draw of sample `j` of prompt `i` at step `s` uses the uniform
 /// `u = splitmix64(seed, i, j, s)`; all `P * N * max_new_tokens` uniforms are made on the host
 /// and uploaded once per call. So the output depends only on the model, the prompts and the
@@ -196,12 +200,7 @@ impl Sampler {
 
     /// The truncation of each step.
     pub fn truncation(&self) -> Truncation {
-        Truncation {
-            temperature: self.config.temperature,
-            top_k: self.config.top_k,
-            top_p: self.config.top_p,
-            min_p: self.config.min_p,
-        }
+        self.config.truncation()
     }
 
     /// The temperature the returned [`Generation::logps`] use (1.0 when greedy).
@@ -313,7 +312,11 @@ impl Sampler {
         let (mut tokens, mut alive_cols, mut logps, mut sampling_logps) =
             (vec![], vec![], vec![], vec![]);
         for step in 0..c.max_new_tokens {
-            let mut logits = next_logits(ids.clone(), mask.clone());
+            let logits = next_logits(ids.clone(), mask.clone());
+            crate::error::check_finite(&logits, "logits")?;
+            // f16/bf16 logits are drawn from in f32 (as the log-prob ops accumulate); f32 and
+            // f64 in their own dtype, with the uniforms in that dtype.
+            let mut logits = crate::precision::accumulate_in_f32(logits, "logits")?;
             let raw = log_softmax_finite(logits.clone().div_scalar(logps_temperature));
             if !c.suppress_token_ids.is_empty() {
                 if suppress.is_none() {
@@ -330,8 +333,13 @@ impl Sampler {
             let (token, sampled_logp) = match &uniforms {
                 None => (logits.argmax(1), None),
                 Some(u) => {
-                    let trunc = log_softmax_finite(truncation.apply(logits));
-                    let token = inverse_cdf(trunc.clone(), u.clone().narrow(1, step, 1));
+                    let trunc = log_softmax_finite(truncation.apply_unchecked(logits));
+                    let u = u.clone().narrow(1, step, 1);
+                    let u = match trunc.dtype() {
+                        burn::tensor::DType::F64 => u.cast(burn::tensor::FloatDType::F64),
+                        _ => u,
+                    };
+                    let token = inverse_cdf(trunc.clone(), u);
                     let logp = trunc.gather(1, token.clone());
                     (token, Some(logp))
                 }

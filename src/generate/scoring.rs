@@ -147,11 +147,52 @@ impl RewardFunctions {
         let completions = generation.completions();
         let finished = generation.finished_host();
         let n = generation.num_generations.max(1);
-        self.score_rows(&prompts, &completions, &finished, n)
+        self.score_checked(&prompts, &completions, &finished, n)
     }
 
-    /// Scores host rows (prompt, completion, finished); `num_generations` sets `prompt_index`.
-    pub fn score_rows(
+    crate::error::panicking! {
+        /// Scores host rows (prompt, completion, finished); `num_generations` sets
+        /// `prompt_index` (row `r` belongs to prompt `r / num_generations`).
+        pub fn score_rows(
+            &self,
+            prompts: &[Vec<i64>],
+            completions: &[Vec<i64>],
+            finished: &[bool],
+            num_generations: usize,
+        ) -> Scores = try_score_rows;
+    }
+
+    /// Non-panicking form of [`score_rows`](Self::score_rows): `prompts` and `finished` must
+    /// have one entry per completion ([`Error::Shape`] naming the argument), and
+    /// `num_generations` must be >= 1 and divide the number of rows ([`Error::Config`]).
+    pub fn try_score_rows(
+        &self,
+        prompts: &[Vec<i64>],
+        completions: &[Vec<i64>],
+        finished: &[bool],
+        num_generations: usize,
+    ) -> crate::Result<Scores> {
+        let rows = completions.len();
+        for (arg, len) in [("prompts", prompts.len()), ("finished", finished.len())] {
+            if len != rows {
+                return Err(Error::shape(
+                    arg,
+                    format!("[{rows}] (one entry per completion)"),
+                    &[len],
+                ));
+            }
+        }
+        if num_generations == 0 || rows % num_generations != 0 {
+            return Err(Error::config(
+                "num_generations",
+                format!("must be >= 1 and divide the number of rows ({rows})"),
+                num_generations,
+            ));
+        }
+        Ok(self.score_checked(prompts, completions, finished, num_generations))
+    }
+
+    fn score_checked(
         &self,
         prompts: &[Vec<i64>],
         completions: &[Vec<i64>],

@@ -7,6 +7,8 @@
 
 use burn::tensor::{Int, Tensor};
 
+use crate::error::Error;
+
 /// The truncation settings of one sampling step (the [`SamplerConfig`](super::SamplerConfig)
 /// fields of the same names).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -23,13 +25,52 @@ pub struct Truncation {
 }
 
 impl Truncation {
-    /// The tempered, truncated logits: `logits / temperature` with `-inf` on excluded tokens.
-    /// At least the most likely token is always kept.
-    ///
-    /// # Shapes
-    /// - logits: `[B, V]`
-    /// - output: `[B, V]`
-    pub fn apply(&self, logits: Tensor<2>) -> Tensor<2> {
+    /// Checks every field: `temperature` finite and > 0, `top_k` >= 1 when set, `top_p` in
+    /// `(0, 1]`, `min_p` in `[0, 1)` ([`Error::Config`] naming the field).
+    pub fn validate(&self) -> crate::Result<()> {
+        crate::error::check_positive("temperature", self.temperature)?;
+        if self.top_k == Some(0) {
+            return Err(Error::config(
+                "top_k",
+                "must be >= 1 (None turns it off)",
+                0,
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::config("top_p", "must be in (0, 1]", self.top_p));
+        }
+        if !(self.min_p.is_finite() && (0.0..1.0).contains(&self.min_p)) {
+            return Err(Error::config("min_p", "must be in [0, 1)", self.min_p));
+        }
+        Ok(())
+    }
+
+    crate::error::panicking! {
+        /// The tempered, truncated logits: `logits / temperature` with `-inf` on excluded
+        /// tokens. At least the most likely token is always kept.
+        ///
+        /// # Shapes
+        /// - logits: `[B, V]`
+        /// - output: `[B, V]`
+        pub fn apply(&self, logits: Tensor<2>) -> Tensor<2> = try_apply;
+    }
+
+    /// Non-panicking form of [`apply`](Self::apply): the fields are validated
+    /// ([`validate`](Self::validate)) and `logits` must have `B >= 1` rows and `V >= 1`
+    /// columns ([`Error::Empty`]).
+    pub fn try_apply(&self, logits: Tensor<2>) -> crate::Result<Tensor<2>> {
+        self.validate()?;
+        let [b, v] = logits.dims();
+        crate::error::check_non_empty(
+            "logits",
+            b * v,
+            &format!("shape {:?} has a zero dimension", [b, v]),
+        )?;
+        Ok(self.apply_unchecked(logits))
+    }
+
+    /// [`apply`](Self::apply) on validated fields and a non-empty `[B, V]`.
+    pub(crate) fn apply_unchecked(&self, logits: Tensor<2>) -> Tensor<2> {
         let [_, v] = logits.dims();
         let mut x = logits.div_scalar(self.temperature);
         if let Some(k) = self.top_k
@@ -72,7 +113,9 @@ fn softmax_finite(x: Tensor<2>) -> Tensor<2> {
 /// Inverse-CDF draw: for each row, the first token whose cumulative probability (in vocabulary
 /// order) exceeds `u * total`. A token of probability 0 is never returned: its cumulative
 /// value equals its predecessor's, and the index is capped at the last token of positive
-/// probability (guarding `u * total` rounding up to `total`).
+/// probability (guarding `u * total` rounding up to `total`). A row with non-finite logits
+/// (NaN) has no such token: its index is clamped into `[0, V)` (token 0), never out of
+/// bounds; its log-probs are NaN, which the caller sees.
 ///
 /// # Shapes
 /// - logps: `[B, V]` (`-inf` = excluded)
@@ -92,5 +135,5 @@ pub(crate) fn inverse_cdf(logps: Tensor<2>, uniforms: Tensor<2>) -> Tensor<2, In
     let last = (probs.greater_elem(0.0).int() * positions)
         .max_dim(1)
         .sub_scalar(1);
-    index.min_pair(last)
+    index.min_pair(last).clamp(0, v as i64 - 1)
 }
