@@ -876,3 +876,74 @@ fn separate_nll_normalizer_matches_the_closed_form() {
         pair + nll
     );
 }
+
+/// Issue 22: the reward-model adapter accepts `U8`-stored masks (what flex's `select` returns)
+/// for either of its two masks: they are made canonical before they are concatenated.
+#[cfg(feature = "train")]
+#[test]
+fn reward_model_accepts_u8_masks() {
+    use burn::nn::{Embedding, EmbeddingConfig};
+    use burn_rlhf::heads::{RewardHead, RewardHeadConfig};
+    use burn_rlhf::losses::BradleyTerryLossConfig;
+    use burn_rlhf::train::{RewardInput, RewardModel, SequenceRewardModel};
+
+    #[derive(Module, Debug)]
+    struct Scorer {
+        embed: Embedding,
+        head: RewardHead,
+    }
+    impl SequenceRewardModel for Scorer {
+        fn rewards(&self, ids: Tensor<2, Int>, mask: Tensor<2, Bool>) -> Tensor<1> {
+            self.head.forward_reward(self.embed.forward(ids), mask)
+        }
+    }
+    let device = dev();
+    let model = RewardModel::new(
+        Scorer {
+            embed: EmbeddingConfig::new(7, 4).init(&device),
+            head: RewardHeadConfig::new(4).init(&device),
+        },
+        &BradleyTerryLossConfig::new(),
+    );
+    let ids = |rows: usize, t: usize| {
+        Tensor::<2, Int>::from_data(
+            TensorData::new(
+                (0..(rows * t) as i64).map(|i| i % 7).collect::<Vec<_>>(),
+                [rows, t],
+            ),
+            &device,
+        )
+    };
+    let chosen_mask = mask2(vec![true, true, true, true, true, false], [2, 3]);
+    let rejected_mask = mask2(vec![true, true, true, false], [2, 2]);
+    let reference = model
+        .try_forward(RewardInput {
+            chosen_ids: ids(2, 3),
+            chosen_mask: chosen_mask.clone(),
+            rejected_ids: ids(2, 2),
+            rejected_mask: rejected_mask.clone(),
+            margin: None,
+        })
+        .unwrap();
+    let expected = host(reference.loss.clone());
+    for (u8_chosen, u8_rejected) in [(true, false), (false, true), (true, true)] {
+        let out = model
+            .try_forward(RewardInput {
+                chosen_ids: ids(2, 3),
+                chosen_mask: if u8_chosen {
+                    u8_mask(chosen_mask.clone())
+                } else {
+                    chosen_mask.clone()
+                },
+                rejected_ids: ids(2, 2),
+                rejected_mask: if u8_rejected {
+                    u8_mask(rejected_mask.clone())
+                } else {
+                    rejected_mask.clone()
+                },
+                margin: None,
+            })
+            .unwrap_or_else(|e| panic!("u8 chosen {u8_chosen}, rejected {u8_rejected}: {e}"));
+        assert_eq!(host(out.loss), expected);
+    }
+}

@@ -128,7 +128,10 @@ impl<M> RewardModel<M> {
     }
 }
 
+/// The mask made canonical (a `U8` mask, as `select` returns on flex, cannot be concatenated
+/// with a `Bool` one) and right-padded with `false` to `t` columns.
 fn pad_mask(mask: Tensor<2, Bool>, t: usize) -> Tensor<2, Bool> {
+    let mask = crate::reduce::canonical_mask(mask);
     let [n, w] = mask.dims();
     if w == t {
         return mask;
