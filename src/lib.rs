@@ -31,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod backends;
+pub mod config;
 pub mod distributed;
 pub mod error;
 pub mod generate;
@@ -54,6 +55,12 @@ pub use logprobs::{
     GatheredLogprobs, LabelAlignment, SequenceReduction, TokenLogprobs, TokenLogprobsConfig,
 };
 pub use reduce::Normalizer;
+
+/// `examples/README.md`'s code blocks, compiled and run as doctests (the crate docs already
+/// include `README.md`), so a block that stops compiling fails the test suite.
+#[cfg(doctest)]
+#[doc = include_str!("../examples/README.md")]
+struct ExamplesReadme;
 
 /// The label value that marks an ignored position (PyTorch / TRL / torchtune convention).
 pub const IGNORE_INDEX: i64 = -100;

@@ -4,6 +4,10 @@
 //! the RL update step. Less common items (estimators, distributed parts, presets) stay in their
 //! modules.
 
+// burn's `Module` trait, unnamed: `.valid()`, `.clone()` of a module, `into_record()`, ...
+// (its derive macro stays `burn::module::Module`).
+pub use burn::module::Module as _;
+
 pub use crate::error::{Error, Result, with_checked_mode};
 pub use crate::logprobs::{
     FusedLogprobsConfig, GatheredLogprobs, LabelAlignment, SequenceReduction, TokenLogprobsConfig,
