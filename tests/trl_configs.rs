@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 use burn_rlhf::Error;
 use burn_rlhf::losses::{
-    BcoLossConfig, BradleyTerryLossConfig, CpoLossConfig, DpoLossConfig, KtoLossConfig,
-    OrpoLossConfig,
+    BcoLossConfig, BradleyTerryLossConfig, CpoLossConfig, DpoLossConfig, DpoLossType,
+    KtoLossConfig, OrpoLossConfig,
 };
-use burn_rlhf::trl::{FromTrl, GrpoConfigs, RlooConfigs, TrainerFields};
+use burn_rlhf::trl::{FromTrl, GrpoConfigs, OnlineDpoConfigs, RlooConfigs, TrainerFields};
 use serde_json::{Map, Value, json};
 
 fn dir() -> PathBuf {
@@ -92,6 +92,31 @@ fn check_trainer_fields(
             .count()
     );
 }
+
+/// The sampler loaded from a TRL online config equals the dump's fields (TRL's `top_k = 0`
+/// and `min_p = null` mean off).
+fn check_sampler(
+    file: &str,
+    j: &Map<String, Value>,
+    s: &burn_rlhf::generate::SamplerConfig,
+    num_generations: usize,
+    length_field: &str,
+) {
+    assert_eq!(s.num_generations, num_generations, "{file}");
+    assert_eq!(
+        s.max_new_tokens as u64,
+        j[length_field].as_u64().unwrap(),
+        "{file}"
+    );
+    assert_eq!(s.temperature, f(j, "temperature"), "{file}");
+    assert_eq!(s.top_p, f(j, "top_p"), "{file}");
+    let top_k = j["top_k"].as_u64().filter(|&k| k > 0).map(|k| k as usize);
+    assert_eq!(s.top_k, top_k, "{file}");
+    assert_eq!(s.min_p, opt_f(j, "min_p").unwrap_or(0.0), "{file}");
+}
+
+/// Fields a sampler consumes (not trainer fields any more).
+const SAMPLER_FIELDS: [&str; 4] = ["temperature", "top_k", "top_p", "min_p"];
 
 fn check_file(file: &str, class: &str, j: &Map<String, Value>, source: Map<String, Value>) {
     match class {
@@ -250,7 +275,18 @@ fn check_file(file: &str, class: &str, j: &Map<String, Value>, source: Map<Strin
                 j["multi_objective_aggregation"]
             );
             assert_eq!(a.reward_weights, opt_list(j, "reward_weights"), "{file}");
+            check_sampler(
+                file,
+                j,
+                &l.config.sampler,
+                a.num_generations,
+                "max_completion_length",
+            );
             let consumed = [
+                "temperature",
+                "top_k",
+                "top_p",
+                "min_p",
                 "loss_type",
                 "beta",
                 "epsilon",
@@ -303,7 +339,14 @@ fn check_file(file: &str, class: &str, j: &Map<String, Value>, source: Map<Strin
                 "{file}"
             );
             assert_eq!(a.reward_weights, opt_list(j, "reward_weights"), "{file}");
-            let consumed = [
+            check_sampler(
+                file,
+                j,
+                &l.config.sampler,
+                a.num_generations,
+                "max_completion_length",
+            );
+            let mut consumed = vec![
                 "epsilon",
                 "epsilon_high",
                 "num_generations",
@@ -311,8 +354,49 @@ fn check_file(file: &str, class: &str, j: &Map<String, Value>, source: Map<Strin
                 "normalize_advantages",
                 "reward_clip_range",
                 "reward_weights",
+                "max_completion_length",
             ];
-            check_trainer_fields(file, j, &l.trainer_fields, &consumed, &["num_generations"]);
+            consumed.extend(SAMPLER_FIELDS);
+            check_trainer_fields(
+                file,
+                j,
+                &l.trainer_fields,
+                &consumed,
+                &["num_generations", "max_completion_length"],
+            );
+        }
+        "OnlineDPOConfig" => {
+            let l = OnlineDpoConfigs::from_trl_map(source).unwrap();
+            let c = &l.config.online;
+            assert_eq!(c.beta, f(j, "beta"), "{file}");
+            let loss = match j["loss_type"].as_str().unwrap() {
+                "sigmoid" => DpoLossType::Sigmoid,
+                "ipo" => DpoLossType::Ipo,
+                other => panic!("{file}: loss_type {other}"),
+            };
+            assert_eq!(c.loss_type, loss, "{file}");
+            assert_eq!(
+                c.missing_eos_penalty,
+                opt_f(j, "missing_eos_penalty"),
+                "{file}"
+            );
+            assert_eq!(c.learning_rate, f(j, "learning_rate"), "{file}");
+            check_sampler(file, j, &l.config.sampler, 2, "max_new_tokens");
+            let mut consumed = vec![
+                "beta",
+                "loss_type",
+                "missing_eos_penalty",
+                "learning_rate",
+                "max_new_tokens",
+            ];
+            consumed.extend(SAMPLER_FIELDS);
+            check_trainer_fields(
+                file,
+                j,
+                &l.trainer_fields,
+                &consumed,
+                &["learning_rate", "max_new_tokens"],
+            );
         }
         other => panic!("unknown class {other}"),
     }
@@ -562,4 +646,175 @@ fn trl_input_shorthands() {
     assert_eq!(g.trainer_fields.usize("generation_batch_size"), Some(64));
     let g = GrpoConfigs::from_trl_json(r#"{"gradient_accumulation_steps": 3}"#).unwrap();
     assert_eq!(g.config.loss.steps_per_generation, 3);
+}
+
+/// Issue 22: the crate's own configs, loaded from a file with `LoadStrict`, refuse unknown keys
+/// (burn's `Config::load` drops them silently), at any depth, and round-trip what `save` wrote.
+#[test]
+fn own_configs_refuse_unknown_keys() {
+    use burn::config::Config;
+    use burn_rlhf::config::LoadStrict;
+    use burn_rlhf::generate::{OnlineDpoConfig, SamplerConfig};
+    use burn_rlhf::rl::PpoStepConfig;
+
+    // A saved config with `top_k` misspelt: burn's own loader drops it without a word (the
+    // field becomes None); this is what LoadStrict exists for.
+    let saved = burn::config::config_to_json(&SamplerConfig::new().with_top_k(Some(20)));
+    let typo = saved.replacen("\"top_k\"", "\"topk\"", 1);
+    let lenient: SamplerConfig = serde_json::from_str(&typo).unwrap();
+    assert_eq!(lenient.top_k, None);
+    let err = SamplerConfig::from_json_strict(&typo).unwrap_err();
+    assert!(
+        matches!(&err, Error::UnknownField { config: "SamplerConfig", field } if field == "topk"),
+        "{err}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("burn-rlhf-strict-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sampler.json");
+    let sampler = SamplerConfig::new().with_top_k(Some(20)).with_min_p(0.05);
+    sampler.save(&path).unwrap();
+    let loaded = SamplerConfig::load_strict(&path).unwrap();
+    assert_eq!(loaded.top_k, Some(20));
+    assert_eq!(loaded.min_p, 0.05);
+
+    let with_extra = |json: String, key: &str| -> String {
+        let mut value: Value = serde_json::from_str(&json).unwrap();
+        value[key] = json!(1);
+        value.to_string()
+    };
+    for (name, json) in [
+        (
+            "OnlineDpoConfig",
+            with_extra(
+                burn::config::config_to_json(&OnlineDpoConfig::new()),
+                "betta",
+            ),
+        ),
+        (
+            "PpoStepConfig",
+            with_extra(
+                burn::config::config_to_json(&PpoStepConfig::new()),
+                "mini_batches",
+            ),
+        ),
+    ] {
+        let err = match name {
+            "OnlineDpoConfig" => OnlineDpoConfig::from_json_strict(&json).map(|_| ()),
+            _ => PpoStepConfig::from_json_strict(&json).map(|_| ()),
+        }
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::UnknownField { config, .. } if *config == name),
+            "{name}: {err}"
+        );
+    }
+    // A file that is not JSON is a typed error naming the config.
+    let err = SamplerConfig::from_json_strict("{").unwrap_err();
+    assert!(matches!(err, Error::ConfigFile { .. }), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The unsupported fields a dump reports, by name (sorted).
+fn unsupported_of(file: &str, class: &str) -> Vec<String> {
+    let source = read(file);
+    let mut names: Vec<String> = match class {
+        "DPOConfig" => DpoLossConfig::from_trl_map(source).unwrap().unsupported,
+        "KTOConfig" => KtoLossConfig::from_trl_map(source).unwrap().unsupported,
+        "GRPOConfig" => GrpoConfigs::from_trl_map(source).unwrap().unsupported,
+        "RLOOConfig" => RlooConfigs::from_trl_map(source).unwrap().unsupported,
+        "OnlineDPOConfig" => OnlineDpoConfigs::from_trl_map(source).unwrap().unsupported,
+        "CPOConfig" => CpoLossConfig::from_trl_map(source).unwrap().unsupported,
+        "ORPOConfig" => OrpoLossConfig::from_trl_map(source).unwrap().unsupported,
+        "BCOConfig" => BcoLossConfig::from_trl_map(source).unwrap().unsupported,
+        "RewardConfig" => {
+            BradleyTerryLossConfig::from_trl_map(source)
+                .unwrap()
+                .unsupported
+        }
+        other => panic!("unknown class {other}"),
+    }
+    .into_iter()
+    .map(|u| u.field)
+    .collect();
+    names.sort();
+    names
+}
+
+/// Issue 22: loss-changing TRL fields the crate does not implement are reported when they
+/// differ from TRL's default, never dropped silently. Every defaults dump (TRL's own, under
+/// transformers 5.25 and 4.57) reports nothing, which checks each default the loader compares
+/// against; TRL's defaults of these fields are also pinned by the generated
+/// `defaults_of_loss_changing_fields.json`.
+#[test]
+fn unsupported_loss_changing_fields_are_reported() {
+    for (file, class) in manifest() {
+        if file.ends_with(".json") && file.contains("defaults") {
+            assert_eq!(
+                unsupported_of(&file, &class),
+                Vec::<String>::new(),
+                "{file}"
+            );
+        }
+    }
+    assert_eq!(
+        unsupported_of("grpo_mask_truncated.json", "GRPOConfig"),
+        ["mask_truncated_completions"]
+    );
+    assert_eq!(
+        unsupported_of("grpo_sampler_fields.json", "GRPOConfig"),
+        ["repetition_penalty"]
+    );
+    assert_eq!(
+        unsupported_of("grpo_unsupported_fields.json", "GRPOConfig"),
+        [
+            "ref_model_mixup_alpha",
+            "ref_model_sync_steps",
+            "sync_ref_model",
+            "use_vllm"
+        ]
+    );
+    assert_eq!(
+        unsupported_of("online_dpo_ipo_sampling.json", "OnlineDPOConfig"),
+        ["loss_type"]
+    );
+    // The fields' TRL defaults, as TRL declares them (generated by the dump script).
+    let defaults: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir().join("defaults_of_loss_changing_fields.json")).unwrap(),
+    )
+    .unwrap();
+    let grpo = &defaults["classes"]["GRPOConfig"]["defaults"];
+    for (field, expected) in [
+        ("mask_truncated_completions", json!(false)),
+        ("num_iterations", json!(1)),
+        ("use_adaptive_entropy", json!(false)),
+        ("repetition_penalty", json!(1.0)),
+        ("generation_kwargs", Value::Null),
+        ("sync_ref_model", json!(false)),
+        ("ref_model_mixup_alpha", json!(0.6)),
+        ("ref_model_sync_steps", json!(512)),
+        ("use_vllm", json!(false)),
+    ] {
+        if grpo.get(field).is_some() {
+            assert_eq!(
+                grpo[field]
+                    .as_f64()
+                    .or(grpo[field].as_bool().map(f64::from)),
+                expected.as_f64().or(expected.as_bool().map(f64::from)),
+                "GRPOConfig.{field}"
+            );
+        }
+    }
+    // deny_unsupported makes the list an error naming the fields.
+    let loaded = GrpoConfigs::from_trl_map(read("grpo_mask_truncated.json")).unwrap();
+    let err = loaded.deny_unsupported().unwrap_err();
+    assert!(
+        matches!(&err, Error::Unsupported { fields, .. } if fields == &["mask_truncated_completions"]),
+        "{err}"
+    );
+    assert!(err.to_string().contains("TRL default false"), "{err}");
+    // A transformers 4.57 `training_args` dump loads (its 4.x-only fields are trainer fields).
+    let tf457 = DpoLossConfig::from_trl_map(read("tf457_dpo_defaults.json")).unwrap();
+    assert!(tf457.trainer_fields.contains("warmup_ratio"));
+    assert!(tf457.trainer_fields.contains("overwrite_output_dir"));
 }

@@ -1,8 +1,13 @@
 //! Field names of TRL's trainer configs. **Generated** by `scripts/dump_trl_configs.py` from
-//! TRL 1.16.0 (BCOConfig: TRL 1.13.0) and transformers 5.24.0 with
+//! TRL 1.16.0 (BCOConfig: TRL 1.13.0) and transformers 5.25.0 with
 //! `dataclasses.fields`; do not edit by hand.
+//! `TRAINING_ARGUMENTS` also holds the fields of transformers 4.57.6 and 4.56.2.
 
-/// Fields of transformers 5.24.0 `TrainingArguments` (every TRL config has them).
+/// Fields of `TrainingArguments` (every TRL config has them): the union over transformers 5.25.0,
+/// 4.57.6, 4.56.2 (TRL 1.16.0 requires `transformers>=4.56.2`). First the 114 fields of 5.25.0, in
+/// its order, then the 29 that only the older versions have: 4.57.6 has 132 fields, 28 of them new
+/// here, and lacks 10 of 5.25.0's; 4.56.2 has 131 fields, 1 of them new here, and lacks 12 of
+/// 5.25.0's.
 pub(crate) const TRAINING_ARGUMENTS: &[&str] = &[
     "output_dir",
     "per_device_train_batch_size",
@@ -118,6 +123,36 @@ pub(crate) const TRAINING_ARGUMENTS: &[&str] = &[
     "do_predict",
     "resume_from_checkpoint",
     "local_rank",
+    // Not in transformers 5.25.0 (only in 4.57.6 / 4.56.2)
+    "overwrite_output_dir",
+    "per_gpu_train_batch_size",
+    "per_gpu_eval_batch_size",
+    "warmup_ratio",
+    "logging_dir",
+    "save_safetensors",
+    "no_cuda",
+    "use_mps_device",
+    "jit_mode_eval",
+    "fp16_opt_level",
+    "half_precision_backend",
+    "tpu_num_cores",
+    "tpu_metrics_debug",
+    "past_index",
+    "fsdp_min_num_params",
+    "fsdp_transformer_layer_cls_to_wrap",
+    "adafactor",
+    "group_by_length",
+    "use_legacy_prediction_loop",
+    "include_inputs_for_metrics",
+    "fp16_backend",
+    "push_to_hub_model_id",
+    "push_to_hub_organization",
+    "push_to_hub_token",
+    "mp_parameters",
+    "torchdynamo",
+    "ray_scope",
+    "include_tokens_per_second",
+    "use_ipex",
 ];
 
 /// `DPOConfig`'s own fields (beyond `TrainingArguments`).
@@ -368,4 +403,38 @@ pub(crate) const RLOO_OWN: &[&str] = &[
     "use_transformers_continuous_batching",
     "transformers_continuous_batching_config",
     "use_transformers_paged",
+];
+
+/// `OnlineDPOConfig`'s own fields (beyond `TrainingArguments`).
+pub(crate) const ONLINE_DPO_OWN: &[&str] = &[
+    "reward_model_path",
+    "max_new_tokens",
+    "max_length",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "generation_kwargs",
+    "cache_implementation",
+    "missing_eos_penalty",
+    "beta",
+    "loss_type",
+    "disable_dropout",
+    "use_vllm",
+    "vllm_model_impl",
+    "vllm_structured_outputs_regex",
+    "vllm_gpu_memory_utilization",
+    "vllm_mode",
+    "vllm_server_base_url",
+    "vllm_server_host",
+    "vllm_server_port",
+    "vllm_server_timeout",
+    "vllm_group_port",
+    "vllm_tensor_parallel_size",
+    "vllm_enable_sleep_mode",
+    "ds3_gather_for_generation",
+    "model_init_kwargs",
+    "trust_remote_code",
+    "reward_weights",
 ];

@@ -31,7 +31,9 @@
 //! | `BCOConfig` (TRL 1.13; removed in 1.14) | [`BcoLossConfig`](crate::losses::BcoLossConfig) | [`FromTrl`] |
 //! | `RewardConfig` | [`BradleyTerryLossConfig`](crate::losses::BradleyTerryLossConfig) | [`FromTrl`] |
 //! | `GRPOConfig` | [`GrpoConfigs`]: [`GrpoLossConfig`](crate::rl::GrpoLossConfig) + [`GroupAdvantageConfig`](crate::rl::GroupAdvantageConfig) | [`FromTrl`] |
-//! | `RLOOConfig` | [`RlooConfigs`]: [`RlooLossConfig`](crate::rl::RlooLossConfig) + [`RlooAdvantageConfig`](crate::rl::RlooAdvantageConfig) | [`FromTrl`] |
+//! | `GRPOConfig` sampling fields | [`GrpoConfigs::sampler`]: [`SamplerConfig`](crate::generate::SamplerConfig) | [`FromTrl`] |
+//! | `RLOOConfig` | [`RlooConfigs`]: [`RlooLossConfig`](crate::rl::RlooLossConfig) + [`RlooAdvantageConfig`](crate::rl::RlooAdvantageConfig) + sampler | [`FromTrl`] |
+//! | `OnlineDPOConfig` | [`OnlineDpoConfigs`]: [`OnlineDpoConfig`](crate::generate::OnlineDpoConfig) + [`SamplerConfig`](crate::generate::SamplerConfig) | [`FromTrl`] |
 //!
 //! **Trainer fields.** Fields that configure the training loop rather than the loss
 //! (`learning_rate`, `per_device_train_batch_size`, `max_length`, `precompute_ref_log_probs`,
@@ -40,6 +42,26 @@
 //! `num_generations`, `steps_per_generation`): they are read into the loss config **and**
 //! reported.
 //!
+//! **Unsupported fields.** A field that changes the loss or the sampled data in TRL but that
+//! this crate does not implement (GRPO's `mask_truncated_completions`, `num_iterations`,
+//! `use_adaptive_entropy`, vLLM importance sampling with `use_vllm`; `repetition_penalty`,
+//! `generation_kwargs`; TR-DPO's `sync_ref_model`, ...) is never dropped silently: when the
+//! file sets it to something other than TRL's default it is listed in
+//! [`TrlConfig::unsupported`] (check it, or call [`TrlConfig::deny_unsupported`] to make it an
+//! error), besides being returned as a trainer field.
+//!
+//! ```
+//! use burn_rlhf::trl::{FromTrl, GrpoConfigs};
+//!
+//! let loaded = GrpoConfigs::from_trl_json(
+//!     r#"{"loss_type": "dapo", "temperature": 0.7, "top_k": 20, "mask_truncated_completions": true}"#,
+//! )?;
+//! assert_eq!(loaded.config.sampler.top_k, Some(20)); // sampler fields load into SamplerConfig
+//! assert_eq!(loaded.unsupported[0].field, "mask_truncated_completions");
+//! assert!(loaded.deny_unsupported().is_err());
+//! # Ok::<(), burn_rlhf::Error>(())
+//! ```
+//!
 //! **Errors.** A field that is neither one of the class's own fields nor a `TrainingArguments`
 //! field is [`Error::UnknownField`]; a value of the wrong type or
 //! out of range is [`Error::Config`] naming the field (the loaded config
@@ -47,9 +69,12 @@
 //! [`Error::ConfigFile`]. Numbers written as strings (`"1e-6"`, as
 //! YAML 1.1 reads it) are accepted for numeric fields, as TRL's argument parser does.
 //!
-//! The field tables come from TRL 1.16.0 and transformers 5.24.0 (`BCOConfig` from TRL 1.13.0,
-//! the last release that has it); the repository's `scripts/dump_trl_configs.py` regenerates
-//! them, and the tests load dumps written by TRL itself (`fixtures/trl_configs/`).
+//! The field tables come from TRL 1.16.0 (`BCOConfig` from TRL 1.13.0, the last release that
+//! has it); the `TrainingArguments` table is the union over the transformers versions TRL 1.16
+//! supports (4.56.2, 4.57.6 and 5.25.0), so a `training_args` dump of a transformers 4.x run
+//! (`warmup_ratio`, `logging_dir`, `overwrite_output_dir`, ...) loads. The repository's
+//! `scripts/dump_trl_configs.py` regenerates them, and the tests load dumps written by TRL
+//! itself (`fixtures/trl_configs/`).
 
 mod fields;
 mod online;
@@ -57,7 +82,7 @@ mod preference;
 mod reader;
 mod unpaired;
 
-pub use online::{GrpoConfigs, RlooConfigs};
+pub use online::{GrpoConfigs, OnlineDpoConfigs, RlooConfigs};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -66,7 +91,8 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
-/// A loaded TRL config: the crate's config, and the fields left for the training loop.
+/// A loaded TRL config: the crate's config, the fields left for the training loop, and the
+/// fields this crate does not implement that the file sets away from TRL's default.
 #[derive(Debug, Clone)]
 pub struct TrlConfig<C> {
     /// The crate's config, with TRL's defaults for the fields the file did not give. Already
@@ -74,6 +100,58 @@ pub struct TrlConfig<C> {
     pub config: C,
     /// Fields the loss does not use (and the few it shares with the loop), as written.
     pub trainer_fields: TrainerFields,
+    /// **Check this.** Fields that change the loss or the sampled data in TRL, that this crate
+    /// does not implement, and that the file sets to something other than TRL's default
+    /// (GRPO's `mask_truncated_completions`, `use_adaptive_entropy`, the vLLM
+    /// importance-sampling fields, `num_iterations`, `repetition_penalty`,
+    /// `generation_kwargs`; TR-DPO's `sync_ref_model` with its alpha and steps; ...). With any
+    /// of them a run here is not the run TRL would do. They are also in
+    /// [`trainer_fields`](Self::trainer_fields); [`deny_unsupported`](Self::deny_unsupported)
+    /// turns a non-empty list into an error.
+    pub unsupported: Vec<UnsupportedField>,
+}
+
+impl<C> TrlConfig<C> {
+    /// `Ok(self)` when [`unsupported`](Self::unsupported) is empty, else
+    /// [`Error::Unsupported`] naming every such field, its value and TRL's default.
+    pub fn deny_unsupported(self) -> Result<Self> {
+        if self.unsupported.is_empty() {
+            return Ok(self);
+        }
+        Err(Error::Unsupported {
+            fields: self.unsupported.iter().map(|u| u.field.clone()).collect(),
+            reason: self
+                .unsupported
+                .iter()
+                .map(UnsupportedField::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        })
+    }
+}
+
+/// A TRL field this crate does not implement, set to something other than TRL's default (see
+/// [`TrlConfig::unsupported`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnsupportedField {
+    /// The field, as TRL names it.
+    pub field: String,
+    /// The value the file gives.
+    pub value: Value,
+    /// TRL 1.16's default (where the crate's behaviour equals TRL's).
+    pub trl_default: Value,
+    /// What it changes in TRL.
+    pub effect: &'static str,
+}
+
+impl std::fmt::Display for UnsupportedField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}` = {} (TRL default {}): {}",
+            self.field, self.value, self.trl_default, self.effect
+        )
+    }
 }
 
 /// Fields of a TRL config that configure the training loop, not the loss (`learning_rate`,

@@ -1,17 +1,20 @@
-//! Online RL configs: `GRPOConfig`, `RLOOConfig`.
+//! Online configs: `GRPOConfig`, `RLOOConfig`, `OnlineDPOConfig`.
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
-use super::fields::{GRPO_OWN, RLOO_OWN};
+use super::fields::{GRPO_OWN, ONLINE_DPO_OWN, RLOO_OWN};
 use super::reader::{Reader, parse_choice};
 use super::{FromTrl, TrlConfig};
 use crate::error::{Error, Result};
+use crate::generate::{OnlineDpoConfig, SamplerConfig};
+use crate::losses::DpoLossType;
 use crate::rl::{
     GroupAdvantageConfig, GrpoLossConfig, GrpoLossType, ImportanceSamplingLevel, RewardAggregation,
     RlooAdvantageConfig, RlooLossConfig, ScaleRewards,
 };
 
-/// What a `GRPOConfig` configures in this crate: the loss and the group advantages.
+/// What a `GRPOConfig` configures in this crate: the loss, the group advantages and the
+/// sampler.
 #[derive(Debug, Clone)]
 pub struct GrpoConfigs {
     /// The GRPO-family loss. `num_processes` is 1: set it to the data-parallel world size
@@ -20,9 +23,15 @@ pub struct GrpoConfigs {
     /// Group-relative advantages (`num_generations`, `scale_rewards`,
     /// `multi_objective_aggregation`, `reward_weights`).
     pub advantages: GroupAdvantageConfig,
+    /// The sampler: `num_generations`, `max_completion_length` (as `max_new_tokens`),
+    /// `temperature`, `top_k` (TRL's 0 = off), `top_p`, `min_p`. Set the stop and pad ids
+    /// from your tokenizer (`with_eos_token_ids`, `with_pad_token_id`), as TRL takes them
+    /// from its processing class.
+    pub sampler: SamplerConfig,
 }
 
-/// What an `RLOOConfig` configures in this crate: the loss and the leave-one-out advantages.
+/// What an `RLOOConfig` configures in this crate: the loss, the leave-one-out advantages and
+/// the sampler.
 #[derive(Debug, Clone)]
 pub struct RlooConfigs {
     /// The RLOO sequence-level clipped loss (`epsilon`, `epsilon_high`).
@@ -30,6 +39,103 @@ pub struct RlooConfigs {
     /// Leave-one-out advantages (`num_generations`, `beta`, `normalize_advantages`,
     /// `reward_clip_range`, `reward_weights`).
     pub advantages: RlooAdvantageConfig,
+    /// The sampler, as for [`GrpoConfigs::sampler`].
+    pub sampler: SamplerConfig,
+}
+
+/// What an `OnlineDPOConfig` (TRL 1.16, `trl.experimental.online_dpo`) configures in this
+/// crate: the online DPO step and its sampler.
+#[derive(Debug, Clone)]
+pub struct OnlineDpoConfigs {
+    /// The step: `beta`, `loss_type` (`sigmoid`, `ipo`), `missing_eos_penalty`,
+    /// `learning_rate` (TRL's 5e-7; also reported as a trainer field).
+    pub online: OnlineDpoConfig,
+    /// The sampler: 2 completions per prompt (TRL's online DPO always draws two),
+    /// `max_new_tokens` (64), `temperature` (0.9), `top_k` (0 = off), `top_p` (1.0), `min_p`.
+    pub sampler: SamplerConfig,
+}
+
+/// The sampler of a TRL online config: `temperature`, `top_k` (0 or `null` = off), `top_p`,
+/// `min_p` (`null` = off), with `max_new_tokens` from the config's length field (read by the
+/// caller; `None`: a `null` length, reported as unsupported under `length_field`).
+fn sampler(
+    r: &mut Reader,
+    num_generations: usize,
+    max_new_tokens: Option<usize>,
+    length_field: &'static str,
+    temperature_default: f64,
+) -> Result<SamplerConfig> {
+    let mut config = SamplerConfig::new()
+        .with_num_generations(num_generations)
+        .with_temperature(r.f64("temperature", temperature_default)?)
+        .with_top_k(r.opt_usize("top_k", Some(0))?.filter(|&k| k > 0))
+        .with_top_p(r.f64("top_p", 1.0)?)
+        .with_min_p(r.opt_f64("min_p", None)?.unwrap_or(0.0));
+    match max_new_tokens {
+        Some(n) => config = config.with_max_new_tokens(n),
+        None => r.push_unsupported(
+            length_field,
+            Value::Null,
+            json!(512),
+            "null generates up to the model's maximum length; set the sampler's max_new_tokens",
+        ),
+    }
+    config.validate()?;
+    generation_fields(r);
+    Ok(config)
+}
+
+/// Generation fields the sampler does not implement.
+fn generation_fields(r: &mut Reader) {
+    r.unsupported(
+        "repetition_penalty",
+        json!(1.0),
+        "penalizes repeated tokens while sampling; the crate's sampler has no repetition penalty",
+    );
+    r.unsupported(
+        "generation_kwargs",
+        Value::Null,
+        "extra keyword arguments of generate / vLLM's SamplingParams are not read",
+    );
+}
+
+/// TR-DPO's reference synchronization (`sync_ref_model` with `ref_model_mixup_alpha` every
+/// `ref_model_sync_steps`), which the crate's steps do not implement.
+pub(super) fn reference_sync_fields(r: &mut Reader) {
+    r.unsupported(
+        "sync_ref_model",
+        json!(false),
+        "TR-DPO: the reference becomes alpha * policy + (1 - alpha) * reference every \
+         ref_model_sync_steps; the crate keeps the reference fixed",
+    );
+    if r.peek("sync_ref_model") == Some(&Value::Bool(true)) {
+        r.unsupported(
+            "ref_model_mixup_alpha",
+            json!(0.6),
+            "the TR-DPO mixing weight (with sync_ref_model)",
+        );
+        r.unsupported(
+            "ref_model_sync_steps",
+            json!(512),
+            "the TR-DPO sync interval (with sync_ref_model)",
+        );
+    }
+}
+
+/// GRPO / RLOO fields of the training loop that change the loss and are not implemented.
+fn rl_loop_fields(r: &mut Reader) {
+    r.unsupported(
+        "mask_truncated_completions",
+        json!(false),
+        "completions cut at max_completion_length without EOS are left out of the loss",
+    );
+    r.unsupported(
+        "num_iterations",
+        json!(1),
+        "each generation batch is optimized num_iterations times (old log-probs from the \
+         generation-time policy); map it to PpoStepConfig::epochs yourself",
+    );
+    reference_sync_fields(r);
 }
 
 fn num_generations(r: &mut Reader, default: usize) -> Result<usize> {
@@ -111,7 +217,8 @@ impl FromTrl for GrpoConfigs {
             .with_vespo_lambda_neg(r.f64("vespo_lambda_neg", 2.0)?);
 
         r.share("max_completion_length");
-        match r.opt_usize("max_completion_length", Some(512))? {
+        let max_completion_length = r.opt_usize("max_completion_length", Some(512))?;
+        match max_completion_length {
             Some(n) => loss = loss.with_max_completion_length(n),
             None if loss_type == GrpoLossType::DrGrpo => {
                 return Err(Error::config(
@@ -169,10 +276,36 @@ impl FromTrl for GrpoConfigs {
                 "sum_then_normalize, normalize_then_sum",
             )?)
             .with_reward_weights(reward_weights);
-        Ok(TrlConfig {
-            config: GrpoConfigs { loss, advantages },
-            trainer_fields: r.finish(),
-        })
+        let sampler = sampler(
+            &mut r,
+            num_generations,
+            max_completion_length,
+            "max_completion_length",
+            1.0,
+        )?;
+        rl_loop_fields(&mut r);
+        r.unsupported(
+            "use_adaptive_entropy",
+            json!(false),
+            "entropy_coef adapts toward entropy_target each step; the crate's entropy_coef is fixed",
+        );
+        if r.peek("use_vllm") == Some(&Value::Bool(true))
+            && r.peek("vllm_importance_sampling_correction") != Some(&Value::Bool(false))
+        {
+            r.unsupported(
+                "use_vllm",
+                json!(false),
+                "with vLLM generation TRL multiplies each token's loss by the trainer / vLLM \
+                 probability ratio (vllm_importance_sampling_correction, _mode, _clip_min, \
+                 _clip_max); the crate samples in-process: pass a ratio with \
+                 GrpoLossInput::with_importance_sampling_ratio for rollouts made elsewhere",
+            );
+        }
+        Ok(r.finish(GrpoConfigs {
+            loss,
+            advantages,
+            sampler,
+        }))
     }
 }
 
@@ -216,9 +349,83 @@ impl FromTrl for RlooConfigs {
             .with_normalize_advantages(r.bool("normalize_advantages", false)?)
             .with_reward_clip_range(reward_clip_range)
             .with_reward_weights(reward_weights);
-        Ok(TrlConfig {
-            config: RlooConfigs { loss, advantages },
-            trainer_fields: r.finish(),
-        })
+        r.share("max_completion_length");
+        let max_completion_length = r.opt_usize("max_completion_length", Some(512))?;
+        let sampler = sampler(
+            &mut r,
+            num_generations,
+            max_completion_length,
+            "max_completion_length",
+            1.0,
+        )?;
+        rl_loop_fields(&mut r);
+        Ok(r.finish(RlooConfigs {
+            loss,
+            advantages,
+            sampler,
+        }))
     }
+}
+
+/// `OnlineDPOConfig` (TRL 1.16, experimental). Step fields, with TRL's defaults: `beta` (0.1;
+/// a one-element list is that value, as TRL's `__post_init__` does; a longer list is TRL's
+/// per-epoch schedule, not implemented: reported, and the first value is used), `loss_type`
+/// (`sigmoid`, or `ipo`), `missing_eos_penalty` (none), `learning_rate` (5e-7, shared with
+/// the training loop). Sampler fields: `max_new_tokens` (64), `temperature` (0.9), `top_k`
+/// (0 = off), `top_p` (1.0), `min_p` (none); TRL draws two completions per prompt. Reported
+/// when set away from TRL's default: `repetition_penalty`, `generation_kwargs`, and
+/// `loss_type = "ipo"` (TRL's online IPO uses summed log-ratios; [`OnlineDpo`](crate::generate::OnlineDpo)'s
+/// IPO is the length-normalized one of `DPOTrainer`). `max_length` (prompt truncation),
+/// `disable_dropout`, the `vllm_*` and reward-model fields are trainer fields.
+impl FromTrl for OnlineDpoConfigs {
+    const TRL_CLASS: &'static str = "OnlineDPOConfig";
+
+    fn from_trl_map(fields: Map<String, Value>) -> Result<TrlConfig<Self>> {
+        let mut r = Reader::new(Self::TRL_CLASS, fields, ONLINE_DPO_OWN)?;
+        let beta = match r.peek("beta").cloned() {
+            Some(Value::Array(items)) if !items.is_empty() => {
+                if items.len() > 1 {
+                    r.unsupported(
+                        "beta",
+                        json!(0.1),
+                        "a list is TRL's per-epoch beta schedule; the crate uses its first value",
+                    );
+                }
+                r.raw("beta");
+                items[0]
+                    .as_f64()
+                    .ok_or_else(|| Error::config("beta", "expected numbers", &items[0]))?
+            }
+            _ => r.f64("beta", 0.1)?,
+        };
+        r.unsupported(
+            "loss_type",
+            json!("sigmoid"),
+            "TRL's online IPO is (sum log-ratio difference - 1 / (2 beta))^2 on summed \
+             log-ratios; OnlineDpo's IPO is length-normalized",
+        );
+        let loss_type = match r.choice("loss_type", OnlineLossType::Sigmoid, "sigmoid, ipo")? {
+            OnlineLossType::Sigmoid => DpoLossType::Sigmoid,
+            OnlineLossType::Ipo => DpoLossType::Ipo,
+        };
+        r.share("learning_rate");
+        let online = OnlineDpoConfig::new()
+            .with_beta(beta)
+            .with_loss_type(loss_type)
+            .with_missing_eos_penalty(r.opt_f64("missing_eos_penalty", None)?)
+            .with_learning_rate(r.f64("learning_rate", 5e-7)?);
+        online.try_init()?;
+        r.share("max_new_tokens");
+        let max_new_tokens = r.opt_usize("max_new_tokens", Some(64))?;
+        let sampler = sampler(&mut r, 2, max_new_tokens, "max_new_tokens", 0.9)?;
+        Ok(r.finish(OnlineDpoConfigs { online, sampler }))
+    }
+}
+
+/// TRL's `OnlineDPOConfig.loss_type` choices.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum OnlineLossType {
+    Sigmoid,
+    Ipo,
 }

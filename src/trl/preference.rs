@@ -16,7 +16,7 @@ const DPO_LOSS_TYPES: &str = "sigmoid, hinge, ipo, exo_pair, nca_pair, robust, b
 /// `DPOConfig` (TRL 1.16). Loss fields: `loss_type` (a name or a list, default `["sigmoid"]`),
 /// `loss_weights`, `beta` (0.1), `label_smoothing` (0.0), `f_divergence_type` (`reverse_kl`),
 /// `f_alpha_divergence_coef` (0.5), `use_weighting` (false), `ld_alpha` (none), `discopop_tau`
-/// (0.05). Everything else (`precompute_ref_log_probs`, `max_length`, `sync_ref_model`, ...) is
+/// (0.05). Everything else (`precompute_ref_log_probs`, `max_length`, ...) is
 /// a trainer field. TRL silently ignores a `label_smoothing` that no chosen loss type reads;
 /// here that is an error (see [`DpoLossConfig::validate`]).
 impl FromTrl for DpoLossConfig {
@@ -48,10 +48,8 @@ impl FromTrl for DpoLossConfig {
             .with_use_weighting(r.bool("use_weighting", false)?)
             .with_discopop_tau(r.f64("discopop_tau", 0.05)?);
         config.validate()?;
-        Ok(TrlConfig {
-            config,
-            trainer_fields: r.finish(),
-        })
+        super::online::reference_sync_fields(&mut r);
+        Ok(r.finish(config))
     }
 }
 
@@ -80,10 +78,7 @@ impl FromTrl for CpoLossConfig {
             .with_simpo_gamma(r.f64("simpo_gamma", 0.5)?)
             .with_alpha(r.f64("alpha", 0.0)?);
         config.validate()?;
-        Ok(TrlConfig {
-            config,
-            trainer_fields: r.finish(),
-        })
+        Ok(r.finish(config))
     }
 }
 
@@ -95,10 +90,7 @@ impl FromTrl for OrpoLossConfig {
         let mut r = Reader::new(Self::TRL_CLASS, fields, ORPO_OWN)?;
         let config = OrpoLossConfig::new().with_beta(r.f64("beta", 0.1)?);
         config.validate()?;
-        Ok(TrlConfig {
-            config,
-            trainer_fields: r.finish(),
-        })
+        Ok(r.finish(config))
     }
 }
 
@@ -111,9 +103,6 @@ impl FromTrl for BradleyTerryLossConfig {
         let config = BradleyTerryLossConfig::new()
             .with_center_rewards_coefficient(r.opt_f64("center_rewards_coefficient", None)?);
         config.validate()?;
-        Ok(TrlConfig {
-            config,
-            trainer_fields: r.finish(),
-        })
+        Ok(r.finish(config))
     }
 }

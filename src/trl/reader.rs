@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::{TrainerFields, fields::TRAINING_ARGUMENTS, kind};
+use super::{TrainerFields, TrlConfig, UnsupportedField, fields::TRAINING_ARGUMENTS, kind};
 use crate::error::{Error, Result};
 
 /// The fields of one config file. Loss fields are taken out with the typed getters; what is left
@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 pub(crate) struct Reader {
     map: Map<String, Value>,
     shared: BTreeMap<String, Value>,
+    unsupported: Vec<UnsupportedField>,
 }
 
 fn invalid(field: &'static str, expected: &str, value: &Value) -> Error {
@@ -52,6 +53,7 @@ impl Reader {
         Ok(Reader {
             map,
             shared: BTreeMap::new(),
+            unsupported: Vec::new(),
         })
     }
 
@@ -159,11 +161,49 @@ impl Reader {
         self.take(name)
     }
 
-    /// The fields left for the training loop (plus the shared ones).
-    pub(crate) fn finish(self) -> TrainerFields {
+    /// Reports a field that changes the loss or the sampled data but that this crate does not
+    /// implement, when the file sets it to something other than TRL's `default` (the field
+    /// stays a trainer field too). Numbers compare by value (`1` equals `1.0`).
+    pub(crate) fn unsupported(&mut self, name: &str, default: Value, effect: &'static str) {
+        let Some(value) = self.map.get(name) else {
+            return;
+        };
+        let same = match (value, &default) {
+            (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+            (a, b) => a == b,
+        };
+        if !same {
+            let value = value.clone();
+            self.push_unsupported(name, value, default, effect);
+        }
+    }
+
+    /// Reports `name` as unsupported with `value` (see [`unsupported`](Self::unsupported)).
+    pub(crate) fn push_unsupported(
+        &mut self,
+        name: &str,
+        value: Value,
+        trl_default: Value,
+        effect: &'static str,
+    ) {
+        self.unsupported.push(UnsupportedField {
+            field: name.to_string(),
+            value,
+            trl_default,
+            effect,
+        });
+    }
+
+    /// The loaded config: `config`, the fields left for the training loop (plus the shared
+    /// ones) and the unsupported fields reported.
+    pub(crate) fn finish<C>(self, config: C) -> TrlConfig<C> {
         let mut out: BTreeMap<String, Value> = self.map.into_iter().collect();
         out.extend(self.shared);
-        TrainerFields(out)
+        TrlConfig {
+            config,
+            trainer_fields: TrainerFields(out),
+            unsupported: self.unsupported,
+        }
     }
 }
 

@@ -22,10 +22,8 @@ impl FromTrl for KtoLossConfig {
             .with_desirable_weight(r.f64("desirable_weight", 1.0)?)
             .with_undesirable_weight(r.f64("undesirable_weight", 1.0)?);
         config.validate()?;
-        Ok(TrlConfig {
-            config,
-            trainer_fields: r.finish(),
-        })
+        super::online::reference_sync_fields(&mut r);
+        Ok(r.finish(config))
     }
 }
 
@@ -40,9 +38,6 @@ impl FromTrl for BcoLossConfig {
         let mut r = Reader::new(Self::TRL_CLASS, fields, BCO_OWN)?;
         let config = BcoLossConfig::new().with_beta(r.f64("beta", 0.1)?);
         config.validate()?;
-        Ok(TrlConfig {
-            config,
-            trainer_fields: r.finish(),
-        })
+        Ok(r.finish(config))
     }
 }
