@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # Refresh the in-repo copy of the shared parity fixtures: scripts/refresh-fixtures.sh [SHARED_DIR]
-# (fixtures/PROVENANCE.md and fixtures/trl_configs/, which are this repository's own, are kept).
+# This repository's own folders are kept: fixtures/PROVENANCE.md, fixtures/trl_configs/
+# (scripts/dump_trl_configs.py), fixtures/grpo_matrix/ and fixtures/online_dpo/
+# (scripts/gen_online_fixtures.py) and fixtures/hf/ (scripts/make_hf_fixtures.py).
+# manifest.json comes from the shared copy: rerun scripts/gen_online_fixtures.py afterwards to
+# add its groups back.
 set -euo pipefail
 src=${1:-"$(dirname "$0")/../../shared/fixtures"}
 dst="$(dirname "$0")/../fixtures"
 [ -f "$src/manifest.json" ] || { echo "no fixtures at $src" >&2; exit 1; }
-keep=$(mktemp -d); cp -r "$dst/PROVENANCE.md" "$dst/trl_configs" "$keep/"
-rm -rf "$dst"; cp -r "$src" "$dst"; chmod -R u+w "$dst"; cp -r "$keep/PROVENANCE.md" "$keep/trl_configs" "$dst/"
+own=(PROVENANCE.md trl_configs grpo_matrix online_dpo hf)
+keep=$(mktemp -d)
+for item in "${own[@]}"; do [ -e "$dst/$item" ] && cp -r "$dst/$item" "$keep/"; done
+rm -rf "$dst"; cp -r "$src" "$dst"; chmod -R u+w "$dst"
+for item in "${own[@]}"; do [ -e "$keep/$item" ] && cp -r "$keep/$item" "$dst/"; done
 rm -rf "$keep"
-echo "copied $(find "$dst" -name '*.json' -not -path '*/trl_configs/*' | wc -l) files from $src"
+echo "copied $(find "$src" -name '*.json' | wc -l) files from $src (kept: ${own[*]})"
+echo "now rerun scripts/gen_online_fixtures.py to restore its manifest groups"

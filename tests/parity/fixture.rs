@@ -178,14 +178,18 @@ pub fn manifest_groups(dir: &Path) -> Option<std::collections::BTreeMap<String, 
     )
 }
 
-/// Every `*.json` case under `dir/<folder>/` (sorted), skipping `manifest.json` and
-/// `trl_configs/` (TRL config dumps for `tests/trl_configs.rs`, not parity cases).
+/// Fixture folders that hold no loss parity cases: TRL config dumps (`tests/trl_configs.rs`)
+/// and Hugging Face checkpoints with transformers' reference outputs (`fixtures/hf/`).
+const NOT_PARITY_FOLDERS: [&str; 2] = ["trl_configs", "hf"];
+
+/// Every `*.json` case under `dir/<folder>/` (sorted), skipping `manifest.json` and the
+/// [`NOT_PARITY_FOLDERS`].
 pub fn load_all(dir: &Path) -> Vec<Case> {
     let mut cases = Vec::new();
     let mut folders: Vec<_> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("cannot read fixtures dir {}: {e}", dir.display()))
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir() && e.file_name() != "trl_configs")
+        .filter(|e| e.path().is_dir() && !NOT_PARITY_FOLDERS.iter().any(|f| e.file_name() == *f))
         .collect();
     folders.sort_by_key(|e| e.file_name());
     for folder in folders {

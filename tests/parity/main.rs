@@ -34,7 +34,9 @@ type Runner = fn(&Case, &TestDevice) -> Result<(), String>;
 
 /// Source functions (last token of `source`) that have no runner yet. Shrinks to empty.
 const NOT_YET: &[&str] = &[
-    // (empty: every fixture function has a runner)
+    // TRL 1.16's online DPO step (`fixtures/online_dpo/`, issue 23: untempered log-probs,
+    // online IPO on sums, objective statistics over every row).
+    "OnlineDPOTrainer.training_step",
 ];
 
 fn runner(function: &str) -> Option<Runner> {

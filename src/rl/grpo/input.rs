@@ -25,8 +25,9 @@ pub struct GrpoLossInput {
     pub entropies: Option<Tensor<2>>,
     /// Sampler (e.g. vLLM) log-probs for the off-policy mask; `None` = `old_logprobs`.
     pub sampling_logprobs: Option<Tensor<2>>,
-    /// Per-token importance weight of the sampler correction (multiplies the per-token loss;
-    /// VESPO folds it into its gamma weight).
+    /// Importance weight of the sampler correction, `[B, T]` per token (TRL's `token_*`
+    /// modes) or `[B, 1]` per sequence (`sequence_*` modes): multiplies the per-token loss;
+    /// VESPO folds it into its gamma weight.
     pub importance_sampling_ratio: Option<Tensor<2>>,
     /// Active tokens of the whole generation batch (dapo/cispo/vespo normalizer).
     pub num_items_in_batch: Option<f64>,
@@ -112,12 +113,21 @@ impl GrpoLossInput {
             ("ref_logprobs", &self.ref_logprobs),
             ("entropies", &self.entropies),
             ("sampling_logprobs", &self.sampling_logprobs),
-            ("importance_sampling_ratio", &self.importance_sampling_ratio),
         ];
         for (name, x) in optional {
             if let Some(x) = x {
                 check_same_shape(name, &x.dims(), &dims, "logprobs")?;
             }
+        }
+        if let Some(x) = &self.importance_sampling_ratio
+            && x.dims() != [b, 1]
+            && x.dims() != dims
+        {
+            return Err(Error::shape(
+                "importance_sampling_ratio",
+                format!("[{b}, {t}] (per token) or [{b}, 1] (per sequence)"),
+                &x.dims(),
+            ));
         }
         crate::error::check_non_empty(
             "logprobs",
