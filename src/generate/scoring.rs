@@ -182,7 +182,7 @@ impl RewardFunctions {
                 ));
             }
         }
-        if num_generations == 0 || rows % num_generations != 0 {
+        if num_generations == 0 || !rows.is_multiple_of(num_generations) {
             return Err(Error::config(
                 "num_generations",
                 format!("must be >= 1 and divide the number of rows ({rows})"),
