@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Parity fixtures for GRPO's importance-sampling / off-policy-mask matrix and for online DPO.
 
-Writes two fixture folders (format: fixtures/README.md):
+Writes three fixture folders (format: fixtures/README.md):
 
 * ``grpo_matrix/``: TRL's ``GRPOTrainer._compute_loss`` for every loss type x beta x vLLM importance-sampling mode x
   off-policy sequence mask. The inputs of each call are produced by TRL's own pipeline: ``GRPOTrainer._prepare_inputs``
@@ -9,8 +9,15 @@ Writes two fixture folders (format: fixtures/README.md):
   importance-sampling ratio of the chosen mode, ``num_items_in_batch``; then shuffles and splits the generation batch
   into micro-batches), then ``_compute_loss`` on one micro-batch.
 * ``online_dpo/``: TRL's ``OnlineDPOTrainer.training_step`` (experimental) for the ``sigmoid`` and ``ipo`` losses.
+* ``grpo_step/``: ``GRPOTrainer._prepare_inputs`` + ``_compute_loss`` with gradient_accumulation_steps =
+  steps_per_generation = num_processes = 1 and num_iterations = 2, where TRL's accounting is exactly one optimizer
+  step over the whole 8-row batch. Each case also records how the batch splits into 1, 2 or 4 micro-batches (TRL's
+  loss on each part, its share of the one-step loss, its metrics). The script asserts, per case, that the documented
+  normalizer formula of the loss type reproduces TRL's loss and gradient (on a verification-only per-token loss
+  written from the documented formulas, ``step_ref_per_token_loss``; its values are never written), that the parts'
+  shares add up to TRL's loss and gradient, and how each metric combines across parts.
 
-Every expected value comes from TRL's code. Nothing here re-implements a loss; what is replaced is listed in
+Every expected value comes from TRL's code. Nothing written re-implements a loss; what is replaced is listed in
 fixtures/README.md (section "Online fixtures"): the models (fakes returning leaf tensors we control), ``_generate``
 (returns fixed token ids, and fixed vLLM sampling log-probs for GRPO), the accelerator (single process) and the
 reward functions (plain callables returning fixed rewards). The trainer instances are made with
@@ -22,7 +29,7 @@ Usage:
     python scripts/gen_online_fixtures.py [--seed N] [--out DIR]
 
 Default seed 20261206, default DIR = this repository's fixtures/. Deterministic given the seed. Needs TRL 1.16
-(torch, transformers, datasets come with it). Updates DIR/manifest.json (adds the two groups, keeps the rest).
+(torch, transformers, datasets come with it). Updates DIR/manifest.json (adds the three groups, keeps the rest).
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ import trl  # noqa: E402
 
 TRL_VERSION = trl.__version__
 TORCH_VERSION = torch.__version__.split("+")[0]
-GROUPS = ["grpo_matrix", "online_dpo"]
+GROUPS = ["grpo_matrix", "online_dpo", "grpo_step"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -369,8 +376,12 @@ class _ReachedVLLM(Exception):
     pass
 
 
-def validate_grpo_config(cfg):
+def validate_grpo_config(cfg, geom=None):
     """Pass the case's config through TRL's GRPOConfig and GRPOTrainer.__init__; raise what TRL raises.
+
+    `geom` overrides the batch geometry (keys: per_device_train_batch_size, num_generations, steps_per_generation,
+    gradient_accumulation_steps, num_iterations, max_completion_length, generation_batch_size); default: the
+    grpo_matrix geometry.
 
     `VLLMGeneration` (the vLLM client/engine set-up, which comes after every argument check in __init__) is replaced
     by a stub that stops __init__ there, so use_vllm=True configurations are checked without vLLM installed.
@@ -388,15 +399,18 @@ def validate_grpo_config(cfg):
     def reward_0(prompts, completions, **kwargs):
         return [0.0] * len(prompts)
 
+    geo = dict(per_device_train_batch_size=B, num_generations=G, steps_per_generation=SPG,
+               gradient_accumulation_steps=GAS, num_iterations=NUM_ITERATIONS,
+               max_completion_length=MAX_COMPLETION_LENGTH, generation_batch_size=N)
+    geo.update(geom or {})
+    n_rows = geo.pop("generation_batch_size")
     saved = gt.VLLMGeneration
     gt.VLLMGeneration = _Stub
     out_dir = tempfile.mkdtemp(prefix="gen_online_out_")
     try:
         args = GRPOConfig(
-            output_dir=out_dir, report_to=[], bf16=False, use_cpu=True, seed=0,
-            per_device_train_batch_size=B, num_generations=G, steps_per_generation=SPG,
-            gradient_accumulation_steps=GAS, num_iterations=NUM_ITERATIONS,
-            max_completion_length=MAX_COMPLETION_LENGTH, loss_type=cfg["loss_type"], beta=cfg["beta"],
+            output_dir=out_dir, report_to=[], bf16=False, use_cpu=True, seed=0, **geo,
+            loss_type=cfg["loss_type"], beta=cfg["beta"],
             epsilon=cfg["epsilon_low"], epsilon_high=cfg["epsilon_high"],
             importance_sampling_level=cfg["importance_sampling_level"], use_vllm=cfg["use_vllm"],
             vllm_importance_sampling_correction=cfg["use_vllm_importance_sampling_correction"],
@@ -405,7 +419,7 @@ def validate_grpo_config(cfg):
             vllm_importance_sampling_clip_min=cfg["vllm_importance_sampling_clip_min"],
             off_policy_mask_threshold=cfg["off_policy_mask_threshold"],
         )
-        ds = Dataset.from_dict({"prompt": ["w1 w2"] * N})
+        ds = Dataset.from_dict({"prompt": ["w1 w2"] * n_rows})
         try:
             GRPOTrainer(model=mdir, reward_funcs=[reward_0], args=args, train_dataset=ds)
         except _ReachedVLLM:
@@ -905,8 +919,435 @@ def gen_online_dpo(W, seed):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# GRPO one optimizer step: gradient_accumulation_steps = steps_per_generation = num_processes = 1
+# ----------------------------------------------------------------------------------------------------------------------
 
-GENERATORS = dict(grpo_matrix=gen_grpo_matrix, online_dpo=gen_online_dpo)
+S_G = 4  # num_generations
+S_PROMPTS = 2
+S_B = S_G * S_PROMPTS  # = generation batch = per_device_train_batch_size = rows of the one _compute_loss call
+S_C = 7  # completion width
+S_MAX_COMPLETION_LENGTH = 10  # > S_C: dr_grpo's B x max_completion_length normalizer differs from B x C
+S_NUM_ITERATIONS = 2  # 1 % (1 * 2) != 0: TRL computes old_per_token_logps at generation time
+S_STEPS = (0, 1)  # _prepare_inputs at _step 0 (generates, buffers) then at _step 1 (2nd iteration, reuses the buffer)
+S_SPLITS = (1, 2, 4)  # micro-batch counts checked (contiguous, equal row counts)
+S_GEOM = dict(per_device_train_batch_size=S_B, num_generations=S_G, steps_per_generation=1,
+              gradient_accumulation_steps=1, num_iterations=S_NUM_ITERATIONS,
+              max_completion_length=S_MAX_COMPLETION_LENGTH, generation_batch_size=S_B)
+# What each loss type's TRL normalizer reduces to when gas = spg = num_processes = 1, as (kind, formula). `weight`
+# is the factor turning TRL's loss on a micro-batch alone (gas = spg = 1, the whole batch's num_items_in_batch) into
+# that micro-batch's share of the one-step loss.
+S_NORMALIZERS = {
+    "grpo": ("rows_of_row_means", "(1/B) sum_i [sum_t l_it m_it / max(n_i, 1)]"),
+    "sapo": ("rows_of_row_means", "(1/B) sum_i [sum_t l_it m_it / max(n_i, 1)]"),
+    "bnpo": ("tokens", "sum_it l_it m_it / max(sum_it m_it, 1)"),
+    "dr_grpo": ("rows_x_max_completion_length", "sum_it l_it m_it / (B * max_completion_length)"),
+    "dapo": ("num_items_in_batch", "sum_it l_it m_it / max(num_items_in_batch, 1)"),
+    "cispo": ("num_items_in_batch", "sum_it l_it m_it / max(num_items_in_batch, 1)"),
+    "vespo": ("num_items_in_batch", "sum_it l_it m_it / max(num_items_in_batch, 1)"),
+    "luspo": ("rows", "(1/B) sum_it l_it m_it"),
+}
+# How each _compute_loss metric of the whole batch is recovered from the metrics of micro-batches
+S_METRIC_COMBINE = {
+    "kl": "tokens", "entropy": "tokens", "cispo_clip_ratio": "tokens", "vespo/phi_seq_mean": "rows",
+    "clip_ratio/low_mean": "tokens", "clip_ratio/high_mean": "tokens", "clip_ratio/region_mean": "tokens",
+    "clip_ratio/low_min": "min", "clip_ratio/high_max": "max",
+}
+
+
+def design_step_batch(rng):
+    """Random S_B-row batch: a truncated row (full width, no EOS), a short row (<= 3 tokens), the rest EOS-terminated;
+    policy = old + a per-row shift + per-token noise (so token- and sequence-level ratios leave the clip range)."""
+    N_, C_ = S_B, S_C
+    lens = rng.integers(4, C_ + 1, size=N_)
+    order = rng.permutation(N_)
+    truncated = np.zeros(N_, dtype=bool)
+    truncated[order[:2]] = True
+    lens[order[:2]] = C_
+    lens[order[2:4]] = rng.integers(1, 4, size=2)
+    comp = np.zeros((N_, C_), dtype=np.int64)
+    for i in range(N_):
+        comp[i, : lens[i]] = rng.integers(3, V, size=lens[i])
+        if not truncated[i]:
+            comp[i, lens[i] - 1] = EOS
+    mask = (np.arange(C_)[None, :] < lens[:, None]).astype(np.int64)
+    prompts = [list(rng.integers(3, V, size=int(rng.integers(2, 5)))) for _ in range(S_PROMPTS)]
+    rewards = rng.integers(-4, 9, size=N_) / 4.0
+    for g in range(S_PROMPTS):
+        while np.all(rewards[g * S_G : (g + 1) * S_G] == rewards[g * S_G]):
+            rewards[g * S_G + 1] = rng.integers(-4, 9) / 4.0
+    lp, ent = token_stats(rng, (N_, C_), V)
+    on = mask.astype(bool)
+    old = np.where(on, logp_like(lp), 0.0)
+    entropies = np.where(on, r4(ent), 0.0)
+    shift = rng.normal(0.0, 0.25, size=(N_, 1))
+    policy = np.where(on, logp_like(old + shift + rng.normal(0.0, 0.25, size=(N_, C_))), 0.0)
+    ref = np.where(on, logp_like(policy + rng.normal(0.0, 0.3, size=(N_, C_))), 0.0)
+    return dict(comp=comp, mask=mask, lens=lens, truncated=truncated, prompts=prompts, rewards=rewards, old=old,
+                policy=policy, ref=ref, entropies=entropies)
+
+
+def grpo_step_trainer(d, *, loss_type, beta, opm_threshold):
+    """A bare GRPOTrainer with the one-step geometry (gas = spg = 1, num_iterations = 2), models answering from `d`."""
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    old_model = RowFusedLM(d["comp"], S_C, dict(log_probs=tt(d["old"])))
+    old_model.train()
+    ref_model = RowFusedLM(d["comp"], S_C, dict(log_probs=tt(d["ref"]))) if beta != 0.0 else None
+    if ref_model is not None:
+        ref_model.eval()
+    prompt_ids_list = [list(map(int, d["prompts"][i // S_G])) for i in range(S_B)]
+    completion_ids_list = [list(map(int, d["comp"][i, : d["lens"][i]])) for i in range(S_B)]
+    completions = [f"completion {i}" for i in range(S_B)]
+
+    def _generate(prompts):
+        return prompt_ids_list, completion_ids_list, None, completions, None, {}, None, None
+
+    rewards = [float(r) for r in d["rewards"]]
+
+    def reward_0(prompts, completions, completion_ids, **kwargs):
+        return list(rewards)
+
+    args = SimpleNamespace(
+        per_device_train_batch_size=S_B, per_device_eval_batch_size=S_B, steps_per_generation=1,
+        gradient_accumulation_steps=1, gradient_checkpointing_kwargs=None, report_to=[],
+        use_bias_correction_kl=True, delta=None, sapo_temperature_pos=1.0, sapo_temperature_neg=1.05,
+        vespo_k_pos=2.0, vespo_lambda_pos=3.0, vespo_k_neg=3.0, vespo_lambda_neg=2.0, entropy_target=0.2,
+    )
+    return bare(
+        GRPOTrainer, model=old_model, ref_model=ref_model, _generate=_generate, environment_factories=None,
+        tools=None, environments=None, beta=beta, num_iterations=S_NUM_ITERATIONS,
+        multi_objective_aggregation="sum_then_normalize", scale_rewards="group", args=args,
+        reward_funcs=[reward_0], reward_processing_classes=[None], reward_func_names=["reward_0"],
+        reward_weights=torch.tensor([1.0], dtype=torch.float32), num_generations=S_G, num_generations_eval=S_G,
+        _tokenizer=SimpleNamespace(pad_token_id=PAD), eos_token_ids=[EOS], pad_to_multiple_of=None,
+        mask_truncated_completions=False,
+        _logs={"prompt": [], "completion": [], "rewards": defaultdict(list), "advantages": [],
+               "extra": defaultdict(list), "images": []},
+        _pending_extra_logs=defaultdict(list), _pending_metrics=defaultdict(list), log_multimodal=False,
+        use_vllm=False, vllm_importance_sampling_correction=False, vllm_importance_sampling_mode="sequence_mask",
+        vllm_importance_sampling_clip_max=CLIP_MAX_DEFAULT, vllm_importance_sampling_clip_min=CLIP_MIN_DEFAULT,
+        _step=S_STEPS[0], _buffered_inputs=None,
+        loss_type=loss_type, epsilon_low=EPS_LOW, epsilon_high=EPS_HIGH.get(loss_type, EPS_HIGH_DEFAULT),
+        importance_sampling_level=grpo_level(loss_type), top_entropy_quantile=1.0,
+        off_policy_mask_threshold=opm_threshold, max_completion_length=S_MAX_COMPLETION_LENGTH,
+        current_gradient_accumulation_steps=1, _entropy_bonus_enabled=False, entropy_coef=0.0,
+        use_adaptive_entropy=False, aux_loss_enabled=False,
+    )
+
+
+def grpo_step_stage1(d, *, seed_t, loss_type, beta, opm_threshold):
+    """TRL's _prepare_inputs at _step 0 (generation: advantages, old/ref log-probs, num_items_in_batch, shuffle,
+    split into steps_per_generation = 1 part) then at _step 1 (2nd iteration: the same buffered batch)."""
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    tr = grpo_step_trainer(d, loss_type=loss_type, beta=beta, opm_threshold=opm_threshold)
+    old_model = tr.model
+    torch.manual_seed(seed_t)  # shuffle_sequence_dict draws a torch.randperm
+    generation_batch = [{"prompt": f"prompt {i // S_G}"} for i in range(S_B)]
+    batches = []
+    for step in S_STEPS:
+        tr._step = step
+        batches.append(GRPOTrainer._prepare_inputs(tr, generation_batch))
+    assert all(b is batches[0] for b in batches), "the 2nd iteration must reuse the buffered batch"
+    assert old_model.calls == 1, "old_per_token_logps computed once, at generation"
+    batch = batches[-1]
+    assert "old_per_token_logps" in batch, "TRL did not record old_per_token_logps"
+    stage1_metrics = last_metrics(tr._metrics["train"], prefix="sampling/")
+    rows = [old_model._index[tuple(int(t) for t in r.tolist())] for r in batch["completion_ids"]]
+    assert sorted(rows) == list(range(S_B)), "the one micro-batch must hold every row"
+    all_adv = list(tr._logs["advantages"])
+    return tr, batch, stage1_metrics, rows, all_adv
+
+
+def step_ref_per_token_loss(loss_type, beta, thr, lp, old, ref, adv, mask):
+    """Verification only (never written): the per-token loss l [B, C] from the formulas documented in
+    fixtures/README.md, for checking the normalizer formulas and the micro-batch split against TRL."""
+    m = mask.to(lp.dtype)
+    A = adv.unsqueeze(1)
+    n = m.sum(-1, keepdim=True)
+    lr = lp - old
+    if grpo_level(loss_type) == "sequence":
+        r = torch.exp((lr * m).sum(-1, keepdim=True) / n.clamp(min=1.0))
+    else:
+        r = torch.exp(lr)
+    eps_high = EPS_HIGH.get(loss_type, EPS_HIGH_DEFAULT)
+    if loss_type == "cispo":
+        ptl = -torch.clamp(r, max=eps_high).detach() * A * lp
+    elif loss_type == "sapo":
+        tau = torch.where(A > 0, torch.tensor(1.0), torch.tensor(1.05))
+        ptl = -(torch.sigmoid(tau * (r - 1)) * 4 / tau) * A
+    elif loss_type == "vespo":
+        with torch.no_grad():
+            log_w = (torch.clamp(lr, -20.0, 20.0) * m).sum(-1, keepdim=True).clamp(math.log(1e-8), 20.0)
+            pos = A >= 0
+            k = torch.where(pos, torch.tensor(2.0), torch.tensor(3.0))
+            lam = torch.where(pos, torch.tensor(3.0), torch.tensor(2.0))
+            phi = torch.exp(lam + k * log_w - lam * torch.exp(log_w))
+        ptl = -phi * A * lp
+    else:
+        ptl = -torch.minimum(r * A, torch.clamp(r, 1 - EPS_LOW, 1 + eps_high) * A)
+    if thr is not None:
+        seq_kl = ((old - lp.detach()) * m).sum(-1, keepdim=True) / n.clamp(min=1.0)
+        ptl = ptl * ((A >= 0) | (seq_kl <= thr)).to(lp.dtype)
+    if beta != 0.0:
+        x = ref - lp
+        ptl = ptl + beta * (torch.exp(x) - x - 1) * r
+    return ptl.expand_as(lp) if ptl.shape != lp.shape else ptl
+
+
+def step_ref_loss(loss_type, ptl, mask, n_rows, n_tokens, num_items):
+    """The documented one-step normalizer of each loss type, applied to the masked per-token loss of some rows
+    (n_rows, n_tokens, num_items: the WHOLE batch's counts, so micro-batch shares add up)."""
+    m = mask.to(ptl.dtype)
+    kind = S_NORMALIZERS[loss_type][0]
+    if kind == "rows_of_row_means":
+        return ((ptl * m).sum(-1) / m.sum(-1).clamp(min=1.0)).sum() / n_rows
+    if kind == "tokens":
+        return (ptl * m).sum() / max(n_tokens, 1.0)
+    if kind == "rows_x_max_completion_length":
+        return (ptl * m).sum() / (n_rows * S_MAX_COMPLETION_LENGTH)
+    if kind == "num_items_in_batch":
+        return (ptl * m).sum() / max(num_items, 1.0)
+    if kind == "rows":
+        return (ptl * m).sum() / n_rows
+    raise ValueError(kind)
+
+
+def step_micro_weight(loss_type, rows_m, tokens_m, n_rows, n_tokens):
+    """Factor turning TRL's loss on a micro-batch alone (gas = spg = 1) into its share of the one-step loss."""
+    kind = S_NORMALIZERS[loss_type][0]
+    if kind in ("rows_of_row_means", "rows_x_max_completion_length", "rows"):
+        return rows_m / n_rows
+    if kind == "tokens":
+        return tokens_m / n_tokens
+    return 1.0  # num_items_in_batch is the whole batch's in every micro-batch
+
+
+def step_trl_loss(d, micro, *, loss_type, beta, thr, gas=1, spg=1):
+    """TRL's _compute_loss on (part of) the batch with a fresh policy leaf [S_B, C]; returns (loss, grad, metrics)."""
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    tr = grpo_step_trainer(d, loss_type=loss_type, beta=beta, opm_threshold=thr)
+    tr.current_gradient_accumulation_steps = gas
+    tr.args.gradient_accumulation_steps = gas
+    tr.args.steps_per_generation = spg
+    lp = tt(d["policy"], grad=True)
+    policy_model = RowFusedLM(d["comp"], S_C, dict(log_probs=lp, entropy=tt(d["entropies"])))
+    policy_model.train()
+    tr.model = policy_model
+    loss = GRPOTrainer._compute_loss(tr, policy_model, micro)
+    loss.backward()
+    assert policy_model.calls == 1
+    return float(loss), lp.grad.detach().clone(), last_metrics(tr._metrics["train"])
+
+
+def close(a, b, rtol=1e-11, atol=1e-14):
+    return bool(np.allclose(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64), rtol=rtol, atol=atol))
+
+
+_STEP_FAMILY = {}
+
+
+def grpo_step_family(seed):
+    """Data shared by every grpo_step case, drawn (with retries) so that token-level clipping binds on both sides,
+    cispo's cap binds, luspo's sequence-level ratio is clipped for some rows but not all, and the off-policy mask
+    drops at least one sequence (not every one)."""
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    if "d" in _STEP_FAMILY:
+        return _STEP_FAMILY["d"]
+    fam = "grpo_step/family"
+    for attempt in range(500):
+        rng = case_rng(seed, f"{fam}#{attempt}")
+        d = design_step_batch(rng)
+        if len({tuple(r) for r in d["comp"].tolist()}) != S_B:
+            continue
+        seed_t = torch_seed(seed, f"{fam}#{attempt}")
+        _, batch, _, rows, _ = grpo_step_stage1(d, seed_t=seed_t, loss_type="grpo", beta=0.0, opm_threshold=None)
+        m = batch["completion_mask"].numpy().astype(bool)
+        adv = batch["advantages"].numpy()[:, None]
+        pol, old = d["policy"][rows], batch["old_per_token_logps"].numpy()
+        assert np.array_equal(old, d["old"][rows])
+        if np.array_equal(pol[m], old[m]):
+            continue
+        r = np.exp(pol - old)
+        low = int(((r < 1 - EPS_LOW) & (adv < 0) & m).sum())
+        high = int(((r > 1 + EPS_HIGH_DEFAULT) & (adv > 0) & m).sum())
+        cis = int(((r > EPS_HIGH["cispo"]) & (adv > 0) & m).sum())
+        n = m.sum(1)
+        rs = np.exp(((pol - old) * m).sum(1) / np.maximum(n, 1))
+        a1 = adv[:, 0]
+        seq_clip = int((((rs < 1 - EPS_LOW) & (a1 < 0)) | ((rs > 1 + EPS_HIGH_DEFAULT) & (a1 > 0))).sum())
+        if low < 1 or high < 1 or cis < 1 or not (1 <= seq_clip < S_B):
+            continue
+        thr = pick_threshold(d, batch, rows)
+        if thr is None:
+            continue
+        keep = GRPOTrainer.get_off_policy_mask(
+            advantages=batch["advantages"].unsqueeze(1), per_token_logps=tt(pol),
+            sampling_per_token_logps=batch["old_per_token_logps"], mask=batch["completion_mask"],
+            off_policy_threshold=thr)
+        n_drop = int((keep == 0).sum())
+        if n_drop < 1 or n_drop == S_B:
+            continue
+        counts = dict(
+            n_tokens_valid=int(m.sum()), n_tokens_low_clipped=low, n_tokens_high_clipped=high,
+            n_tokens_cispo_capped=cis, n_seq_clipped_sequence_level=seq_clip,
+            n_seq_dropped_by_off_policy_mask=n_drop, n_seq_negative_advantage=int((a1 < 0).sum()),
+            n_rows_truncated_no_eos=int(d["truncated"][rows].sum()), completion_lengths=[int(x) for x in n],
+            attempt=attempt,
+        )
+        _STEP_FAMILY["d"] = (d, seed_t, rows, thr, counts)
+        return _STEP_FAMILY["d"]
+    raise SkipCase(f"could not draw binding data for {fam}")
+
+
+def run_grpo_step(W, seed, name, loss_type, beta, opm):
+    from trl.trainer.utils import split_tensor_dict
+
+    d, seed_t, fam_rows, fam_thr, counts = grpo_step_family(seed)
+    thr = fam_thr if opm else None
+    eps_high = EPS_HIGH.get(loss_type, EPS_HIGH_DEFAULT)
+    config = dict(
+        loss_type=loss_type, beta=beta, epsilon_low=EPS_LOW, epsilon_high=eps_high, delta=None,
+        importance_sampling_level=grpo_level(loss_type), use_bias_correction_kl=True, top_entropy_quantile=1.0,
+        off_policy_mask_threshold=thr, entropy_coef=0.0,
+        use_vllm=False, use_vllm_importance_sampling_correction=False, vllm_importance_sampling_mode="sequence_mask",
+        vllm_importance_sampling_clip_max=CLIP_MAX_DEFAULT, vllm_importance_sampling_clip_min=CLIP_MIN_DEFAULT,
+        sapo_temperature_pos=1.0, sapo_temperature_neg=1.05, vespo_k_pos=2.0, vespo_lambda_pos=3.0,
+        vespo_k_neg=3.0, vespo_lambda_neg=2.0, max_completion_length=S_MAX_COMPLETION_LENGTH, mode="train",
+        current_gradient_accumulation_steps=1, gradient_accumulation_steps=1, steps_per_generation=1,
+        num_iterations=S_NUM_ITERATIONS, per_device_train_batch_size=S_B, num_generations=S_G,
+        generation_batch_size=S_B, num_processes=1, scale_rewards="group", step=S_STEPS[-1], dtype="float64",
+    )
+    validate_grpo_config(config, geom=S_GEOM)
+    torch.set_default_dtype(torch.float64)
+    tr, batch, stage1_metrics, rows, all_adv = grpo_step_stage1(d, seed_t=seed_t, loss_type=loss_type, beta=beta,
+                                                                opm_threshold=thr)
+    assert rows == fam_rows
+    # Reorder the data to the batch's (shuffled) row order, so row i of every recorded array is row i of TRL's batch
+    db = {k: (v[rows] if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == S_B else v) for k, v in d.items()}
+    db["comp"] = d["comp"][rows]
+    assert np.array_equal(batch["completion_ids"].numpy(), db["comp"])
+
+    # 1. the loss of the one optimizer step, by TRL
+    loss, grad, metrics = step_trl_loss(db, batch, loss_type=loss_type, beta=beta, thr=thr)
+
+    mask_t = batch["completion_mask"]
+    n_tokens = float(mask_t.sum())
+    num_items = float(batch["num_items_in_batch"])
+    assert num_items == n_tokens, "num_items_in_batch must be the batch's token count"
+    ref_lp = tt(db["ref"]) if beta != 0.0 else None
+
+    # 2. the documented normalizer formula, on an independent per-token loss, against TRL (loss and gradient)
+    lp = tt(db["policy"], grad=True)
+    ptl = step_ref_per_token_loss(loss_type, beta, thr, lp, batch["old_per_token_logps"], ref_lp,
+                                batch["advantages"], mask_t)
+    ref_loss = step_ref_loss(loss_type, ptl, mask_t, S_B, n_tokens, num_items)
+    ref_loss.backward()
+    assert close(float(ref_loss), loss), f"{name}: normalizer formula {S_NORMALIZERS[loss_type][1]} != TRL's loss"
+    assert close(lp.grad.numpy(), grad.numpy()), f"{name}: reference gradient != TRL's"
+
+    # 3. micro-batch splits: TRL on each part alone (gas = spg = 1), scaled by the part's share of the normalizer,
+    #    adds up to the one-step loss and gradient; metrics combine by token / row weights or min / max.
+    splits = {}
+    for k in S_SPLITS:
+        parts = split_tensor_dict(batch, k)
+        tot_loss, tot_grad, parts_out = 0.0, torch.zeros_like(grad), []
+        acc_loss_gas, acc_grad_gas = 0.0, torch.zeros_like(grad)
+        for p_i, part in enumerate(parts):
+            rows_m = part["completion_mask"].shape[0]
+            tokens_m = float(part["completion_mask"].sum())
+            l_m, g_m, met_m = step_trl_loss(db, part, loss_type=loss_type, beta=beta, thr=thr)
+            w = step_micro_weight(loss_type, rows_m, tokens_m, S_B, n_tokens)
+            tot_loss += w * l_m
+            tot_grad += w * g_m
+            # the same with the reference and the whole batch's counts (what a Rust loop does)
+            lp_m = tt(db["policy"][p_i * rows_m:(p_i + 1) * rows_m], grad=True)
+            l_ref = step_ref_per_token_loss(
+                loss_type, beta, thr, lp_m, part["old_per_token_logps"],
+                ref_lp[p_i * rows_m:(p_i + 1) * rows_m] if ref_lp is not None else None,
+                part["advantages"], part["completion_mask"])
+            share = step_ref_loss(loss_type, l_ref, part["completion_mask"], S_B, n_tokens, num_items)
+            assert close(float(share), w * l_m), f"{name}: micro-batch share (k={k}) differs from TRL's"
+            # TRL's own accumulation with gas = spg = k on equal-size parts
+            l_g, g_g, _ = step_trl_loss(db, part, loss_type=loss_type, beta=beta, thr=thr, gas=k, spg=k)
+            acc_loss_gas += l_g
+            acc_grad_gas += g_g
+            parts_out.append(dict(rows=[p_i * rows_m, (p_i + 1) * rows_m], n_tokens=int(tokens_m), loss_alone=l_m,
+                                  weight=w, loss_share=w * l_m, metrics=met_m))
+        assert close(tot_loss, loss), f"{name}: k={k} micro-batch shares do not add up to TRL's loss"
+        assert close(tot_grad.numpy(), grad.numpy()), f"{name}: k={k} micro-batch gradients do not add up"
+        trl_gas_matches = close(acc_loss_gas, loss) and close(acc_grad_gas.numpy(), grad.numpy())
+        if loss_type != "bnpo" or k == 1:
+            assert trl_gas_matches, f"{name}: TRL's gas=spg={k} accumulation should equal the one-step loss"
+        # metrics
+        for key, want in metrics.items():
+            how = S_METRIC_COMBINE[key]
+            if how == "rows" or (how == "tokens" and grpo_level(loss_type) == "sequence"
+                                 and key.startswith("clip_ratio/")):
+                how = "rows"  # sequence-level ratios: one value per sequence
+            vals = [p["metrics"][key] for p in parts_out]
+            if how == "tokens":
+                got = sum(v * p["n_tokens"] for v, p in zip(vals, parts_out)) / n_tokens
+            elif how == "rows":
+                got = sum(v * (p["rows"][1] - p["rows"][0]) for v, p in zip(vals, parts_out)) / S_B
+            elif how == "min":
+                got = min(vals)
+            else:
+                got = max(vals)
+            assert close(got, want, rtol=1e-6, atol=1e-9), f"{name}: metric {key} (k={k}) does not combine by {how}"
+        splits[str(k)] = dict(micro_batches=parts_out, trl_gas_equals_one_step=trl_gas_matches,
+                              trl_gas_loss=acc_loss_gas)
+    combine = {}
+    for key in metrics:
+        how = S_METRIC_COMBINE[key]
+        if grpo_level(loss_type) == "sequence" and key.startswith("clip_ratio/") and how == "tokens":
+            how = "rows"
+        combine[key] = how
+
+    binding = dict(counts)
+    if not opm:
+        binding.pop("n_seq_dropped_by_off_policy_mask", None)
+    config["binding"] = binding
+    ins = dict(
+        per_token_logps=db["policy"], completion_mask=mask_t, advantages=batch["advantages"],
+        entropies=db["entropies"], num_items_in_batch=num_items, old_per_token_logps=batch["old_per_token_logps"],
+        ref_per_token_logps=batch.get("ref_per_token_logps"), sampling_per_token_logps=None,
+        importance_sampling_ratio=None,
+    )
+    if beta != 0.0:
+        assert np.array_equal(batch["ref_per_token_logps"].numpy(), db["ref"])
+    expected = dict(loss=loss, metrics=metrics, grad_per_token_logps=grad)
+    kind, formula = S_NORMALIZERS[loss_type]
+    one_step = dict(
+        normalizer=dict(kind=kind, formula=formula, n_rows=S_B, n_tokens=n_tokens,
+                        num_items_in_batch=num_items, max_completion_length=S_MAX_COMPLETION_LENGTH),
+        metric_combine=combine, splits=splits,
+    )
+    stage1 = dict(
+        source=src("trl.trainer.grpo_trainer.GRPOTrainer._prepare_inputs"),
+        inputs=dict(rewards=d["rewards"], completion_mask=d["mask"], old_per_token_logps=d["old"]),
+        expected=dict(advantages=all_adv, num_items_in_batch=num_items, micro_batch_rows=rows,
+                      metrics=stage1_metrics),
+    )
+    W.emit("grpo_step", name, src("trl.trainer.grpo_trainer.GRPOTrainer._compute_loss"), config, ins, expected,
+           extra=dict(stage1=stage1, one_step=one_step))
+
+
+def gen_grpo_step(W, seed):
+    cases = []
+    for loss_type in LOSS_TYPES:
+        for beta in BETAS:
+            cases.append((f"{loss_type}_beta{beta}_opm-off", dict(loss_type=loss_type, beta=beta, opm=False)))
+        cases.append((f"{loss_type}_beta0.04_opm-on", dict(loss_type=loss_type, beta=0.04, opm=True)))
+    for name, kw in cases:
+        W.run("grpo_step", name, lambda name=name, kw=kw: run_grpo_step(W, seed, name, **kw))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+
+GENERATORS = dict(grpo_matrix=gen_grpo_matrix, online_dpo=gen_online_dpo, grpo_step=gen_grpo_step)
 
 
 def main():

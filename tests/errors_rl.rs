@@ -779,8 +779,35 @@ fn ppo_update_bad_inputs() {
         },
         "epochs"
     );
+    // Issue 23: target_kl with a loss that reports no approx_kl would do nothing.
+    let grpo = GrpoLossConfig::new().init();
+    let model = Lin {
+        w: Param::from_tensor(Tensor::zeros([1, 1], &device)),
+    };
+    let mut optim = SgdConfig::new().init();
+    bad!(
+        n,
+        try_ppo_update(
+            model,
+            &mut optim,
+            &c().with_target_kl(Some(0.01)),
+            &rollout(4, 3),
+            &grpo,
+            |m: &Lin, batch| {
+                let b = batch.mask.dims()[0];
+                PolicyOutput::new(m.w.val().reshape([1, 1]).expand([b, 3]))
+            }
+        )
+        .map(|_| ())
+        .map_err(|e| e.error),
+        Error::Conflict {
+            field: "target_kl",
+            ..
+        },
+        "target_kl"
+    );
     println!("ppo_update: {n} bad-input cases");
-    assert_eq!(n, 10);
+    assert_eq!(n, 11);
 }
 
 #[test]

@@ -715,3 +715,137 @@ fn generate_try_forms_name_their_argument() {
             .all(|x| x.is_finite())
     );
 }
+
+/// Flattened parameters of a module (host copy).
+fn params(model: &MeanLm) -> Vec<f64> {
+    let mut out = host(model.emb.weight.val());
+    out.extend(host(model.head.weight.val()));
+    out
+}
+
+/// Issue 23: `GrpoStep` runs through the update loop: micro-batches and minibatch splits sum
+/// to the same update as one whole batch (each loss type keeps its aggregation), every loss
+/// type runs (TRL's default `dapo` included), entropies are computed (`entropy_coef` works),
+/// and `mask_truncated_completions` leaves rows without a stop token out of the loss.
+#[test]
+fn grpo_step_micro_batches_loss_types_and_truncation_mask() {
+    use burn::optim::SgdConfig;
+    use burn_rlhf::generate::{GrpoStepConfig, RewardFunctions};
+    use burn_rlhf::rl::{GrpoLossConfig, GrpoLossType};
+    let device = Device::flex().autodiff();
+    let policy = MeanLm::new(&device);
+    let reference = policy.clone();
+    let sampler = SamplerConfig::new()
+        .with_max_new_tokens(5)
+        .with_num_generations(4)
+        .with_eos_token_ids(vec![7])
+        .init();
+    let prompts = Prompts::left_padded(&[vec![1, 2, 3], vec![4], vec![5, 6]], 0, &device);
+    let generation = sampler.sample(&policy.valid(), &prompts, 3);
+    let rewards = RewardFunctions::new().with("ones", 1.0, |c| {
+        Some(c.completion.iter().filter(|&&t| t == 1).count() as f64)
+    });
+    let scores = rewards.score_all(&generation);
+    let run = |config: GrpoStepConfig| {
+        let mut optim = SgdConfig::new().init();
+        let out = config
+            .init()
+            .try_step(policy.clone(), &reference, &mut optim, &generation, &scores)
+            .unwrap();
+        (params(&out.policy), out.metrics, out.optimizer_steps)
+    };
+    let before = params(&policy);
+    for loss_type in [
+        GrpoLossType::Dapo,
+        GrpoLossType::Grpo,
+        GrpoLossType::DrGrpo,
+        GrpoLossType::Bnpo,
+        GrpoLossType::Luspo,
+        GrpoLossType::Sapo,
+        GrpoLossType::Cispo,
+        GrpoLossType::Vespo,
+    ] {
+        let config = GrpoStepConfig::new(
+            GrpoLossConfig::new()
+                .with_loss_type(loss_type)
+                .with_beta(0.04)
+                .with_entropy_coef(0.01),
+        )
+        .with_learning_rate(0.5)
+        .with_max_grad_norm(None);
+        let (whole, metrics, steps) = run(config.clone());
+        assert_eq!(steps, 1);
+        assert!(metrics.contains_key("entropy") && metrics.contains_key("kl"));
+        let moved = whole
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            moved > 1e-6,
+            "{loss_type:?}: the step must change the policy"
+        );
+        for micro in [2, 3, 6] {
+            let (split, _, _) = run(config.clone().with_gradient_accumulation_steps(micro));
+            let diff = whole
+                .iter()
+                .zip(&split)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                diff < 1e-6 * moved.max(1e-3) * 10.0,
+                "{loss_type:?}: {micro} micro-batches differ by {diff} (update {moved})"
+            );
+        }
+    }
+    // Two optimizer steps per pass over the generation, two passes.
+    let (_, _, steps) = run(GrpoStepConfig::new(GrpoLossConfig::new())
+        .with_steps_per_generation(2)
+        .with_num_iterations(2));
+    assert_eq!(steps, 4);
+    // Every row truncated (no stop token can appear: EOS 7 is suppressed): with
+    // mask_truncated_completions nothing is left in the loss and the policy does not move.
+    let no_eos = SamplerConfig::new()
+        .with_max_new_tokens(4)
+        .with_num_generations(2)
+        .with_eos_token_ids(vec![7])
+        .with_suppress_token_ids(vec![7])
+        .init()
+        .sample(&policy.valid(), &prompts, 5);
+    // A reward that differs within each group, so the rows have non-zero advantages.
+    let sums =
+        RewardFunctions::new().with(
+            "sum",
+            1.0,
+            |c| Some(c.completion.iter().sum::<i64>() as f64),
+        );
+    let scores = sums.score_all(&no_eos);
+    let moved = |p: &[f64]| {
+        p.iter()
+            .zip(&before)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max)
+    };
+    let step = |mask_truncated: bool| {
+        let config = GrpoStepConfig::new(GrpoLossConfig::new().with_beta(0.04))
+            .with_learning_rate(0.5)
+            .with_mask_truncated_completions(mask_truncated);
+        let mut optim = SgdConfig::new().init();
+        config
+            .init()
+            .try_step(policy.clone(), &reference, &mut optim, &no_eos, &scores)
+            .unwrap()
+    };
+    let trained = moved(&params(&step(false).policy));
+    assert!(
+        trained > 1e-4,
+        "without the flag the truncated rows train ({trained})"
+    );
+    let out = step(true);
+    assert_eq!(
+        moved(&params(&out.policy)),
+        0.0,
+        "masked rows give no gradient"
+    );
+    assert_eq!(out.metrics["completions/clipped_ratio"], 1.0);
+}

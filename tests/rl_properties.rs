@@ -18,6 +18,7 @@ use burn_rlhf::rl::{
 };
 use proptest::prelude::*;
 use rng::Rng;
+use std::collections::BTreeMap;
 
 fn dev() -> Device {
     Device::flex().autodiff()
@@ -282,7 +283,7 @@ fn ppo_update_gradient_accumulation_is_exact() {
     );
     let rollout = Rollout::new(rows, mask(mask_v, [b, t]), t2(old, [b, t]), t2(adv, [b, t]));
     let loss = PpoLossConfig::new().init();
-    let run = |gas: usize| -> Vec<f64> {
+    let run = |gas: usize| -> (Vec<f64>, BTreeMap<String, f64>) {
         let model = Linear1 {
             w: Param::from_tensor(t2(w0.clone(), [f, 1])),
         };
@@ -314,17 +315,51 @@ fn ppo_update_gradient_accumulation_is_exact() {
             },
         );
         assert_eq!(stats.optimizer_steps, 1);
-        host(model.w.val())
+        (host(model.w.val()), stats.metrics)
     };
-    let base = run(1);
+    let (base, base_metrics) = run(1);
     for gas in [2, 4] {
-        let other = run(gas);
+        let (other, metrics) = run(gas);
         for (a, e) in other.iter().zip(&base) {
             assert!(close(*a, *e, 1e-12), "gas {gas}: {a} vs {e}");
+        }
+        // Issue 23: the reported loss terms are the minibatch's values (the sum of the
+        // micro-batch shares), not a share divided by the number of micro-batches.
+        for key in ["loss", "policy_loss"] {
+            assert!(
+                close(metrics[key], base_metrics[key], 1e-12),
+                "gas {gas}: {key} {} vs {}",
+                metrics[key],
+                base_metrics[key]
+            );
         }
     }
     assert!(
         base.iter().zip(&w0).any(|(a, b)| (a - b).abs() > 1e-6),
         "the step moved the weights"
     );
+}
+
+/// Issue 23: the gradient norm of f16 gradients is accumulated in f32 (torch's
+/// `vector_norm`): a norm of 600 (squares up to 3.6e5, past f16's 65504) is finite and right.
+#[test]
+fn clip_grad_norm_of_f16_gradients_does_not_overflow() {
+    use burn::optim::GradientsParams;
+    use burn_rlhf::rl::clip_grad_norm;
+    let device = dev().autodiff();
+    let model = Linear1 {
+        w: Param::from_tensor(Tensor::<2>::from_data(
+            TensorData::new(vec![0.0f32; 4], [4, 1]),
+            (&device, DType::F16),
+        )),
+    };
+    // loss = sum(w * c) with c = 300: each gradient entry is 300, the norm 600.
+    let c = Tensor::<2>::from_data(
+        TensorData::new(vec![300.0f32; 4], [4, 1]),
+        (&device, DType::F16),
+    );
+    let loss = (model.w.val() * c).sum();
+    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+    let norm = clip_grad_norm(&model, &mut grads, 1.0);
+    assert!((norm - 600.0).abs() < 1.0, "norm {norm}");
 }

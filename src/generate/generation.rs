@@ -38,6 +38,9 @@ pub struct Generation {
     pub num_generations: usize,
     /// The temperature of [`logps`](Self::logps).
     pub logps_temperature: f64,
+    /// The sampler's `max_new_tokens` (the length bound of every completion; `C` is smaller
+    /// when every row stopped early). Dr. GRPO normalizes by it.
+    pub max_new_tokens: usize,
 }
 
 impl Generation {
@@ -114,6 +117,7 @@ impl Generation {
             finished: self.finished.clone().int().select(0, idx).equal_elem(1),
             num_generations: 1,
             logps_temperature: self.logps_temperature,
+            max_new_tokens: self.max_new_tokens,
         })
     }
 
@@ -166,10 +170,7 @@ impl Generation {
         model: &M,
         temperature: f64,
     ) -> GatheredLogprobs {
-        let [_, p] = self.prompt_ids.dims();
-        let [_, c] = self.completion_ids.dims();
-        let logits = model.logits(self.ids(), self.attention_mask());
-        let logits = logits.narrow(1, p - 1, c);
+        let logits = self.completion_logits(model, self.ids(), self.attention_mask());
         let device = logits.device();
         TokenLogprobsConfig::new(LabelAlignment::Aligned)
             .with_temperature(temperature)
@@ -182,11 +183,28 @@ impl Generation {
             )
     }
 
+    /// The logits that score the completion tokens of `ids` (prompt + completion rows laid
+    /// out as [`ids`](Self::ids), any subset of rows): `[rows, C, V]`, position `j` predicting
+    /// completion token `j`. One full forward.
+    pub(crate) fn completion_logits<M: CausalLm + ?Sized>(
+        &self,
+        model: &M,
+        ids: Tensor<2, Int>,
+        attention_mask: Tensor<2, Bool>,
+    ) -> Tensor<3> {
+        let [_, p] = self.prompt_ids.dims();
+        let [_, c] = self.completion_ids.dims();
+        model.logits(ids, attention_mask).narrow(1, p - 1, c)
+    }
+
     /// A [`Rollout`] for [`ppo_update`](crate::rl::ppo_update) with one advantage per row:
-    /// tokens = prompt + completion `[R, P + C]`, mask = completion mask, old log-probs =
-    /// [`logps`](Self::logps), sampling log-probs = [`sampling_logps`](Self::sampling_logps)
-    /// (GRPO's off-policy mask; add `with_truncated_importance_sampling(cap)` for the
-    /// importance-sampling correction and `with_ref_logprobs` for the KL term).
+    /// tokens = prompt + completion `[R, P + C]` with their attention mask, mask = completion
+    /// mask, old log-probs = [`logps`](Self::logps) (the same full-vocabulary distribution a
+    /// forward of the policy recomputes, so the first ratio is 1). Add `with_ref_logprobs` for
+    /// the KL term. No sampling log-probs and no importance weight are set: with the crate's
+    /// in-process sampler there is no sampler / trainer mismatch to correct, and
+    /// [`sampling_logps`](Self::sampling_logps) (the truncated distribution) differ from
+    /// `logps` by the truncated mass, not by off-policyness.
     ///
     /// # Shapes
     /// - advantages: `[R]`
@@ -208,7 +226,7 @@ impl Generation {
             self.logps.clone(),
             advantages.reshape([r, 1]),
         )
-        .with_sampling_logprobs(self.sampling_logps.clone()))
+        .with_attention_mask(self.attention_mask()))
     }
 
     crate::error::panicking! {

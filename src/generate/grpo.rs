@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::ModuleOptimizer;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -12,10 +12,11 @@ use super::generation::Generation;
 use super::model::CausalLm;
 use super::scoring::Scores;
 use crate::error::{Error, check_positive};
+use crate::logprobs::{LabelAlignment, TokenLogprobsConfig};
 use crate::reduce::masked_row_sum;
 use crate::rl::{
-    GroupAdvantageConfig, GrpoLoss, GrpoLossConfig, GrpoLossInput, RlooAdvantageConfig,
-    ScaleRewards,
+    GroupAdvantageConfig, GrpoLoss, GrpoLossConfig, PolicyOutput, PpoStepConfig,
+    RlooAdvantageConfig, Rollout, RolloutBatch, ScaleRewards, StepError, try_ppo_update,
 };
 
 /// How advantages are computed from a prompt's group of rewards.
@@ -30,10 +31,22 @@ pub enum AdvantageEstimator {
 }
 
 /// Configuration of [`GrpoStep`] (TRL `GRPOConfig` names).
+///
+/// One [`GrpoStep::step`] is TRL's loop over one generation batch: `num_iterations` passes
+/// over `steps_per_generation` shuffled minibatches (one optimizer step each), each minibatch
+/// split into `gradient_accumulation_steps` micro-batches, through
+/// [`ppo_update`](crate::rl::ppo_update). Each loss type keeps TRL's aggregation over the
+/// minibatch (`dapo` / `bnpo` / `cispo` / `vespo`: its completion tokens; `grpo` / `sapo`: the
+/// mean of per-sequence means; `dr_grpo`: `B x max_new_tokens`; `luspo`: `B`), normalized by
+/// the minibatch's counts so that the micro-batch gradients sum to the minibatch gradient
+/// exactly.
 #[derive(Config, Debug)]
 pub struct GrpoStepConfig {
     /// The GRPO loss (`beta`, `epsilon`, `loss_type`, ...). `beta != 0` makes the step
-    /// compute reference log-probs.
+    /// compute reference log-probs. Its `max_completion_length` is replaced by the
+    /// generation's `max_new_tokens` (Dr. GRPO's `L`), and its TRL accumulation constants
+    /// (`gradient_accumulation_steps`, `steps_per_generation`, `num_processes`) are not read:
+    /// the step normalizes each minibatch exactly.
     pub loss: GrpoLossConfig,
     /// Advantage estimator. Default [`AdvantageEstimator::Grpo`].
     #[config(default = "AdvantageEstimator::Grpo")]
@@ -44,27 +57,49 @@ pub struct GrpoStepConfig {
     /// Learning rate. Default 1e-6 (TRL).
     #[config(default = 1e-6)]
     pub learning_rate: f64,
-    /// Optimizer steps on the same generation (TRL `num_iterations`, mu). Default 1.
+    /// Passes over the generation batch (TRL `num_iterations`, mu). Default 1.
     #[config(default = 1)]
     pub num_iterations: usize,
-    /// Truncated importance sampling between the sampler and the policy (TRL
-    /// `vllm_importance_sampling_correction` in its `token_truncate` mode, the original TIS):
-    /// each token's loss is weighted by `min(exp(logps - sampling_logps), cap)`, correcting for
-    /// top-k/top-p/min-p truncation. `None` = off. Default `Some(2.0)` (TIS; recent TRL
-    /// defaults to a sequence-level mask with cap 3).
-    #[config(default = "Some(2.0)")]
-    pub importance_sampling_cap: Option<f64>,
+    /// Minibatches per pass, one optimizer step each (TRL `steps_per_generation`); must
+    /// divide the generated rows. Default 1.
+    #[config(default = 1)]
+    pub steps_per_generation: usize,
+    /// Micro-batches per minibatch (TRL `gradient_accumulation_steps`); must divide the
+    /// minibatch. Default 1.
+    #[config(default = 1)]
+    pub gradient_accumulation_steps: usize,
+    /// Clip the gradient's global L2 norm before each optimizer step (torch's rule,
+    /// [`clip_grad_norm_on_device`](crate::rl::clip_grad_norm_on_device)); `None` = off.
+    /// Default 1.0 (TRL `max_grad_norm`).
+    #[config(default = "Some(1.0)")]
+    pub max_grad_norm: Option<f64>,
+    /// Leave completions that hit `max_new_tokens` without a stop token out of the loss (TRL
+    /// `mask_truncated_completions`). Default false.
+    #[config(default = false)]
+    pub mask_truncated_completions: bool,
+    /// Seed of the minibatch shuffle (vary it per step). Default 0.
+    #[config(default = 0)]
+    pub seed: u64,
 }
 
 impl GrpoStepConfig {
     /// Validates and builds.
     pub fn try_init(&self) -> crate::Result<GrpoStep> {
         check_positive("learning_rate", self.learning_rate)?;
-        if self.num_iterations == 0 {
-            return Err(Error::config("num_iterations", "must be >= 1", 0));
+        for (field, value) in [
+            ("num_iterations", self.num_iterations),
+            ("steps_per_generation", self.steps_per_generation),
+            (
+                "gradient_accumulation_steps",
+                self.gradient_accumulation_steps,
+            ),
+        ] {
+            if value == 0 {
+                return Err(Error::config(field, "must be >= 1", 0));
+            }
         }
-        if let Some(cap) = self.importance_sampling_cap {
-            check_positive("importance_sampling_cap", cap)?;
+        if let Some(n) = self.max_grad_norm {
+            check_positive("max_grad_norm", n)?;
         }
         Ok(GrpoStep {
             config: self.clone(),
@@ -93,20 +128,34 @@ pub struct GrpoStepOutput<M> {
     /// The updated policy.
     pub policy: M,
     /// Advantage metrics (`reward`, `reward_std`, `frac_reward_zero_std`,
-    /// `rewards/<name>/mean|std`), the loss's metrics of the first iteration (`kl`,
-    /// `clip_ratio/...`, ...), `loss` (mean over iterations), `completions/mean_length`,
-    /// `completions/clipped_ratio` (TRL names).
+    /// `rewards/<name>/mean|std`), the loss's metrics (`kl`, `entropy`, `clip_ratio/...`, ...)
+    /// averaged over micro-batches, `loss` (each minibatch's value, averaged), `grad_norm`
+    /// (before clipping), `completions/mean_length`, `completions/clipped_ratio` (TRL names).
     pub metrics: BTreeMap<String, f64>,
+    /// Optimizer steps taken (`num_iterations x steps_per_generation`).
+    pub optimizer_steps: usize,
 }
 
 impl GrpoStep {
+    /// The configuration.
+    pub fn config(&self) -> &GrpoStepConfig {
+        &self.config
+    }
+
     /// One update. `generation` comes from [`Sampler`](super::Sampler) (its groups of
     /// `num_generations` rows are the GRPO groups); `scores` from
     /// [`RewardFunctions::score_all`](super::RewardFunctions::score_all) on it. Old log-probs
-    /// are the generation's [`logps`](Generation::logps), the off-policy mask and the
-    /// truncated-importance weight use its [`sampling_logps`](Generation::sampling_logps).
+    /// are the generation's [`logps`](Generation::logps) (the full-vocabulary distribution at
+    /// the sampling temperature, which the policy's forward recomputes: the first ratio is 1);
+    /// the off-policy mask compares the current log-probs with those same old log-probs. No
+    /// importance weight is applied: the sampler runs in-process. Each forward also computes
+    /// the per-token entropies (the `entropy` metric, `entropy_coef`,
+    /// `top_entropy_quantile`).
     ///
-    /// Errors: scores not one row per generated row, or those of the advantage and loss.
+    /// Errors: scores not one row per generated row, rows that do not split into
+    /// `steps_per_generation x gradient_accumulation_steps` equal parts, or those of the
+    /// advantage and loss (the policy is then lost: use [`try_update`](Self::try_update) to
+    /// get it back).
     pub fn try_step<M: CausalLm + Module>(
         &self,
         policy: M,
@@ -115,6 +164,69 @@ impl GrpoStep {
         generation: &Generation,
         scores: &Scores,
     ) -> crate::Result<GrpoStepOutput<M>> {
+        self.try_update(policy, reference, optim, generation, scores)
+            .map_err(|e| e.error)
+    }
+
+    /// As [`try_step`](Self::try_step), handing the policy back on an error
+    /// ([`StepError`]: unchanged when the inputs are invalid, after the optimizer steps already
+    /// taken when a later minibatch fails).
+    pub fn try_update<M: CausalLm + Module>(
+        &self,
+        policy: M,
+        reference: &M,
+        optim: &mut ModuleOptimizer,
+        generation: &Generation,
+        scores: &Scores,
+    ) -> Result<GrpoStepOutput<M>, StepError<M>> {
+        let fail = |model: M, error: Error| StepError {
+            model,
+            error,
+            optimizer_steps: 0,
+        };
+        let prepared = match self.prepare(reference, generation, scores) {
+            Ok(p) => p,
+            Err(e) => return Err(fail(policy, e)),
+        };
+        let Prepared {
+            rollout,
+            loss,
+            metrics,
+        } = prepared;
+        let c = &self.config;
+        let step = PpoStepConfig::new()
+            .with_epochs(c.num_iterations)
+            .with_num_minibatches(c.steps_per_generation)
+            .with_gradient_accumulation_steps(c.gradient_accumulation_steps)
+            .with_learning_rate(c.learning_rate)
+            .with_max_grad_norm(c.max_grad_norm)
+            .with_seed(c.seed);
+        let temperature = generation.logps_temperature;
+        let (policy, stats) =
+            try_ppo_update(policy, optim, &step, &rollout, &loss, |model, batch| {
+                let mask = batch
+                    .attention_mask
+                    .clone()
+                    .expect("the step's rollout has an attention mask");
+                let logits = generation.completion_logits(model, batch.tokens.clone(), mask);
+                policy_output(logits, batch, temperature)
+            })?;
+        let mut host = metrics.to_host();
+        host.extend(stats.metrics);
+        Ok(GrpoStepOutput {
+            policy,
+            metrics: host,
+            optimizer_steps: stats.optimizer_steps,
+        })
+    }
+
+    /// Advantages, the rollout and the loss of one step; the step's own metrics.
+    fn prepare<M: CausalLm + Module>(
+        &self,
+        reference: &M,
+        generation: &Generation,
+        scores: &Scores,
+    ) -> crate::Result<Prepared> {
         let c = &self.config;
         let r = generation.len();
         if scores.per_function.len() != r {
@@ -127,7 +239,12 @@ impl GrpoStep {
         let device = generation.logps.device();
         let rewards = scores.rewards_per_func(&device);
         let n = generation.num_generations;
-        let mask = generation.completion_mask.clone();
+        let mut mask = generation.completion_mask.clone();
+        if c.mask_truncated_completions {
+            let [_, width] = mask.dims();
+            let finished = generation.finished.clone().unsqueeze_dim::<2>(1);
+            mask = mask.bool_and(finished.expand([r, width]));
+        }
         let advantages = match c.advantage_estimator {
             AdvantageEstimator::Grpo => GroupAdvantageConfig::new()
                 .with_num_generations(n)
@@ -147,53 +264,32 @@ impl GrpoStep {
         };
         // Every metric stays on the device; one read at the end of the step.
         let mut metrics = advantages.metrics.clone();
-        let lengths = masked_row_sum(mask.clone().int().float(), mask.clone());
+        let completion = generation.completion_mask.clone();
+        let lengths = masked_row_sum(completion.clone().int().float(), completion);
         metrics.insert("completions/mean_length", lengths.mean());
         let unfinished = generation.finished.clone().bool_not().int().float();
         metrics.insert(
             "completions/clipped_ratio",
             unfinished.sum().div_scalar(r as f64),
         );
-        let temperature = generation.logps_temperature;
-        let ref_logps = (self.loss.config().beta != 0.0)
-            .then(|| generation.completion_logps(reference, temperature).logprobs);
-        let ratio = c.importance_sampling_cap.map(|cap| {
-            (generation.logps.clone() - generation.sampling_logps.clone())
-                .exp()
-                .clamp_max(cap)
-        });
-        let mut policy = policy;
-        let mut loss_sum: Option<Tensor<1>> = None;
-        for iteration in 0..c.num_iterations {
-            let tokens = generation.completion_logps(&policy, temperature);
-            let mut input =
-                GrpoLossInput::new(tokens.logprobs, tokens.mask, advantages.advantages.clone())
-                    .with_old_logprobs(generation.logps.clone())
-                    .with_sampling_logprobs(generation.sampling_logps.clone());
-            if let Some(x) = &ref_logps {
-                input = input.with_ref_logprobs(x.clone());
-            }
-            if let Some(x) = &ratio {
-                input = input.with_importance_sampling_ratio(x.clone());
-            }
-            let out = self.loss.try_forward(input)?;
-            if iteration == 0 {
-                metrics.extend_prefixed("", out.metrics.clone());
-            }
-            let loss = out.loss.clone().detach();
-            loss_sum = Some(match loss_sum.take() {
-                Some(total) => total + loss,
-                None => loss,
-            });
-            let grads = GradientsParams::from_grads(out.loss.backward(), &policy);
-            policy = optim.step(c.learning_rate, policy, grads);
+        let mut rollout = generation.try_rollout(advantages.advantages.reshape([r]))?;
+        rollout.mask = mask;
+        if self.loss.config().beta != 0.0 {
+            let reference = generation
+                .completion_logps(reference, generation.logps_temperature)
+                .logprobs;
+            rollout = rollout.with_ref_logprobs(reference);
         }
-        if let Some(total) = loss_sum {
-            metrics.insert("loss", total.div_scalar(c.num_iterations as f64));
-        }
-        Ok(GrpoStepOutput {
-            policy,
-            metrics: metrics.to_host(),
+        let loss = self
+            .loss
+            .config()
+            .clone()
+            .with_max_completion_length(generation.max_new_tokens)
+            .try_init()?;
+        Ok(Prepared {
+            rollout,
+            loss,
+            metrics,
         })
     }
 
@@ -208,4 +304,26 @@ impl GrpoStep {
             scores: &Scores,
         ) -> GrpoStepOutput<M> = try_step;
     }
+}
+
+/// What [`GrpoStep::prepare`] hands to the update.
+struct Prepared {
+    rollout: Rollout,
+    loss: GrpoLoss,
+    metrics: crate::losses::Metrics,
+}
+
+/// The policy's completion log-probs (and entropies) for a batch of the step's rollout, at the
+/// sampling temperature.
+fn policy_output(logits: Tensor<3>, batch: &RolloutBatch, temperature: f64) -> PolicyOutput {
+    let [_, c, _] = logits.dims();
+    let [_, s] = batch.tokens.dims();
+    let completion_ids = batch.tokens.clone().narrow(1, s - c, c);
+    let logps = TokenLogprobsConfig::new(LabelAlignment::Aligned)
+        .with_temperature(temperature)
+        .init()
+        .forward_masked(logits.clone(), completion_ids, batch.mask.clone());
+    let entropy = crate::logprobs::token_entropy(logits, temperature)
+        .expect("the sampling temperature is > 0 (validated by the sampler)");
+    PolicyOutput::new(logps.logprobs).with_entropy(entropy)
 }

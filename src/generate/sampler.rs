@@ -389,6 +389,7 @@ impl Sampler {
             finished: done,
             num_generations: n,
             logps_temperature,
+            max_new_tokens: c.max_new_tokens,
         })
     }
 }

@@ -457,7 +457,86 @@ pub fn grpo_compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
             .unwrap_or_else(|| vec![0.0; want.values.len()]);
         check("grad_entropies", &got, &want.values, dev)?;
     }
+    if case.folder == "grpo_step" {
+        for micro_batches in [1, 2, 4] {
+            grpo_through_update(case, dev, &loss, micro_batches)
+                .map_err(|e| format!("ppo_update with {micro_batches} micro-batches: {e}"))?;
+        }
+    }
     Ok(())
+}
+
+/// The per-token log-probs of a `grpo_step/` case as a module parameter, so that
+/// [`ppo_update`](burn_rlhf::rl::ppo_update) can drive it: the closure returns the rows of
+/// the minibatch (`tokens` holds each row's index).
+#[derive(burn::module::Module, Debug)]
+struct LogpsTable {
+    logps: burn::module::Param<Tensor<2>>,
+}
+
+/// A `grpo_step/` case (TRL with gradient accumulation 1, steps per generation 1: one
+/// optimizer step over the whole batch) through `ppo_update` with `micro_batches`
+/// micro-batches of one minibatch: the loss (the sum of the micro-batch shares) and the
+/// gradient (the parameter change of one SGD step with learning rate 1, no clipping) equal
+/// TRL's.
+fn grpo_through_update(
+    case: &Case,
+    dev: &TestDevice,
+    loss: &burn_rlhf::rl::GrpoLoss,
+    micro_batches: usize,
+) -> Result<(), String> {
+    use burn::optim::SgdConfig;
+    use burn_rlhf::rl::{PolicyOutput, PpoStepConfig, Rollout, try_ppo_update};
+    let device = dev.autodiff();
+    let logps = t2(&case.input("per_token_logps"), dev, &device);
+    let [b, _] = logps.dims();
+    let entropies = t2(&case.input("entropies"), dev, &device);
+    let mask = mask2(&case.input("completion_mask"), &device);
+    let adv = case.input("advantages");
+    let advantages = tensor::<1>(adv.values.clone(), [b], dev, &device).reshape([b, 1]);
+    let old = case
+        .input_opt("old_per_token_logps")
+        .map(|a| t2(&a, dev, &device))
+        .unwrap_or_else(|| logps.clone());
+    let rows = int_tensor::<2>((0..b as i64).collect(), [b, 1], &device);
+    let mut rollout = Rollout::new(rows, mask, old, advantages);
+    if let Some(a) = case.input_opt("ref_per_token_logps") {
+        rollout = rollout.with_ref_logprobs(t2(&a, dev, &device));
+    }
+    let table = LogpsTable {
+        logps: burn::module::Param::from_tensor(logps.clone()),
+    };
+    let config = PpoStepConfig::new()
+        .with_epochs(1)
+        .with_num_minibatches(1)
+        .with_gradient_accumulation_steps(micro_batches)
+        .with_learning_rate(1.0)
+        .with_max_grad_norm(None);
+    let mut optim = SgdConfig::new().init();
+    let (table, stats) = try_ppo_update(table, &mut optim, &config, &rollout, loss, |m, batch| {
+        let n = batch.len();
+        let index = batch.tokens.clone().reshape([n]);
+        PolicyOutput::new(m.logps.val().select(0, index.clone()))
+            .with_entropy(entropies.clone().select(0, index))
+    })
+    .map_err(|e| e.to_string())?;
+    check(
+        "loss",
+        &[stats.metrics["loss"]],
+        &[scalar(case, "loss")],
+        dev,
+    )?;
+    let grad: Vec<f64> = to_vec(logps)
+        .iter()
+        .zip(to_vec(table.logps.val()))
+        .map(|(before, after)| before - after)
+        .collect();
+    check(
+        "grad_per_token_logps",
+        &grad,
+        &case.expect("grad_per_token_logps").values,
+        dev,
+    )
 }
 
 /// `RLOOTrainer._compute_loss`.

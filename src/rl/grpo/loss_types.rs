@@ -100,6 +100,25 @@ impl GrpoLossType {
         })
     }
 
+    /// The normalizer of one optimizer step over `rows` sequences holding `tokens` valid
+    /// tokens, for an update loop that sums micro-batch losses
+    /// ([`ppo_update`](crate::rl::ppo_update)): TRL's aggregation of this loss type with one
+    /// micro-batch per step (`gradient_accumulation_steps = steps_per_generation = 1`), written
+    /// so that each micro-batch's share adds up exactly. `dapo`, `bnpo`, `cispo`, `vespo`:
+    /// the step's token count; `grpo`, `sapo`: the mean over sequences of per-sequence
+    /// means; `dr_grpo`: `rows x max_completion_length`; `luspo`: `rows`.
+    pub(crate) fn step_normalizer(self, c: &GrpoLossConfig, tokens: f64, rows: f64) -> Normalizer {
+        let rows = rows.max(1.0);
+        match self {
+            GrpoLossType::Grpo | GrpoLossType::Sapo => Normalizer::GlobalSequences(rows),
+            GrpoLossType::DrGrpo => Normalizer::Constant(rows * c.max_completion_length as f64),
+            GrpoLossType::Luspo => Normalizer::Constant(rows),
+            GrpoLossType::Dapo | GrpoLossType::Bnpo | GrpoLossType::Cispo | GrpoLossType::Vespo => {
+                Normalizer::GlobalTokens(tokens.max(1.0))
+            }
+        }
+    }
+
     /// The clip metrics this type logs (TRL names): `clip_ratio/*` for the clipped types,
     /// `cispo_clip_ratio` for CISPO, none for SAPO / VESPO.
     pub(super) fn clip_metrics(

@@ -28,7 +28,12 @@ struct GradSquaredNorm<'a> {
 impl ModuleVisitor for GradSquaredNorm<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.get::<D>(param.id) {
-            let s = g.square().sum().cast(burn::tensor::FloatDType::F32);
+            // f16 / bf16 gradients are squared and summed in f32 (as torch's `vector_norm`
+            // accumulates): in f16 the square overflows once the norm passes 256.
+            let s = crate::precision::upcast_half(g)
+                .square()
+                .sum()
+                .cast(burn::tensor::FloatDType::F32);
             self.total = Some(match self.total.take() {
                 Some(t) => t + s,
                 None => s,

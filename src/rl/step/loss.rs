@@ -15,6 +15,10 @@ pub trait StepLoss {
         let _ = rows;
         Normalizer::GlobalTokens(tokens.max(1.0))
     }
+    /// Whether the loss reports `approx_kl` (needed by [`PpoStepConfig::target_kl`](super::PpoStepConfig::target_kl)).
+    fn reports_approx_kl(&self) -> bool {
+        false
+    }
     /// The loss of one micro-batch.
     fn step_loss(
         &self,
@@ -25,6 +29,9 @@ pub trait StepLoss {
 }
 
 impl StepLoss for PpoLoss {
+    fn reports_approx_kl(&self) -> bool {
+        true
+    }
     fn step_loss(
         &self,
         batch: &RolloutBatch,
@@ -48,6 +55,14 @@ impl StepLoss for PpoLoss {
 }
 
 impl StepLoss for GrpoLoss {
+    /// Each loss type's own aggregation over the minibatch
+    /// ([`GrpoLossType`](crate::rl::GrpoLossType): `grpo` / `sapo` per-sequence means, `dr_grpo`
+    /// `rows x max_completion_length`, `luspo` `rows`, the others the token count), not a
+    /// token mean for all of them.
+    fn normalizer(&self, tokens: f64, rows: f64) -> Normalizer {
+        let c = self.config();
+        c.loss_type.step_normalizer(c, tokens, rows)
+    }
     fn step_loss(
         &self,
         batch: &RolloutBatch,

@@ -53,7 +53,9 @@ pub struct PpoStepConfig {
     /// (burn's `GradientClippingConfig` on the optimizer clips per parameter instead.)
     #[config(default = "Some(1.0)")]
     pub max_grad_norm: Option<f64>,
-    /// Stop the update once a minibatch's mean `approx_kl` exceeds this; `None` = off.
+    /// Stop the update once a minibatch's mean `approx_kl` exceeds this; `None` = off. Only
+    /// [`PpoLoss`](crate::rl::PpoLoss) reports `approx_kl`: with a GRPO or RLOO loss a
+    /// `target_kl` is an [`Error::Conflict`] (it would do nothing).
     pub target_kl: Option<f64>,
     /// Seed of the minibatch shuffle (xorshift). Vary it per update (e.g. the step index).
     #[config(default = 0)]
@@ -91,8 +93,10 @@ impl PpoStepConfig {
 /// Averages and counters of one [`ppo_update`].
 #[derive(Debug, Clone, Default)]
 pub struct StepStats {
-    /// Every loss metric plus `loss` and `grad_norm` (pre-clip), averaged over micro-batches
-    /// (`grad_norm` over optimizer steps).
+    /// Every loss metric plus `loss` and `grad_norm` (pre-clip): `loss`, `policy_loss` and
+    /// `value_loss` are each minibatch's value (the sum of its micro-batch shares) averaged
+    /// over minibatches; the other metrics are averaged over micro-batches, `grad_norm` over
+    /// optimizer steps.
     pub metrics: BTreeMap<String, f64>,
     /// Optimizer steps taken.
     pub optimizer_steps: usize,
@@ -193,6 +197,10 @@ where
     }
 }
 
+/// Loss terms reduced with the minibatch's normalizer: each micro-batch holds a share, and
+/// the shares add up to the minibatch's value (reported as such, like `loss`).
+const SUMMED_METRICS: [&str; 2] = ["policy_loss", "value_loss"];
+
 /// The update on a model held in `slot` (taken out only for the optimizer step, which cannot
 /// fail), so every error leaves the current model in place.
 fn update_in_place<M, L, F>(
@@ -211,6 +219,15 @@ where
 {
     rollout.validate()?;
     config.validate()?;
+    if config.target_kl.is_some() && !loss.reports_approx_kl() {
+        return Err(Error::Conflict {
+            field: "target_kl",
+            other: "loss",
+            reason: "early stopping reads the loss's `approx_kl`, which only PpoLoss reports; \
+                     unset target_kl for GRPO / RLOO losses"
+                .into(),
+        });
+    }
     let b = rollout.len();
     let (mb, gas) = (config.num_minibatches, config.gradient_accumulation_steps);
     if config.epochs == 0
@@ -270,10 +287,14 @@ where
                 } = loss.step_loss(&batch, out, normalizer)?;
                 let grads = GradientsParams::from_grads(l.backward(), model);
                 accumulator.accumulate(model, grads);
-                // The micro-batch losses sum to the minibatch loss; log that sum's average.
+                // The micro-batch losses (and the loss terms reduced with the step's
+                // normalizer) sum to the minibatch's value; log that sum's average.
                 add("loss", l.mul_scalar(gas as f64));
                 for key in metrics.keys().map(str::to_string).collect::<Vec<_>>() {
-                    let v = metrics.get(&key).expect("listed key").clone();
+                    let mut v = metrics.get(&key).expect("listed key").clone();
+                    if SUMMED_METRICS.contains(&key.as_str()) {
+                        v = v.mul_scalar(gas as f64);
+                    }
                     if key == "approx_kl" {
                         let v = v.clone();
                         kl_sum = Some(match kl_sum.take() {

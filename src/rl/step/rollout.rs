@@ -26,10 +26,14 @@ pub struct Rollout {
     /// Log-probs under the distribution the tokens were sampled from `[B, T]` (a truncated
     /// top-k/top-p sampler, or a separate inference engine): GRPO's off-policy mask.
     pub sampling_logprobs: Option<Tensor<2>>,
-    /// Per-token importance-sampling correction `[B, T]` that multiplies GRPO's per-token loss
-    /// (TRL's `importance_sampling_ratio`); see
+    /// Importance-sampling correction `[B, T]` per token or `[B, 1]` per sequence that
+    /// multiplies GRPO's per-token loss (TRL's `importance_sampling_ratio`); see
     /// [`with_truncated_importance_sampling`](Self::with_truncated_importance_sampling).
     pub importance_sampling_ratio: Option<Tensor<2>>,
+    /// Attention mask of `tokens` `[B, S]` (left-padded prompts): what the model's forward
+    /// needs besides the ids ([`Generation::rollout`](crate::generate::Generation::rollout)
+    /// sets it).
+    pub attention_mask: Option<Tensor<2, Bool>>,
 }
 
 /// A row subset of a [`Rollout`] (same type).
@@ -57,7 +61,14 @@ impl Rollout {
             ref_logprobs: None,
             sampling_logprobs: None,
             importance_sampling_ratio: None,
+            attention_mask: None,
         }
+    }
+
+    /// Adds the attention mask of `tokens` (the forward of a left-padded batch needs it).
+    pub fn with_attention_mask(mut self, attention_mask: Tensor<2, Bool>) -> Self {
+        self.attention_mask = Some(crate::reduce::canonical_mask(attention_mask));
+        self
     }
 
     /// Adds the values at rollout time and the value targets (PPO with a value head).
@@ -163,13 +174,31 @@ impl Rollout {
             ("returns", &self.returns),
             ("ref_logprobs", &self.ref_logprobs),
             ("sampling_logprobs", &self.sampling_logprobs),
-            ("importance_sampling_ratio", &self.importance_sampling_ratio),
         ] {
             if let Some(x) = x {
                 check_same_shape(name, &x.dims(), &dims, "mask")?;
                 crate::error::check_dtype_like(name, x, "old_logprobs", &self.old_logprobs)?;
                 crate::error::check_finite(x, name)?;
             }
+        }
+        if let Some(x) = &self.importance_sampling_ratio {
+            if x.dims() != dims && x.dims() != [dims[0], 1] {
+                return Err(Error::shape(
+                    "importance_sampling_ratio",
+                    format!("{dims:?} (per token) or [{}, 1] (per sequence)", dims[0]),
+                    &x.dims(),
+                ));
+            }
+            crate::error::check_dtype_like(
+                "importance_sampling_ratio",
+                x,
+                "old_logprobs",
+                &self.old_logprobs,
+            )?;
+            crate::error::check_finite(x, "importance_sampling_ratio")?;
+        }
+        if let Some(m) = &self.attention_mask {
+            check_same_shape("attention_mask", &m.dims(), &self.tokens.dims(), "tokens")?;
         }
         crate::error::check_finite(&self.old_logprobs, "old_logprobs")?;
         crate::error::check_finite(&self.advantages, "advantages")?;
@@ -198,6 +227,10 @@ impl Rollout {
             ref_logprobs: self.ref_logprobs.as_ref().map(pick2),
             sampling_logprobs: self.sampling_logprobs.as_ref().map(pick2),
             importance_sampling_ratio: self.importance_sampling_ratio.as_ref().map(pick2),
+            attention_mask: self
+                .attention_mask
+                .as_ref()
+                .map(|m| m.clone().int().select(0, idx.clone()).equal_elem(1)),
         }
     }
 }
