@@ -1,6 +1,8 @@
 //! The sampler: statistics against the closed-form truncated distribution, exclusion,
 //! greedy, log-probs, stop ids, left padding, reproducibility, the KV-cache path.
 
+mod common;
+
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
@@ -676,6 +678,7 @@ fn generate_try_forms_name_their_argument() {
         top_k: None,
         top_p: 1.0,
         min_p: 0.0,
+        order: burn_rlhf::generate::TruncationOrder::Hf,
     };
     assert!(matches!(
         bad.try_apply(logits.clone()),
@@ -848,4 +851,216 @@ fn grpo_step_micro_batches_loss_types_and_truncation_mask() {
         "masked rows give no gradient"
     );
     assert_eq!(out.metrics["completions/clipped_ratio"], 1.0);
+}
+
+/// The kept set of one row on the host, in either order (a transcription of HF's warpers and
+/// of vLLM v1's sampler: min-p first, then top-k and top-p on what it kept).
+fn host_kept(x: &[f64], top_k: Option<usize>, top_p: f64, min_p: f64, vllm: bool) -> Vec<bool> {
+    let mut keep = vec![true; x.len()];
+    let probs = |keep: &[bool]| {
+        let m = x
+            .iter()
+            .zip(keep)
+            .filter(|(_, k)| **k)
+            .map(|(v, _)| *v)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = x
+            .iter()
+            .zip(keep)
+            .filter(|(_, k)| **k)
+            .map(|(v, _)| (v - m).exp())
+            .sum();
+        x.iter()
+            .zip(keep)
+            .map(|(v, k)| if *k { (v - m).exp() / z } else { 0.0 })
+            .collect::<Vec<f64>>()
+    };
+    let apply_top_k = |keep: &mut Vec<bool>| {
+        if let Some(k) = top_k {
+            let mut sorted: Vec<f64> = x
+                .iter()
+                .zip(keep.iter())
+                .filter(|(_, k)| **k)
+                .map(|(v, _)| *v)
+                .collect();
+            sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
+            if k < sorted.len() {
+                let kth = sorted[k - 1];
+                keep.iter_mut().zip(x).for_each(|(kp, v)| *kp &= *v >= kth);
+            }
+        }
+    };
+    let apply_top_p = |keep: &mut Vec<bool>| {
+        if top_p < 1.0 {
+            let p = probs(keep);
+            let mut order: Vec<usize> = (0..x.len()).filter(|&i| keep[i]).collect();
+            order.sort_by(|&a, &b| p[b].partial_cmp(&p[a]).unwrap());
+            let mut before = 0.0;
+            for &i in &order {
+                keep[i] &= before < top_p;
+                before += p[i];
+            }
+        }
+    };
+    let apply_min_p = |keep: &mut Vec<bool>| {
+        if min_p > 0.0 {
+            let p = probs(keep);
+            let max = p.iter().cloned().fold(0.0, f64::max);
+            keep.iter_mut()
+                .zip(&p)
+                .for_each(|(kp, v)| *kp &= *v >= min_p * max);
+        }
+    };
+    if vllm {
+        apply_min_p(&mut keep);
+        apply_top_k(&mut keep);
+        apply_top_p(&mut keep);
+    } else {
+        apply_top_k(&mut keep);
+        apply_top_p(&mut keep);
+        apply_min_p(&mut keep);
+    }
+    keep
+}
+
+/// Issue 23: both truncation orders against the host transcription, on 400 random rows; the
+/// two orders do differ when min-p and top-p are both set (so the option is not a no-op).
+#[test]
+fn truncation_orders_match_the_host_reference() {
+    use burn_rlhf::generate::{Truncation, TruncationOrder};
+    let device = Device::flex();
+    let (rows, v) = (400, 50);
+    let mut rng = common_rng(11);
+    let logits: Vec<f64> = (0..rows * v).map(|_| rng.normal() * 3.0).collect();
+    let t = Tensor::<2>::from_data(
+        TensorData::new(logits.clone(), [rows, v]),
+        (&device, burn::tensor::DType::F64),
+    );
+    let mut differing_orders = 0;
+    for (top_k, top_p, min_p) in [
+        (None, 0.9, 0.05),
+        (Some(20), 0.95, 0.1),
+        (Some(5), 1.0, 0.2),
+        (None, 0.7, 0.0),
+    ] {
+        let mut kept_by_order = Vec::new();
+        for order in [TruncationOrder::Hf, TruncationOrder::VllmV1] {
+            let trunc = Truncation {
+                temperature: 1.0,
+                top_k,
+                top_p,
+                min_p,
+                order,
+            };
+            let out = host(trunc.try_apply(t.clone()).unwrap());
+            let kept: Vec<bool> = out.iter().map(|x| x.is_finite()).collect();
+            let mut mismatched_rows = 0;
+            for r in 0..rows {
+                let want = host_kept(
+                    &logits[r * v..(r + 1) * v],
+                    top_k,
+                    top_p,
+                    min_p,
+                    order == TruncationOrder::VllmV1,
+                );
+                if want != kept[r * v..(r + 1) * v] {
+                    mismatched_rows += 1;
+                }
+            }
+            assert_eq!(
+                mismatched_rows, 0,
+                "{order:?} top_k {top_k:?} top_p {top_p} min_p {min_p}"
+            );
+            kept_by_order.push(kept);
+        }
+        differing_orders += (0..rows)
+            .filter(|&r| {
+                kept_by_order[0][r * v..(r + 1) * v] != kept_by_order[1][r * v..(r + 1) * v]
+            })
+            .count();
+    }
+    assert!(
+        differing_orders > 100,
+        "the orders differ on {differing_orders} rows"
+    );
+}
+
+/// The crate's shared seeded generator (tests/common).
+fn common_rng(seed: u64) -> common::Rng {
+    common::Rng(seed)
+}
+
+/// Issue 23: the draw is exact at a Qwen-sized vocabulary (V = 151,936) with a peaked
+/// distribution: bands of tokens of probability 1e-4 and 1e-6 (and 131,826 tokens of 7.6e-8)
+/// are drawn at their rates (chi-square over the bands), and many distinct rare tokens
+/// appear. Release builds only (it draws 2,000 tokens over the full vocabulary).
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "release only: 2,000 draws over V = 151,936"
+)]
+fn rare_tokens_are_drawn_at_their_rate_at_a_large_vocabulary() {
+    let device = Device::flex();
+    const BIG: usize = 10;
+    const BAND_A: usize = 100; // p = 1e-4 each, mass 0.01
+    const BAND_B: usize = 20_000; // p = 1e-6 each, mass 0.02
+    let v: usize = 151_936;
+    let rest = v - BIG - BAND_A - BAND_B;
+    let mut probs = vec![0.096; BIG];
+    probs.extend(std::iter::repeat_n(1e-4, BAND_A));
+    probs.extend(std::iter::repeat_n(1e-6, BAND_B));
+    probs.extend(std::iter::repeat_n(0.01 / rest as f64, rest));
+    let logits: Vec<f32> = probs.iter().map(|p| p.ln() as f32).collect();
+    struct Big(Vec<f32>);
+    impl CausalLm for Big {
+        fn logits(&self, ids: Tensor<2, Int>, _mask: Tensor<2, Bool>) -> Tensor<3> {
+            let [b, t] = ids.dims();
+            let v = self.0.len();
+            Tensor::<1>::from_data(TensorData::new(self.0.clone(), [v]), &ids.device())
+                .reshape([1, 1, v])
+                .expand([b, t, v])
+        }
+    }
+    let model = Big(logits);
+    let sampler = SamplerConfig::new()
+        .with_num_generations(200)
+        .with_max_new_tokens(1)
+        .init();
+    let prompts = Prompts::left_padded(&[vec![0]], 0, &device);
+    let mut counts = [0usize; 4];
+    let mut distinct_b = std::collections::BTreeSet::new();
+    for call in 0..10 {
+        let g = sampler.sample(&model, &prompts, 1000 + call);
+        for t in host_int(g.completion_ids) {
+            let t = t as usize;
+            let bin = if t < BIG {
+                0
+            } else if t < BIG + BAND_A {
+                1
+            } else if t < BIG + BAND_A + BAND_B {
+                distinct_b.insert(t);
+                2
+            } else {
+                3
+            };
+            counts[bin] += 1;
+        }
+    }
+    let draws = 2000.0;
+    let expected = [0.96 * draws, 0.01 * draws, 0.02 * draws, 0.01 * draws];
+    let stat: f64 = counts
+        .iter()
+        .zip(&expected)
+        .map(|(&n, &e)| (n as f64 - e).powi(2) / e)
+        .sum();
+    println!("bands {counts:?}, expected {expected:?}, chi2 {stat:.2} (df 3)");
+    assert!(
+        stat < CHI2_999[3],
+        "chi2 {stat}: {counts:?} vs {expected:?}"
+    );
+    assert!(
+        distinct_b.len() > 20,
+        "{} distinct 1e-6 tokens",
+        distinct_b.len()
+    );
 }

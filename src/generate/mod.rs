@@ -4,8 +4,9 @@
 //!
 //! 1. **Sample** ([`Sampler`]): `N` completions per left-padded prompt from any model that
 //!    implements [`CausalLm`] (logits for a batch of ids) and optionally [`CachedCausalLm`]
-//!    (an incremental step). Temperature, top-k, top-p, min-p (in that order, as HF and vLLM),
-//!    greedy, stop ids, seeded and reproducible; all per-token work stays on the device. The
+//!    (an incremental step). Temperature, top-k, top-p, min-p (in Hugging Face's order, or
+//!    vLLM v1's: [`TruncationOrder`]), an exact Gumbel-max draw, greedy, stop ids, seeded and
+//!    reproducible; all per-token work stays on the device. The
 //!    [`Generation`] holds completion ids, the completion mask (through the stop token), and the
 //!    log-probs of the sampled tokens under the policy and under the truncated sampling
 //!    distribution.
@@ -38,4 +39,4 @@ pub use sampler::{Prompts, Sampler, SamplerConfig};
 pub use scoring::{
     Completion, PairwiseJudge, RewardFunctions, RewardModelScorer, Scorer, Scores, judge_pairs,
 };
-pub use truncation::Truncation;
+pub use truncation::{Truncation, TruncationOrder};

@@ -6,7 +6,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::generation::Generation;
 use super::model::{CachedCausalLm, CausalLm};
-use super::truncation::{Truncation, inverse_cdf, log_softmax_finite};
+use super::truncation::{Truncation, TruncationOrder, gumbel_max, log_softmax_finite};
 use crate::error::Error;
 
 /// Configuration of the [`Sampler`] (names as in Hugging Face `GenerationConfig` / TRL).
@@ -30,6 +30,10 @@ pub struct SamplerConfig {
     /// Min-p truncation in `[0, 1)`; 0.0 (default) = off.
     #[config(default = 0.0)]
     pub min_p: f64,
+    /// The order of top-k / top-p / min-p. Default [`TruncationOrder::Hf`] (Hugging Face
+    /// `generate`); [`TruncationOrder::VllmV1`] applies min-p first, as vLLM v1 does.
+    #[config(default = "TruncationOrder::Hf")]
+    pub truncation_order: TruncationOrder,
     /// Greedy decoding (argmax of the logits; HF `do_sample = false`). Temperature and
     /// truncation are then ignored. Default: false.
     #[config(default = false)]
@@ -75,6 +79,7 @@ impl SamplerConfig {
             top_k: self.top_k,
             top_p: self.top_p,
             min_p: self.min_p,
+            order: self.truncation_order,
         }
     }
 
@@ -167,8 +172,9 @@ impl Prompts {
 /// Batched sampler over any [`CausalLm`]; build it with [`SamplerConfig::init`].
 ///
 /// Every per-token operation runs on the prompts' device: the forward, temperature and
-/// truncation ([`Truncation`], HF/vLLM order), the draw (inverse CDF of the truncated
-/// distribution), the stop test and the log-probs. The host reads one scalar every
+/// truncation ([`Truncation`], Hugging Face order by default, vLLM v1's as an option), the
+/// draw (an exact Gumbel-max race over the truncated distribution: every kept token is
+/// drawable at its probability, however small), the stop test and the log-probs. The host reads one scalar every
 /// [`finished_check_interval`](SamplerConfig::finished_check_interval) tokens.
 ///
 /// **Non-finite logits.** In [checked mode](crate::set_checked_mode) every step's logits are
@@ -180,9 +186,12 @@ impl Prompts {
 /// **Dtypes.** f16/bf16 logits are upcast to f32 for the draw and the log-probs (outputs are
 /// f32); f32 and f64 logits are drawn from in their own dtype.
 ///
-/// **Randomness.** The draw of sample `j` of prompt `i` at step `s` uses the uniform
-/// `u = splitmix64(seed, i, j, s)`; all `P * N * max_new_tokens` uniforms are made on the host
-/// and uploaded once per call. So the output depends only on the model, the prompts and the
+/// **Randomness.** The draw of sample `j` of prompt `i` at step `s` races the candidates with
+/// Gumbel noise from 53-bit uniforms `u = splitmix64(seed, i, j, s, candidate)`, made on the
+/// host and uploaded once per step: `[P * N, top_k]` values with `top_k` set (the candidates
+/// are the top-k, keyed by rank), `[P * N, V]` without (keyed by token id; at a large
+/// vocabulary, set `top_k` to keep this small). So the output depends only on the model, the
+/// prompts and the
 /// `seed` argument: not on burn's process-global RNG (`Device::seed`), the batch size, the
 /// amount of left padding, or other calls. Pass a different seed per call (e.g. the step
 /// number) for fresh samples.
@@ -297,11 +306,6 @@ impl Sampler {
             .int()
             .select(0, expand)
             .equal_elem(1);
-        let uniforms = if c.greedy {
-            None
-        } else {
-            Some(uniforms(seed, p, n, c.max_new_tokens, &device))
-        };
         let truncation = self.truncation();
         let logps_temperature = self.logps_temperature();
 
@@ -330,19 +334,26 @@ impl Sampler {
                 let v = logits.dims()[1];
                 logits = logits.mask_fill(m.expand([rows, v]), f32::NEG_INFINITY);
             }
-            let (token, sampled_logp) = match &uniforms {
-                None => (logits.argmax(1), None),
-                Some(u) => {
-                    let trunc = log_softmax_finite(truncation.apply_unchecked(logits));
-                    let u = u.clone().narrow(1, step, 1);
-                    let u = match trunc.dtype() {
-                        burn::tensor::DType::F64 => u.cast(burn::tensor::FloatDType::F64),
-                        _ => u,
-                    };
-                    let token = inverse_cdf(trunc.clone(), u);
-                    let logp = trunc.gather(1, token.clone());
-                    (token, Some(logp))
-                }
+            let (token, sampled_logp) = if c.greedy {
+                (logits.argmax(1), None)
+            } else {
+                let trunc = log_softmax_finite(truncation.apply_unchecked(logits));
+                let v = trunc.dims()[1];
+                let dtype = trunc.dtype();
+                let token = match c.top_k.filter(|&k| k < v) {
+                    // Only the top-k candidates can be drawn: race them alone, keyed by rank.
+                    Some(k) => {
+                        let (values, index) = trunc.clone().topk_with_indices(k, 1);
+                        let u = uniforms(seed, p, n, step, k, dtype, &device);
+                        index.gather(1, gumbel_max(values, u))
+                    }
+                    None => {
+                        let u = uniforms(seed, p, n, step, v, dtype, &device);
+                        gumbel_max(trunc.clone(), u)
+                    }
+                };
+                let logp = trunc.gather(1, token.clone());
+                (token, Some(logp))
             };
             let raw_logp = raw.gather(1, token.clone()).reshape([rows]);
             let token = token
@@ -425,18 +436,50 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The uniform in `[0, 1)` (24 bits, exact in f32) of sample `j` of prompt `i` at `step`.
-pub(crate) fn uniform(seed: u64, i: usize, j: usize, step: usize) -> f32 {
-    let h = mix(mix(mix(mix(seed) ^ i as u64) ^ j as u64) ^ step as u64);
-    (h >> 40) as f32 / (1u64 << 24) as f32
+/// The uniform in `(0, 1)` (53 bits) of candidate `index` for sample `j` of prompt `i` at
+/// `step`: `key` is [`row_key`] of `(seed, i, j, step)`.
+pub(crate) fn uniform(key: u64, index: usize) -> f64 {
+    ((mix(key ^ index as u64) >> 11) as f64 + 0.5) * (1.0 / (1u64 << 53) as f64)
 }
 
-fn uniforms(seed: u64, p: usize, n: usize, steps: usize, device: &Device) -> Tensor<2> {
-    let mut values = Vec::with_capacity(p * n * steps);
+/// The key of sample `j` of prompt `i` at `step` under `seed`.
+pub(crate) fn row_key(seed: u64, i: usize, j: usize, step: usize) -> u64 {
+    mix(mix(mix(mix(seed) ^ i as u64) ^ j as u64) ^ step as u64)
+}
+
+/// The step's uniforms `[P * N, width]` for the Gumbel race, in f64 for f64 logits, else f32
+/// (the sampler's logits are f32 or f64: half precision is upcast; f32 values are kept
+/// strictly below 1, so the Gumbel noise stays finite; its upper tail is cut at about 16.6,
+/// a probability of 6e-8 per candidate).
+fn uniforms(
+    seed: u64,
+    p: usize,
+    n: usize,
+    step: usize,
+    width: usize,
+    dtype: burn::tensor::DType,
+    device: &Device,
+) -> Tensor<2> {
+    let mut values = Vec::with_capacity(p * n * width);
     for i in 0..p {
         for j in 0..n {
-            values.extend((0..steps).map(|s| uniform(seed, i, j, s)));
+            let key = row_key(seed, i, j, step);
+            values.extend((0..width).map(|v| uniform(key, v)));
         }
     }
-    Tensor::from_data(TensorData::new(values, [p * n, steps]), device)
+    let shape = [p * n, width];
+    match dtype {
+        burn::tensor::DType::F64 => Tensor::from_data(
+            TensorData::new(values, shape),
+            (device, burn::tensor::DType::F64),
+        ),
+        _ => {
+            const BELOW_ONE: f32 = 1.0 - f32::EPSILON / 2.0;
+            let values: Vec<f32> = values
+                .into_iter()
+                .map(|u| (u as f32).clamp(f32::MIN_POSITIVE, BELOW_ONE))
+                .collect();
+            Tensor::<2>::from_data(TensorData::new(values, shape), device)
+        }
+    }
 }

@@ -1,13 +1,30 @@
 //! Temperature and top-k / top-p / min-p truncation, and the on-device draw.
 //!
-//! Order (as Hugging Face `generate` and vLLM): divide the logits by the temperature, then
-//! keep the top-k, then the top-p nucleus of what is left, then drop tokens whose probability
-//! is below `min_p` times the most likely token's. Excluded tokens get `-inf` logits; the
-//! sampling distribution is the softmax of what remains.
+//! Two orders ([`TruncationOrder`]): Hugging Face `generate`'s (the default; vLLM v0's):
+//! divide the logits by the temperature, keep the top-k, then the top-p nucleus of what is
+//! left, then drop tokens whose probability is below `min_p` times the most likely token's;
+//! or vLLM v1's: temperature, then min-p, then top-k and top-p on what min-p kept (with both
+//! min-p and top-p set the nucleus is computed on the min-p-renormalized set and usually
+//! keeps fewer tokens). Excluded tokens get `-inf` logits; the sampling distribution is the
+//! softmax of what remains.
 
 use burn::tensor::{Int, Tensor};
+use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+
+/// The order in which [`Truncation`] applies top-k, top-p and min-p (after the temperature).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TruncationOrder {
+    /// Hugging Face `generate` (`TopKLogitsWarper`, `TopPLogitsWarper`, `MinPLogitsWarper`
+    /// in that order) and vLLM v0: top-k, top-p, min-p. The default.
+    #[default]
+    Hf,
+    /// vLLM v1's sampler: min-p (an argmax-invariant logits processor) first, then top-k and
+    /// top-p on the tokens min-p kept.
+    VllmV1,
+}
 
 /// The truncation settings of one sampling step (the [`SamplerConfig`](super::SamplerConfig)
 /// fields of the same names).
@@ -22,6 +39,8 @@ pub struct Truncation {
     pub top_p: f64,
     /// Drop tokens with probability `< min_p * max probability`. `0.0` = off.
     pub min_p: f64,
+    /// The order of the three truncations.
+    pub order: TruncationOrder,
 }
 
 impl Truncation {
@@ -71,31 +90,58 @@ impl Truncation {
 
     /// [`apply`](Self::apply) on validated fields and a non-empty `[B, V]`.
     pub(crate) fn apply_unchecked(&self, logits: Tensor<2>) -> Tensor<2> {
-        let [_, v] = logits.dims();
         let mut x = logits.div_scalar(self.temperature);
-        if let Some(k) = self.top_k
-            && k < v
-        {
-            let kth = x.clone().topk(k, 1).narrow(1, k - 1, 1);
-            let drop = x.clone().lower(kth.expand(x.dims()));
-            x = x.mask_fill(drop, f32::NEG_INFINITY);
+        match self.order {
+            TruncationOrder::Hf => {
+                x = self.top_k(x);
+                x = self.top_p(x);
+                self.min_p(x)
+            }
+            TruncationOrder::VllmV1 => {
+                x = self.min_p(x);
+                x = self.top_k(x);
+                self.top_p(x)
+            }
         }
-        if self.top_p < 1.0 {
-            let sorted = x.clone().sort_descending(1);
-            let probs = softmax_finite(sorted.clone());
-            let before = probs.clone().cumsum(1) - probs;
-            // Number of kept tokens (>= 1: nothing is before the first one).
-            let kept = before.lower_elem(self.top_p).int().sum_dim(1).clamp_min(1);
-            let threshold = sorted.gather(1, kept.sub_scalar(1));
-            let drop = x.clone().lower(threshold.expand(x.dims()));
-            x = x.mask_fill(drop, f32::NEG_INFINITY);
+    }
+
+    /// Keeps the `top_k` largest (ties with the k-th kept).
+    fn top_k(&self, x: Tensor<2>) -> Tensor<2> {
+        let [_, v] = x.dims();
+        match self.top_k {
+            Some(k) if k < v => {
+                let kth = x.clone().topk(k, 1).narrow(1, k - 1, 1);
+                let drop = x.clone().lower(kth.expand(x.dims()));
+                x.mask_fill(drop, f32::NEG_INFINITY)
+            }
+            _ => x,
         }
-        if self.min_p > 0.0 {
-            let threshold = x.clone().max_dim(1).add_scalar(self.min_p.ln());
-            let drop = x.clone().lower(threshold.expand(x.dims()));
-            x = x.mask_fill(drop, f32::NEG_INFINITY);
+    }
+
+    /// Keeps a token when the mass of the tokens strictly more likely than it (under the
+    /// softmax of what is still kept) is `< top_p`.
+    fn top_p(&self, x: Tensor<2>) -> Tensor<2> {
+        if self.top_p >= 1.0 {
+            return x;
         }
-        x
+        let sorted = x.clone().sort_descending(1);
+        let probs = softmax_finite(sorted.clone());
+        let before = probs.clone().cumsum(1) - probs;
+        // Number of kept tokens (>= 1: nothing is before the first one).
+        let kept = before.lower_elem(self.top_p).int().sum_dim(1).clamp_min(1);
+        let threshold = sorted.gather(1, kept.sub_scalar(1));
+        let drop = x.clone().lower(threshold.expand(x.dims()));
+        x.mask_fill(drop, f32::NEG_INFINITY)
+    }
+
+    /// Drops tokens with probability `< min_p` times the largest.
+    fn min_p(&self, x: Tensor<2>) -> Tensor<2> {
+        if self.min_p <= 0.0 {
+            return x;
+        }
+        let threshold = x.clone().max_dim(1).add_scalar(self.min_p.ln());
+        let drop = x.clone().lower(threshold.expand(x.dims()));
+        x.mask_fill(drop, f32::NEG_INFINITY)
     }
 }
 
@@ -110,30 +156,17 @@ fn softmax_finite(x: Tensor<2>) -> Tensor<2> {
     log_softmax_finite(x).exp()
 }
 
-/// Inverse-CDF draw: for each row, the first token whose cumulative probability (in vocabulary
-/// order) exceeds `u * total`. A token of probability 0 is never returned: its cumulative
-/// value equals its predecessor's, and the index is capped at the last token of positive
-/// probability (guarding `u * total` rounding up to `total`). A row with non-finite logits
-/// (NaN) has no such token: its index is clamped into `[0, V)` (token 0), never out of
-/// bounds; its log-probs are NaN, which the caller sees.
+/// The Gumbel-max draw (the exponential race): for each row the index of
+/// `argmax_v(logps[v] + g[v])` with `g = -ln(-ln u)` for independent uniforms `u`, which is
+/// exactly a draw from `softmax(logps)`: every token of positive probability is drawable at
+/// its rate (no cumulative sum, no resolution limit), excluded tokens (`-inf`) never are. A
+/// row whose values are all NaN still gives a valid index (burn's argmax).
 ///
 /// # Shapes
-/// - logps: `[B, V]` (`-inf` = excluded)
-/// - uniforms: `[B, 1]` in `[0, 1)`
-/// - output: `[B, 1]` (`Int`)
-pub(crate) fn inverse_cdf(logps: Tensor<2>, uniforms: Tensor<2>) -> Tensor<2, Int> {
-    let [b, v] = logps.dims();
-    let device = logps.device();
-    let probs = logps.exp();
-    let cdf = probs.clone().cumsum(1);
-    let total = cdf.clone().narrow(1, v - 1, 1);
-    let threshold = (uniforms * total).expand([b, v]);
-    let index = cdf.lower_equal(threshold).int().sum_dim(1);
-    let positions = Tensor::<1, Int>::arange(1..v as i64 + 1, &device)
-        .unsqueeze_dim::<2>(0)
-        .expand([b, v]);
-    let last = (probs.greater_elem(0.0).int() * positions)
-        .max_dim(1)
-        .sub_scalar(1);
-    index.min_pair(last).clamp(0, v as i64 - 1)
+/// - logps: `[B, K]` (`-inf` = excluded)
+/// - uniforms: `[B, K]` in `(0, 1)`, in the dtype of `logps`
+/// - output: `[B, 1]` (`Int`), an index into `K`
+pub(crate) fn gumbel_max(logps: Tensor<2>, uniforms: Tensor<2>) -> Tensor<2, Int> {
+    let gumbel = uniforms.log().neg().log().neg();
+    (logps + gumbel).argmax(1)
 }
