@@ -801,6 +801,42 @@ fn grpo_step_micro_batches_loss_types_and_truncation_mask() {
             );
         }
     }
+    // Sampling replay through the step: a truncating sampler's supports are used, the first
+    // ratio is 1 (no token clipped) and the step trains.
+    let truncating = SamplerConfig::new()
+        .with_max_new_tokens(5)
+        .with_num_generations(4)
+        .with_top_k(Some(4))
+        .with_top_p(0.9)
+        .with_eos_token_ids(vec![7])
+        .init()
+        .sample(&policy.valid(), &prompts, 8);
+    assert!(truncating.support.is_some());
+    let sums =
+        RewardFunctions::new().with(
+            "sum",
+            1.0,
+            |c| Some(c.completion.iter().sum::<i64>() as f64),
+        );
+    let mut optim = SgdConfig::new().init();
+    let out = GrpoStepConfig::new(GrpoLossConfig::new().with_beta(0.04))
+        .with_learning_rate(0.5)
+        .init()
+        .try_step(
+            policy.clone(),
+            &reference,
+            &mut optim,
+            &truncating,
+            &sums.score_all(&truncating),
+        )
+        .unwrap();
+    assert_eq!(out.metrics["clip_ratio/region_mean"], 0.0);
+    assert!(
+        out.metrics["kl"].abs() < 1e-6,
+        "policy == reference: kl {}",
+        out.metrics["kl"]
+    );
+    assert_ne!(params(&out.policy), before);
     // Two optimizer steps per pass over the generation, two passes.
     let (_, _, steps) = run(GrpoStepConfig::new(GrpoLossConfig::new())
         .with_steps_per_generation(2)
@@ -1063,4 +1099,105 @@ fn rare_tokens_are_drawn_at_their_rate_at_a_large_vocabulary() {
         "{} distinct 1e-6 tokens",
         distinct_b.len()
     );
+}
+
+/// Issue 23, sampling replay: with top-k 5, top-p 0.9 and min-p 0.05 the sampler records each
+/// token's support; the policy's log-probs recomputed over those supports equal the sampler's
+/// own (`sampling_logps`): the first importance ratio is 1 to 1e-6 on every token. After one
+/// optimizer step the device ratio equals the ratio recomputed on the host (f64) from the
+/// logits over the recorded supports. The full-vocabulary log-probs differ from the sampler's
+/// by the kept mass (what the biased ratio multiplied every token's loss by).
+#[test]
+fn sampling_replay_gives_ratio_one_and_then_the_host_ratio() {
+    use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+    let device = Device::flex().autodiff();
+    let mut policy = MeanLm::new(&device);
+    let sampler = SamplerConfig::new()
+        .with_max_new_tokens(6)
+        .with_num_generations(3)
+        .with_temperature(0.8)
+        .with_top_k(Some(5))
+        .with_top_p(0.9)
+        .with_min_p(0.05)
+        .with_eos_token_ids(vec![7])
+        .init();
+    let prompts = Prompts::left_padded(&[vec![1, 2, 3], vec![4], vec![5, 6]], 0, &device);
+    let g = sampler.sample(&policy.valid(), &prompts, 21);
+    let support = g
+        .support
+        .clone()
+        .expect("a truncating sampler records its supports");
+    assert_eq!(support.dims()[2], 5, "K = top_k");
+    let mask = host_bool(g.completion_mask.clone());
+    let sampled = host(g.sampling_logps.clone());
+    let replayed = host(g.completion_support_logps(&policy, 0.8).unwrap());
+    let full = host(g.completion_logps(&policy, 0.8).logprobs);
+    let mut truncated_mass_seen = false;
+    for i in 0..mask.len() {
+        if mask[i] {
+            assert!(
+                (replayed[i] - sampled[i]).abs() < 1e-6,
+                "token {i}: replayed {} vs sampled {}",
+                replayed[i],
+                sampled[i]
+            );
+            truncated_mass_seen |= sampled[i] - full[i] > 1e-3;
+        }
+    }
+    assert!(
+        truncated_mass_seen,
+        "the truncation kept less than the whole mass somewhere"
+    );
+
+    // One SGD step on the replayed log-probs, then device vs host ratio.
+    let loss = g
+        .completion_support_logps(&policy, 0.8)
+        .unwrap()
+        .sum()
+        .neg();
+    let grads = GradientsParams::from_grads(loss.backward(), &policy);
+    policy = SgdConfig::new().init().step(0.5, policy, grads);
+    let device_ratio: Vec<f64> = host(g.completion_support_logps(&policy, 0.8).unwrap())
+        .iter()
+        .zip(&sampled)
+        .map(|(new, old)| (new - old).exp())
+        .collect();
+    let logits = {
+        let [_, p] = g.prompt_ids.dims();
+        let [r, c] = g.completion_ids.dims();
+        let all = policy.valid().logits(g.ids(), g.attention_mask());
+        host(all.narrow(1, p - 1, c).reshape([r * c, V]))
+    };
+    let ids = host_int(g.completion_ids.clone());
+    let sup = host_int(support.clone());
+    let k = 5;
+    let mut moved = false;
+    for i in 0..mask.len() {
+        if !mask[i] {
+            continue;
+        }
+        let z = |t: i64| logits[i * V + t as usize] / 0.8;
+        let members: Vec<i64> = sup[i * k..(i + 1) * k]
+            .iter()
+            .copied()
+            .filter(|&t| t >= 0)
+            .collect();
+        assert!(
+            members.contains(&ids[i]),
+            "the drawn token is in its support"
+        );
+        let m = members
+            .iter()
+            .map(|&t| z(t))
+            .fold(f64::NEG_INFINITY, f64::max);
+        let lse = members.iter().map(|&t| (z(t) - m).exp()).sum::<f64>().ln() + m;
+        let host_ratio = (z(ids[i]) - lse - sampled[i]).exp();
+        assert!(
+            (device_ratio[i] - host_ratio).abs() < 1e-5 * host_ratio.max(1.0),
+            "token {i}: device {} vs host {host_ratio}",
+            device_ratio[i]
+        );
+        moved |= (host_ratio - 1.0).abs() > 1e-3;
+    }
+    assert!(moved, "the optimizer step changed the policy");
 }

@@ -41,6 +41,13 @@ pub struct Generation {
     /// The sampler's `max_new_tokens` (the length bound of every completion; `C` is smaller
     /// when every row stopped early). Dr. GRPO normalizes by it.
     pub max_new_tokens: usize,
+    /// The support each token was drawn from `[R, C, K]` (token ids of the kept set, most
+    /// likely first, `-1` in unused slots), when the sampler truncated and recorded it
+    /// ([`SamplerConfig::record_support`](super::SamplerConfig::record_support)); `None`: the
+    /// whole vocabulary (or greedy). [`sampling_logps`](Self::sampling_logps) is the token's
+    /// log-prob over this support; [`completion_support_logps`](Self::completion_support_logps)
+    /// recomputes it for any model (sampling replay).
+    pub support: Option<Tensor<3, Int>>,
 }
 
 impl Generation {
@@ -114,10 +121,19 @@ impl Generation {
             completion_mask: bool2(&self.completion_mask),
             logps: self.logps.clone().select(0, idx.clone()),
             sampling_logps: self.sampling_logps.clone().select(0, idx.clone()),
-            finished: self.finished.clone().int().select(0, idx).equal_elem(1),
+            finished: self
+                .finished
+                .clone()
+                .int()
+                .select(0, idx.clone())
+                .equal_elem(1),
             num_generations: 1,
             logps_temperature: self.logps_temperature,
             max_new_tokens: self.max_new_tokens,
+            support: self
+                .support
+                .as_ref()
+                .map(|s| s.clone().select(0, idx.clone())),
         })
     }
 
@@ -181,6 +197,42 @@ impl Generation {
                 self.completion_ids.clone().to_device(&device),
                 self.completion_mask.clone().to_device(&device),
             )
+    }
+
+    /// Per-token log-probs of the completions under `model` at `temperature`, renormalized
+    /// over the recorded [`support`](Self::support) of each token (sampling replay; the
+    /// whole vocabulary when there is none, as [`completion_logps`](Self::completion_logps)).
+    /// For the policy that sampled, they equal [`sampling_logps`](Self::sampling_logps) (up
+    /// to the rounding of a second forward): an importance ratio against those measures only
+    /// real drift. One full forward; differentiable.
+    ///
+    /// # Shapes
+    /// - output: `[R, C]` (0 where the completion mask is false)
+    pub fn completion_support_logps<M: CausalLm + ?Sized>(
+        &self,
+        model: &M,
+        temperature: f64,
+    ) -> crate::Result<Tensor<2>> {
+        let logits = self.completion_logits(model, self.ids(), self.attention_mask());
+        let device = logits.device();
+        let (labels, mask) = (
+            self.completion_ids.clone().to_device(&device),
+            self.completion_mask.clone().to_device(&device),
+        );
+        match &self.support {
+            Some(support) => crate::logprobs::try_support_logps(
+                logits,
+                labels,
+                support.clone().to_device(&device),
+                mask,
+                temperature,
+            ),
+            None => Ok(TokenLogprobsConfig::new(LabelAlignment::Aligned)
+                .with_temperature(temperature)
+                .try_init()?
+                .try_forward(logits, labels, Some(mask))?
+                .logprobs),
+        }
     }
 
     /// The logits that score the completion tokens of `ids` (prompt + completion rows laid

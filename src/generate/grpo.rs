@@ -144,11 +144,17 @@ impl GrpoStep {
 
     /// One update. `generation` comes from [`Sampler`](super::Sampler) (its groups of
     /// `num_generations` rows are the GRPO groups); `scores` from
-    /// [`RewardFunctions::score_all`](super::RewardFunctions::score_all) on it. Old log-probs
-    /// are the generation's [`logps`](Generation::logps) (the full-vocabulary distribution at
-    /// the sampling temperature, which the policy's forward recomputes: the first ratio is 1);
-    /// the off-policy mask compares the current log-probs with those same old log-probs. No
-    /// importance weight is applied: the sampler runs in-process. Each forward also computes
+    /// [`RewardFunctions::score_all`](super::RewardFunctions::score_all) on it.
+    ///
+    /// **Sampling replay.** With a truncating sampler that recorded its supports
+    /// ([`Generation::support`]), old log-probs are the sampler's own
+    /// ([`sampling_logps`](Generation::sampling_logps): each token's log-prob over the kept
+    /// set it was drawn from) and every forward recomputes the policy's (and the reference's)
+    /// log-probs over the same supports, so the first ratio is 1 and a ratio measures only
+    /// the policy's drift. Without supports (no truncation, or `record_support = false`) both
+    /// are over the whole vocabulary ([`logps`](Generation::logps)). Either way the
+    /// off-policy mask compares log-probs on one support, and no importance weight is applied:
+    /// the sampler runs in-process. Each forward also computes
     /// the per-token entropies (the `entropy` metric, `entropy_coef`,
     /// `top_entropy_quantile`).
     ///
@@ -274,10 +280,18 @@ impl GrpoStep {
         );
         let mut rollout = generation.try_rollout(advantages.advantages.reshape([r]))?;
         rollout.mask = mask;
+        let temperature = generation.logps_temperature;
+        if let Some(support) = &generation.support {
+            // Sampling replay: old log-probs are the sampler's own, over each token's support;
+            // the forward recomputes the policy's over the same supports.
+            rollout.old_logprobs = generation.sampling_logps.clone().detach();
+            rollout = rollout.with_support(support.clone());
+        }
         if self.loss.config().beta != 0.0 {
-            let reference = generation
-                .completion_logps(reference, generation.logps_temperature)
-                .logprobs;
+            let reference = match &generation.support {
+                Some(_) => generation.completion_support_logps(reference, temperature)?,
+                None => generation.completion_logps(reference, temperature).logprobs,
+            };
             rollout = rollout.with_ref_logprobs(reference);
         }
         let loss = self
@@ -313,17 +327,30 @@ struct Prepared {
     metrics: crate::losses::Metrics,
 }
 
-/// The policy's completion log-probs (and entropies) for a batch of the step's rollout, at the
-/// sampling temperature.
+/// The policy's completion log-probs (over each token's recorded support with sampling
+/// replay, else over the vocabulary) and entropies (of the full distribution, as TRL logs
+/// them) for a batch of the step's rollout, at the sampling temperature.
 fn policy_output(logits: Tensor<3>, batch: &RolloutBatch, temperature: f64) -> PolicyOutput {
     let [_, c, _] = logits.dims();
     let [_, s] = batch.tokens.dims();
     let completion_ids = batch.tokens.clone().narrow(1, s - c, c);
-    let logps = TokenLogprobsConfig::new(LabelAlignment::Aligned)
-        .with_temperature(temperature)
-        .init()
-        .forward_masked(logits.clone(), completion_ids, batch.mask.clone());
+    let logps = match &batch.support {
+        Some(support) => crate::logprobs::support_logps(
+            logits.clone(),
+            completion_ids,
+            support.clone(),
+            batch.mask.clone(),
+            temperature,
+        ),
+        None => {
+            TokenLogprobsConfig::new(LabelAlignment::Aligned)
+                .with_temperature(temperature)
+                .init()
+                .forward_masked(logits.clone(), completion_ids, batch.mask.clone())
+                .logprobs
+        }
+    };
     let entropy = crate::logprobs::token_entropy(logits, temperature)
         .expect("the sampling temperature is > 0 (validated by the sampler)");
-    PolicyOutput::new(logps.logprobs).with_entropy(entropy)
+    PolicyOutput::new(logps).with_entropy(entropy)
 }

@@ -34,6 +34,14 @@ pub struct SamplerConfig {
     /// `generate`); [`TruncationOrder::VllmV1`] applies min-p first, as vLLM v1 does.
     #[config(default = "TruncationOrder::Hf")]
     pub truncation_order: TruncationOrder,
+    /// Record, for every generated token, the support it was drawn from
+    /// ([`Generation::support`]) when sampling truncates (top-k, top-p, min-p or suppressed
+    /// ids), for sampling replay: [`GrpoStep`](super::GrpoStep) then recomputes the policy's
+    /// log-probs over the same supports. Stored as `[R, C, K]` token ids, `K` = `top_k`
+    /// (or `V` without a top-k: at most [`MAX_SUPPORT_BYTES`] in all, else an error asking
+    /// for a `top_k`). Default true.
+    #[config(default = true)]
+    pub record_support: bool,
     /// Greedy decoding (argmax of the logits; HF `do_sample = false`). Temperature and
     /// truncation are then ignored. Default: false.
     #[config(default = false)]
@@ -96,6 +104,10 @@ impl SamplerConfig {
         pub fn init(&self) -> Sampler = try_init;
     }
 }
+
+/// The most memory [`SamplerConfig::record_support`] may use without a `top_k` (1 GiB): the
+/// support of a top-p / min-p sampler is stored as `[R, C, V]` ids.
+pub const MAX_SUPPORT_BYTES: usize = 1 << 30;
 
 /// Left-padded prompts: ids and attention mask.
 ///
@@ -315,6 +327,12 @@ impl Sampler {
         let mut suppress: Option<Tensor<2, Bool>> = None;
         let (mut tokens, mut alive_cols, mut logps, mut sampling_logps) =
             (vec![], vec![], vec![], vec![]);
+        let truncates = !c.greedy
+            && (c.top_k.is_some()
+                || c.top_p < 1.0
+                || c.min_p > 0.0
+                || !c.suppress_token_ids.is_empty());
+        let mut supports: Vec<Tensor<2, Int>> = Vec::new();
         for step in 0..c.max_new_tokens {
             let logits = next_logits(ids.clone(), mask.clone());
             crate::error::check_finite(&logits, "logits")?;
@@ -352,6 +370,9 @@ impl Sampler {
                         gumbel_max(trunc.clone(), u)
                     }
                 };
+                if c.record_support && truncates {
+                    supports.push(support_ids(trunc.clone(), c.top_k, c.max_new_tokens)?);
+                }
                 let logp = trunc.gather(1, token.clone());
                 (token, Some(logp))
             };
@@ -401,8 +422,35 @@ impl Sampler {
             num_generations: n,
             logps_temperature,
             max_new_tokens: c.max_new_tokens,
+            support: (!supports.is_empty()).then(|| Tensor::stack::<3>(supports, 1)),
         })
     }
+}
+
+/// The kept set of one step as token ids `[rows, K]`, most likely first, `-1` in unused slots:
+/// `K` = `top_k` (capped at `V`), or `V` without a top-k (then refused above
+/// [`MAX_SUPPORT_BYTES`] for the whole generation).
+fn support_ids(
+    trunc: Tensor<2>,
+    top_k: Option<usize>,
+    max_new_tokens: usize,
+) -> crate::Result<Tensor<2, Int>> {
+    let [rows, v] = trunc.dims();
+    let k = top_k.map_or(v, |k| k.min(v));
+    let bytes = rows * max_new_tokens * k * std::mem::size_of::<i64>();
+    if top_k.is_none() && bytes > MAX_SUPPORT_BYTES {
+        return Err(Error::Conflict {
+            field: "record_support",
+            other: "top_k",
+            reason: format!(
+                "the support of a top-p / min-p sampler without top_k is stored as [R, C, V] = \
+                 [{rows}, {max_new_tokens}, {v}] ids ({bytes} bytes > {MAX_SUPPORT_BYTES}): set \
+                 top_k (K = top_k) or record_support = false"
+            ),
+        });
+    }
+    let (values, ids) = trunc.topk_with_indices(k, 1);
+    Ok(ids.mask_fill(values.is_inf(), -1))
 }
 
 /// `[1, V]` mask of the suppressed ids; errors on ids outside `[0, V)` or all of them.

@@ -6,6 +6,8 @@
 //! - [`token_entropy`]: per-token entropy of `softmax(logits / T)`.
 //! - [`FusedLogprobs`] (from [`FusedLogprobsConfig`]): hidden states x LM-head weight ->
 //!   per-token log-probs (and entropy etc.) without materializing the `[N, V]` logits.
+//! - [`support_logps`]: per-token log-probs renormalized over a recorded sampling support
+//!   (sampling replay).
 //! - [`LmHead`]: the fused op's head with its weight layout explicit ([`LmHeadLayout`]): a burn
 //!   `Linear` (`[H, V]`) or a PyTorch-layout weight (`[V, H]`).
 
@@ -23,6 +25,7 @@ mod head;
 mod kernel;
 mod lm_head;
 mod sequence;
+mod support;
 
 pub use entropy::token_entropy;
 pub use gather::{
@@ -32,3 +35,4 @@ pub use gather::{
 pub use head::{LmHead, LmHeadLayout};
 pub use lm_head::{FusedLogprobs, FusedLogprobsConfig, FusedLogprobsOutput};
 pub use sequence::{SequenceReduction, ld_dpo_sequence_logps};
+pub use support::{support_logps, try_support_logps};

@@ -34,6 +34,10 @@ pub struct Rollout {
     /// needs besides the ids ([`Generation::rollout`](crate::generate::Generation::rollout)
     /// sets it).
     pub attention_mask: Option<Tensor<2, Bool>>,
+    /// The sampling support of each scored token `[B, T, K]` (token ids, `-1` unused) for
+    /// sampling replay: the closure recomputes log-probs over it
+    /// ([`support_logps`](crate::logprobs::support_logps)).
+    pub support: Option<Tensor<3, Int>>,
 }
 
 /// A row subset of a [`Rollout`] (same type).
@@ -62,7 +66,14 @@ impl Rollout {
             sampling_logprobs: None,
             importance_sampling_ratio: None,
             attention_mask: None,
+            support: None,
         }
+    }
+
+    /// Adds the sampling support of each token (sampling replay).
+    pub fn with_support(mut self, support: Tensor<3, Int>) -> Self {
+        self.support = Some(support);
+        self
     }
 
     /// Adds the attention mask of `tokens` (the forward of a left-padded batch needs it).
@@ -197,6 +208,16 @@ impl Rollout {
             )?;
             crate::error::check_finite(x, "importance_sampling_ratio")?;
         }
+        if let Some(support) = &self.support {
+            let [sb, st, k] = support.dims();
+            if [sb, st] != dims {
+                return Err(Error::shape(
+                    "support",
+                    format!("[B, T, K] with [B, T] = {dims:?} (as mask)"),
+                    &[sb, st, k],
+                ));
+            }
+        }
         if let Some(m) = &self.attention_mask {
             check_same_shape("attention_mask", &m.dims(), &self.tokens.dims(), "tokens")?;
         }
@@ -231,6 +252,10 @@ impl Rollout {
                 .attention_mask
                 .as_ref()
                 .map(|m| m.clone().int().select(0, idx.clone()).equal_elem(1)),
+            support: self
+                .support
+                .as_ref()
+                .map(|x| x.clone().select(0, idx.clone())),
         }
     }
 }
