@@ -1,7 +1,7 @@
 //! Online (and iterative) DPO from a weak SFT policy: sample, score, pair, update.
 //!
 //! `cargo run --release --example online_dpo -- [--rounds 100] [--prompts 32]
-//!   [--num-generations 4] [--epochs 1] [--sync-ref] [--out out/online_dpo]`
+//!   [--num-generations 4] [--epochs 1] [--refresh-ref] [--out out/online_dpo]`
 //!
 //! The task is the `dpo` example's (reverse 4 digits), with the same tiny transformer and the
 //! same weak SFT warm-up (40% reversed / 60% copied completions), but no preference data:
@@ -10,10 +10,14 @@
 //! position, and the format "4 digits then EOS"), pairs best against worst, and takes a DPO
 //! step against the frozen SFT reference ([`OnlineDpo`]). `--epochs N` trains N passes over
 //! each round's pairs (iterative DPO: generate a dataset with the current policy, train on
-//! it); `--sync-ref` then makes the updated policy the next round's reference.
+//! it); `--refresh-ref` then makes the updated policy the next round's reference. The pairs
+//! are best vs worst of each group with ties dropped (`keep_ties = false`: with 4 samples a
+//! tie carries no preference; TRL's online DPO draws 2 and keeps ties) and no gradient
+//! clipping (TRL clips at 1.0).
 //!
-//! The metric is the fraction of held-out prompts whose greedy completion follows the rule,
-//! judged by the scorer. Prints progress, writes `rounds.svg` and ends with
+//! The metric is the fraction of held-out prompts (never used as training prompts in the
+//! rounds) whose greedy completion follows the rule (`dpo::rule`, independent of the reward's
+//! format term). Prints progress, writes `rounds.svg` and ends with
 //! `final: rule_rate <start> -> <end>`.
 #![allow(dead_code)]
 
@@ -49,9 +53,9 @@ pub struct Args {
     /// Passes over each round's pairs (> 1: iterative DPO).
     #[arg(long, default_value_t = 1)]
     pub epochs: usize,
-    /// Refresh the reference with the policy after each round.
+    /// Refresh the reference with the policy after each round (iterative DPO).
     #[arg(long)]
-    pub sync_ref: bool,
+    pub refresh_ref: bool,
     /// SFT warm-up steps.
     #[arg(long, default_value_t = 150)]
     pub sft_steps: usize,
@@ -127,6 +131,19 @@ pub fn prompt_rows(n: usize, rng: &mut Rng) -> Vec<Vec<i64>> {
         .collect()
 }
 
+/// `n` training prompts, none of them a held-out prompt (`heldout` holds the digits, without
+/// the separator).
+pub fn training_prompt_rows(n: usize, rng: &mut Rng, heldout: &[Vec<i64>]) -> Vec<Vec<i64>> {
+    let mut rows = Vec::with_capacity(n);
+    while rows.len() < n {
+        let digits = dpo::prompt(rng);
+        if !heldout.contains(&digits) {
+            rows.push(digits.into_iter().chain([SEP]).collect());
+        }
+    }
+    rows
+}
+
 pub fn run(args: &Args) -> Result<History, String> {
     let start = Instant::now();
     let base = dpo::device_of(&args.device)?;
@@ -165,9 +182,11 @@ pub fn run(args: &Args) -> Result<History, String> {
     let online = OnlineDpoConfig::new()
         .with_beta(args.beta)
         .with_pairing(Pairing::BestVsWorst)
+        .with_keep_ties(false)
+        .with_max_grad_norm(None)
         .with_learning_rate(args.learning_rate)
         .with_epochs(args.epochs)
-        .with_sync_ref_model(args.sync_ref)
+        .with_refresh_reference(args.refresh_ref)
         .try_init()
         .map_err(|e| e.to_string())?;
     let scorer = scorer();
@@ -176,13 +195,14 @@ pub fn run(args: &Args) -> Result<History, String> {
     let rate = dpo::rule_rate(&policy.valid(), &heldout, &base);
     history.evals.push((0, rate));
     say(format!(
-        "online DPO: {} rounds x {} prompts x {} samples (epochs {}, sync_ref {}); SFT greedy rule rate {rate:.3}",
-        args.rounds, args.prompts, args.num_generations, args.epochs, args.sync_ref
+        "online DPO: {} rounds x {} prompts x {} samples (epochs {}, refresh_ref {}); SFT greedy rule rate {rate:.3}",
+        args.rounds, args.prompts, args.num_generations, args.epochs, args.refresh_ref
     ));
     let bar = dpo::progress_bar(args.rounds, args.quiet);
     for round in 1..=args.rounds {
-        let prompts = Prompts::left_padded(&prompt_rows(args.prompts, &mut rng), EOS, &base);
-        let out = online
+        let rows = training_prompt_rows(args.prompts, &mut rng, &heldout);
+        let prompts = Prompts::left_padded(&rows, EOS, &base);
+        let (out, _generation) = online
             .try_step(
                 policy,
                 &mut reference,

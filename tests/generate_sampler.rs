@@ -1201,3 +1201,76 @@ fn sampling_replay_gives_ratio_one_and_then_the_host_ratio() {
     }
     assert!(moved, "the optimizer step changed the policy");
 }
+
+/// Issue 23: TR-DPO's soft reference update is `alpha * policy + (1 - alpha) * reference`
+/// (closed form), applied by `OnlineDpo` every `ref_model_sync_steps` updates; the hard
+/// refresh copies the policy.
+#[test]
+fn tr_dpo_soft_update_and_hard_refresh() {
+    use burn::optim::SgdConfig;
+    use burn_rlhf::generate::{OnlineDpoConfig, soft_update};
+    let device = Device::flex().autodiff();
+    let policy = MeanLm::new(&device);
+    let reference = {
+        device.seed(99);
+        let other = MeanLm::new(&device);
+        // the reference must share the policy's parameter ids (a `valid()` copy)
+        let mut r = policy.valid();
+        r.emb.weight = r
+            .emb
+            .weight
+            .map(|w| w.mul_scalar(0.0) + other.emb.weight.val().inner());
+        r
+    };
+    let (p, r) = (params(&policy), params(&reference));
+    let mixed = params(&soft_update(reference.clone(), &policy, 0.6));
+    for ((m, p), r) in mixed.iter().zip(&p).zip(&r) {
+        assert!((m - (0.6 * p + 0.4 * r)).abs() < 1e-6, "{m} vs {p}, {r}");
+    }
+    // Through OnlineDpo: the reference moves on every second update only.
+    let sampler = SamplerConfig::new()
+        .with_num_generations(2)
+        .with_max_new_tokens(4)
+        .init();
+    let prompts = Prompts::left_padded(&[vec![1, 2], vec![3]], 0, &device);
+    let online = OnlineDpoConfig::new()
+        .with_learning_rate(0.1)
+        .with_sync_ref_model(true)
+        .with_ref_model_mixup_alpha(0.5)
+        .with_ref_model_sync_steps(2)
+        .init();
+    let scores = |g: &Generation| -> Vec<Option<f64>> {
+        g.completions()
+            .iter()
+            .map(|c| Some(c.iter().sum::<i64>() as f64))
+            .collect()
+    };
+    let mut reference = policy.valid();
+    let mut policy = policy;
+    let mut optim = SgdConfig::new().init();
+    let before = params(&reference);
+    let g = sampler.sample(&policy.valid(), &prompts, 1);
+    policy = online
+        .update(policy, &mut reference, &mut optim, &g, &scores(&g))
+        .policy;
+    assert_eq!(params(&reference), before, "no sync after the first update");
+    let g = sampler.sample(&policy.valid(), &prompts, 2);
+    policy = online
+        .update(policy, &mut reference, &mut optim, &g, &scores(&g))
+        .policy;
+    let after = params(&reference);
+    let now = params(&policy);
+    for ((a, b0), p) in after.iter().zip(&before).zip(&now) {
+        assert!((a - (0.5 * p + 0.5 * b0)).abs() < 1e-6);
+    }
+    // The hard refresh copies the policy.
+    let hard = OnlineDpoConfig::new()
+        .with_learning_rate(0.1)
+        .with_refresh_reference(true)
+        .init();
+    let g = sampler.sample(&policy.valid(), &prompts, 3);
+    policy = hard
+        .update(policy, &mut reference, &mut optim, &g, &scores(&g))
+        .policy;
+    assert_eq!(params(&reference), params(&policy));
+}

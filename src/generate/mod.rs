@@ -33,7 +33,7 @@ mod truncation;
 pub use generation::Generation;
 pub use grpo::{AdvantageEstimator, GrpoStep, GrpoStepConfig, GrpoStepOutput};
 pub use model::{CachedCausalLm, CausalLm, position_ids};
-pub use online::{OnlineDpo, OnlineDpoConfig, OnlineDpoOutput};
+pub use online::{OnlineDpo, OnlineDpoConfig, OnlineDpoLoss, OnlineDpoOutput, soft_update};
 pub use pairing::{KtoLabels, Pairing, PairingConfig, Pairs, best_of_n, kto_labels};
 pub use sampler::{Prompts, Sampler, SamplerConfig};
 pub use scoring::{

@@ -27,10 +27,16 @@ pub struct PairingConfig {
     /// Strategy. Default [`Pairing::BestVsWorst`].
     #[config(default = "Pairing::BestVsWorst")]
     pub strategy: Pairing,
-    /// A pair needs `chosen - rejected >= min_margin` (and always `> 0`: ties are dropped).
+    /// A pair needs `chosen - rejected >= min_margin` (and `> 0` unless `keep_ties`).
     /// Finite and >= 0. Default 0.
     #[config(default = 0.0)]
     pub min_margin: f64,
+    /// Keep pairs whose scores tie, the earlier row chosen (TRL `OnlineDPOTrainer`:
+    /// `chosen = first if first >= second`). With [`Pairing::BestVsWorst`] a group whose
+    /// scores all tie pairs its first and last scored rows. Needs `min_margin = 0`. Default
+    /// false (ties carry no preference and are dropped).
+    #[config(default = false)]
+    pub keep_ties: bool,
 }
 
 /// Preference pairs as row indices into a [`Generation`](super::Generation), with the score
@@ -140,7 +146,7 @@ fn check_groups(len: usize, n: usize, min: usize) -> crate::Result<()> {
 }
 
 impl PairingConfig {
-    /// Checks `min_margin`.
+    /// Checks `min_margin` (and that `keep_ties` has no margin to meet).
     pub fn validate(&self) -> crate::Result<()> {
         if !(self.min_margin.is_finite() && self.min_margin >= 0.0) {
             return Err(Error::config(
@@ -149,12 +155,19 @@ impl PairingConfig {
                 self.min_margin,
             ));
         }
+        if self.keep_ties && self.min_margin > 0.0 {
+            return Err(Error::Conflict {
+                field: "keep_ties",
+                other: "min_margin",
+                reason: "a tie has margin 0: keep_ties needs min_margin = 0".into(),
+            });
+        }
         Ok(())
     }
 
     /// Pairs within each prompt's group of `num_generations` consecutive scores. `None`
-    /// scores never enter a pair; ties (margin 0) and margins below `min_margin` are dropped,
-    /// so a group may give no pair.
+    /// scores never enter a pair; ties (margin 0, unless `keep_ties`) and margins below
+    /// `min_margin` are dropped, so a group may give no pair.
     ///
     /// Errors: invalid `min_margin`, `num_generations < 2` or not dividing `scores.len()`
     /// ([`Error::Config`]).
@@ -166,7 +179,7 @@ impl PairingConfig {
         let consider = |pairs: &mut Pairs, a: usize, b: usize| {
             if let (Some(x), Some(y)) = (scores[a], scores[b]) {
                 let (c, r, m) = if x >= y { (a, b, x - y) } else { (b, a, y - x) };
-                if m > 0.0 && m >= self.min_margin {
+                if (m > 0.0 || self.keep_ties) && m >= self.min_margin {
                     pairs.push(c, r, m);
                 }
             }
@@ -197,8 +210,15 @@ impl PairingConfig {
                             Some((_, ws)) if ws <= s => acc,
                             _ => Some((r, s)),
                         });
-                    if let (Some((b, _)), Some((w, _))) = (best, worst) {
-                        consider(&mut pairs, b, w);
+                    match (best, worst) {
+                        // Every score ties: with keep_ties, the first and the last scored rows.
+                        (Some((b, _)), Some((w, _))) if b == w => {
+                            if let Some(&(last, _)) = scored.last().filter(|&&(r, _)| r != b) {
+                                consider(&mut pairs, b, last);
+                            }
+                        }
+                        (Some((b, _)), Some((w, _))) => consider(&mut pairs, b, w),
+                        _ => {}
                     }
                 }
             }

@@ -373,10 +373,9 @@ impl FromTrl for RlooConfigs {
 /// (`sigmoid`, or `ipo`), `missing_eos_penalty` (none), `learning_rate` (5e-7, shared with
 /// the training loop). Sampler fields: `max_new_tokens` (64), `temperature` (0.9), `top_k`
 /// (0 = off), `top_p` (1.0), `min_p` (none); TRL draws two completions per prompt. Reported
-/// when set away from TRL's default: `repetition_penalty`, `generation_kwargs`, and
-/// `loss_type = "ipo"` (TRL's online IPO uses summed log-ratios; [`OnlineDpo`](crate::generate::OnlineDpo)'s
-/// IPO is the length-normalized one of `DPOTrainer`). `max_length` (prompt truncation),
-/// `disable_dropout`, the `vllm_*` and reward-model fields are trainer fields.
+/// when set away from TRL's default: `repetition_penalty`, `generation_kwargs`, and a
+/// per-epoch `beta` list. `max_length` (prompt truncation), `disable_dropout`, the `vllm_*`
+/// and reward-model fields are trainer fields.
 impl FromTrl for OnlineDpoConfigs {
     const TRL_CLASS: &'static str = "OnlineDPOConfig";
 
@@ -398,12 +397,6 @@ impl FromTrl for OnlineDpoConfigs {
             }
             _ => r.f64("beta", 0.1)?,
         };
-        r.unsupported(
-            "loss_type",
-            json!("sigmoid"),
-            "TRL's online IPO is (sum log-ratio difference - 1 / (2 beta))^2 on summed \
-             log-ratios; OnlineDpo's IPO is length-normalized",
-        );
         let loss_type = match r.choice("loss_type", OnlineLossType::Sigmoid, "sigmoid, ipo")? {
             OnlineLossType::Sigmoid => DpoLossType::Sigmoid,
             OnlineLossType::Ipo => DpoLossType::Ipo,

@@ -58,6 +58,8 @@ fn flatten(v: &Value, depth: usize, shape: &mut Vec<usize>, out: &mut Vec<f64>) 
         }
         Value::Number(n) => out.push(n.as_f64().unwrap()),
         Value::Bool(b) => out.push(if *b { 1.0 } else { 0.0 }),
+        // `null` inside an array: a reward function that returned None (online_dpo/).
+        Value::Null => out.push(f64::NAN),
         other => panic!("unexpected JSON value in array: {other}"),
     }
 }

@@ -34,9 +34,7 @@ type Runner = fn(&Case, &TestDevice) -> Result<(), String>;
 
 /// Source functions (last token of `source`) that have no runner yet. Shrinks to empty.
 const NOT_YET: &[&str] = &[
-    // TRL 1.16's online DPO step (`fixtures/online_dpo/`, issue 23: untempered log-probs,
-    // online IPO on sums, objective statistics over every row).
-    "OnlineDPOTrainer.training_step",
+    // (empty: every fixture function has a runner)
 ];
 
 fn runner(function: &str) -> Option<Runner> {
@@ -46,6 +44,7 @@ fn runner(function: &str) -> Option<Runner> {
         "ChunkedLogProbFunction.apply" => fused::chunked_kernel,
         "add_fused_lm_head" => fused::fused_lm_head,
         "DPOTrainer._compute_loss" => dpo::dpo_compute_loss,
+        "OnlineDPOTrainer.training_step" => rl::online_dpo_training_step,
         "DPOLoss.forward" => dpo::torchtune_dpo_loss,
         "RSOLoss.forward" => dpo::torchtune_rso_loss,
         "KTOTrainer._compute_loss" => kto::kto_compute_loss,
