@@ -7,12 +7,14 @@
 //! Task and model: the `dpo` example's (reverse 4 digits; tiny transformer; weak SFT on a
 //! 40% reversed / 60% copied mix). Each step samples `--num-generations` completions per
 //! prompt ([`Sampler`]), scores them with two weighted reward functions (0.8 x digits in the
-//! reversed position + 0.2 x "4 digits then EOS"), and runs [`GrpoStep`]: group-relative
-//! advantages, reference log-probs for the KL term, the sampler's log-probs as old log-probs
-//! and its truncated-distribution log-probs for the importance-sampling correction (which
-//! matters with `--top-k`).
+//! reversed position + 0.2 x "4 digits then EOS"), and runs [`GrpoStep`] with TRL's default
+//! loss type (`dapo`): group-relative advantages, reference log-probs for the KL term, the
+//! sampler's log-probs as old log-probs (with `--top-k`, over each token's recorded support:
+//! sampling replay, so the first ratio is exactly 1), clipping at 1.0.
 //!
-//! Prints progress, writes `reward.svg`, and ends with `final: reward <start> -> <end>`
+//! The evaluation is greedy decoding on held-out prompts (never training prompts), judged by
+//! the task's rule (`dpo::rule`), before and after. Prints progress, writes `reward.svg`, and
+//! ends with `final: reward <start> -> <end>, held-out greedy rule rate <start> -> <end>`
 //! (mean sampled reward of the first step and of the last 5 steps).
 #![allow(dead_code)]
 
@@ -68,6 +70,9 @@ pub struct Args {
     /// Print nothing while training.
     #[arg(long)]
     pub quiet: bool,
+    /// Held-out prompts for the greedy evaluation.
+    #[arg(long, default_value_t = 200)]
+    pub heldout: usize,
     /// Model width.
     #[arg(skip = 64usize)]
     pub d_model: usize,
@@ -78,6 +83,8 @@ pub struct Args {
 pub struct History {
     /// Per-step metrics (TRL names: `reward`, `reward_std`, `kl`, `loss`, ...).
     pub steps: Vec<(usize, BTreeMap<String, f64>)>,
+    /// Held-out greedy rule rate before and after training.
+    pub heldout_rule_rate: (f64, f64),
     /// Wall time.
     pub seconds: f64,
 }
@@ -116,6 +123,10 @@ pub fn run(args: &Args) -> Result<History, String> {
         |step, nll| say(format!("  sft step {step:>4} nll {nll:.4}")),
     );
     let reference = policy.valid();
+    let heldout: Vec<Vec<i64>> = online_dpo::prompt_rows(args.heldout, &mut rng)
+        .into_iter()
+        .map(|r| r[..PROMPT].to_vec())
+        .collect();
     let sampler = SamplerConfig::new()
         .with_num_generations(args.num_generations)
         .with_max_new_tokens(PROMPT + 1)
@@ -125,7 +136,7 @@ pub fn run(args: &Args) -> Result<History, String> {
         .init();
     let grpo = GrpoStepConfig::new(
         GrpoLossConfig::new()
-            .with_loss_type(GrpoLossType::Grpo)
+            .with_loss_type(GrpoLossType::Dapo)
             .with_beta(args.beta),
     )
     .with_learning_rate(args.learning_rate)
@@ -134,14 +145,15 @@ pub fn run(args: &Args) -> Result<History, String> {
     let rewards = online_dpo::scorer();
     let mut optim = AdamConfig::new().init();
     let mut history = History::default();
+    history.heldout_rule_rate.0 = dpo::rule_rate(&policy.valid(), &heldout, &base);
     say(format!(
         "GRPO: {} steps x {} prompts x {} samples, beta {}",
         args.steps, args.prompts, args.num_generations, args.beta
     ));
     let bar = dpo::progress_bar(args.steps, args.quiet);
     for step in 1..=args.steps {
-        let prompts =
-            Prompts::left_padded(&online_dpo::prompt_rows(args.prompts, &mut rng), EOS, &base);
+        let rows = online_dpo::training_prompt_rows(args.prompts, &mut rng, &heldout);
+        let prompts = Prompts::left_padded(&rows, EOS, &base);
         let seed = args.seed.wrapping_mul(1_000_003).wrapping_add(step as u64);
         let generation = sampler
             .try_sample(&policy.valid(), &prompts, seed)
@@ -173,6 +185,7 @@ pub fn run(args: &Args) -> Result<History, String> {
         history.steps.push((step, m));
     }
     bar.finish_and_clear();
+    history.heldout_rule_rate.1 = dpo::rule_rate(&policy.valid(), &heldout, &base);
     history.seconds = start.elapsed().as_secs_f64();
     Ok(history)
 }
@@ -215,5 +228,8 @@ fn main() {
     .expect("write plot");
     println!("done in {:.1} s; plot: {}", h.seconds, path.display());
     let (first, last) = h.start_end(5);
-    println!("final: reward {first:.3} -> {last:.3}");
+    let (before, after) = h.heldout_rule_rate;
+    println!(
+        "final: reward {first:.3} -> {last:.3}, held-out greedy rule rate {before:.3} -> {after:.3}"
+    );
 }
