@@ -20,6 +20,7 @@
 pub mod advantages;
 mod global_whiten;
 pub mod grpo;
+mod importance;
 pub mod kl;
 pub mod ppo;
 pub mod ratio;
@@ -38,6 +39,7 @@ pub use grpo::{
     GrpoLoss, GrpoLossConfig, GrpoLossInput, GrpoLossType, ImportanceSamplingLevel, RlooLoss,
     RlooLossConfig,
 };
+pub use importance::{ImportanceSamplingConfig, ImportanceSamplingMode};
 pub use kl::{
     AdaptiveKlController, FixedKlController, KlController, KlEstimator, KlPenalty, KlPenaltyConfig,
     KlPenaltyOutput, kl_estimate, reward_penalty_mask, try_kl_estimate,

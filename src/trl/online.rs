@@ -297,8 +297,8 @@ impl FromTrl for GrpoConfigs {
                 json!(false),
                 "with vLLM generation TRL multiplies each token's loss by the trainer / vLLM \
                  probability ratio (vllm_importance_sampling_correction, _mode, _clip_min, \
-                 _clip_max); the crate samples in-process: pass a ratio with \
-                 GrpoLossInput::with_importance_sampling_ratio for rollouts made elsewhere",
+                 _clip_max); the crate samples in-process: for rollouts made elsewhere build \
+                 the ratio with rl::ImportanceSamplingConfig (TRL's modes and bounds)",
             );
         }
         Ok(r.finish(GrpoConfigs {

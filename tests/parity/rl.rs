@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 use burn_rlhf::rl::{
     GaeConfig, GroupAdvantageConfig, GrpoLossConfig, GrpoLossInput, GrpoLossType,
-    ImportanceSamplingLevel, KlPenaltyConfig, PpoLossConfig, PpoLossInput, RewardAggregation,
-    RlooAdvantageConfig, RlooLossConfig, ScaleRewards, Whitening, masked_mean as tt_masked_mean,
-    masked_var as tt_masked_var, reward_penalty_mask, whiten as tt_whiten,
+    ImportanceSamplingConfig, ImportanceSamplingLevel, ImportanceSamplingMode, KlPenaltyConfig,
+    PpoLossConfig, PpoLossInput, RewardAggregation, RlooAdvantageConfig, RlooLossConfig,
+    ScaleRewards, Whitening, masked_mean as tt_masked_mean, masked_var as tt_masked_var,
+    reward_penalty_mask, whiten as tt_whiten,
 };
 use serde_json::Value;
 
@@ -437,7 +438,41 @@ pub fn grpo_compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
     if case.config_bool("use_vllm_importance_sampling_correction")
         && let Some(a) = case.input_opt("importance_sampling_ratio")
     {
-        input = input.with_importance_sampling_ratio(t2(&a, dev, &device));
+        // The crate's own ratio from TRL's old and sampling log-probs (grpo_matrix/ gives
+        // both); it must equal the one TRL computed, and it is the one the loss uses.
+        let ratio = match (
+            case.config
+                .get("vllm_importance_sampling_mode")
+                .and_then(Value::as_str),
+            case.input_opt("old_per_token_logps"),
+            case.input_opt("sampling_per_token_logps"),
+        ) {
+            (Some(mode), Some(old), Some(sampling)) => {
+                let mode = match mode {
+                    "token_truncate" => ImportanceSamplingMode::TokenTruncate,
+                    "token_mask" => ImportanceSamplingMode::TokenMask,
+                    "sequence_truncate" => ImportanceSamplingMode::SequenceTruncate,
+                    "sequence_mask" => ImportanceSamplingMode::SequenceMask,
+                    other => return Err(format!("unknown IS mode {other}")),
+                };
+                let mask = mask2(&case.input("completion_mask"), &device);
+                let ratio = ImportanceSamplingConfig::new()
+                    .with_mode(mode)
+                    .with_clip_min(cfg_opt_f64(case, "vllm_importance_sampling_clip_min"))
+                    .with_clip_max(cfg_opt_f64(case, "vllm_importance_sampling_clip_max"))
+                    .try_ratio(t2(&old, dev, &device), t2(&sampling, dev, &device), mask)
+                    .map_err(|e| e.to_string())?;
+                check(
+                    "importance_sampling_ratio",
+                    &to_vec(ratio.clone()),
+                    &a.values,
+                    dev,
+                )?;
+                ratio
+            }
+            _ => t2(&a, dev, &device),
+        };
+        input = input.with_importance_sampling_ratio(ratio);
     }
     let out = loss.forward(input);
     let metrics = out.metrics.to_host();

@@ -110,8 +110,10 @@ impl Rollout {
     /// Token-level truncated importance sampling (TRL's `token_truncate` correction): the ratio
     /// `min(π_old / π_sampling, cap)` per token, from `old_logprobs` and the
     /// `sampling_logprobs` set before (bounded like every ratio, see
-    /// [`LOG_RATIO_LIMIT`](crate::rl::LOG_RATIO_LIMIT)). Corrects for sampling from a truncated
-    /// (top-k/top-p) or stale distribution.
+    /// [`LOG_RATIO_LIMIT`](crate::rl::LOG_RATIO_LIMIT)). For rollouts from another engine, with
+    /// both log-probs over the same support (see [`ImportanceSamplingConfig`](crate::rl::ImportanceSamplingConfig)
+    /// for TRL's four modes); against the crate's own truncated `sampling_logps` it would only
+    /// scale each token by the kept mass.
     ///
     /// Errors: no `sampling_logprobs` ([`Error::MissingInput`]), `cap` not finite and > 0.
     pub fn with_truncated_importance_sampling(mut self, cap: f64) -> crate::Result<Self> {
