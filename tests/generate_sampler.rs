@@ -1109,7 +1109,7 @@ fn rare_tokens_are_drawn_at_their_rate_at_a_large_vocabulary() {
 /// by the kept mass (what the biased ratio multiplied every token's loss by).
 #[test]
 fn sampling_replay_gives_ratio_one_and_then_the_host_ratio() {
-    use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+    use burn::optim::{GradientsParams, SgdConfig};
     let device = Device::flex().autodiff();
     let mut policy = MeanLm::new(&device);
     let sampler = SamplerConfig::new()

@@ -618,7 +618,13 @@ pub fn online_dpo_training_step(case: &Case, dev: &TestDevice) -> Result<(), Str
     let c = cfg_usize(case, "completion_width");
     let rows = 2 * b;
     // crate row r <- TRL row trl(r)
-    let trl = |r: usize| if r % 2 == 0 { r / 2 } else { b + r / 2 };
+    let trl = |r: usize| {
+        if r.is_multiple_of(2) {
+            r / 2
+        } else {
+            b + r / 2
+        }
+    };
     let reorder = |a: &Array| -> Vec<f64> {
         (0..rows)
             .flat_map(|r| a.values[trl(r) * c..(trl(r) + 1) * c].to_vec())
