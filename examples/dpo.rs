@@ -525,12 +525,28 @@ pub fn rule_rate(model: &TinyLm, prompts: &[Vec<i64>], device: &Device) -> f64 {
 /// SFT on a mix where `reverse_fraction` of the completions follow the rule and the rest
 /// copy the prompt; `log(step, nll)` is called every 50 steps and at the end.
 pub fn warm_up(
+    model: TinyLm,
+    device: &Device,
+    steps: usize,
+    batch: usize,
+    reverse_fraction: f64,
+    rng: &mut Rng,
+    log: impl FnMut(usize, f64),
+) -> TinyLm {
+    warm_up_excluding(model, device, steps, batch, reverse_fraction, rng, &[], log)
+}
+
+/// [`warm_up`] on prompts that are not in `exclude` (held-out prompts of the online examples;
+/// with `exclude` empty the data are exactly `warm_up`'s).
+#[allow(clippy::too_many_arguments)]
+pub fn warm_up_excluding(
     mut model: TinyLm,
     device: &Device,
     steps: usize,
     batch: usize,
     reverse_fraction: f64,
     rng: &mut Rng,
+    exclude: &[Vec<i64>],
     mut log: impl FnMut(usize, f64),
 ) -> TinyLm {
     // (`device` is passed in: reading a parameter here would initialize it early and change
@@ -539,7 +555,10 @@ pub fn warm_up(
     for step in 1..=steps {
         let rows: Vec<Vec<i64>> = (0..batch)
             .map(|_| {
-                let p = prompt(rng);
+                let mut p = prompt(rng);
+                while exclude.contains(&p) {
+                    p = prompt(rng);
+                }
                 let c = if rng.chance(reverse_fraction) {
                     rule(&p)
                 } else {

@@ -15,8 +15,8 @@
 //! tie carries no preference; TRL's online DPO draws 2 and keeps ties) and no gradient
 //! clipping (TRL clips at 1.0).
 //!
-//! The metric is the fraction of held-out prompts (never used as training prompts in the
-//! rounds) whose greedy completion follows the rule (`dpo::rule`, independent of the reward's
+//! The metric is the fraction of held-out prompts (never training prompts: neither in the SFT
+//! warm-up nor in the rounds) whose greedy completion follows the rule (`dpo::rule`, independent of the reward's
 //! format term). Prints progress, writes `rounds.svg` and ends with
 //! `final: rule_rate <start> -> <end>`.
 #![allow(dead_code)]
@@ -159,20 +159,24 @@ pub fn run(args: &Args) -> Result<History, String> {
         "SFT warm-up: {} steps on a 40% rule / 60% copy mix (device {})",
         args.sft_steps, args.device
     ));
-    let mut policy = dpo::warm_up(
+    // Held-out prompts first, from their own stream: neither the SFT warm-up nor the rounds
+    // train on them.
+    let mut heldout_rng =
+        Rng(0xA076_1D64_78BD_642F ^ args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let heldout: Vec<Vec<i64>> = (0..args.heldout)
+        .map(|_| dpo::prompt(&mut heldout_rng))
+        .collect();
+    let mut policy = dpo::warm_up_excluding(
         TinyLm::new(args.d_model, 2, &device),
         &device,
         args.sft_steps,
         32,
         0.4,
         &mut rng,
+        &heldout,
         |step, nll| say(format!("  sft step {step:>4} nll {nll:.4}")),
     );
     let mut reference = policy.valid();
-    let heldout: Vec<Vec<i64>> = prompt_rows(args.heldout, &mut rng)
-        .into_iter()
-        .map(|r| r[..PROMPT].to_vec())
-        .collect();
     let sampler = SamplerConfig::new()
         .with_num_generations(args.num_generations)
         .with_max_new_tokens(PROMPT + 1)

@@ -1274,3 +1274,67 @@ fn tr_dpo_soft_update_and_hard_refresh() {
         .policy;
     assert_eq!(params(&reference), params(&policy));
 }
+
+/// Issue 23: iterative DPO on the pairs of every round so far (Dong et al. 2024): rounds of
+/// different completion widths train together, and the update's loss is the mean over every
+/// round's pairs, i.e. the pair-weighted mean of each round's own loss (`try_loss`).
+#[test]
+fn online_dpo_trains_on_the_pairs_of_all_rounds() {
+    use burn::optim::SgdConfig;
+    use burn_rlhf::generate::OnlineDpoConfig;
+    let device = Device::flex().autodiff();
+    let policy = MeanLm::new(&device);
+    let reference = policy.valid();
+    let prompts = Prompts::left_padded(&[vec![1, 2], vec![3], vec![4, 5, 6]], 0, &device);
+    let round = |tokens: usize, seed: u64| {
+        SamplerConfig::new()
+            .with_num_generations(2)
+            .with_max_new_tokens(tokens)
+            .init()
+            .sample(&policy.valid(), &prompts, seed)
+    };
+    let (first, second) = (round(3, 1), round(6, 2));
+    let score = |g: &Generation| -> Vec<Option<f64>> {
+        g.completions()
+            .iter()
+            .map(|c| Some(c.iter().sum::<i64>() as f64))
+            .collect()
+    };
+    let (s1, s2) = (score(&first), score(&second));
+    let online = OnlineDpoConfig::new()
+        .with_learning_rate(0.1)
+        .with_max_grad_norm(None)
+        .init();
+    // Each round's own loss (pairs: the 3 prompts of each round).
+    let own = |g: &Generation, s: &[Option<f64>]| {
+        let out = online
+            .try_loss(
+                g.completion_logps(&policy, 1.0),
+                g.completion_logps(&reference, 1.0),
+                s,
+                &g.finished_host(),
+                2,
+            )
+            .unwrap();
+        (host(out.output.loss)[0], out.pairs.len() as f64)
+    };
+    let ((l1, n1), (l2, n2)) = (own(&first, &s1), own(&second, &s2));
+    let mut reference_copy = reference.clone();
+    let mut optim = SgdConfig::new().init();
+    let out = online
+        .try_update_rounds(
+            policy.clone(),
+            &mut reference_copy,
+            &mut optim,
+            &[(&first, &s1[..]), (&second, &s2[..])],
+        )
+        .unwrap();
+    assert_eq!(out.metrics["num_pairs"], n1 + n2);
+    let want = (n1 * l1 + n2 * l2) / (n1 + n2);
+    assert!(
+        (out.metrics["loss"] - want).abs() < 1e-5,
+        "loss {} vs pair-weighted mean {want}",
+        out.metrics["loss"]
+    );
+    assert_ne!(params(&out.policy), params(&policy), "the update trains");
+}

@@ -355,7 +355,8 @@ impl OnlineDpo {
     /// `policy` lives on an autodiff device; `reference` is a frozen copy (`policy.valid()`
     /// at the start), moved by TR-DPO's soft update (`sync_ref_model`) or replaced by the
     /// updated policy (`refresh_reference`). Log-probs are untempered (TRL 1.16) unless
-    /// `tempered_logps`.
+    /// `tempered_logps`. This is [`try_update_rounds`](Self::try_update_rounds) with one
+    /// round.
     ///
     /// Errors: scores not one per row, and the errors of [`try_loss`](Self::try_loss) other
     /// than "no pair" (an update without a pair returns the scoring metrics and the policy
@@ -368,42 +369,88 @@ impl OnlineDpo {
         generation: &Generation,
         scores: &[Option<f64>],
     ) -> crate::Result<OnlineDpoOutput<M>> {
+        self.try_update_rounds(policy, reference, optim, &[(generation, scores)])
+    }
+
+    /// One update on the pairs of several rounds of generations: iterative DPO that trains
+    /// each round on **all the data so far** (Dong et al. 2024, *RLHF Workflow*,
+    /// <https://arxiv.org/abs/2405.07863>), with the reference kept fixed (the SFT policy) or
+    /// refreshed (`refresh_reference`). Each round's rows are scored, penalized and paired on
+    /// their own; the pairs of every round are shuffled together (`epochs`, `batch_pairs`,
+    /// `seed`) and each minibatch recomputes the policy's log-probs of its rows, round by
+    /// round. The scoring and objective metrics describe the **last** round; `num_pairs`
+    /// counts every round's pairs.
+    ///
+    /// Errors: no round, a round whose scores are not one per row, and the loss's errors.
+    pub fn try_update_rounds<M: CausalLm + Module>(
+        &self,
+        policy: M,
+        reference: &mut M,
+        optim: &mut ModuleOptimizer,
+        rounds: &[(&Generation, &[Option<f64>])],
+    ) -> crate::Result<OnlineDpoOutput<M>> {
         let c = &self.config;
-        let finished = generation.finished_host();
-        if scores.len() != generation.len() {
-            return Err(Error::shape(
-                "scores",
-                format!("[{}] (one per generated row)", generation.len()),
-                &[scores.len()],
-            ));
+        crate::error::check_non_empty("rounds", rounds.len(), "no round of generations")?;
+        let mut per_round = Vec::with_capacity(rounds.len());
+        for &(generation, scores) in rounds {
+            if scores.len() != generation.len() {
+                return Err(Error::shape(
+                    "scores",
+                    format!(
+                        "[{}] (one per generated row of its round)",
+                        generation.len()
+                    ),
+                    &[scores.len()],
+                ));
+            }
+            let finished = generation.finished_host();
+            let penalized = self.penalized(scores, &finished);
+            let pairs = self
+                .pairing
+                .try_pair(&penalized, generation.num_generations)?;
+            per_round.push((finished, penalized, pairs));
         }
-        let n = generation.num_generations;
-        let penalized = self.penalized(scores, &finished);
-        let pairs = self.pairing.try_pair(&penalized, n)?;
-        if pairs.is_empty() {
-            let metrics = self.scoring_metrics(&penalized, &finished, &pairs);
+        let all: Vec<(usize, usize)> = per_round
+            .iter()
+            .enumerate()
+            .flat_map(|(k, (_, _, pairs))| (0..pairs.len()).map(move |i| (k, i)))
+            .collect();
+        let (last_generation, _) = rounds[rounds.len() - 1];
+        let (last_finished, last_scores, last_pairs) = &per_round[per_round.len() - 1];
+        let mut scoring = self.scoring_metrics(last_scores, last_finished, last_pairs);
+        scoring.insert("num_pairs".into(), all.len() as f64);
+        if all.is_empty() {
             return Ok(OnlineDpoOutput {
                 policy,
-                scores: penalized,
-                pairs,
-                metrics,
+                scores: last_scores.clone(),
+                pairs: last_pairs.clone(),
+                metrics: scoring,
             });
         }
         let temperature = if c.tempered_logps {
-            generation.logps_temperature
+            last_generation.logps_temperature
         } else {
             1.0
         };
-        let ref_tokens = generation.completion_logps(&*reference, temperature);
-        let ref_sum = ref_tokens.sum();
-        let b = pairs.len();
+        let ref_tokens: Vec<GatheredLogprobs> = rounds
+            .iter()
+            .map(|(g, _)| g.completion_logps(&*reference, temperature))
+            .collect();
+        // The objective statistics of the last round, from the policy before the update.
+        let mut metrics = self.objective_metrics(
+            &last_generation.completion_logps(&policy.valid(), temperature),
+            &ref_tokens[ref_tokens.len() - 1],
+            last_scores,
+            last_finished,
+            last_pairs,
+        );
         let per_step = if c.batch_pairs == 0 {
-            b
+            all.len()
         } else {
-            c.batch_pairs.min(b)
+            c.batch_pairs.min(all.len())
         };
         let mut policy = policy;
-        let mut order: Vec<usize> = (0..b).collect();
+        let mut order: Vec<usize> = (0..all.len()).collect();
         let mut rng = c.seed;
         let mut first: Option<Metrics> = None;
         let (mut loss_sum, mut loss_count): (Option<Tensor<1>>, usize) = (None, 0);
@@ -412,22 +459,18 @@ impl OnlineDpo {
                 shuffle(&mut order, &mut rng);
             }
             for chunk in order.chunks(per_step) {
-                let tokens = generation.completion_logps(&policy, temperature);
-                let sub = Pairs {
-                    chosen: chunk.iter().map(|&i| pairs.chosen[i]).collect(),
-                    rejected: chunk.iter().map(|&i| pairs.rejected[i]).collect(),
-                    margins: chunk.iter().map(|&i| pairs.margins[i]).collect(),
-                };
-                let out = self.pair_loss(&sub, &tokens, &ref_sum)?;
+                let chunk: Vec<(usize, usize)> = chunk.iter().map(|&i| all[i]).collect();
+                let (tokens, ref_sums, local) = self.chunk_rows(
+                    &policy,
+                    rounds,
+                    &per_round,
+                    &ref_tokens,
+                    &chunk,
+                    temperature,
+                )?;
+                let out = self.pair_loss(&local, &tokens, &ref_sums)?;
                 if first.is_none() {
-                    // The first optimizer step reports the pair metrics and, over every row,
-                    // the objective statistics.
-                    let mut m = out.metrics.clone();
-                    m.extend_prefixed(
-                        "",
-                        self.objective_metrics(&tokens, &ref_tokens, &penalized, &finished, &pairs),
-                    );
-                    first = Some(m);
+                    first = Some(out.metrics.clone());
                 }
                 let loss = out.loss.clone().detach();
                 loss_sum = Some(match loss_sum.take() {
@@ -442,10 +485,12 @@ impl OnlineDpo {
                 policy = optim.step(c.learning_rate, policy, grads);
             }
         }
-        let mut metrics = first.unwrap_or_default();
+        metrics.extend_prefixed("", first.unwrap_or_default());
         if let Some(total) = loss_sum {
             metrics.insert("loss", total.div_scalar(loss_count as f64));
         }
+        let mut host = metrics.to_host();
+        host.extend(scoring);
         let updates = self.updates.0.fetch_add(1, Ordering::Relaxed) + 1;
         if c.refresh_reference {
             *reference = policy.valid();
@@ -454,10 +499,93 @@ impl OnlineDpo {
         }
         Ok(OnlineDpoOutput {
             policy,
-            scores: penalized,
-            pairs,
-            metrics: metrics.to_host(),
+            scores: last_scores.clone(),
+            pairs: last_pairs.clone(),
+            metrics: host,
         })
+    }
+
+    /// The policy's per-token log-probs of a minibatch of pairs `(round, pair)`: chosen rows
+    /// first, then rejected rows, right-padded to one width; the reference sums in the same
+    /// order; and the local pairs (`i` against `m + i`).
+    #[allow(clippy::type_complexity)]
+    fn chunk_rows<M: CausalLm + Module>(
+        &self,
+        policy: &M,
+        rounds: &[(&Generation, &[Option<f64>])],
+        per_round: &[(Vec<bool>, Vec<Option<f64>>, Pairs)],
+        ref_tokens: &[GatheredLogprobs],
+        chunk: &[(usize, usize)],
+        temperature: f64,
+    ) -> crate::Result<(GatheredLogprobs, Tensor<1>, Pairs)> {
+        let m = chunk.len();
+        let mut parts: Vec<(GatheredLogprobs, Tensor<1>, Vec<usize>)> = Vec::new();
+        for (k, (generation, _)) in rounds.iter().enumerate() {
+            let picked: Vec<usize> = chunk
+                .iter()
+                .enumerate()
+                .filter(|(_, (r, _))| *r == k)
+                .map(|(slot, _)| slot)
+                .collect();
+            if picked.is_empty() {
+                continue;
+            }
+            let pairs = &per_round[k].2;
+            let rows: Vec<usize> = picked
+                .iter()
+                .map(|&slot| pairs.chosen[chunk[slot].1])
+                .chain(picked.iter().map(|&slot| pairs.rejected[chunk[slot].1]))
+                .collect();
+            let tokens = generation
+                .try_select(&rows)?
+                .completion_logps(policy, temperature);
+            let ref_sums = ref_tokens[k]
+                .sum()
+                .select(0, index(&rows, &ref_tokens[k].logprobs.device()));
+            parts.push((tokens, ref_sums, picked));
+        }
+        let width = parts
+            .iter()
+            .map(|(t, _, _)| t.logprobs.dims()[1])
+            .max()
+            .unwrap_or(1);
+        // Row order: every chosen row of the chunk (by slot), then every rejected row.
+        let (mut chosen, mut rejected, mut ref_chosen, mut ref_rejected, mut slots) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for (tokens, ref_sums, picked) in parts {
+            let n = picked.len();
+            let tokens = pad_width(tokens, width);
+            let device = tokens.logprobs.device();
+            chosen.push(select_rows(&tokens, &(0..n).collect::<Vec<_>>()));
+            rejected.push(select_rows(&tokens, &(n..2 * n).collect::<Vec<_>>()));
+            let ref_sums = ref_sums.to_device(&device);
+            ref_chosen.push(ref_sums.clone().narrow(0, 0, n));
+            ref_rejected.push(ref_sums.narrow(0, n, n));
+            slots.extend(picked);
+        }
+        let cat = |parts: Vec<GatheredLogprobs>| GatheredLogprobs {
+            logprobs: Tensor::cat(parts.iter().map(|p| p.logprobs.clone()).collect(), 0),
+            mask: Tensor::cat(parts.iter().map(|p| p.mask.clone().int()).collect(), 0)
+                .equal_elem(1),
+        };
+        let tokens = cat(vec![cat(chosen), cat(rejected)]);
+        let ref_sums = Tensor::cat(
+            vec![Tensor::cat(ref_chosen, 0), Tensor::cat(ref_rejected, 0)],
+            0,
+        );
+        debug_assert_eq!(slots.len(), m);
+        let local = Pairs {
+            chosen: (0..m).collect(),
+            rejected: (m..2 * m).collect(),
+            margins: slots
+                .iter()
+                .map(|&slot| {
+                    let (k, i) = chunk[slot];
+                    per_round[k].2.margins[i]
+                })
+                .collect(),
+        };
+        Ok((tokens, ref_sums, local))
     }
 
     crate::error::panicking! {
@@ -518,6 +646,33 @@ impl OnlineDpo {
         S: Scorer + ?Sized,
     {
         unwrap_or_panic(self.try_step(policy, reference, optim, sampler, scorer, prompts, seed))
+    }
+}
+
+/// Right-pads per-token log-probs to `width` columns (log-prob 0, mask false).
+fn pad_width(g: GatheredLogprobs, width: usize) -> GatheredLogprobs {
+    let [rows, c] = g.logprobs.dims();
+    if c >= width {
+        return g;
+    }
+    let device = g.logprobs.device();
+    let dtype = g.logprobs.dtype();
+    GatheredLogprobs {
+        logprobs: Tensor::cat(
+            vec![
+                g.logprobs,
+                Tensor::<2>::zeros([rows, width - c], (&device, dtype)),
+            ],
+            1,
+        ),
+        mask: Tensor::cat(
+            vec![
+                g.mask.int(),
+                Tensor::<2, Int>::zeros([rows, width - c], &device),
+            ],
+            1,
+        )
+        .equal_elem(1),
     }
 }
 
