@@ -113,13 +113,9 @@ pub fn run(args: &Args) -> Result<History, String> {
         "SFT warm-up: {} steps on a 40% rule / 60% copy mix (device {})",
         args.sft_steps, args.device
     ));
-    // Held-out prompts first, from their own stream: neither the SFT warm-up nor the rounds
+    // Held-out prompts first, from their own stream: neither the SFT warm-up nor the steps
     // train on them.
-    let mut heldout_rng =
-        Rng(0xA076_1D64_78BD_642F ^ args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let heldout: Vec<Vec<i64>> = (0..args.heldout)
-        .map(|_| dpo::prompt(&mut heldout_rng))
-        .collect();
+    let heldout = online_dpo::heldout_prompts(args.heldout, args.seed);
     let mut policy = dpo::warm_up_excluding(
         TinyLm::new(args.d_model, 2, &device),
         &device,

@@ -131,6 +131,12 @@ pub fn prompt_rows(n: usize, rng: &mut Rng) -> Vec<Vec<i64>> {
         .collect()
 }
 
+/// `n` held-out prompts (digits only) for `seed`, from a stream of their own.
+pub fn heldout_prompts(n: usize, seed: u64) -> Vec<Vec<i64>> {
+    let mut rng = Rng(0xA076_1D64_78BD_642F ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    (0..n).map(|_| dpo::prompt(&mut rng)).collect()
+}
+
 /// `n` training prompts, none of them a held-out prompt (`heldout` holds the digits, without
 /// the separator).
 pub fn training_prompt_rows(n: usize, rng: &mut Rng, heldout: &[Vec<i64>]) -> Vec<Vec<i64>> {
@@ -161,11 +167,7 @@ pub fn run(args: &Args) -> Result<History, String> {
     ));
     // Held-out prompts first, from their own stream: neither the SFT warm-up nor the rounds
     // train on them.
-    let mut heldout_rng =
-        Rng(0xA076_1D64_78BD_642F ^ args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let heldout: Vec<Vec<i64>> = (0..args.heldout)
-        .map(|_| dpo::prompt(&mut heldout_rng))
-        .collect();
+    let heldout = heldout_prompts(args.heldout, args.seed);
     let mut policy = dpo::warm_up_excluding(
         TinyLm::new(args.d_model, 2, &device),
         &device,
