@@ -35,7 +35,7 @@ pub use grpo::{AdvantageEstimator, GrpoStep, GrpoStepConfig, GrpoStepOutput};
 pub use model::{CachedCausalLm, CausalLm, position_ids};
 pub use online::{OnlineDpo, OnlineDpoConfig, OnlineDpoLoss, OnlineDpoOutput, soft_update};
 pub use pairing::{KtoLabels, Pairing, PairingConfig, Pairs, best_of_n, kto_labels};
-pub use sampler::{Prompts, Sampler, SamplerConfig};
+pub use sampler::{MAX_SUPPORT_BYTES, Prompts, Sampler, SamplerConfig};
 pub use scoring::{
     Completion, PairwiseJudge, RewardFunctions, RewardModelScorer, Scorer, Scores, judge_pairs,
 };

@@ -133,7 +133,7 @@ fn rl_loop_fields(r: &mut Reader) {
         "num_iterations",
         json!(1),
         "each generation batch is optimized num_iterations times (old log-probs from the \
-         generation-time policy); map it to PpoStepConfig::epochs yourself",
+         generation-time policy); set GrpoStepConfig::num_iterations (or PpoStepConfig::epochs) yourself",
     );
     reference_sync_fields(r);
 }
