@@ -74,8 +74,7 @@ pub fn try_support_logps(
         .clone()
         .gather(2, safe_support)
         .mask_fill(unused, UNUSED_LOGIT);
-    let max = z_support.clone().max_dim(2).detach();
-    let lse = (z_support - max.clone()).exp().sum_dim(2).log() + max;
+    let lse = crate::reduce::logsumexp(z_support, 2);
     let safe_labels = labels
         .mask_fill(mask.clone().bool_not(), 0)
         .clamp(0, v as i64 - 1);
