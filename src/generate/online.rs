@@ -451,12 +451,12 @@ impl OnlineDpo {
         };
         let mut policy = policy;
         let mut order: Vec<usize> = (0..all.len()).collect();
-        let mut rng = c.seed;
+        let mut rng = crate::rl::step::XorShift::new(c.seed);
         let mut first: Option<Metrics> = None;
         let (mut loss_sum, mut loss_count): (Option<Tensor<1>>, usize) = (None, 0);
         for epoch in 0..c.epochs {
             if epoch > 0 {
-                shuffle(&mut order, &mut rng);
+                rng.shuffle(&mut order);
             }
             for chunk in order.chunks(per_step) {
                 let chunk: Vec<(usize, usize)> = chunk.iter().map(|&i| all[i]).collect();
@@ -682,18 +682,6 @@ fn select_rows(g: &GatheredLogprobs, rows: &[usize]) -> GatheredLogprobs {
     GatheredLogprobs {
         logprobs: g.logprobs.clone().select(0, idx.clone()),
         mask: g.mask.clone().int().select(0, idx).equal_elem(1),
-    }
-}
-
-/// Fisher-Yates with a xorshift64 stream seeded by `state`.
-fn shuffle(v: &mut [usize], state: &mut u64) {
-    for i in (1..v.len()).rev() {
-        *state ^= *state << 13;
-        *state ^= *state >> 7;
-        *state ^= *state << 17;
-        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let j = (*state % (i as u64 + 1)) as usize;
-        v.swap(i, j);
     }
 }
 

@@ -104,11 +104,12 @@ pub struct StepStats {
     pub early_stopped: bool,
 }
 
-/// Minimal xorshift64* for the shuffle (no dependency).
-struct XorShift(u64);
+/// Minimal xorshift64* for the shuffles of the update loops (`ppo_update`, `OnlineDpo`; no
+/// dependency).
+pub(crate) struct XorShift(u64);
 
 impl XorShift {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
     fn next(&mut self) -> u64 {
@@ -119,7 +120,7 @@ impl XorShift {
         self.0 = x;
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-    fn shuffle(&mut self, v: &mut [usize]) {
+    pub(crate) fn shuffle(&mut self, v: &mut [usize]) {
         for i in (1..v.len()).rev() {
             let j = (self.next() % (i as u64 + 1)) as usize;
             v.swap(i, j);
