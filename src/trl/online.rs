@@ -122,6 +122,24 @@ pub(super) fn reference_sync_fields(r: &mut Reader) {
     }
 }
 
+/// The sampler of a GRPO / RLOO config (temperature 1.0 by default, the completions' length
+/// from `max_completion_length`), and the loop fields those configs report.
+fn rl_sampler(
+    r: &mut Reader,
+    num_generations: usize,
+    max_completion_length: Option<usize>,
+) -> Result<SamplerConfig> {
+    let config = sampler(
+        r,
+        num_generations,
+        max_completion_length,
+        "max_completion_length",
+        1.0,
+    )?;
+    rl_loop_fields(r);
+    Ok(config)
+}
+
 /// GRPO / RLOO fields of the training loop that change the loss and are not implemented.
 fn rl_loop_fields(r: &mut Reader) {
     r.unsupported(
@@ -276,14 +294,7 @@ impl FromTrl for GrpoConfigs {
                 "sum_then_normalize, normalize_then_sum",
             )?)
             .with_reward_weights(reward_weights);
-        let sampler = sampler(
-            &mut r,
-            num_generations,
-            max_completion_length,
-            "max_completion_length",
-            1.0,
-        )?;
-        rl_loop_fields(&mut r);
+        let sampler = rl_sampler(&mut r, num_generations, max_completion_length)?;
         r.unsupported(
             "use_adaptive_entropy",
             json!(false),
@@ -351,14 +362,7 @@ impl FromTrl for RlooConfigs {
             .with_reward_weights(reward_weights);
         r.share("max_completion_length");
         let max_completion_length = r.opt_usize("max_completion_length", Some(512))?;
-        let sampler = sampler(
-            &mut r,
-            num_generations,
-            max_completion_length,
-            "max_completion_length",
-            1.0,
-        )?;
-        rl_loop_fields(&mut r);
+        let sampler = rl_sampler(&mut r, num_generations, max_completion_length)?;
         Ok(r.finish(RlooConfigs {
             loss,
             advantages,
