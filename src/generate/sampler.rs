@@ -358,12 +358,16 @@ impl Sampler {
                 let trunc = log_softmax_finite(truncation.apply_unchecked(logits));
                 let v = trunc.dims()[1];
                 let dtype = trunc.dtype();
-                let token = match c.top_k.filter(|&k| k < v) {
-                    // Only the top-k candidates can be drawn: race them alone, keyed by rank.
-                    Some(k) => {
-                        let (values, index) = trunc.clone().topk_with_indices(k, 1);
-                        let u = uniforms(seed, p, n, step, k, dtype, &device);
-                        index.gather(1, gumbel_max(values, u))
+                // With a top-k only its candidates can be drawn: one sort serves the race
+                // (keyed by rank) and the recorded support.
+                let candidates = c
+                    .top_k
+                    .filter(|&k| k < v)
+                    .map(|k| trunc.clone().topk_with_indices(k, 1));
+                let token = match &candidates {
+                    Some((values, index)) => {
+                        let u = uniforms(seed, p, n, step, values.dims()[1], dtype, &device);
+                        index.clone().gather(1, gumbel_max(values.clone(), u))
                     }
                     None => {
                         let u = uniforms(seed, p, n, step, v, dtype, &device);
@@ -371,7 +375,10 @@ impl Sampler {
                     }
                 };
                 if c.record_support && truncates {
-                    supports.push(support_ids(trunc.clone(), c.top_k, c.max_new_tokens)?);
+                    supports.push(match candidates {
+                        Some((values, index)) => index.mask_fill(values.is_inf(), -1),
+                        None => vocabulary_support(trunc.clone(), c.max_new_tokens)?,
+                    });
                 }
                 let logp = trunc.gather(1, token.clone());
                 (token, Some(logp))
@@ -427,18 +434,13 @@ impl Sampler {
     }
 }
 
-/// The kept set of one step as token ids `[rows, K]`, most likely first, `-1` in unused slots:
-/// `K` = `top_k` (capped at `V`), or `V` without a top-k (then refused above
-/// [`MAX_SUPPORT_BYTES`] for the whole generation).
-fn support_ids(
-    trunc: Tensor<2>,
-    top_k: Option<usize>,
-    max_new_tokens: usize,
-) -> crate::Result<Tensor<2, Int>> {
+/// The kept set of one step without a top-k, as token ids `[rows, V]`, most likely first,
+/// `-1` in unused slots; refused above [`MAX_SUPPORT_BYTES`] for the whole generation. (With
+/// a top-k the support is the race's candidates, `[rows, top_k]`.)
+fn vocabulary_support(trunc: Tensor<2>, max_new_tokens: usize) -> crate::Result<Tensor<2, Int>> {
     let [rows, v] = trunc.dims();
-    let k = top_k.map_or(v, |k| k.min(v));
-    let bytes = rows * max_new_tokens * k * std::mem::size_of::<i64>();
-    if top_k.is_none() && bytes > MAX_SUPPORT_BYTES {
+    let bytes = rows * max_new_tokens * v * std::mem::size_of::<i64>();
+    if bytes > MAX_SUPPORT_BYTES {
         return Err(Error::Conflict {
             field: "record_support",
             other: "top_k",
@@ -449,7 +451,7 @@ fn support_ids(
             ),
         });
     }
-    let (values, ids) = trunc.topk_with_indices(k, 1);
+    let (values, ids) = trunc.topk_with_indices(v, 1);
     Ok(ids.mask_fill(values.is_inf(), -1))
 }
 
