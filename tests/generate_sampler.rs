@@ -628,6 +628,19 @@ fn generate_try_forms_name_their_argument() {
         "{err}"
     );
     assert!(g.try_rollout(Tensor::<1>::zeros([4], &device)).is_ok());
+    // completion_logps: a model whose logits are not [R, P + C, V] is a typed error.
+    struct Short;
+    impl CausalLm for Short {
+        fn logits(&self, ids: Tensor<2, Int>, _mask: Tensor<2, Bool>) -> Tensor<3> {
+            let [b, t] = ids.dims();
+            Tensor::zeros([b, t - 1, V], &ids.device())
+        }
+    }
+    assert!(matches!(
+        g.try_completion_logps(&Short, 1.0),
+        Err(Error::Shape { arg: "logits", .. })
+    ));
+    assert!(g.try_completion_logps(&MeanLm::new(&device), 1.0).is_ok());
     // score_rows: one prompt and one `finished` flag per completion
     let rewards = RewardFunctions::new().with("len", 1.0, |c| Some(c.completion.len() as f64));
     let rows = vec![vec![1i64]; 4];

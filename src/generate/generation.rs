@@ -175,28 +175,57 @@ impl Generation {
             .collect()
     }
 
-    /// Per-token log-probs of the completions under `model` at `temperature`, recomputed with
-    /// one full forward (differentiable when `model` is on an autodiff device). The mask is
-    /// the completion mask.
-    ///
-    /// # Shapes
-    /// - output: `[R, C]`
-    pub fn completion_logps<M: CausalLm + ?Sized>(
+    crate::error::panicking! {
+        /// Per-token log-probs of the completions under `model` at `temperature`, recomputed
+        /// with one full forward (differentiable when `model` is on an autodiff device). The
+        /// mask is the completion mask.
+        ///
+        /// # Shapes
+        /// - output: `[R, C]`
+        pub fn completion_logps[M: CausalLm + ?Sized](
+            &self,
+            model: &M,
+            temperature: f64,
+        ) -> GatheredLogprobs = try_completion_logps;
+    }
+
+    /// Non-panicking form of [`completion_logps`](Self::completion_logps): the model's
+    /// logits must be `[R, P + C, V]` ([`Error::Shape`] naming `logits`), `temperature`
+    /// finite and > 0.
+    pub fn try_completion_logps<M: CausalLm + ?Sized>(
         &self,
         model: &M,
         temperature: f64,
-    ) -> GatheredLogprobs {
-        let logits = self.completion_logits(model, self.ids(), self.attention_mask());
+    ) -> crate::Result<GatheredLogprobs> {
+        let logits = self.try_completion_logits(model)?;
         let device = logits.device();
         TokenLogprobsConfig::new(LabelAlignment::Aligned)
             .with_temperature(temperature)
-            .with_check_labels(false)
-            .init()
-            .forward_masked(
+            .try_init()?
+            .try_forward(
                 logits,
                 self.completion_ids.clone().to_device(&device),
-                self.completion_mask.clone().to_device(&device),
+                Some(self.completion_mask.clone().to_device(&device)),
             )
+    }
+
+    /// The completion logits of every row, with the model's output shape checked.
+    fn try_completion_logits<M: CausalLm + ?Sized>(&self, model: &M) -> crate::Result<Tensor<3>> {
+        let ids = self.ids();
+        let [r, s] = ids.dims();
+        let logits = model.logits(ids, self.attention_mask());
+        let [lr, ls, v] = logits.dims();
+        if [lr, ls] != [r, s] || v == 0 {
+            return Err(Error::shape(
+                "logits",
+                format!(
+                    "[R, P + C, V] = [{r}, {s}, V >= 1] (the model's logits of the generation's ids)"
+                ),
+                &[lr, ls, v],
+            ));
+        }
+        let [_, c] = self.completion_ids.dims();
+        Ok(logits.narrow(1, s - c - 1, c))
     }
 
     /// Per-token log-probs of the completions under `model` at `temperature`, renormalized
@@ -213,7 +242,7 @@ impl Generation {
         model: &M,
         temperature: f64,
     ) -> crate::Result<Tensor<2>> {
-        let logits = self.completion_logits(model, self.ids(), self.attention_mask());
+        let logits = self.try_completion_logits(model)?;
         let device = logits.device();
         let (labels, mask) = (
             self.completion_ids.clone().to_device(&device),

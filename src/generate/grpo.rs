@@ -290,7 +290,11 @@ impl GrpoStep {
         if self.loss.config().beta != 0.0 {
             let reference = match &generation.support {
                 Some(_) => generation.completion_support_logps(reference, temperature)?,
-                None => generation.completion_logps(reference, temperature).logprobs,
+                None => {
+                    generation
+                        .try_completion_logps(reference, temperature)?
+                        .logprobs
+                }
             };
             rollout = rollout.with_ref_logprobs(reference);
         }

@@ -434,11 +434,11 @@ impl OnlineDpo {
         };
         let ref_tokens: Vec<GatheredLogprobs> = rounds
             .iter()
-            .map(|(g, _)| g.completion_logps(&*reference, temperature))
-            .collect();
+            .map(|(g, _)| g.try_completion_logps(&*reference, temperature))
+            .collect::<crate::Result<_>>()?;
         // The objective statistics of the last round, from the policy before the update.
         let mut metrics = self.objective_metrics(
-            &last_generation.completion_logps(&policy.valid(), temperature),
+            &last_generation.try_completion_logps(&policy.valid(), temperature)?,
             &ref_tokens[ref_tokens.len() - 1],
             last_scores,
             last_finished,
@@ -538,7 +538,7 @@ impl OnlineDpo {
                 .collect();
             let tokens = generation
                 .try_select(&rows)?
-                .completion_logps(policy, temperature);
+                .try_completion_logps(policy, temperature)?;
             let ref_sums = ref_tokens[k]
                 .sum()
                 .select(0, index(&rows, &ref_tokens[k].logprobs.device()));
