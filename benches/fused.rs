@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::{Device, Distribution, Int, Tensor};
-use burn_rlhf::logprobs::FusedLogprobsConfig;
-use burn_rlhf::{LabelAlignment, TokenLogprobsConfig};
+use burn_rlhf::logps::FusedLogpsConfig;
+use burn_rlhf::logps::{LabelAlignment, TokenLogpsConfig};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn fused(c: &mut Criterion) {
@@ -34,7 +34,7 @@ fn fused(c: &mut Criterion) {
         device.sync().unwrap();
         start.elapsed()
     }
-    let fused_op = FusedLogprobsConfig::new().with_check_targets(false).init();
+    let fused_op = FusedLogpsConfig::new().with_check_targets(false).init();
     let run_fused = || {
         let (hh, ww) = (
             hidden.clone().autodiff().require_grad(),
@@ -42,7 +42,7 @@ fn fused(c: &mut Criterion) {
         );
         let grads = fused_op
             .forward(hh.clone(), ww.clone(), None, targets.clone())
-            .logprobs
+            .logps
             .sum()
             .backward();
         black_box((hh.grad(&grads), ww.grad(&grads)));
@@ -63,7 +63,7 @@ fn fused(c: &mut Criterion) {
         );
         let grads = fused_op
             .forward(hh.clone(), ww.clone(), None, half_ignored.clone())
-            .logprobs
+            .logps
             .sum()
             .backward();
         black_box((hh.grad(&grads), ww.grad(&grads)));
@@ -80,7 +80,7 @@ fn fused(c: &mut Criterion) {
         };
         let grads = fused_op
             .forward_head(hh.clone(), &linear, targets.clone())
-            .logprobs
+            .logps
             .sum()
             .backward();
         black_box((hh.grad(&grads), linear.weight.val().grad(&grads)));
@@ -88,7 +88,7 @@ fn fused(c: &mut Criterion) {
     group.bench_function("fused_linear_head", |b| {
         b.iter_custom(|iters| timed(&device, &run_fused_linear, iters))
     });
-    let gather = TokenLogprobsConfig::new(LabelAlignment::Aligned)
+    let gather = TokenLogpsConfig::new(LabelAlignment::Aligned)
         .with_check_labels(false)
         .init();
     let run_materialized = || {
@@ -102,7 +102,7 @@ fn fused(c: &mut Criterion) {
             .unsqueeze_dim::<3>(0);
         let grads = gather
             .forward(logits, targets.clone().unsqueeze_dim::<2>(0))
-            .logprobs
+            .logps
             .sum()
             .backward();
         black_box((hh.grad(&grads), ww.grad(&grads)));

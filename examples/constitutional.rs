@@ -4,25 +4,22 @@
 //! `cargo run --release --example constitutional -- [--rounds 60] [--prompts 32]
 //!   [--out out/constitutional]`
 //!
-//! The policy is the `dpo` example's tiny transformer after its weak SFT warm-up (it copies or
-//! reverses 4 prompt digits). The constitution is data: each [`Principle`] has a name, a
-//! critique request and a revision request, written in words. The critic is a rule set
+//! The policy is the `dpo` example's tiny transformer (`common::toy`) after its weak SFT warm-up
+//! (it copies or reverses 4 prompt digits). The constitution is data: each [`Principle`] has a
+//! name, a critique request and a revision request, written in words. The critic is a rule set
 //! standing in for a model ([`RuleCritic`]): it reads a request, answers the critique with the
-//! positions it finds objectionable, and carries out the revision; a request it does not
-//! understand gets no answer (`None`), as a failing judge would. Each round: sample one
-//! completion per prompt ([`Sampler`]), run the critique -> revision chain over the
-//! principles, score original and revision by the principles (the fraction of principles a
-//! completion satisfies, per the critic), pair them ([`PairingConfig`], first two: revision
-//! first; unchanged completions are ties and dropped), and take a DPO step against the SFT
-//! reference.
+//! positions it finds objectionable, and carries out the revision; a request it does not understand
+//! gets no answer (`None`), as a failing judge would. Each round: sample one completion per prompt
+//! ([`Sampler`]), run the critique -> revision chain over the principles, score original and
+//! revision by the principles (the fraction of principles a completion satisfies, per the critic),
+//! pair them ([`PairingConfig`], first two: revision first; unchanged completions are ties and
+//! dropped), and take a DPO step against the SFT reference.
 //!
 //! The metric is the principles' score of the policy's sampled completions on held-out
 //! prompts. Prints a critique/revision transcript and progress, writes `principles.svg`, and
 //! ends with `final: principles_score <start> -> <end>`.
-#![allow(dead_code)]
 
-#[path = "online_dpo.rs"]
-mod online_dpo;
+pub mod common;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -34,8 +31,11 @@ use burn_rlhf::IGNORE_INDEX;
 use burn_rlhf::generate::{Pairing, PairingConfig, Prompts, SamplerConfig};
 use burn_rlhf::losses::DpoLossConfig;
 use clap::Parser;
-use online_dpo::dpo::plot as chart;
-use online_dpo::dpo::{self, EOS, PROMPT, Rng, SEP, TinyLm};
+use common::chart;
+use common::device::device_of;
+use common::progress;
+use common::rng::Rng;
+use common::toy::{EOS, PROMPT, SEP, SEQ, TinyLm, gather, ints, prompt_rows, sequence, warm_up};
 
 /// One principle of the constitution: data, not code.
 #[derive(Debug, Clone, Copy)]
@@ -250,7 +250,7 @@ fn as_generated(prompt: &[i64], completion: &[i64]) -> Vec<i64> {
         .chain(completion)
         .copied()
         .collect();
-    row.resize(dpo::SEQ, PAD);
+    row.resize(SEQ, PAD);
     row
 }
 
@@ -294,7 +294,7 @@ fn evaluate(policy: &TinyLm, rows: &[Vec<i64>], device: &Device) -> f64 {
 
 pub fn run(args: &Args) -> Result<History, String> {
     let start = Instant::now();
-    let base = dpo::device_of(&args.device)?;
+    let base = device_of(&args.device)?;
     let device = base.clone().autodiff();
     base.seed(args.seed);
     let mut rng = Rng(0xA076_1D64_78BD_642F ^ args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
@@ -310,7 +310,7 @@ pub fn run(args: &Args) -> Result<History, String> {
             p.name, p.critique_request, p.revision_request
         ));
     }
-    let mut policy = dpo::warm_up(
+    let mut policy = warm_up(
         TinyLm::new(args.d_model, 2, &device),
         &device,
         args.sft_steps,
@@ -320,7 +320,7 @@ pub fn run(args: &Args) -> Result<History, String> {
         |step, nll| say(format!("  sft step {step:>4} nll {nll:.4}")),
     );
     let reference = policy.valid();
-    let heldout = online_dpo::prompt_rows(args.heldout, &mut rng);
+    let heldout = prompt_rows(args.heldout, &mut rng);
     let sampler = SamplerConfig::new()
         .with_max_new_tokens(PROMPT + 1)
         .with_eos_token_ids(vec![EOS])
@@ -333,9 +333,9 @@ pub fn run(args: &Args) -> Result<History, String> {
     let score = evaluate(&policy.valid(), &heldout, &base);
     history.evals.push((0, score));
     say(format!("SFT policy: principles' score {score:.3}"));
-    let bar = dpo::progress_bar(args.rounds, args.quiet);
+    let bar = progress::bar(args.rounds, args.quiet);
     for round in 1..=args.rounds {
-        let rows = online_dpo::prompt_rows(args.prompts, &mut rng);
+        let rows = prompt_rows(args.prompts, &mut rng);
         let seed = args.seed.wrapping_mul(1_000_003).wrapping_add(round as u64);
         let generation = sampler.sample(
             &policy.valid(),
@@ -357,7 +357,7 @@ pub fn run(args: &Args) -> Result<History, String> {
                 });
             }
             let p = &row[..PROMPT];
-            sequences.push(dpo::sequence(p, &revised));
+            sequences.push(sequence(p, &revised));
             sequences.push(as_generated(p, &completion));
             scores.push(RuleCritic.score(&CONSTITUTION, &revised));
             scores.push(RuleCritic.score(&CONSTITUTION, &original));
@@ -372,10 +372,10 @@ pub fn run(args: &Args) -> Result<History, String> {
                 .iter()
                 .map(|r| r.iter().map(|&t| if t == PAD { EOS } else { t }).collect())
                 .collect();
-            let ids = |d: &Device| dpo::ints(&chosen_then_rejected, d);
-            let labels = |d: &Device| dpo::ints(&lbl, d);
-            let tokens = dpo::gather(&policy, ids(&device), labels(&device));
-            let ref_logps = dpo::gather(&reference, ids(&base), labels(&base)).sum();
+            let ids = |d: &Device| ints(&chosen_then_rejected, d);
+            let labels = |d: &Device| ints(&lbl, d);
+            let tokens = gather(&policy, ids(&device), labels(&device));
+            let ref_logps = gather(&reference, ids(&base), labels(&base)).sum();
             let batch = pairs.preference_batch(tokens, Some(ref_logps.autodiff()));
             let out = loss.forward(&batch);
             loss_value = out.loss.clone().into_scalar::<f64>();
@@ -401,7 +401,7 @@ pub fn run(args: &Args) -> Result<History, String> {
     Ok(history)
 }
 
-fn main() {
+pub fn main() {
     let args = Args::parse();
     let h = run(&args).unwrap_or_else(|e| {
         eprintln!("error: {e}");

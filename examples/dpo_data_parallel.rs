@@ -4,9 +4,9 @@
 //! `cargo run --release --example dpo_data_parallel -- [--replicas 4] [--steps 10]
 //!   [--batch 16] [--seed 0]`
 //!
-//! Both runs start from the same tiny causal transformer (f64, flex) and see the same pairs
-//! (the `dpo` example's task: chosen = the prompt reversed, rejected = a copy or a near miss;
-//! the reference is the initial model):
+//! Both runs start from the same tiny causal transformer (f64, flex) and see the same pairs (the
+//! `dpo` example's task, `common::toy`: chosen = the prompt reversed, rejected = a copy or a near
+//! miss; the reference is the initial model):
 //!
 //! - **single device**: one DPO loss over the whole batch (TRL's mean over pairs), one Adam
 //!   step;
@@ -44,7 +44,8 @@
 //! burn-train's `MultiDevice` strategy sums the workers' gradients (step 3 done for you);
 //! if a strategy averages them instead, multiply the loss by the number of devices (or divide
 //! the global count by it).
-#![allow(dead_code)]
+
+pub mod common;
 
 use std::time::Instant;
 
@@ -53,16 +54,11 @@ use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor};
 use burn_rlhf::distributed::{Parts, StepCounts, sum_parts};
 use burn_rlhf::losses::{DpoLoss, DpoLossConfig, PreferenceBatch};
+use common::params::{ToF64, max_abs_diff};
+use common::rng::Rng;
+use common::toy::{TinyLm, gather, ints, labels_of as labels, make_pairs};
 
 const LR: f64 = 1e-3;
-
-// The `dpo` example's model, task and data (one copy of them, shared).
-#[path = "dpo.rs"]
-mod dpo;
-#[path = "common/params.rs"]
-mod params;
-use dpo::{Rng, TinyLm, gather, ints, labels_of as labels, make_pairs};
-use params::{ToF64, max_abs_diff};
 
 // ----------------------------------------------------------------------------- training
 
@@ -231,7 +227,7 @@ pub fn run(args: &Args) -> Result<Summary, String> {
             gather(model, ints(c, &device), labels(c, &device)),
             gather(model, ints(j, &device), labels(j, &device)),
         )
-        .with_reference(ref_c, ref_r);
+        .with_ref_logps(ref_c, ref_r);
         loss.forward(&batch).loss
     };
 
@@ -297,7 +293,7 @@ pub fn run(args: &Args) -> Result<Summary, String> {
     Ok(summary)
 }
 
-fn main() {
+pub fn main() {
     let args: Vec<String> = std::env::args().collect();
     let args = match Args::parse(&args) {
         Ok(a) => a,

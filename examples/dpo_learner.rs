@@ -3,7 +3,7 @@
 //! `cargo run --release --example dpo_learner --features train -- [--steps 150]
 //!   [--sft-steps 150] [--batch 32] [--seed 0] [--out out/dpo_learner] [--precompute-ref]`
 //!
-//! Same model, task and data as `dpo` (its module is included, not copied): an SFT warm-up on
+//! Same model, task and data as `dpo` (`common::toy`, shared, not copied): an SFT warm-up on
 //! a 40% reverse / 60% copy mix (here a `Learner` over [`SftModel`]), the warmed-up model
 //! frozen as the reference, then DPO on "reverse" (chosen) vs "copy or near miss" (rejected)
 //! pairs (a `Learner` over [`PreferenceModel`], one epoch of `--steps` batches). The held-out
@@ -13,11 +13,8 @@
 //!
 //! What the user writes for burn-train: `impl CausalLmLogps for TinyLm` (one call to the fused
 //! log-prob op), the item lists, and the usual `Learner` / `SupervisedTraining` setup.
-#![allow(dead_code)]
 
-// The `dpo` example's model, task and data (one copy of them, shared).
-#[path = "dpo.rs"]
-pub mod dpo;
+pub mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -30,17 +27,20 @@ use burn::tensor::{Device, Int, Tensor};
 use burn::train::metric::store::Split;
 use burn::train::renderer::CliMetricsRenderer;
 use burn::train::{Learner, SupervisedTraining};
-use burn_rlhf::GatheredLogprobs;
+use burn_rlhf::logps::GatheredLogps;
 use burn_rlhf::losses::DpoLossConfig;
 use burn_rlhf::train::{
     CausalLmLogps, PreferenceItem, PreferenceModel, SftItem, SftModel, TokenBatcher,
     TrlFileMetricLogger, TrlMetric, TrlMetricsExt,
 };
-use dpo::{EOS, PROMPT, Rng, TinyLm, gather, ints, labels_of, make_pairs};
+use common::rng::Rng;
+use common::toy::{
+    EOS, PROMPT, TinyLm, gather, heldout_reward_accuracy, ints, labels_of, make_pairs, split_row,
+};
 
 /// The one piece of model glue burn-train needs: per-token log-probs of the labels.
 impl CausalLmLogps for TinyLm {
-    fn token_logps(&self, input_ids: Tensor<2, Int>, labels: Tensor<2, Int>) -> GatheredLogprobs {
+    fn token_logps(&self, input_ids: Tensor<2, Int>, labels: Tensor<2, Int>) -> GatheredLogps {
         gather(self, input_ids, labels)
     }
 }
@@ -165,11 +165,6 @@ where
         .num_epochs(1)
 }
 
-/// Prompt (digits + SEP) and completion (digits + EOS) of a `[prompt, SEP, completion, EOS]` row.
-fn split_row(row: &[i64]) -> (Vec<i64>, Vec<i64>) {
-    (row[..=PROMPT].to_vec(), row[PROMPT + 1..].to_vec())
-}
-
 /// Runs the SFT warm-up and DPO through burn-train.
 pub fn run(o: &Options) -> Result<Summary, String> {
     let start = Instant::now();
@@ -269,7 +264,7 @@ pub fn run(o: &Options) -> Result<Summary, String> {
     };
     let (chosen, rejected) = (rows(|i| &i.chosen), rows(|i| &i.rejected));
     let heldout_reward_accuracy =
-        dpo::heldout_reward_accuracy(&policy, &reference, &chosen, &rejected, &device);
+        heldout_reward_accuracy(&policy, &reference, &chosen, &rejected, &device);
 
     let metrics = TrlMetric::PREFERENCE_KEYS
         .iter()
@@ -289,7 +284,7 @@ pub fn run(o: &Options) -> Result<Summary, String> {
     })
 }
 
-fn main() {
+pub fn main() {
     let argv: Vec<String> = std::env::args().collect();
     let options = Options::parse(&argv).unwrap_or_else(|e| {
         eprintln!("error: {e}");

@@ -4,7 +4,7 @@
 //! `cargo run --release --example dpo_multi_device --features train -- [--replicas 2]
 //!   [--steps 20] [--batch 8] [--sft-steps 100] [--seed 0] [--out out/dpo_multi_device]`
 //!
-//! The `dpo` example's task and model (its module is included, not copied): an SFT warm-up on
+//! The `dpo` example's task and model (`common::toy`, shared, not copied): an SFT warm-up on
 //! a 40% reverse / 60% copy mix, the warmed-up model frozen as the reference, then DPO on
 //! "reverse" (chosen) vs "copy or near miss" (rejected) pairs, in f64 so that the comparison
 //! measures the method and not f32 rounding. Two burn-train runs start from the same policy:
@@ -29,13 +29,8 @@
 //! `burn_rlhf::distributed`, "Why burn's collective runs only on CUDA"); the `MultiDevice`
 //! strategy needs none. On several CUDA GPUs, `ExecutionStrategy::ddp(devices, config)` with
 //! a `CollectiveReducer` per rank is the same recipe.
-#![allow(dead_code)]
 
-// The `dpo` example's model, task and data (one copy of them, shared).
-#[path = "dpo.rs"]
-pub mod dpo;
-#[path = "common/params.rs"]
-mod params;
+pub mod common;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,21 +43,22 @@ use burn::optim::AdamConfig;
 use burn::tensor::{Device, Int, Tensor};
 use burn::train::renderer::CliMetricsRenderer;
 use burn::train::{ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining};
-use burn_rlhf::GatheredLogprobs;
 use burn_rlhf::distributed::ThreadReducer;
+use burn_rlhf::logps::GatheredLogps;
 use burn_rlhf::losses::DpoLossConfig;
 use burn_rlhf::train::{
     CausalLmLogps, PreferenceInput, PreferenceItem, PreferenceModel, TokenBatcher,
 };
 use clap::Parser;
-use dpo::{EOS, PROMPT, Rng, TinyLm, gather, make_pairs, warm_up};
-use params::{ToF64, max_abs_diff};
+use common::params::{ToF64, max_abs_diff};
+use common::rng::Rng;
+use common::toy::{EOS, TinyLm, gather, heldout_reward_accuracy, make_pairs, split_row, warm_up};
 
 const LR: f64 = 1e-3;
 
 /// The model glue burn-train needs: per-token log-probs of the labels.
 impl CausalLmLogps for TinyLm {
-    fn token_logps(&self, input_ids: Tensor<2, Int>, labels: Tensor<2, Int>) -> GatheredLogprobs {
+    fn token_logps(&self, input_ids: Tensor<2, Int>, labels: Tensor<2, Int>) -> GatheredLogps {
         gather(self, input_ids, labels)
     }
 }
@@ -118,11 +114,6 @@ pub struct Summary {
     pub seconds_per_step: (f64, f64),
     /// Reducer calls made by the replicas (one per step).
     pub reducer_calls: u64,
-}
-
-/// Prompt (digits + SEP) and completion (digits + EOS) of a `[prompt, SEP, completion, EOS]` row.
-fn split_row(row: &[i64]) -> (Vec<i64>, Vec<i64>) {
-    (row[..=PROMPT].to_vec(), row[PROMPT + 1..].to_vec())
 }
 
 fn items(n: usize, rng: &mut Rng) -> Vec<PreferenceItem> {
@@ -183,7 +174,7 @@ fn reward_accuracy(
             .collect()
     };
     let (chosen, rejected) = (rows(|i| &i.chosen), rows(|i| &i.rejected));
-    dpo::heldout_reward_accuracy(policy, reference, &chosen, &rejected, device)
+    heldout_reward_accuracy(policy, reference, &chosen, &rejected, device)
 }
 
 /// Both trainings from the same warmed-up policy.
@@ -275,7 +266,7 @@ pub fn run(args: &Args) -> Result<Summary, String> {
     })
 }
 
-fn main() {
+pub fn main() {
     let args = Args::parse();
     let s = run(&args).unwrap_or_else(|e| {
         eprintln!("error: {e}");

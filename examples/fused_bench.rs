@@ -17,23 +17,20 @@
 //! gradients every variant must return (d hidden [N, H] + d weight [V, H]); counted by a
 //! global allocator, exact on the CPU backend.
 
-#[path = "common/alloc.rs"]
-mod alloc;
-#[path = "common/device.rs"]
-mod device_arg;
+pub mod common;
 
 use std::time::Instant;
 
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::{Device, Distribution, Int, Tensor};
-use burn_rlhf::logprobs::FusedLogprobsConfig;
-use burn_rlhf::{LabelAlignment, TokenLogprobsConfig};
+use burn_rlhf::logps::FusedLogpsConfig;
+use burn_rlhf::logps::{LabelAlignment, TokenLogpsConfig};
+use common::alloc::{self, Counting};
+use common::device::usize_arg as arg;
 
 #[global_allocator]
-static ALLOC: alloc::Counting = alloc::Counting;
-
-use device_arg::usize_arg as arg;
+static ALLOC: Counting = Counting;
 
 #[derive(Clone, Copy)]
 enum Variant {
@@ -66,11 +63,11 @@ fn run_once(
                 weight: Param::from_tensor(weight_hv.clone().autodiff()),
                 bias: None,
             };
-            let out = FusedLogprobsConfig::new()
+            let out = FusedLogpsConfig::new()
                 .with_check_targets(false)
                 .init()
                 .forward_head(h.clone(), &linear, targets.clone());
-            let grads = out.logprobs.sum().backward();
+            let grads = out.logps.sum().backward();
             let dw = linear.weight.val().grad(&grads).unwrap();
             assert_eq!(dw.dims(), [weight.dims()[1], weight.dims()[0]]);
             (h.grad(&grads).unwrap(), dw)
@@ -80,11 +77,11 @@ fn run_once(
                 Variant::FusedIgnored => ignored_targets,
                 _ => targets,
             };
-            let out = FusedLogprobsConfig::new()
+            let out = FusedLogpsConfig::new()
                 .with_check_targets(false)
                 .init()
                 .forward(h.clone(), w.clone(), None, targets.clone());
-            let grads = out.logprobs.sum().backward();
+            let grads = out.logps.sum().backward();
             (h.grad(&grads).unwrap(), w.grad(&grads).unwrap())
         }
         Variant::Materialized => {
@@ -93,10 +90,10 @@ fn run_once(
                 .matmul(w.clone().transpose())
                 .unsqueeze_dim::<3>(0);
             let labels = targets.clone().unsqueeze_dim::<2>(0);
-            let op = TokenLogprobsConfig::new(LabelAlignment::Aligned)
+            let op = TokenLogpsConfig::new(LabelAlignment::Aligned)
                 .with_check_labels(false)
                 .init();
-            let grads = op.forward(logits, labels).logprobs.sum().backward();
+            let grads = op.forward(logits, labels).logps.sum().backward();
             (h.grad(&grads).unwrap(), w.grad(&grads).unwrap())
         }
         Variant::BareGemms => {
@@ -163,21 +160,21 @@ fn dpo_step(
     let n = h.dims()[0];
     let rows = n / seq;
     let tokens = if fused {
-        FusedLogprobsConfig::new()
+        FusedLogpsConfig::new()
             .with_check_targets(false)
             .init()
             .forward(h.clone(), w.clone(), None, targets.clone())
-            .logprobs
+            .logps
     } else {
         let logits = h
             .clone()
             .matmul(w.clone().transpose())
             .unsqueeze_dim::<3>(0);
-        TokenLogprobsConfig::new(LabelAlignment::Aligned)
+        TokenLogpsConfig::new(LabelAlignment::Aligned)
             .with_check_labels(false)
             .init()
             .forward(logits, targets.clone().unsqueeze_dim::<2>(0))
-            .logprobs
+            .logps
             .reshape([n])
     };
     let seq_logps = tokens.reshape([rows, seq]).sum_dim(1).reshape([rows]);
@@ -186,7 +183,7 @@ fn dpo_step(
         seq_logps.clone().narrow(0, 0, b),
         seq_logps.narrow(0, b, b),
     )
-    .with_reference(
+    .with_ref_logps(
         Tensor::<1>::zeros([b], device).sub_scalar(1000.0),
         Tensor::<1>::zeros([b], device).sub_scalar(1000.0),
     );
@@ -206,7 +203,7 @@ fn median(mut times: Vec<f64>) -> f64 {
     times[times.len() / 2]
 }
 
-fn main() {
+pub fn main() {
     let (n, h, v, reps, seq) = (
         arg("--n", 2048),
         arg("--h", 1024),
@@ -217,7 +214,7 @@ fn main() {
     let ignored_fraction = f64_arg("--ignored-fraction", 0.5);
     let skip_materialized = std::env::args().any(|a| a == "--skip-materialized");
     let dpo = std::env::args().any(|a| a == "--dpo-step");
-    let (device_name, device) = device_arg::from_args().unwrap_or_else(|e| {
+    let (device_name, device) = common::device::from_args().unwrap_or_else(|e| {
         eprintln!("error: {e}");
         std::process::exit(2)
     });

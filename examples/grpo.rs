@@ -4,22 +4,20 @@
 //! `cargo run --release --example grpo -- [--steps 60] [--prompts 16] [--num-generations 8]
 //!   [--beta 0.02] [--top-k 0] [--out out/grpo]`
 //!
-//! Task and model: the `dpo` example's (reverse 4 digits; tiny transformer; weak SFT on a
-//! 40% reversed / 60% copied mix). Each step samples `--num-generations` completions per
+//! Task and model: the `dpo` example's (`common::toy`: reverse 4 digits; tiny transformer; weak SFT
+//! on a 40% reversed / 60% copied mix). Each step samples `--num-generations` completions per
 //! prompt ([`Sampler`]), scores them with two weighted reward functions (0.8 x digits in the
-//! reversed position + 0.2 x "4 digits then EOS"), and runs [`GrpoStep`] with TRL's default
-//! loss type (`dapo`): group-relative advantages, reference log-probs for the KL term, the
-//! sampler's log-probs as old log-probs (with `--top-k`, over each token's recorded support:
-//! sampling replay, so the first ratio is exactly 1), clipping at 1.0.
+//! reversed position + 0.2 x "4 digits then EOS"), and runs [`GrpoStep`] with TRL's default loss
+//! type (`dapo`): group-relative advantages, reference log-probs for the KL term, the sampler's
+//! log-probs as old log-probs (with `--top-k`, over each token's recorded support: sampling replay,
+//! so the first ratio is exactly 1), clipping at 1.0.
 //!
-//! The evaluation is greedy decoding on held-out prompts (never training prompts), judged by
-//! the task's rule (`dpo::rule`), before and after. Prints progress, writes `reward.svg`, and
-//! ends with `final: reward <start> -> <end>, held-out greedy rule rate <start> -> <end>`
-//! (mean sampled reward of the first step and of the last 5 steps).
-#![allow(dead_code)]
+//! The evaluation is greedy decoding on held-out prompts (never training prompts), judged by the
+//! task's rule (`common::toy::rule`), before and after. Prints progress, writes `reward.svg`, and
+//! ends with `final: reward <start> -> <end>, held-out greedy rule rate <start> -> <end>` (mean
+//! sampled reward of the first step and of the last 5 steps).
 
-#[path = "online_dpo.rs"]
-mod online_dpo;
+pub mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,8 +28,14 @@ use burn::optim::AdamConfig;
 use burn_rlhf::generate::{GrpoStepConfig, Prompts, SamplerConfig};
 use burn_rlhf::rl::{GrpoLossConfig, GrpoLossType};
 use clap::Parser;
-use online_dpo::dpo::plot as chart;
-use online_dpo::dpo::{self, EOS, PROMPT, Rng, TinyLm};
+use common::chart;
+use common::device::device_of;
+use common::progress;
+use common::rng::Rng;
+use common::toy::{
+    EOS, PROMPT, TinyLm, heldout_prompts, rule_rate, scorer, training_prompt_rows,
+    warm_up_excluding,
+};
 
 /// Command-line flags.
 #[derive(Debug, Clone, Parser)]
@@ -100,7 +104,7 @@ impl History {
 
 pub fn run(args: &Args) -> Result<History, String> {
     let start = Instant::now();
-    let base = dpo::device_of(&args.device)?;
+    let base = device_of(&args.device)?;
     let device = base.clone().autodiff();
     base.seed(args.seed);
     let mut rng = Rng(0x2545_F491_4F6C_DD1D ^ args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
@@ -115,8 +119,8 @@ pub fn run(args: &Args) -> Result<History, String> {
     ));
     // Held-out prompts first, from their own stream: neither the SFT warm-up nor the steps
     // train on them.
-    let heldout = online_dpo::heldout_prompts(args.heldout, args.seed);
-    let mut policy = dpo::warm_up_excluding(
+    let heldout = heldout_prompts(args.heldout, args.seed);
+    let mut policy = warm_up_excluding(
         TinyLm::new(args.d_model, 2, &device),
         &device,
         args.sft_steps,
@@ -142,17 +146,17 @@ pub fn run(args: &Args) -> Result<History, String> {
     .with_learning_rate(args.learning_rate)
     .try_init()
     .map_err(|e| e.to_string())?;
-    let rewards = online_dpo::scorer();
+    let rewards = scorer();
     let mut optim = AdamConfig::new().init();
     let mut history = History::default();
-    history.heldout_rule_rate.0 = dpo::rule_rate(&policy.valid(), &heldout, &base);
+    history.heldout_rule_rate.0 = rule_rate(&policy.valid(), &heldout, &base);
     say(format!(
         "GRPO: {} steps x {} prompts x {} samples, beta {}",
         args.steps, args.prompts, args.num_generations, args.beta
     ));
-    let bar = dpo::progress_bar(args.steps, args.quiet);
+    let bar = progress::bar(args.steps, args.quiet);
     for step in 1..=args.steps {
-        let rows = online_dpo::training_prompt_rows(args.prompts, &mut rng, &heldout);
+        let rows = training_prompt_rows(args.prompts, &mut rng, &heldout);
         let prompts = Prompts::left_padded(&rows, EOS, &base);
         let seed = args.seed.wrapping_mul(1_000_003).wrapping_add(step as u64);
         let generation = sampler
@@ -185,12 +189,12 @@ pub fn run(args: &Args) -> Result<History, String> {
         history.steps.push((step, m));
     }
     bar.finish_and_clear();
-    history.heldout_rule_rate.1 = dpo::rule_rate(&policy.valid(), &heldout, &base);
+    history.heldout_rule_rate.1 = rule_rate(&policy.valid(), &heldout, &base);
     history.seconds = start.elapsed().as_secs_f64();
     Ok(history)
 }
 
-fn main() {
+pub fn main() {
     let args = Args::parse();
     let h = run(&args).unwrap_or_else(|e| {
         eprintln!("error: {e}");

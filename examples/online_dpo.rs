@@ -3,26 +3,23 @@
 //! `cargo run --release --example online_dpo -- [--rounds 100] [--prompts 32]
 //!   [--num-generations 4] [--epochs 1] [--refresh-ref] [--out out/online_dpo]`
 //!
-//! The task is the `dpo` example's (reverse 4 digits), with the same tiny transformer and the
-//! same weak SFT warm-up (40% reversed / 60% copied completions), but no preference data:
-//! each round samples `--num-generations` completions per prompt from the current policy
-//! ([`Sampler`]), scores them with two weighted reward functions (digits in the reversed
-//! position, and the format "4 digits then EOS"), pairs best against worst, and takes a DPO
-//! step against the frozen SFT reference ([`OnlineDpo`]). `--epochs N` trains N passes over
-//! each round's pairs (iterative DPO: generate a dataset with the current policy, train on
-//! it); `--refresh-ref` then makes the updated policy the next round's reference. The pairs
-//! are best vs worst of each group with ties dropped (`keep_ties = false`: with 4 samples a
-//! tie carries no preference; TRL's online DPO draws 2 and keeps ties) and no gradient
-//! clipping (TRL clips at 1.0).
+//! The task is the `dpo` example's (reverse 4 digits, `common::toy`), with the same tiny
+//! transformer and the same weak SFT warm-up (40% reversed / 60% copied completions), but no
+//! preference data: each round samples `--num-generations` completions per prompt from the current
+//! policy ([`Sampler`]), scores them with two weighted reward functions (digits in the reversed
+//! position, and the format "4 digits then EOS"), pairs best against worst, and takes a DPO step
+//! against the frozen SFT reference ([`OnlineDpo`]). `--epochs N` trains N passes over each round's
+//! pairs (iterative DPO: generate a dataset with the current policy, train on it); `--refresh-ref`
+//! then makes the updated policy the next round's reference. The pairs are best vs worst of each
+//! group with ties dropped (`keep_ties = false`: with 4 samples a tie carries no preference; TRL's
+//! online DPO draws 2 and keeps ties) and no gradient clipping (TRL clips at 1.0).
 //!
 //! The metric is the fraction of held-out prompts (never training prompts: neither in the SFT
-//! warm-up nor in the rounds) whose greedy completion follows the rule (`dpo::rule`, independent of the reward's
-//! format term). Prints progress, writes `rounds.svg` and ends with
+//! warm-up nor in the rounds) whose greedy completion follows the rule (`common::toy::rule`,
+//! independent of the reward's format term). Prints progress, writes `rounds.svg` and ends with
 //! `final: rule_rate <start> -> <end>`.
-#![allow(dead_code)]
 
-#[path = "dpo.rs"]
-pub mod dpo;
+pub mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,12 +27,16 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::AdamConfig;
-use burn_rlhf::generate::{
-    Completion, OnlineDpoConfig, Pairing, Prompts, RewardFunctions, SamplerConfig,
-};
+use burn_rlhf::generate::{OnlineDpoConfig, Pairing, Prompts, SamplerConfig, Scorer};
 use clap::Parser;
-use dpo::plot as chart;
-use dpo::{EOS, PROMPT, Rng, SEP, TinyLm};
+use common::chart;
+use common::device::device_of;
+use common::progress;
+use common::rng::Rng;
+use common::toy::{
+    EOS, PROMPT, TinyLm, heldout_prompts, rule_rate, scorer, training_prompt_rows,
+    warm_up_excluding,
+};
 
 /// Command-line flags.
 #[derive(Debug, Clone, Parser)]
@@ -99,60 +100,9 @@ pub struct History {
     pub seconds: f64,
 }
 
-/// The prompt's digits (the sampler's prompt is digits + SEP).
-fn digits(c: &Completion) -> Vec<i64> {
-    dpo::rule(&c.prompt[..PROMPT])
-}
-
-/// The scorer: 0.8 x fraction of digits in their reversed position + 0.2 x format.
-pub fn scorer() -> RewardFunctions {
-    RewardFunctions::new()
-        .with("reversed", 0.8, |c: &Completion| {
-            let want = digits(c);
-            let hits = want
-                .iter()
-                .zip(c.completion)
-                .filter(|(a, b)| a == b)
-                .count();
-            Some(hits as f64 / PROMPT as f64)
-        })
-        .with("format", 0.2, |c: &Completion| {
-            let ok = c.completion.len() == PROMPT + 1
-                && c.completion[..PROMPT].iter().all(|&t| t < SEP)
-                && c.finished;
-            Some(if ok { 1.0 } else { 0.0 })
-        })
-}
-
-/// Prompt rows `digits + SEP`.
-pub fn prompt_rows(n: usize, rng: &mut Rng) -> Vec<Vec<i64>> {
-    (0..n)
-        .map(|_| dpo::prompt(rng).into_iter().chain([SEP]).collect())
-        .collect()
-}
-
-/// `n` held-out prompts (digits only) for `seed`, from a stream of their own.
-pub fn heldout_prompts(n: usize, seed: u64) -> Vec<Vec<i64>> {
-    let mut rng = Rng(0xA076_1D64_78BD_642F ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    (0..n).map(|_| dpo::prompt(&mut rng)).collect()
-}
-
-/// `n` training prompts, none of them a held-out prompt (`heldout` holds the digits, without
-/// the separator).
-pub fn training_prompt_rows(n: usize, rng: &mut Rng, heldout: &[Vec<i64>]) -> Vec<Vec<i64>> {
-    let mut rows = Vec::with_capacity(n);
-    while rows.len() < n {
-        let digits = dpo::prompt(rng);
-        if !heldout.contains(&digits) {
-            rows.push(digits.into_iter().chain([SEP]).collect());
-        }
-    }
-    rows
-}
-
 pub fn run(args: &Args) -> Result<History, String> {
     let start = Instant::now();
-    let base = dpo::device_of(&args.device)?;
+    let base = device_of(&args.device)?;
     let device = base.clone().autodiff();
     base.seed(args.seed);
     let mut rng = Rng(0x5DEE_CE66_D1A4_F87B ^ args.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
@@ -168,7 +118,7 @@ pub fn run(args: &Args) -> Result<History, String> {
     // Held-out prompts first, from their own stream: neither the SFT warm-up nor the rounds
     // train on them.
     let heldout = heldout_prompts(args.heldout, args.seed);
-    let mut policy = dpo::warm_up_excluding(
+    let mut policy = warm_up_excluding(
         TinyLm::new(args.d_model, 2, &device),
         &device,
         args.sft_steps,
@@ -192,32 +142,29 @@ pub fn run(args: &Args) -> Result<History, String> {
         .with_max_grad_norm(None)
         .with_learning_rate(args.learning_rate)
         .with_epochs(args.epochs)
-        .with_refresh_reference(args.refresh_ref)
+        .with_refresh_ref_model(args.refresh_ref)
         .try_init()
         .map_err(|e| e.to_string())?;
     let scorer = scorer();
     let mut optim = AdamConfig::new().init();
     let mut history = History::default();
-    let rate = dpo::rule_rate(&policy.valid(), &heldout, &base);
+    let rate = rule_rate(&policy.valid(), &heldout, &base);
     history.evals.push((0, rate));
     say(format!(
         "online DPO: {} rounds x {} prompts x {} samples (epochs {}, refresh_ref {}); SFT greedy rule rate {rate:.3}",
         args.rounds, args.prompts, args.num_generations, args.epochs, args.refresh_ref
     ));
-    let bar = dpo::progress_bar(args.rounds, args.quiet);
+    let bar = progress::bar(args.rounds, args.quiet);
     for round in 1..=args.rounds {
         let rows = training_prompt_rows(args.prompts, &mut rng, &heldout);
         let prompts = Prompts::left_padded(&rows, EOS, &base);
-        let (out, _generation) = online
-            .try_step(
-                policy,
-                &mut reference,
-                &mut optim,
-                &sampler,
-                &scorer,
-                &prompts,
-                args.seed.wrapping_mul(1_000_003).wrapping_add(round as u64),
-            )
+        let seed = args.seed.wrapping_mul(1_000_003).wrapping_add(round as u64);
+        let generation = sampler
+            .try_sample(&policy.valid(), &prompts, seed)
+            .map_err(|e| e.to_string())?;
+        let scores = scorer.score(&generation);
+        let out = online
+            .try_step(policy, &mut reference, &mut optim, &generation, &scores)
             .map_err(|e| e.to_string())?;
         policy = out.policy;
         let m = out.metrics;
@@ -228,7 +175,7 @@ pub fn run(args: &Args) -> Result<History, String> {
         ));
         bar.inc(1);
         if round % args.eval_every == 0 || round == args.rounds {
-            let rate = dpo::rule_rate(&policy.valid(), &heldout, &base);
+            let rate = rule_rate(&policy.valid(), &heldout, &base);
             history.evals.push((round, rate));
             let get = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
             bar.suspend(|| {
@@ -291,7 +238,7 @@ fn write_plot(args: &Args, h: &History) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
-fn main() {
+pub fn main() {
     let args = Args::parse();
     let h = run(&args).unwrap_or_else(|e| {
         eprintln!("error: {e}");

@@ -15,10 +15,7 @@
 //!
 //! Prints progress and writes `reward.svg` (mean reward and KL per step) to `--out`.
 
-#[path = "common/chart.rs"]
-mod plot;
-#[path = "common/rng.rs"]
-mod rng;
+pub mod common;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -28,13 +25,14 @@ use burn::nn::{Linear, LinearConfig};
 use burn::optim::AdamConfig;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
 use burn_rlhf::generate::{CausalLm, Prompts, SamplerConfig};
-use burn_rlhf::logprobs::token_entropy;
+use burn_rlhf::logps::token_entropy;
 use burn_rlhf::rl::{
     GaeConfig, KlPenaltyConfig, PolicyOutput, PpoLossConfig, PpoStepConfig, Rollout, ppo_update,
 };
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
-use rng::Rng;
+use common::chart;
+use common::progress;
+use common::rng::Rng;
 
 /// Vocabulary (digits).
 pub const VOCAB: usize = 8;
@@ -195,8 +193,8 @@ pub fn train(options: &TrainOptions, device: &Device) -> Vec<(usize, f64, f64)> 
     let gae = GaeConfig::new().with_gamma(1.0).with_lam(0.95).init();
     let loss = PpoLossConfig::new()
         .with_epsilon(0.2)
-        .with_value_coeff(0.5)
-        .with_entropy_coeff(0.01)
+        .with_vf_coef(0.5)
+        .with_entropy_coef(0.01)
         .init();
     let step_config = PpoStepConfig::new()
         .with_epochs(4)
@@ -204,15 +202,7 @@ pub fn train(options: &TrainOptions, device: &Device) -> Vec<(usize, f64, f64)> 
         .with_learning_rate(3e-3);
     let mut rng = Rng::new(options.seed);
     let mut history = Vec::with_capacity(options.steps);
-    let bar = if options.log_every > 0 {
-        ProgressBar::new(options.steps as u64).with_style(
-            ProgressStyle::with_template("[{bar:24}] {pos:>4}/{len} {msg}")
-                .expect("valid template")
-                .progress_chars("#>."),
-        )
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = progress::bar(options.steps, options.log_every == 0);
     let start = Instant::now();
     for step in 0..options.steps {
         let snapshot = policy.valid();
@@ -300,7 +290,7 @@ struct Cli {
     out: PathBuf,
 }
 
-fn main() {
+pub fn main() {
     let Cli { steps, out } = Cli::parse();
     let device = Device::default();
     println!(
@@ -327,22 +317,22 @@ fn main() {
     );
     std::fs::create_dir_all(&out).expect("create output dir");
     let path = out.join("reward.svg");
-    plot::write_svg(
+    chart::write_svg(
         &path,
         "PPO on the count-up task",
         &[
-            plot::Panel {
+            chart::Panel {
                 title: "mean reward".into(),
                 x_label: "step".into(),
-                series: vec![plot::Series {
+                series: vec![chart::Series {
                     name: "reward".into(),
                     points: history.iter().map(|h| (h.0 as f64, h.1)).collect(),
                 }],
             },
-            plot::Panel {
+            chart::Panel {
                 title: "KL to reference (per sequence)".into(),
                 x_label: "step".into(),
-                series: vec![plot::Series {
+                series: vec![chart::Series {
                     name: "kl".into(),
                     points: history.iter().map(|h| (h.0 as f64, h.2)).collect(),
                 }],

@@ -17,12 +17,8 @@
 //!
 //! Prints progress every few steps and writes `loss_accuracy.svg` (loss and held-out pairwise
 //! accuracy) to `DIR` (default `out/reward_model`).
-#![allow(dead_code)]
 
-#[path = "common/plot.rs"]
-mod plot;
-#[path = "common/rng.rs"]
-mod rng;
+pub mod common;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -33,7 +29,8 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
 use burn_rlhf::heads::{RewardHead, RewardHeadConfig};
 use burn_rlhf::losses::BradleyTerryLossConfig;
-use rng::Rng;
+use common::chart;
+use common::rng::Rng;
 
 /// Digits 0..=9, then the eos id, which is also the pad id (the TRL 3750 / transformers 35352
 /// setting).
@@ -256,30 +253,30 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> History {
 /// Writes the loss and accuracy curves as an SVG.
 pub fn write_plot(history: &History, path: &std::path::Path) -> std::io::Result<()> {
     let panels = [
-        plot::Panel {
+        chart::Panel {
             title: "Bradley-Terry loss".into(),
             x_label: "step".into(),
-            series: vec![plot::Series {
+            series: vec![chart::Series {
                 name: "training loss".into(),
                 points: history.loss.clone(),
             }],
         },
-        plot::Panel {
+        chart::Panel {
             title: "Pairwise accuracy".into(),
             x_label: "step".into(),
             series: vec![
-                plot::Series {
+                chart::Series {
                     name: "batch (train)".into(),
                     points: history.train_accuracy.clone(),
                 },
-                plot::Series {
+                chart::Series {
                     name: "held-out".into(),
                     points: history.heldout_accuracy.clone(),
                 },
             ],
         },
     ];
-    plot::write_svg(path, "reward_model: digit-sum preferences", &panels)
+    chart::write_svg(path, "reward_model: digit-sum preferences", &panels)
 }
 
 fn parse_args() -> (TrainConfig, PathBuf) {
@@ -305,7 +302,7 @@ fn parse_args() -> (TrainConfig, PathBuf) {
     (cfg, out)
 }
 
-fn main() {
+pub fn main() {
     let (cfg, out) = parse_args();
     let device = Device::flex();
     println!(

@@ -7,10 +7,8 @@
 //!
 //! Prints a markdown table. Nothing stops early (no stop id), so every row generates
 //! `--new-tokens` tokens; the prompt is 8 tokens.
-#![allow(dead_code)]
 
-#[path = "online_dpo.rs"]
-mod online_dpo;
+pub mod common;
 
 use std::time::Instant;
 
@@ -18,7 +16,8 @@ use burn::module::Module;
 use burn::tensor::Device;
 use burn_rlhf::generate::{Prompts, SamplerConfig};
 use clap::Parser;
-use online_dpo::dpo::{Rng, TinyLm, VOCAB};
+use common::rng::Rng;
+use common::toy::{TinyLm, VOCAB};
 
 /// Command-line flags.
 #[derive(Debug, Clone, Parser)]
@@ -38,7 +37,7 @@ struct Args {
     repeats: usize,
 }
 
-fn main() {
+pub fn main() {
     let args = Args::parse();
     let device = Device::flex();
     device.seed(0);

@@ -21,7 +21,7 @@ status() { if [ "$1" -eq 0 ]; then echo ok; else echo "FAILED ($1)"; fi; }
 
 for backend in ${BACKENDS:-wgpu cuda}; do
   echo "== [$backend] build"
-  if ! cargo build --release --features "$backend" --example logprobs_bench --example fused_bench \
+  if ! cargo build --release --features "$backend" --example logps_bench --example fused_bench \
       >"$out/$backend-build.log" 2>&1; then
     echo "could not build" >"$out/$backend-status.txt"
     tail -5 "$out/$backend-build.log"
@@ -31,13 +31,13 @@ for backend in ${BACKENDS:-wgpu cuda}; do
   if [ "${QUICK:-0}" != 1 ]; then
     echo "== [$backend] device-parametrized tests"
     BURN_RLHF_TEST_DEVICES=$backend BURN_RLHF_PROPTEST_CASES=4 cargo test --release \
-      --features "$backend" --test parity --test logprobs --test fused --test precision \
-      --test reward --test dpo_properties 2>&1 | tee "$out/$backend-tests.log"
+      --features "$backend" --test parity --test logps --test losses \
+      -- parity token_logps:: fused:: precision:: reward:: dpo_properties:: 2>&1 | tee "$out/$backend-tests.log"
     echo "${PIPESTATUS[0]}" >"$out/$backend-tests.rc"
   fi
   bin=target/release/examples
   echo "== [$backend] token log-probs (lean op vs log_softmax+gather), B=4 T=512 V=32000"
-  "$bin/logprobs_bench" --device "$backend" 2>&1 | tee "$out/$backend-logprobs.log"
+  "$bin/logps_bench" --device "$backend" 2>&1 | tee "$out/$backend-logps.log"
   echo "== [$backend] fused LM-head log-probs, N=2048 H=1024 V=32000 (+ ignored rows, DPO step)"
   "$bin/fused_bench" --device "$backend" --dpo-step 2>&1 | tee "$out/$backend-fused.log"
   echo "== [$backend] fused LM-head log-probs, V=128000"
@@ -56,7 +56,7 @@ for backend in ${BACKENDS:-wgpu cuda}; do
     printf '    %-24s %s  %s\n' "tests" "$(status "$(cat "$out/$backend-tests.rc")")" \
       "$(grep -h 'test result' "$out/$backend-tests.log" | awk '{p+=$4; f+=$6} END {print p" passed, "f" failed"}')"
   fi
-  grep -hE '^(naive|lean)' "$out/$backend-logprobs.log" | sed 's/^/    /'
+  grep -hE '^(naive|lean)' "$out/$backend-logps.log" | sed 's/^/    /'
   grep -hE '^\((a|a-i|a.|b|c)\)|^fused|ignored|^DPO|^  (fused op|materialized)' \
     "$out/$backend-fused.log" "$out/$backend-fused128k.log" | sed 's/^/    /'
 done

@@ -20,7 +20,7 @@ pub fn has_native_kernel(device: &Device) -> bool {
 }
 
 /// A short name for the device's backend: `"flex"`, `"cube"` (wgpu/CUDA), `"ndarray"`, ...
-pub fn backend_name(device: &Device) -> &'static str {
+pub(crate) fn backend_name(device: &Device) -> &'static str {
     let inner = device.clone().without_autodiff();
     let name = format!("{:?}", inner.as_dispatch());
     for (key, short) in [

@@ -436,7 +436,7 @@ pub(crate) fn check_finite_opt<const D: usize>(
 }
 
 /// In checked mode, [`Error::NonFinite`] when `tensor` holds NaN or infinity.
-pub fn check_finite<const D: usize>(
+pub(crate) fn check_finite<const D: usize>(
     tensor: &burn::tensor::Tensor<D>,
     arg: &'static str,
 ) -> Result<()> {

@@ -10,7 +10,7 @@
 //!
 //! | read | when | cost | how to avoid it |
 //! |---|---|---|---|
-//! | label / target range check (`TokenLogprobs`, `FusedLogprobs`, the `[B, T]` or `[N]` ids) | always on the CPU backends (flex, ndarray: a copy of host memory, no sync); on GPU devices with `check_labels` / `check_targets = true` or in [checked mode](crate::set_checked_mode) | one read of the labels | on a GPU, off by default: an out-of-range label gives a NaN log-prob instead |
+//! | label / target range check (`TokenLogps`, `FusedLogps`, the `[B, T]` or `[N]` ids) | always on the CPU backends (flex, ndarray: a copy of host memory, no sync); on GPU devices with `check_labels` / `check_targets = true` or in [checked mode](crate::set_checked_mode) | one read of the labels | on a GPU, off by default: an out-of-range label gives a NaN log-prob instead |
 //! | reward head: every row attends to a token | always on the CPU backends; on GPU devices in checked mode | one `[B]` read | on a GPU, off by default (an empty row's score is NaN); `check_attended = false` turns it off everywhere |
 //! | finite-input checks of every entry point | checked mode only | one count per checked tensor | off by default |
 //! | [`Metrics::to_host`](crate::losses::Metrics::to_host) | when you call it | **one** transfer for all metrics | call it only on logging steps |
@@ -24,7 +24,7 @@
 //! | burn-train metrics ([`crate::train`]) | burn-train reads each logged metric | one per metric | burn-train's design |
 //!
 //! [`count`] returns how many reads the library made on the current thread; the tests use it
-//! to pin the list (`tests/host_reads.rs`): a hot path that starts reading fails them.
+//! to pin the list (`tests/rl/host_reads.rs`): a hot path that starts reading fails them.
 
 use std::cell::Cell;
 

@@ -18,10 +18,10 @@
 //!
 //! | public function | group | denominator | anchor it reproduces |
 //! |---|---|---|---|
-//! | [`masked_row_mean`], [`SequenceReduction::Mean`](crate::SequenceReduction::Mean), [`Normalizer::SequenceMean`] / [`Normalizer::GlobalSequences`] (per row) | row | `max(count, 1)` | TRL `(x * m).sum(-1) / m.sum(-1).clamp(min=1)` (GRPO `grpo` loss, DPO `ipo` / `sigmoid_norm` averages, SFT per-example) |
+//! | [`masked_row_mean`], [`SequenceReduction::Mean`](crate::logps::SequenceReduction::Mean), [`Normalizer::SequenceMean`] / [`Normalizer::GlobalSequences`] (per row) | row | `max(count, 1)` | TRL `(x * m).sum(-1) / m.sum(-1).clamp(min=1)` (GRPO `grpo` loss, DPO `ipo` / `sigmoid_norm` averages, SFT per-example) |
 //! | [`Normalizer::TokenMean`], the token-mean metrics (PPO `clipfrac`, RLOO `entropy` / `kl`, GRPO `global_masked_mean`, KTO / BCO class means), the NLL term of paired losses | all | `max(count, 1)` | TRL `(x * m).sum() / m.sum().clamp(min=1.0)` |
 //! | averaged sequence log-probs from counts ([`mean_from_sum`]: DPO `ipo` / `sigmoid_norm`, CPO `ipo` / `simpo`, ORPO, DPO's `ld_alpha` weights) | row | `max(count, 1)` | TRL's per-token averaged log-probs (completion-token counts, clamped at 1) |
-//! | [`masked_mean_eps`], [`Normalizer::TokenMeanEps`], [`rl::masked_mean`](crate::rl::masked_mean), [`SequenceReduction::MeanEps`](crate::SequenceReduction::MeanEps) | row or all | `count + eps` | torchtune 0.6.1 `rlhf.masked_mean`: `(x * m).sum(dim) / (m.sum(dim) + 1e-8)` |
+//! | [`masked_mean_eps`], [`Normalizer::TokenMeanEps`], [`rl::masked_mean`](crate::rl::masked_mean), [`SequenceReduction::MeanEps`](crate::logps::SequenceReduction::MeanEps) | row or all | `count + eps` | torchtune 0.6.1 `rlhf.masked_mean`: `(x * m).sum(dim) / (m.sum(dim) + 1e-8)` |
 //! | [`rl::masked_var`](crate::rl::masked_var), [`rl::whiten`](crate::rl::whiten) | all | `count + 1e-8`, Bessel `n / (n - 1)` with `n = count + 1e-8` | torchtune 0.6.1 `rlhf.masked_var`, `whiten` |
 //! | GRPO `clip_ratio/*/min`, `/max` (per-sequence means, then min / max) | row | `max(count, 1)`; an empty row is *left out* of the min / max (0 if every row is empty) | TRL `nanmin` / `nanmax` of per-sequence means |
 //!
@@ -41,7 +41,7 @@ use crate::error::{Error, Result, check_non_empty, check_positive, check_same_sh
 
 /// `logsumexp(x, dim)` with the maximum shifted out (the maximum is detached: it cancels
 /// exactly in the value and the gradient), keeping `dim` with size 1.
-pub fn logsumexp<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
+pub(crate) fn logsumexp<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
     let max = x.clone().detach().max_dim(dim);
     (x - max.clone()).exp().sum_dim(dim).log() + max
 }
@@ -49,20 +49,20 @@ pub fn logsumexp<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
 /// `log_softmax(x, dim)` written as `x - logsumexp(x)`, finite wherever `x` is finite. (Some
 /// backends evaluate burn's `log_softmax` as `log(softmax)`, which is `-inf` where a
 /// probability underflows.)
-pub fn log_softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
+pub(crate) fn log_softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
     let lse = logsumexp(x.clone(), dim);
     x - lse
 }
 
 /// A float tensor of ones where `mask` is true and zeros elsewhere, in the dtype and on the
 /// device of `like` (so f64 inputs stay f64). Carries no gradient.
-pub fn mask_like<const D: usize>(like: &Tensor<D>, mask: Tensor<D, Bool>) -> Tensor<D> {
+pub(crate) fn mask_like<const D: usize>(like: &Tensor<D>, mask: Tensor<D, Bool>) -> Tensor<D> {
     let mask = crate::reduce::canonical_mask(mask);
     Tensor::zeros_like(like).mask_fill(mask, 1.0)
 }
 
 /// Sets the positions where `mask` is false to exactly 0 (value **and** gradient).
-pub fn zero_masked<const D: usize>(x: Tensor<D>, mask: Tensor<D, Bool>) -> Tensor<D> {
+pub(crate) fn zero_masked<const D: usize>(x: Tensor<D>, mask: Tensor<D, Bool>) -> Tensor<D> {
     x.mask_fill(canonical_mask(mask).bool_not(), 0.0)
 }
 
@@ -70,7 +70,7 @@ pub fn zero_masked<const D: usize>(x: Tensor<D>, mask: Tensor<D, Bool>) -> Tenso
 /// as `U8` (on flex, `Tensor::select` on a Bool tensor does); flex's bool ops (`bool_not`,
 /// `bool_and`, ...) reject those with a panic. Every masked entry point of the crate passes
 /// its masks through this (a metadata check; a conversion only for such masks).
-pub fn canonical_mask<const D: usize>(mask: Tensor<D, Bool>) -> Tensor<D, Bool> {
+pub(crate) fn canonical_mask<const D: usize>(mask: Tensor<D, Bool>) -> Tensor<D, Bool> {
     if matches!(mask.dtype(), burn::tensor::DType::Bool(_)) {
         mask
     } else {
@@ -79,13 +79,13 @@ pub fn canonical_mask<const D: usize>(mask: Tensor<D, Bool>) -> Tensor<D, Bool> 
 }
 
 /// Per-row sum of the masked terms: `[B, T] -> [B]`.
-pub fn masked_row_sum(x: Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<1> {
+pub(crate) fn masked_row_sum(x: Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<1> {
     let mask = crate::reduce::canonical_mask(mask);
     zero_masked(x, mask).sum_dim(1).squeeze_dim::<1>(1)
 }
 
 /// Per-row count of valid positions, as a float tensor in the dtype of `like`: `[B, T] -> [B]`.
-pub fn masked_row_count(like: &Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<1> {
+pub(crate) fn masked_row_count(like: &Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<1> {
     let mask = crate::reduce::canonical_mask(mask);
     mask_like(like, mask).sum_dim(1).squeeze_dim::<1>(1)
 }
@@ -93,7 +93,7 @@ pub fn masked_row_count(like: &Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<1> {
 /// Per-row mean over valid positions, dividing by `max(count, 1)` so that a row with no valid
 /// position gives exactly 0 (not NaN): `[B, T] -> [B]`. [`masked_mean_with`] over `dim = 1`
 /// with [`MeanDenominator::AtLeastOne`] (TRL's rule; see the module docs).
-pub fn masked_row_mean(x: Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<1> {
+pub(crate) fn masked_row_mean(x: Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<1> {
     masked_mean_with(x, mask, Some(1), MeanDenominator::AtLeastOne)
 }
 
@@ -102,7 +102,7 @@ pub fn masked_row_mean(x: Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<1> {
 /// valid position give exactly 0 (value and gradient), also when `eps` underflows to 0 in the
 /// tensor's dtype (1e-8 is 0 in f16 and 1e-50 in f32, where torchtune's formula gives 0/0).
 /// [`masked_mean_with`] with [`MeanDenominator::CountPlusEps`].
-pub fn masked_mean_eps<const D: usize>(
+pub(crate) fn masked_mean_eps<const D: usize>(
     x: Tensor<D>,
     mask: Tensor<D, Bool>,
     dim: Option<usize>,
@@ -114,7 +114,7 @@ pub fn masked_mean_eps<const D: usize>(
 /// The denominator of a masked mean: the anchors differ only here (module docs, "Masked
 /// means"). Either way a group with no valid element gives exactly 0.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum MeanDenominator {
+pub(crate) enum MeanDenominator {
     /// `max(count, 1)`: TRL's `mask.sum().clamp(min=1.0)`.
     AtLeastOne,
     /// `count + eps` (an empty group divides by 1): torchtune's `mask.sum() + 1e-8`.
@@ -128,7 +128,7 @@ pub enum MeanDenominator {
 /// # Shapes
 /// `x`, `mask`: the same shape (not checked here: the public entry points check it) -> `[1]`
 /// or the product of the other dims.
-pub fn masked_mean_with<const D: usize>(
+pub(crate) fn masked_mean_with<const D: usize>(
     x: Tensor<D>,
     mask: Tensor<D, Bool>,
     dim: Option<usize>,
@@ -148,7 +148,7 @@ pub fn masked_mean_with<const D: usize>(
 /// `sum / denominator(count)` with the empty-group rule (module docs): for an empty group
 /// (`count = 0`, so `sum = 0`) the result is exactly 0. Use it where the masked sum and the
 /// count already exist (sequence log-probs and their token counts).
-pub fn mean_from_sum<const D: usize>(
+pub(crate) fn mean_from_sum<const D: usize>(
     sum: Tensor<D>,
     count: Tensor<D>,
     denominator: MeanDenominator,

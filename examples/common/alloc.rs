@@ -1,5 +1,4 @@
 //! A counting global allocator: current and peak heap bytes, for memory tables in examples.
-#![allow(dead_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};

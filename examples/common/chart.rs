@@ -3,7 +3,6 @@
 //!
 //! `write_svg(path, title, panels)` draws one panel per `Panel` side by side; each panel has
 //! one or more named series of `(x, y)` points, its own y-range, axes and a legend.
-#![allow(dead_code)]
 
 use std::path::Path;
 

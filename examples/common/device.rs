@@ -1,6 +1,5 @@
 //! `--device flex|wgpu|cuda` for the examples; unknown or not-compiled names are an error that
-//! lists what is available.
-#![allow(dead_code)]
+//! lists what is available. Also the integer flags of the benchmarks.
 
 use burn::tensor::Device;
 
@@ -22,7 +21,22 @@ fn not_built(name: &str) -> String {
     )
 }
 
-/// The device named by `--device NAME` (default `flex`).
+/// The device named by a `--device` value (the clap-parsed examples).
+pub fn device_of(name: &str) -> Result<Device, String> {
+    match name {
+        "flex" => Ok(Device::flex()),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+        #[cfg(feature = "cuda")]
+        "cuda" => Ok(Device::cuda(0)),
+        other => Err(format!(
+            "--device {other}: not available in this build (available: {:?})",
+            available()
+        )),
+    }
+}
+
+/// The device named by `--device NAME` in the process's arguments (default `flex`).
 pub fn from_args() -> Result<(String, Device), String> {
     let args: Vec<String> = std::env::args().collect();
     let name = args

@@ -1,6 +1,5 @@
 //! Parameter utilities for the data-parallel examples: cast a model to f64 and compare two
 //! models parameter by parameter.
-#![allow(dead_code)]
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{FloatDType, Tensor};

@@ -1,14 +1,13 @@
 //! The one seeded generator of the examples and tests (no dependency, independent of any
 //! backend RNG): xorshift64 (shifts 13, 7, 17; Marsaglia 2003), the `dpo` example's generator.
 //!
-//! Included with `#[path]` by `examples/dpo.rs` (and through it every example built on it),
-//! `examples/reward_model.rs`, `examples/ppo.rs`, `tests/common/mod.rs` and
-//! `tests/rl_properties.rs`. The library's own sampler draws its uniforms from a stateless
-//! splitmix64 hash (`src/generate/sampler.rs`) and `ppo_update` shuffles minibatches with its
-//! own xorshift64* (`src/rl/step/`): those are part of the library's results and stay there.
+//! A module of `examples/common` (every example that draws data uses it); also included alone with
+//! `#[path]` by `tests/common/mod.rs`, so it depends on nothing else of `examples/common`. The
+//! library's own sampler draws its uniforms from a stateless splitmix64 hash
+//! (`src/generate/sampler.rs`) and `ppo_update` shuffles minibatches with its own xorshift64*
+//! (`src/rl/step/`): those are part of the library's results and stay there.
 //!
 //! Not for anything statistical beyond test data: xorshift64 fails some BigCrush tests.
-#![allow(dead_code)]
 
 /// xorshift64. `Rng(state)` starts from a raw non-zero state; [`Rng::new`] mixes a seed.
 #[derive(Clone, Debug)]

@@ -188,7 +188,7 @@ impl Parts for StepCounts {
 // ---------------------------------------------------------------------------------------------
 
 /// Cross-rank form of KTO's KL estimate ([`kto_kl_estimate`](crate::losses::kto_kl_estimate)):
-/// `sum` of `kl_logps - reference_kl_logps` and the number of examples.
+/// `sum` of `kl_logps - ref_kl_logps` and the number of examples.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct KlParts {
     /// Sum of the mismatched-completion log-ratios.
@@ -201,16 +201,16 @@ impl KlParts {
     /// The parts of a local batch (one host read).
     ///
     /// # Shapes
-    /// - `kl_logps`, `reference_kl_logps`: `[B]`
-    pub fn from_logps(kl_logps: Tensor<1>, reference_kl_logps: Tensor<1>) -> crate::Result<Self> {
+    /// - `kl_logps`, `ref_kl_logps`: `[B]`
+    pub fn from_logps(kl_logps: Tensor<1>, ref_kl_logps: Tensor<1>) -> crate::Result<Self> {
         check_same_shape(
-            "reference_kl_logps",
-            &reference_kl_logps.dims(),
+            "ref_kl_logps",
+            &ref_kl_logps.dims(),
             &kl_logps.dims(),
             "kl_logps",
         )?;
         let count = kl_logps.dims()[0] as f64;
-        let sum = host((kl_logps - reference_kl_logps).sum())[0];
+        let sum = host((kl_logps - ref_kl_logps).sum())[0];
         Ok(Self { sum, count })
     }
 

@@ -4,7 +4,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use super::model::CausalLm;
 use crate::error::Error;
-use crate::logprobs::{GatheredLogprobs, LabelAlignment, TokenLogprobsConfig};
+use crate::logps::{GatheredLogps, LabelAlignment, TokenLogpsConfig};
 use crate::rl::Rollout;
 
 /// Sampled completions. Rows are grouped by prompt: row `i * N + j` is sample `j` of prompt
@@ -186,7 +186,7 @@ impl Generation {
             &self,
             model: &M,
             temperature: f64,
-        ) -> GatheredLogprobs = try_completion_logps;
+        ) -> GatheredLogps = try_completion_logps;
     }
 
     /// Non-panicking form of [`completion_logps`](Self::completion_logps): the model's
@@ -196,10 +196,10 @@ impl Generation {
         &self,
         model: &M,
         temperature: f64,
-    ) -> crate::Result<GatheredLogprobs> {
+    ) -> crate::Result<GatheredLogps> {
         let logits = self.try_completion_logits(model)?;
         let device = logits.device();
-        TokenLogprobsConfig::new(LabelAlignment::Aligned)
+        TokenLogpsConfig::new(LabelAlignment::Aligned)
             .with_temperature(temperature)
             .try_init()?
             .try_forward(
@@ -249,18 +249,18 @@ impl Generation {
             self.completion_mask.clone().to_device(&device),
         );
         match &self.support {
-            Some(support) => crate::logprobs::try_support_logps(
+            Some(support) => crate::logps::try_support_logps(
                 logits,
                 labels,
                 support.clone().to_device(&device),
                 mask,
                 temperature,
             ),
-            None => Ok(TokenLogprobsConfig::new(LabelAlignment::Aligned)
+            None => Ok(TokenLogpsConfig::new(LabelAlignment::Aligned)
                 .with_temperature(temperature)
                 .try_init()?
                 .try_forward(logits, labels, Some(mask))?
-                .logprobs),
+                .logps),
         }
     }
 
@@ -281,7 +281,7 @@ impl Generation {
     /// A [`Rollout`] for [`ppo_update`](crate::rl::ppo_update) with one advantage per row:
     /// tokens = prompt + completion `[R, P + C]` with their attention mask, mask = completion
     /// mask, old log-probs = [`logps`](Self::logps) (the same full-vocabulary distribution a
-    /// forward of the policy recomputes, so the first ratio is 1). Add `with_ref_logprobs` for
+    /// forward of the policy recomputes, so the first ratio is 1). Add `with_ref_logps` for
     /// the KL term. No sampling log-probs and no importance weight are set: with the crate's
     /// in-process sampler there is no sampler / trainer mismatch to correct, and
     /// [`sampling_logps`](Self::sampling_logps) (the truncated distribution) differ from

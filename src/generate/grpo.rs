@@ -12,7 +12,7 @@ use super::generation::Generation;
 use super::model::CausalLm;
 use super::scoring::Scores;
 use crate::error::{Error, check_positive};
-use crate::logprobs::{LabelAlignment, TokenLogprobsConfig};
+use crate::logps::{LabelAlignment, TokenLogpsConfig};
 use crate::reduce::masked_row_sum;
 use crate::rl::{
     GroupAdvantageConfig, GrpoLoss, GrpoLossConfig, PolicyOutput, PpoStepConfig,
@@ -165,12 +165,12 @@ impl GrpoStep {
     pub fn try_step<M: CausalLm + Module>(
         &self,
         policy: M,
-        reference: &M,
+        ref_model: &M,
         optim: &mut ModuleOptimizer,
         generation: &Generation,
         scores: &Scores,
     ) -> crate::Result<GrpoStepOutput<M>> {
-        self.try_update(policy, reference, optim, generation, scores)
+        self.try_update(policy, ref_model, optim, generation, scores)
             .map_err(|e| e.error)
     }
 
@@ -180,7 +180,7 @@ impl GrpoStep {
     pub fn try_update<M: CausalLm + Module>(
         &self,
         policy: M,
-        reference: &M,
+        ref_model: &M,
         optim: &mut ModuleOptimizer,
         generation: &Generation,
         scores: &Scores,
@@ -190,7 +190,7 @@ impl GrpoStep {
             error,
             optimizer_steps: 0,
         };
-        let prepared = match self.prepare(reference, generation, scores) {
+        let prepared = match self.prepare(ref_model, generation, scores) {
             Ok(p) => p,
             Err(e) => return Err(fail(policy, e)),
         };
@@ -229,7 +229,7 @@ impl GrpoStep {
     /// Advantages, the rollout and the loss of one step; the step's own metrics.
     fn prepare<M: CausalLm + Module>(
         &self,
-        reference: &M,
+        ref_model: &M,
         generation: &Generation,
         scores: &Scores,
     ) -> crate::Result<Prepared> {
@@ -284,19 +284,19 @@ impl GrpoStep {
         if let Some(support) = &generation.support {
             // Sampling replay: old log-probs are the sampler's own, over each token's support;
             // the forward recomputes the policy's over the same supports.
-            rollout.old_logprobs = generation.sampling_logps.clone().detach();
+            rollout.old_logps = generation.sampling_logps.clone().detach();
             rollout = rollout.with_support(support.clone());
         }
         if self.loss.config().beta != 0.0 {
-            let reference = match &generation.support {
-                Some(_) => generation.completion_support_logps(reference, temperature)?,
+            let ref_logps = match &generation.support {
+                Some(_) => generation.completion_support_logps(ref_model, temperature)?,
                 None => {
                     generation
-                        .try_completion_logps(reference, temperature)?
-                        .logprobs
+                        .try_completion_logps(ref_model, temperature)?
+                        .logps
                 }
             };
-            rollout = rollout.with_ref_logprobs(reference);
+            rollout = rollout.with_ref_logps(ref_logps);
         }
         let loss = self
             .loss
@@ -316,7 +316,7 @@ impl GrpoStep {
         pub fn step[M: CausalLm + Module](
             &self,
             policy: M,
-            reference: &M,
+            ref_model: &M,
             optim: &mut ModuleOptimizer,
             generation: &Generation,
             scores: &Scores,
@@ -339,7 +339,7 @@ fn policy_output(logits: Tensor<3>, batch: &RolloutBatch, temperature: f64) -> P
     let [_, s] = batch.tokens.dims();
     let completion_ids = batch.tokens.clone().narrow(1, s - c, c);
     let logps = match &batch.support {
-        Some(support) => crate::logprobs::support_logps(
+        Some(support) => crate::logps::support_logps(
             logits.clone(),
             completion_ids,
             support.clone(),
@@ -347,14 +347,14 @@ fn policy_output(logits: Tensor<3>, batch: &RolloutBatch, temperature: f64) -> P
             temperature,
         ),
         None => {
-            TokenLogprobsConfig::new(LabelAlignment::Aligned)
+            TokenLogpsConfig::new(LabelAlignment::Aligned)
                 .with_temperature(temperature)
                 .init()
                 .forward_masked(logits.clone(), completion_ids, batch.mask.clone())
-                .logprobs
+                .logps
         }
     };
-    let entropy = crate::logprobs::token_entropy(logits, temperature)
+    let entropy = crate::logps::token_entropy(logits, temperature)
         .expect("the sampling temperature is > 0 (validated by the sampler)");
     PolicyOutput::new(logps).with_entropy(entropy)
 }

@@ -5,8 +5,8 @@ use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::logprobs::GatheredLogprobs;
-use crate::losses::{PreferenceBatch, UnpairedBatch};
+use crate::logps::GatheredLogps;
+use crate::losses::{PairedLayout, PreferenceBatch, UnpairedBatch};
 
 /// Which completions of a prompt's group become a pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,7 +71,12 @@ impl Pairs {
     /// The chosen rows followed by the rejected rows: select these rows of the generation,
     /// compute their log-probs once, and pass them to [`preference_batch`](Self::preference_batch).
     pub fn rows(&self) -> Vec<usize> {
-        self.chosen.iter().chain(&self.rejected).copied().collect()
+        PairedLayout::source_rows(&self.chosen, &self.rejected)
+    }
+
+    /// The [`PairedLayout`] of [`rows`](Self::rows).
+    pub fn layout(&self) -> PairedLayout {
+        PairedLayout::new(self.len())
     }
 
     /// A [`PreferenceBatch`] (per-token form, so every DPO-family loss can use it) from the
@@ -79,39 +84,26 @@ impl Pairs {
     /// sequence log-probs in the same order.
     ///
     /// # Shapes
-    /// - tokens: `[2B, C]`; reference_logps: `[2B]`
+    /// - tokens: `[2B, C]`; ref_logps: `[2B]`
     ///
     /// Errors: no pair ([`Error::Empty`]), row counts not `2B` ([`Error::Shape`]).
     pub fn try_preference_batch(
         &self,
-        tokens: GatheredLogprobs,
-        reference_logps: Option<Tensor<1>>,
+        tokens: GatheredLogps,
+        ref_logps: Option<Tensor<1>>,
     ) -> crate::Result<PreferenceBatch> {
-        let b = self.len();
-        crate::error::check_non_empty("pairs", b, "no pair was formed")?;
-        let dims = tokens.logprobs.dims();
-        if dims[0] != 2 * b {
-            return Err(Error::shape(
-                "tokens",
-                format!("[2B, C] = [{}, C] (chosen rows then rejected rows)", 2 * b),
-                &dims,
-            ));
+        crate::error::check_non_empty("pairs", self.len(), "no pair was formed")?;
+        let layout = self.layout();
+        layout.check_rows("tokens", &tokens.logps.dims())?;
+        if let Some(r) = &ref_logps {
+            layout.check_rows("ref_logps", &r.dims())?;
         }
-        let half = |g: &GatheredLogprobs, s: usize| GatheredLogprobs {
-            logprobs: g.logprobs.clone().narrow(0, s, b),
-            mask: g.mask.clone().int().narrow(0, s, b).equal_elem(1),
-        };
-        let batch = PreferenceBatch::try_from_tokens(half(&tokens, 0), half(&tokens, b))?;
-        Ok(match reference_logps {
+        let (chosen, rejected) = layout.split_tokens(&tokens);
+        let batch = PreferenceBatch::try_from_tokens(chosen, rejected)?;
+        Ok(match ref_logps {
             Some(r) => {
-                if r.dims() != [2 * b] {
-                    return Err(Error::shape(
-                        "reference_logps",
-                        format!("[2B] = [{}]", 2 * b),
-                        &r.dims(),
-                    ));
-                }
-                batch.with_reference(r.clone().narrow(0, 0, b), r.narrow(0, b, b))
+                let (chosen, rejected) = layout.split(r);
+                batch.with_ref_logps(chosen, rejected)
             }
             None => batch,
         })
@@ -121,8 +113,8 @@ impl Pairs {
         /// Panicking form of [`try_preference_batch`](Self::try_preference_batch).
         pub fn preference_batch(
             &self,
-            tokens: GatheredLogprobs,
-            reference_logps: Option<Tensor<1>>,
+            tokens: GatheredLogps,
+            ref_logps: Option<Tensor<1>>,
         ) -> PreferenceBatch = try_preference_batch;
     }
 }
@@ -291,17 +283,17 @@ impl KtoLabels {
     /// An [`UnpairedBatch`] from the sequence log-probs of [`rows`](Self::rows) (in that order).
     ///
     /// # Shapes
-    /// - logps, reference_logps: `[len]`
+    /// - logps, ref_logps: `[len]`
     ///
     /// Errors: no row ([`Error::Empty`]), lengths not matching ([`Error::Shape`]).
     pub fn try_unpaired_batch(
         &self,
         logps: Tensor<1>,
-        reference_logps: Tensor<1>,
+        ref_logps: Tensor<1>,
     ) -> crate::Result<UnpairedBatch> {
         let n = self.rows.len();
         crate::error::check_non_empty("labels", n, "no row has a score")?;
-        for (arg, t) in [("logps", &logps), ("reference_logps", &reference_logps)] {
+        for (arg, t) in [("logps", &logps), ("ref_logps", &ref_logps)] {
             if t.dims() != [n] {
                 return Err(Error::shape(
                     arg,
@@ -319,7 +311,7 @@ impl KtoLabels {
             &device,
         )
         .equal_elem(1);
-        Ok(UnpairedBatch::new(logps, reference_logps, desirable))
+        Ok(UnpairedBatch::new(logps, ref_logps, desirable))
     }
 
     crate::error::panicking! {
@@ -327,7 +319,7 @@ impl KtoLabels {
         pub fn unpaired_batch(
             &self,
             logps: Tensor<1>,
-            reference_logps: Tensor<1>,
+            ref_logps: Tensor<1>,
         ) -> UnpairedBatch = try_unpaired_batch;
     }
 }

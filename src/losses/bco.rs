@@ -149,7 +149,7 @@ impl BcoLoss {
         train: bool,
     ) -> crate::Result<LossOutput> {
         batch.validate()?;
-        let rho = (batch.logps.clone() - batch.reference_logps.clone()).mul_scalar(self.beta);
+        let rho = (batch.logps.clone() - batch.ref_logps.clone()).mul_scalar(self.beta);
         if train {
             running.update(rho.clone().detach());
         }

@@ -6,8 +6,8 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::metrics::{LossOutput, Metrics};
-use super::preference::{PreferenceBatch, fraction_greater};
+use super::metrics::{LossOutput, pair_metrics};
+use super::preference::PreferenceBatch;
 use super::stable::{log_sigmoid, relu};
 use crate::error::{Error, check_in_closed, check_positive};
 use crate::reduce::{MeanDenominator, Normalizer, mean_from_sum};
@@ -124,7 +124,7 @@ impl CpoLossConfig {
         if !self.alpha.is_finite() {
             return Err(Error::config("alpha", "must be finite", self.alpha));
         }
-        super::preference::validate_nll_normalizer(&self.nll_normalizer)?;
+        super::nll::validate_nll_normalizer(&self.nll_normalizer)?;
         self.normalizer.validate_for_sequences("the CPO loss")
     }
 
@@ -311,7 +311,11 @@ impl CpoLoss {
         };
         let terms = self.pair_terms_unchecked(chosen.clone(), rejected.clone());
         let (loss, per_example, nll) = if self.cpo_alpha != 0.0 {
-            let nll = batch.nll_term("CPO's NLL term (cpo_alpha != 0)", self.nll_normalizer)?;
+            let nll = super::nll::nll_term(
+                batch,
+                "CPO's NLL term (cpo_alpha != 0)",
+                self.nll_normalizer,
+            )?;
             let in_terms = terms.losses.clone() + nll.in_pair_terms.mul_scalar(self.cpo_alpha);
             let mut loss = self.normalizer.try_reduce_sequences(in_terms)?;
             if let Some(separate) = nll.separate {
@@ -324,7 +328,12 @@ impl CpoLoss {
             let zero = Tensor::zeros([1], (&chosen.device(), chosen.dtype()));
             (loss, terms.losses.clone(), zero)
         };
-        let mut metrics = pair_metrics(&terms, chosen, rejected);
+        let mut metrics = pair_metrics(
+            terms.chosen_rewards.clone(),
+            terms.rejected_rewards.clone(),
+            chosen,
+            rejected,
+        );
         metrics.insert("nll_loss", nll);
         Ok(LossOutput {
             loss,
@@ -346,19 +355,6 @@ pub(crate) fn check_pair(
     crate::error::check_dtype_like(rejected_arg, rejected, chosen_arg, chosen)?;
     crate::error::check_finite(chosen, chosen_arg)?;
     crate::error::check_finite(rejected, rejected_arg)
-}
-
-/// The reward / log-prob metrics shared by the reference-free pair losses.
-pub(crate) fn pair_metrics(terms: &PairTerms, chosen: Tensor<1>, rejected: Tensor<1>) -> Metrics {
-    let mut metrics = Metrics::new();
-    let (c, r) = (terms.chosen_rewards.clone(), terms.rejected_rewards.clone());
-    metrics.insert("rewards/chosen", c.clone().mean());
-    metrics.insert("rewards/rejected", r.clone().mean());
-    metrics.insert("rewards/accuracies", fraction_greater(c.clone(), r.clone()));
-    metrics.insert("rewards/margins", (c - r).mean());
-    metrics.insert("logps/chosen", chosen.mean());
-    metrics.insert("logps/rejected", rejected.mean());
-    metrics
 }
 
 #[cfg(test)]

@@ -9,20 +9,20 @@ use serde::{Deserialize, Serialize};
 use super::metrics::{LossOutput, Metrics};
 use super::stable::sigmoid;
 use crate::error::{Error, check_positive, check_same_shape};
-use crate::logprobs::GatheredLogprobs;
+use crate::logps::GatheredLogps;
 use crate::reduce::{MeanDenominator, Normalizer, mask_like, mean_from_sum};
 
 /// A batch of `B` completions, each labelled desirable or undesirable.
 ///
 /// # Shapes
-/// - `logps`, `reference_logps`: `[B]` (summed over completion tokens); `desirable`: `[B]`
+/// - `logps`, `ref_logps`: `[B]` (summed over completion tokens); `desirable`: `[B]`
 /// - `kl`: `[1]`
 #[derive(Debug, Clone)]
 pub struct UnpairedBatch {
     /// Policy log-probs of the completions `[B]`.
     pub logps: Tensor<1>,
     /// Reference log-probs of the completions `[B]` (constants).
-    pub reference_logps: Tensor<1>,
+    pub ref_logps: Tensor<1>,
     /// `true` = desirable (TRL `label = 1`), `false` = undesirable.
     pub desirable: Tensor<1, Bool>,
     /// KTO's KL estimate `[1]` (see [`kto_kl_estimate`]); `None` = not computed.
@@ -55,11 +55,11 @@ impl UnpairedBatch {
     }
 
     /// A batch from sequence log-probs.
-    pub fn new(logps: Tensor<1>, reference_logps: Tensor<1>, desirable: Tensor<1, Bool>) -> Self {
+    pub fn new(logps: Tensor<1>, ref_logps: Tensor<1>, desirable: Tensor<1, Bool>) -> Self {
         let desirable = crate::reduce::canonical_mask(desirable);
         Self {
             logps,
-            reference_logps: reference_logps.detach(),
+            ref_logps: ref_logps.detach(),
             desirable,
             kl: None,
         }
@@ -68,8 +68,8 @@ impl UnpairedBatch {
     crate::error::panicking! {
         /// A batch from the token-level path (log-probs summed over the mask).
         pub fn from_tokens(
-            tokens: &GatheredLogprobs,
-            reference_logps: Tensor<1>,
+            tokens: &GatheredLogps,
+            ref_logps: Tensor<1>,
             desirable: Tensor<1, Bool>,
         ) -> Self = Self::try_from_tokens;
     }
@@ -77,27 +77,22 @@ impl UnpairedBatch {
     /// Non-panicking form of [`from_tokens`](Self::from_tokens): [`Error::Shape`] naming
     /// `tokens.mask` when the mask's shape differs from the log-probs'.
     pub fn try_from_tokens(
-        tokens: &GatheredLogprobs,
-        reference_logps: Tensor<1>,
+        tokens: &GatheredLogps,
+        ref_logps: Tensor<1>,
         desirable: Tensor<1, Bool>,
     ) -> crate::Result<Self> {
         let desirable = crate::reduce::canonical_mask(desirable);
         check_same_shape(
             "tokens.mask",
             &tokens.mask.dims(),
-            &tokens.logprobs.dims(),
-            "tokens.logprobs",
+            &tokens.logps.dims(),
+            "tokens.logps",
         )?;
         let logps = tokens
-            .try_reduce(crate::SequenceReduction::Sum)
-            .map_err(|e| super::preference::rename_arg(e, "tokens.logprobs"))?;
-        crate::error::check_dtype_like(
-            "reference_logps",
-            &reference_logps,
-            "tokens.logprobs",
-            &logps,
-        )?;
-        Ok(Self::new(logps, reference_logps, desirable))
+            .try_reduce(crate::logps::SequenceReduction::Sum)
+            .map_err(|e| super::preference::rename_arg(e, "tokens.logps"))?;
+        crate::error::check_dtype_like("ref_logps", &ref_logps, "tokens.logps", &logps)?;
+        Ok(Self::new(logps, ref_logps, desirable))
     }
 
     /// Sets the KL estimate (`[1]`, detached here).
@@ -115,27 +110,22 @@ impl UnpairedBatch {
                 what: "the batch has no completion".into(),
             });
         }
-        check_same_shape("reference_logps", &self.reference_logps.dims(), &b, "logps")?;
+        check_same_shape("ref_logps", &self.ref_logps.dims(), &b, "logps")?;
         check_same_shape("desirable", &self.desirable.dims(), &b, "logps")?;
-        crate::error::check_dtype_like(
-            "reference_logps",
-            &self.reference_logps,
-            "logps",
-            &self.logps,
-        )?;
+        crate::error::check_dtype_like("ref_logps", &self.ref_logps, "logps", &self.logps)?;
         if let Some(kl) = &self.kl {
             check_same_shape("kl", &kl.dims(), &[1], "a scalar")?;
             crate::error::check_dtype_like("kl", kl, "logps", &self.logps)?;
             crate::error::check_finite(kl, "kl")?;
         }
         crate::error::check_finite(&self.logps, "logps")?;
-        crate::error::check_finite(&self.reference_logps, "reference_logps")?;
+        crate::error::check_finite(&self.ref_logps, "ref_logps")?;
         Ok(())
     }
 
     /// Per-completion implicit rewards `β (logp - ref)` `[B]`, detached.
     pub fn rewards(&self, beta: f64) -> Tensor<1> {
-        (self.logps.clone() - self.reference_logps.clone())
+        (self.logps.clone() - self.ref_logps.clone())
             .mul_scalar(beta)
             .detach()
     }
@@ -173,7 +163,7 @@ pub fn kto_mismatched_pairs<P: Clone, C: Clone>(
 
 crate::error::panicking! {
     /// KTO's KL estimate from mismatched completions (TRL: completion `i+1` scored under prompt
-    /// `i`): `max(0, mean(kl_logps - reference_kl_logps))`, **detached**.
+    /// `i`): `max(0, mean(kl_logps - ref_kl_logps))`, **detached**.
     ///
     /// **Batch-coupled**: every example's loss depends on the batch mean through this estimate.
     /// With data parallelism TRL averages the (unclamped) means over ranks before clamping; do the
@@ -181,19 +171,19 @@ crate::error::panicking! {
     /// micro-batch, as in TRL.
     ///
     /// # Shapes
-    /// - `kl_logps`, `reference_kl_logps`: `[B]` -> `[1]`
+    /// - `kl_logps`, `ref_kl_logps`: `[B]` -> `[1]`
     pub fn kto_kl_estimate(
         kl_logps: Tensor<1>,
-        reference_kl_logps: Tensor<1>,
+        ref_kl_logps: Tensor<1>,
     ) -> Tensor<1> = try_kto_kl_estimate;
 }
 
 /// Non-panicking form of [`kto_kl_estimate`]: `B = 0` ([`Error::Empty`]), shapes or dtypes
-/// that differ ([`Error::Shape`] / [`Error::DType`] naming `reference_kl_logps`); in checked
+/// that differ ([`Error::Shape`] / [`Error::DType`] naming `ref_kl_logps`); in checked
 /// mode non-finite inputs ([`Error::NonFinite`]).
 pub fn try_kto_kl_estimate(
     kl_logps: Tensor<1>,
-    reference_kl_logps: Tensor<1>,
+    ref_kl_logps: Tensor<1>,
 ) -> crate::Result<Tensor<1>> {
     crate::error::check_non_empty(
         "kl_logps",
@@ -201,23 +191,15 @@ pub fn try_kto_kl_estimate(
         "the batch has no completion",
     )?;
     check_same_shape(
-        "reference_kl_logps",
-        &reference_kl_logps.dims(),
+        "ref_kl_logps",
+        &ref_kl_logps.dims(),
         &kl_logps.dims(),
         "kl_logps",
     )?;
-    crate::error::check_dtype_like(
-        "reference_kl_logps",
-        &reference_kl_logps,
-        "kl_logps",
-        &kl_logps,
-    )?;
+    crate::error::check_dtype_like("ref_kl_logps", &ref_kl_logps, "kl_logps", &kl_logps)?;
     crate::error::check_finite(&kl_logps, "kl_logps")?;
-    crate::error::check_finite(&reference_kl_logps, "reference_kl_logps")?;
-    Ok((kl_logps - reference_kl_logps)
-        .mean()
-        .clamp_min(0.0)
-        .detach())
+    crate::error::check_finite(&ref_kl_logps, "ref_kl_logps")?;
+    Ok((kl_logps - ref_kl_logps).mean().clamp_min(0.0).detach())
 }
 
 /// Unpaired loss types (TRL's `KTOConfig.loss_type` names).
@@ -333,7 +315,7 @@ impl KtoLoss {
     pub fn try_forward(&self, batch: &UnpairedBatch) -> crate::Result<LossOutput> {
         batch.validate()?;
         let beta = self.beta;
-        let delta = batch.logps.clone() - batch.reference_logps.clone();
+        let delta = batch.logps.clone() - batch.ref_logps.clone();
         let kl = match (self.loss_type, &batch.kl) {
             (_, Some(kl)) => kl.clone(),
             (KtoLossType::Kto, None) => {

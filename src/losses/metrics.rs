@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use burn::tensor::Tensor;
 
+use crate::reduce::mask_like;
+
 /// Metrics as device tensors (`[1]` each), keyed by the anchor's own metric names
 /// (`rewards/chosen`, `rewards/accuracies`, `logps/rejected`, `kl`, ...).
 ///
@@ -81,4 +83,30 @@ pub struct LossOutput {
     pub per_example: Tensor<1>,
     /// Logged metrics under the anchor's names.
     pub metrics: Metrics,
+}
+
+/// Mean of a `[B]` tensor of 0/1 comparisons, in the dtype of `like`.
+pub(crate) fn fraction_greater(a: Tensor<1>, b: Tensor<1>) -> Tensor<1> {
+    let like = a.clone();
+    mask_like(&like, a.greater(b)).mean()
+}
+
+/// The metrics every paired loss reports (TRL's keys): `rewards/chosen`, `rewards/rejected`,
+/// `rewards/accuracies`, `rewards/margins` (from the per-pair rewards `[B]`), `logps/chosen`,
+/// `logps/rejected` (batch means of the sequence log-probs as the loss used them).
+pub(crate) fn pair_metrics(
+    chosen_rewards: Tensor<1>,
+    rejected_rewards: Tensor<1>,
+    chosen_logps: Tensor<1>,
+    rejected_logps: Tensor<1>,
+) -> Metrics {
+    let (c, r) = (chosen_rewards, rejected_rewards);
+    let mut metrics = Metrics::new();
+    metrics.insert("rewards/chosen", c.clone().mean());
+    metrics.insert("rewards/rejected", r.clone().mean());
+    metrics.insert("rewards/accuracies", fraction_greater(c.clone(), r.clone()));
+    metrics.insert("rewards/margins", (c - r).mean());
+    metrics.insert("logps/chosen", chosen_logps.mean());
+    metrics.insert("logps/rejected", rejected_logps.mean());
+    metrics
 }

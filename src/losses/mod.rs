@@ -14,11 +14,13 @@ mod cpo;
 mod dpo;
 mod kto;
 mod metrics;
+mod nll;
 mod orpo;
+mod paired;
 mod preference;
 mod reward;
 mod sft;
-pub mod stable;
+pub(crate) mod stable;
 
 pub use bco::{BcoLoss, BcoLossConfig, RunningMoments};
 pub use cpo::{CpoLoss, CpoLossConfig, CpoLossType, PairTerms};
@@ -29,6 +31,7 @@ pub use kto::{
 };
 pub use metrics::{LossOutput, Metrics};
 pub use orpo::{OddsRatioTerms, OrpoLoss, OrpoLossConfig};
+pub use paired::PairedLayout;
 pub use preference::PreferenceBatch;
 pub use reward::{BradleyTerryForm, BradleyTerryLoss, BradleyTerryLossConfig};
 pub use sft::{SftLoss, SftLossConfig};

@@ -5,8 +5,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::Tensor;
 
-use super::cpo::{PairTerms, pair_metrics};
-use super::metrics::LossOutput;
+use super::metrics::{LossOutput, pair_metrics};
 use super::preference::PreferenceBatch;
 use super::stable::{log_sigmoid, log1mexp};
 use crate::error::check_positive;
@@ -33,7 +32,7 @@ impl OrpoLossConfig {
     /// Checks the configuration.
     pub fn validate(&self) -> crate::Result<()> {
         check_positive("beta", self.beta)?;
-        super::preference::validate_nll_normalizer(&self.nll_normalizer)?;
+        super::nll::validate_nll_normalizer(&self.nll_normalizer)?;
         self.normalizer.validate_for_sequences("the ORPO loss")
     }
 
@@ -176,7 +175,7 @@ impl OrpoLoss {
         let chosen = average(batch.chosen_logps.clone(), cc);
         let rejected = average(batch.rejected_logps.clone(), cr);
         let terms = self.odds_ratio_unchecked(chosen.clone(), rejected.clone());
-        let nll_term = batch.nll_term("ORPO's NLL term", self.nll_normalizer)?;
+        let nll_term = super::nll::nll_term(batch, "ORPO's NLL term", self.nll_normalizer)?;
         let mut loss = self
             .normalizer
             .try_reduce_sequences(nll_term.in_pair_terms - terms.losses.clone())?;
@@ -185,12 +184,12 @@ impl OrpoLoss {
         }
         let per_example = nll_term.per_pair - terms.losses.clone();
         let nll = nll_term.batch_mean;
-        let pair = PairTerms {
-            losses: terms.losses.clone(),
-            chosen_rewards: terms.chosen_rewards.clone(),
-            rejected_rewards: terms.rejected_rewards.clone(),
-        };
-        let mut metrics = pair_metrics(&pair, chosen, rejected);
+        let mut metrics = pair_metrics(
+            terms.chosen_rewards.clone(),
+            terms.rejected_rewards.clone(),
+            chosen,
+            rejected,
+        );
         metrics.insert("nll_loss", nll);
         metrics.insert("log_odds_ratio", log_sigmoid(terms.log_odds.clone()).mean());
         metrics.insert("log_odds_chosen", terms.log_odds.mean());

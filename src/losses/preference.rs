@@ -3,9 +3,9 @@
 
 use burn::tensor::Tensor;
 
+use super::paired::PairedLayout;
 use crate::error::{Error, Result, check_dtype_like, check_same_shape};
-use crate::logprobs::GatheredLogprobs;
-use crate::reduce::{MeanDenominator, Normalizer, mask_like, masked_mean_with};
+use crate::logps::GatheredLogps;
 
 /// A batch of `B` preference pairs: what the paired losses read, and nothing hidden.
 ///
@@ -35,19 +35,19 @@ pub struct PreferenceBatch {
     pub rejected_logps: Tensor<1>,
     /// Reference-model log-probs of the chosen completions: `[B]` (constants; detach them or
     /// compute them on a non-autodiff device / `model.valid()`).
-    pub reference_chosen_logps: Option<Tensor<1>>,
+    pub ref_chosen_logps: Option<Tensor<1>>,
     /// Reference-model log-probs of the rejected completions: `[B]`.
-    pub reference_rejected_logps: Option<Tensor<1>>,
+    pub ref_rejected_logps: Option<Tensor<1>>,
     /// Completion token count of each chosen sequence (float): `[B]`.
     pub chosen_token_counts: Option<Tensor<1>>,
     /// Completion token count of each rejected sequence (float): `[B]`.
     pub rejected_token_counts: Option<Tensor<1>>,
     /// Per-token policy log-probs of the chosen completions with their mask.
-    pub chosen_tokens: Option<GatheredLogprobs>,
+    pub chosen_tokens: Option<GatheredLogps>,
     /// Per-token policy log-probs of the rejected completions with their mask.
-    pub rejected_tokens: Option<GatheredLogprobs>,
+    pub rejected_tokens: Option<GatheredLogps>,
     /// Tokens the NLL / SFT term averages over, if not `chosen_tokens`.
-    pub nll_tokens: Option<GatheredLogprobs>,
+    pub nll_tokens: Option<GatheredLogps>,
     /// Per-token `log Σ_v p_v²` of the chosen completions (WPO): `[B, Tc]`.
     pub chosen_log_sum_sq_probs: Option<Tensor<2>>,
     /// Per-token `log Σ_v p_v²` of the rejected completions (WPO): `[B, Tr]`.
@@ -60,8 +60,8 @@ impl PreferenceBatch {
         Self {
             chosen_logps,
             rejected_logps,
-            reference_chosen_logps: None,
-            reference_rejected_logps: None,
+            ref_chosen_logps: None,
+            ref_rejected_logps: None,
             chosen_token_counts: None,
             rejected_token_counts: None,
             chosen_tokens: None,
@@ -77,32 +77,27 @@ impl PreferenceBatch {
         /// token counts the mask sums, and the per-token log-probs are kept (for LD-DPO, WPO and
         /// the NLL/SFT term).
         pub fn from_tokens(
-            chosen: GatheredLogprobs,
-            rejected: GatheredLogprobs,
+            chosen: GatheredLogps,
+            rejected: GatheredLogps,
         ) -> Self = Self::try_from_tokens;
     }
 
     /// Non-panicking form of [`from_tokens`](Self::from_tokens): [`Error::Shape`] naming
     /// `chosen_tokens.mask` / `rejected_tokens.mask` when a mask's shape differs from its
     /// log-probs'.
-    pub fn try_from_tokens(chosen: GatheredLogprobs, rejected: GatheredLogprobs) -> Result<Self> {
+    pub fn try_from_tokens(chosen: GatheredLogps, rejected: GatheredLogps) -> Result<Self> {
         for (arg, t) in [
             ("chosen_tokens.mask", &chosen),
             ("rejected_tokens.mask", &rejected),
         ] {
-            check_same_shape(
-                arg,
-                &t.mask.dims(),
-                &t.logprobs.dims(),
-                "the token log-probs",
-            )?;
+            check_same_shape(arg, &t.mask.dims(), &t.logps.dims(), "the token log-probs")?;
         }
         let chosen_logps = chosen
-            .try_reduce(crate::SequenceReduction::Sum)
-            .map_err(|e| rename_arg(e, "chosen_tokens.logprobs"))?;
+            .try_reduce(crate::logps::SequenceReduction::Sum)
+            .map_err(|e| rename_arg(e, "chosen_tokens.logps"))?;
         let rejected_logps = rejected
-            .try_reduce(crate::SequenceReduction::Sum)
-            .map_err(|e| rename_arg(e, "rejected_tokens.logprobs"))?;
+            .try_reduce(crate::logps::SequenceReduction::Sum)
+            .map_err(|e| rename_arg(e, "rejected_tokens.logps"))?;
         let mut batch = Self::new(chosen_logps, rejected_logps);
         batch.chosen_token_counts = Some(chosen.token_counts());
         batch.rejected_token_counts = Some(rejected.token_counts());
@@ -115,72 +110,58 @@ impl PreferenceBatch {
         /// A batch from **one stacked forward** over `[2B]` rows, chosen rows first (the layout
         /// TRL's `concatenated_forward` and the reward loss's `forward_stacked` use): rows `0..B`
         /// are the chosen completions, rows `B..2B` the rejected ones.
-        pub fn from_stacked(stacked: GatheredLogprobs) -> Self = Self::try_from_stacked;
+        pub fn from_stacked(stacked: GatheredLogps) -> Self = Self::try_from_stacked;
     }
 
     /// Non-panicking form of [`from_stacked`](Self::from_stacked): an odd or zero row count
     /// is [`Error::Shape`] naming `stacked`; then as [`try_from_tokens`](Self::try_from_tokens).
-    pub fn try_from_stacked(stacked: GatheredLogprobs) -> Result<Self> {
-        let dims = stacked.logprobs.dims();
-        if dims[0] == 0 || !dims[0].is_multiple_of(2) {
-            return Err(Error::shape(
-                "stacked",
-                "[2B, T] with B >= 1 (chosen rows first, then rejected)",
-                &dims,
-            ));
-        }
-        let b = dims[0] / 2;
-        Self::try_from_tokens(stacked.narrow_rows(0, b), stacked.narrow_rows(b, b))
+    pub fn try_from_stacked(stacked: GatheredLogps) -> Result<Self> {
+        let layout = PairedLayout::try_from_dims("stacked", &stacked.logps.dims())?;
+        let (chosen, rejected) = layout.split_tokens(&stacked);
+        Self::try_from_tokens(chosen, rejected)
     }
 
     /// Adds the reference model's sequence log-probs `[B]` (detached here, and moved to the
     /// policy's device: reference log-probs computed on `model.valid()`'s inner device may be
     /// passed directly). Shapes and dtypes are checked by the loss's `try_forward` (or here,
-    /// with [`try_with_reference`](Self::try_with_reference)).
-    pub fn with_reference(mut self, chosen: Tensor<1>, rejected: Tensor<1>) -> Self {
+    /// with [`try_with_ref_logps`](Self::try_with_ref_logps)).
+    pub fn with_ref_logps(mut self, chosen: Tensor<1>, rejected: Tensor<1>) -> Self {
         let device = self.chosen_logps.device();
-        self.reference_chosen_logps = Some(onto_device(chosen.detach(), &device));
-        self.reference_rejected_logps = Some(onto_device(rejected.detach(), &device));
+        self.ref_chosen_logps = Some(onto_device(chosen.detach(), &device));
+        self.ref_rejected_logps = Some(onto_device(rejected.detach(), &device));
         self
     }
 
-    /// [`with_reference`](Self::with_reference) that checks at once: [`Error::Shape`] when a
+    /// [`with_ref_logps`](Self::with_ref_logps) that checks at once: [`Error::Shape`] when a
     /// reference vector is not `[B]`, [`Error::DType`] when its dtype is not the policy
     /// log-probs' (cast it: `reference.cast(FloatDType::F32)`).
-    pub fn try_with_reference(self, chosen: Tensor<1>, rejected: Tensor<1>) -> Result<Self> {
+    pub fn try_with_ref_logps(self, chosen: Tensor<1>, rejected: Tensor<1>) -> Result<Self> {
         let b = self.chosen_logps.dims();
         for (arg, t) in [
-            ("reference_chosen_logps", &chosen),
-            ("reference_rejected_logps", &rejected),
+            ("ref_chosen_logps", &chosen),
+            ("ref_rejected_logps", &rejected),
         ] {
             check_same_shape(arg, &t.dims(), &b, "chosen_logps")?;
             check_dtype_like(arg, t, "chosen_logps", &self.chosen_logps)?;
         }
-        Ok(self.with_reference(chosen, rejected))
+        Ok(self.with_ref_logps(chosen, rejected))
     }
 
     /// Adds reference log-probs from one stacked reference forward (`[2B]`, chosen first).
     ///
     /// # Panics
-    /// On the errors of [`try_with_stacked_reference`](Self::try_with_stacked_reference).
-    pub fn with_stacked_reference(self, stacked: Tensor<1>) -> Self {
-        crate::error::unwrap_or_panic(self.try_with_stacked_reference(stacked))
+    /// On the errors of [`try_with_stacked_ref_logps`](Self::try_with_stacked_ref_logps).
+    pub fn with_stacked_ref_logps(self, stacked: Tensor<1>) -> Self {
+        crate::error::unwrap_or_panic(self.try_with_stacked_ref_logps(stacked))
     }
 
-    /// Non-panicking form of [`with_stacked_reference`](Self::with_stacked_reference):
+    /// Non-panicking form of [`with_stacked_ref_logps`](Self::with_stacked_ref_logps):
     /// [`Error::Shape`] naming `stacked_reference` unless it is `[2B]`.
-    pub fn try_with_stacked_reference(self, stacked: Tensor<1>) -> Result<Self> {
-        let b = self.len();
-        if stacked.dims() != [2 * b] {
-            return Err(Error::shape(
-                "stacked_reference",
-                format!("[2B] = [{}] (chosen rows first, then rejected)", 2 * b),
-                &stacked.dims(),
-            ));
-        }
-        let chosen = stacked.clone().narrow(0, 0, b);
-        let rejected = stacked.narrow(0, b, b);
-        self.try_with_reference(chosen, rejected)
+    pub fn try_with_stacked_ref_logps(self, stacked: Tensor<1>) -> Result<Self> {
+        let layout = PairedLayout::new(self.len());
+        layout.check_rows("stacked_reference", &stacked.dims())?;
+        let (chosen, rejected) = layout.split(stacked);
+        self.try_with_ref_logps(chosen, rejected)
     }
 
     /// Adds per-sequence completion token counts `[B]` (float, in the log-probs' dtype).
@@ -191,7 +172,7 @@ impl PreferenceBatch {
     }
 
     /// Sets the tokens the NLL / SFT term averages over (default: `chosen_tokens`).
-    pub fn with_nll_tokens(mut self, tokens: GatheredLogprobs) -> Self {
+    pub fn with_nll_tokens(mut self, tokens: GatheredLogps) -> Self {
         self.nll_tokens = Some(tokens);
         self
     }
@@ -230,8 +211,8 @@ impl PreferenceBatch {
             "chosen_logps",
         )?;
         let vectors = [
-            ("reference_chosen_logps", &self.reference_chosen_logps),
-            ("reference_rejected_logps", &self.reference_rejected_logps),
+            ("ref_chosen_logps", &self.ref_chosen_logps),
+            ("ref_rejected_logps", &self.ref_rejected_logps),
             ("chosen_token_counts", &self.chosen_token_counts),
             ("rejected_token_counts", &self.rejected_token_counts),
         ];
@@ -250,15 +231,15 @@ impl PreferenceBatch {
         }
         crate::error::check_finite(&self.chosen_logps, "chosen_logps")?;
         crate::error::check_finite(&self.rejected_logps, "rejected_logps")?;
-        if self.reference_chosen_logps.is_some() != self.reference_rejected_logps.is_some() {
-            let missing = if self.reference_chosen_logps.is_none() {
-                "reference_chosen_logps"
+        if self.ref_chosen_logps.is_some() != self.ref_rejected_logps.is_some() {
+            let missing = if self.ref_chosen_logps.is_none() {
+                "ref_chosen_logps"
             } else {
-                "reference_rejected_logps"
+                "ref_rejected_logps"
             };
             return Err(Error::MissingInput {
                 arg: missing,
-                needed_by: "the reference log-probs come in pairs: give both reference_chosen_logps and reference_rejected_logps, or neither".into(),
+                needed_by: "the reference log-probs come in pairs: give both ref_chosen_logps and ref_rejected_logps, or neither".into(),
             });
         }
         let tokens = [
@@ -268,10 +249,10 @@ impl PreferenceBatch {
         ];
         for (arg, t) in tokens {
             if let Some(t) = t {
-                let dims = t.logprobs.dims();
+                let dims = t.logps.dims();
                 check_same_shape(format_mask(arg), &t.mask.dims(), &dims, arg)?;
-                check_dtype_like(arg, &t.logprobs, "chosen_logps", &self.chosen_logps)?;
-                crate::error::check_finite_masked(&t.logprobs, &t.mask, arg)?;
+                check_dtype_like(arg, &t.logps, "chosen_logps", &self.chosen_logps)?;
+                crate::error::check_finite_masked(&t.logps, &t.mask, arg)?;
                 if dims[0] != b[0] {
                     return Err(Error::shape(
                         arg,
@@ -299,20 +280,15 @@ impl PreferenceBatch {
                 crate::error::check_finite(t, arg)?;
             }
             if let (Some(t), Some(tokens)) = (t, tokens) {
-                check_same_shape(
-                    arg,
-                    &t.dims(),
-                    &tokens.logprobs.dims(),
-                    "the token log-probs",
-                )?;
+                check_same_shape(arg, &t.dims(), &tokens.logps.dims(), "the token log-probs")?;
             }
         }
         Ok(())
     }
 
     /// Reference log-probs, or zeros (reference-free) when absent.
-    pub(crate) fn reference_or_zeros(&self) -> (Tensor<1>, Tensor<1>) {
-        match (&self.reference_chosen_logps, &self.reference_rejected_logps) {
+    pub(crate) fn ref_logps_or_zeros(&self) -> (Tensor<1>, Tensor<1>) {
+        match (&self.ref_chosen_logps, &self.ref_rejected_logps) {
             (Some(c), Some(r)) => (c.clone(), r.clone()),
             _ => (
                 Tensor::zeros_like(&self.chosen_logps).detach(),
@@ -323,15 +299,14 @@ impl PreferenceBatch {
 
     /// Token counts, from the explicit field or the token masks.
     pub(crate) fn token_counts(&self, needed_by: &str) -> Result<(Tensor<1>, Tensor<1>)> {
-        let chosen = self.chosen_token_counts.clone().or_else(|| {
-            self.chosen_tokens
-                .as_ref()
-                .map(GatheredLogprobs::token_counts)
-        });
+        let chosen = self
+            .chosen_token_counts
+            .clone()
+            .or_else(|| self.chosen_tokens.as_ref().map(GatheredLogps::token_counts));
         let rejected = self.rejected_token_counts.clone().or_else(|| {
             self.rejected_tokens
                 .as_ref()
-                .map(GatheredLogprobs::token_counts)
+                .map(GatheredLogps::token_counts)
         });
         match (chosen, rejected) {
             (Some(c), Some(r)) => Ok((c, r)),
@@ -345,7 +320,7 @@ impl PreferenceBatch {
     }
 
     /// The per-token chosen and rejected log-probs, or an error naming the feature.
-    pub(crate) fn tokens(&self, needed_by: &str) -> Result<(&GatheredLogprobs, &GatheredLogprobs)> {
+    pub(crate) fn tokens(&self, needed_by: &str) -> Result<(&GatheredLogps, &GatheredLogps)> {
         match (&self.chosen_tokens, &self.rejected_tokens) {
             (Some(c), Some(r)) => Ok((c, r)),
             _ => Err(Error::MissingInput {
@@ -355,87 +330,6 @@ impl PreferenceBatch {
                 ),
             }),
         }
-    }
-
-    /// The NLL (SFT) term of DPO `sft`, CPO (`cpo_alpha`) and ORPO, reduced as `normalizer`
-    /// says (see [`NllTerm`]).
-    pub(crate) fn nll_term(
-        &self,
-        needed_by: &str,
-        normalizer: Option<Normalizer>,
-    ) -> Result<NllTerm> {
-        let batch_mean = self.nll(needed_by)?;
-        let Some(normalizer) = normalizer else {
-            let per_pair = Tensor::zeros_like(&self.chosen_logps).detach() + batch_mean.clone();
-            return Ok(NllTerm {
-                per_pair: per_pair.clone(),
-                in_pair_terms: per_pair,
-                separate: None,
-                batch_mean,
-            });
-        };
-        let tokens = self
-            .nll_tokens
-            .as_ref()
-            .or(self.chosen_tokens.as_ref())
-            .expect("checked by nll()");
-        let nll = tokens.logprobs.clone().neg();
-        let separate = normalizer.try_reduce_tokens(nll.clone(), tokens.mask.clone())?;
-        Ok(NllTerm {
-            per_pair: crate::reduce::masked_row_mean(nll, tokens.mask.clone()),
-            in_pair_terms: Tensor::zeros_like(&self.chosen_logps).detach(),
-            separate: Some(separate),
-            batch_mean: batch_mean.detach(),
-        })
-    }
-
-    /// The token-mean negative log-likelihood over all tokens of the NLL tokens (or the chosen
-    /// tokens): `-Σ logp / max(#tokens, 1)`, a scalar `[1]` (PyTorch's `CrossEntropyLoss`
-    /// mean, except that a batch with no token gives 0, not NaN).
-    pub(crate) fn nll(&self, needed_by: &str) -> Result<Tensor<1>> {
-        let tokens = self.nll_tokens.as_ref().or(self.chosen_tokens.as_ref()).ok_or_else(|| {
-            Error::MissingInput {
-                arg: "chosen_tokens",
-                needed_by: format!("{needed_by} needs per-token chosen log-probs for its NLL term: build the batch with PreferenceBatch::from_tokens or set nll_tokens"),
-            }
-        })?;
-        Ok(masked_mean_with(
-            tokens.logprobs.clone().neg(),
-            tokens.mask.clone(),
-            None,
-            MeanDenominator::AtLeastOne,
-        ))
-    }
-}
-
-/// The NLL (SFT) term of a paired loss, in the two ways it can enter the loss.
-///
-/// - `nll_normalizer = None` (TRL): the batch token mean `-Σ logp / #tokens` is added to every
-///   pair's term, so with `SequenceMean` the loss is `mean(pair losses) + nll`. This term
-///   **couples the batch**: it is not exact under gradient accumulation or data parallelism
-///   (the token count of one micro-batch is not the step's).
-/// - `nll_normalizer = Some(n)`: the NLL is reduced on its own with the token normalizer `n`
-///   (e.g. [`Normalizer::GlobalTokens`] with the step's token count) and added to the
-///   normalized pair loss, so micro-batch losses sum exactly to the whole step's loss.
-pub(crate) struct NllTerm {
-    /// Per-pair NLL for `per_example` reporting: the batch mean (TRL mode) or each pair's own
-    /// token mean (separate mode).
-    pub per_pair: Tensor<1>,
-    /// What goes into the pair terms that the pair normalizer reduces: the batch mean (TRL
-    /// mode) or 0 (separate mode).
-    pub in_pair_terms: Tensor<1>,
-    /// The separately normalized NLL `[1]` to add to the loss (separate mode).
-    pub separate: Option<Tensor<1>>,
-    /// The batch token mean (the `nll_loss` metric in both modes).
-    pub batch_mean: Tensor<1>,
-}
-
-/// Validates a loss config's `nll_normalizer`: it reduces per-token terms, so every variant
-/// is allowed (a sequence-only kind does not exist), but its constants must be valid.
-pub(crate) fn validate_nll_normalizer(normalizer: &Option<Normalizer>) -> Result<()> {
-    match normalizer {
-        Some(n) => n.validate(),
-        None => Ok(()),
     }
 }
 
@@ -462,10 +356,4 @@ fn format_mask(arg: &'static str) -> &'static str {
         "rejected_tokens" => "rejected_tokens.mask",
         _ => "nll_tokens.mask",
     }
-}
-
-/// Mean of a `[B]` tensor of 0/1 comparisons, in the dtype of `like`.
-pub(crate) fn fraction_greater(a: Tensor<1>, b: Tensor<1>) -> Tensor<1> {
-    let like = a.clone();
-    mask_like(&like, a.greater(b)).mean()
 }

@@ -17,7 +17,7 @@ use burn::module::Module;
 
 use super::metrics::{LossOutput, Metrics};
 use crate::error::Error;
-use crate::logprobs::GatheredLogprobs;
+use crate::logps::GatheredLogps;
 use crate::reduce::{Normalizer, mask_like};
 
 /// Configuration of [`SftLoss`].
@@ -52,7 +52,7 @@ impl SftLossConfig {
 /// The SFT loss (see the module docs), built by [`SftLossConfig::init`].
 ///
 /// # Shapes
-/// - tokens: the [`GatheredLogprobs`] of the completions (`[B, T]` log-probs and mask, from
+/// - tokens: the [`GatheredLogps`] of the completions (`[B, T]` log-probs and mask, from
 ///   the lean gather or the fused LM-head op)
 /// - output: `loss` `[1]`, `per_example` `[B]` (each row's token-mean NLL; 0 for a row with
 ///   no valid token)
@@ -68,28 +68,28 @@ pub struct SftLoss {
 impl SftLoss {
     crate::error::panicking! {
         /// The loss of a batch.
-        pub fn forward(&self, tokens: &GatheredLogprobs) -> LossOutput = try_forward;
+        pub fn forward(&self, tokens: &GatheredLogps) -> LossOutput = try_forward;
     }
 
     /// Non-panicking form of [`forward`](Self::forward): a mask of another shape
     /// ([`Error::Shape`]), an empty batch ([`Error::Empty`]); in checked mode non-finite
     /// valid log-probs ([`Error::NonFinite`]).
-    pub fn try_forward(&self, tokens: &GatheredLogprobs) -> crate::Result<LossOutput> {
+    pub fn try_forward(&self, tokens: &GatheredLogps) -> crate::Result<LossOutput> {
         let mask = crate::reduce::canonical_mask(tokens.mask.clone());
         crate::error::check_same_shape(
             "tokens.mask",
             &mask.dims(),
-            &tokens.logprobs.dims(),
-            "tokens.logprobs",
+            &tokens.logps.dims(),
+            "tokens.logps",
         )?;
-        if tokens.logprobs.dims()[0] == 0 {
+        if tokens.logps.dims()[0] == 0 {
             return Err(Error::Empty {
                 arg: "tokens",
                 what: "the batch has no row".into(),
             });
         }
-        crate::error::check_finite_masked(&tokens.logprobs, &mask, "tokens.logprobs")?;
-        let nll = tokens.logprobs.clone().neg();
+        crate::error::check_finite_masked(&tokens.logps, &mask, "tokens.logps")?;
+        let nll = tokens.logps.clone().neg();
         let loss = self
             .normalizer
             .try_reduce_tokens(nll.clone(), mask.clone())?;

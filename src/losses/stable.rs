@@ -24,7 +24,7 @@ use burn::tensor::Tensor;
 /// Each branch only ever sees inputs of its own sign (the other positions are replaced by 0
 /// before `exp`), so neither overflows and the discarded branch cannot inject `0 * inf = NaN`
 /// into the backward pass. The derivative is `σ(-x)`, exact at 0.
-pub fn log_sigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+pub(crate) fn log_sigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let negative = x.clone().lower_elem(0.0);
     let x_pos = x.clone().mask_fill(negative.clone(), 0.0);
     let x_neg = x.mask_fill(negative.clone().bool_not(), 0.0);
@@ -34,7 +34,7 @@ pub fn log_sigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 }
 
 /// `σ(x) = exp(log σ(x))`: stable, and `1 - σ(x)` should be written `sigmoid(-x)`.
-pub fn sigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+pub(crate) fn sigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     log_sigmoid(x).exp()
 }
 
@@ -55,7 +55,7 @@ pub fn sigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// The gradient is set from its closed form `d/dx = -exp(x - log1mexp(x))` (first order only),
 /// so it is as accurate as the value. `x = 0` gives `-inf` (as the math does); `x > 0` is
 /// outside the domain (NaN).
-pub fn log1mexp<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+pub(crate) fn log1mexp<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let threshold = -std::f64::consts::LN_2;
     let constant = x.clone().detach();
     let far = constant.clone().lower_elem(threshold);
@@ -75,7 +75,7 @@ pub fn log1mexp<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 }
 
 /// `max(0, x)` with derivative 0 at 0 (PyTorch's `relu` convention).
-pub fn relu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+pub(crate) fn relu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let non_positive = x.clone().lower_equal_elem(0.0);
     x.mask_fill(non_positive, 0.0)
 }

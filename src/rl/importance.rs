@@ -24,8 +24,8 @@
 //! policy: there is no mismatch to correct, and comparing its truncated `sampling_logps`
 //! with full-vocabulary log-probs measures the truncated mass, not off-policyness (TRL issue
 //! 6789). Both log-probs must be over the **same support**: with an engine that truncates,
-//! give its log-probs over the kept set (vLLM `processed_logprobs`) and renormalize `old`
-//! over the same set (sampling replay, [`support_logps`](crate::logprobs::support_logps)).
+//! give its log-probs over the kept set (vLLM `processed_logps`) and renormalize `old`
+//! over the same set (sampling replay, [`support_logps`](crate::logps::support_logps)).
 
 use burn::config::Config;
 use burn::tensor::{Bool, Tensor};

@@ -37,42 +37,37 @@ crate::error::panicking! {
     /// Differentiable in both arguments.
     ///
     /// # Shapes
-    /// - logprobs, ref_logprobs: any shape (the same) -> same shape
+    /// - logps, ref_logps: any shape (the same) -> same shape
     pub fn kl_estimate[const D: usize](
-        logprobs: Tensor<D>,
-        ref_logprobs: Tensor<D>,
+        logps: Tensor<D>,
+        ref_logps: Tensor<D>,
         estimator: KlEstimator,
     ) -> Tensor<D> = try_kl_estimate;
 }
 
 /// Non-panicking form of [`kl_estimate`]: shapes or dtypes that differ ([`Error::Shape`] /
-/// [`Error::DType`] naming `ref_logprobs`); in checked mode non-finite inputs
+/// [`Error::DType`] naming `ref_logps`); in checked mode non-finite inputs
 /// ([`Error::NonFinite`]). The `k3` log-ratio is bounded like the importance ratio
 /// ([`LOG_RATIO_LIMIT`](super::LOG_RATIO_LIMIT)), so finite inputs give a finite estimate and
 /// gradient.
 pub fn try_kl_estimate<const D: usize>(
-    logprobs: Tensor<D>,
-    ref_logprobs: Tensor<D>,
+    logps: Tensor<D>,
+    ref_logps: Tensor<D>,
     estimator: KlEstimator,
 ) -> crate::Result<Tensor<D>> {
-    check_same_shape(
-        "ref_logprobs",
-        &ref_logprobs.dims(),
-        &logprobs.dims(),
-        "logprobs",
-    )?;
-    crate::error::check_dtype_like("ref_logprobs", &ref_logprobs, "logprobs", &logprobs)?;
-    crate::error::check_finite(&logprobs, "logprobs")?;
-    crate::error::check_finite(&ref_logprobs, "ref_logprobs")?;
-    Ok(kl_estimate_unchecked(logprobs, ref_logprobs, estimator))
+    check_same_shape("ref_logps", &ref_logps.dims(), &logps.dims(), "logps")?;
+    crate::error::check_dtype_like("ref_logps", &ref_logps, "logps", &logps)?;
+    crate::error::check_finite(&logps, "logps")?;
+    crate::error::check_finite(&ref_logps, "ref_logps")?;
+    Ok(kl_estimate_unchecked(logps, ref_logps, estimator))
 }
 
 pub(crate) fn kl_estimate_unchecked<const D: usize>(
-    logprobs: Tensor<D>,
-    ref_logprobs: Tensor<D>,
+    logps: Tensor<D>,
+    ref_logps: Tensor<D>,
     estimator: KlEstimator,
 ) -> Tensor<D> {
-    let log_ratio = ref_logprobs - logprobs; // l = log(ref / pi)
+    let log_ratio = ref_logps - logps; // l = log(ref / pi)
     match estimator {
         KlEstimator::K1 => log_ratio.neg(),
         KlEstimator::K2 => log_ratio.square().mul_scalar(0.5),
@@ -166,24 +161,24 @@ impl KlPenalty {
     /// checked mode non-finite inputs ([`Error::NonFinite`]).
     ///
     /// # Shapes
-    /// - scores: `[B]`; logprobs, ref_logprobs, mask: `[B, T]`; score_index: `[B]` -> `[B, T]`
+    /// - scores: `[B]`; logps, ref_logps, mask: `[B, T]`; score_index: `[B]` -> `[B, T]`
     pub fn try_forward(
         &self,
         scores: Tensor<1>,
-        logprobs: Tensor<2>,
-        ref_logprobs: Tensor<2>,
+        logps: Tensor<2>,
+        ref_logps: Tensor<2>,
         mask: Option<Tensor<2, Bool>>,
         score_index: Option<Tensor<1, Int>>,
     ) -> crate::Result<KlPenaltyOutput> {
         let mask = mask.map(crate::reduce::canonical_mask);
-        let [b, t] = logprobs.dims();
-        check_same_shape("ref_logprobs", &ref_logprobs.dims(), &[b, t], "logprobs")?;
-        check_same_shape("scores", &scores.dims(), &[b], "logprobs rows")?;
+        let [b, t] = logps.dims();
+        check_same_shape("ref_logps", &ref_logps.dims(), &[b, t], "logps")?;
+        check_same_shape("scores", &scores.dims(), &[b], "logps rows")?;
         if let Some(m) = &mask {
-            check_same_shape("mask", &m.dims(), &[b, t], "logprobs")?;
+            check_same_shape("mask", &m.dims(), &[b, t], "logps")?;
         }
         crate::error::check_non_empty(
-            "logprobs",
+            "logps",
             b * t,
             &format!("shape {:?} has a zero dimension", [b, t]),
         )?;
@@ -195,7 +190,7 @@ impl KlPenalty {
             ));
         }
         if let Some(idx) = &score_index {
-            check_same_shape("score_index", &idx.dims(), &[b], "logprobs rows")?;
+            check_same_shape("score_index", &idx.dims(), &[b], "logps rows")?;
         }
         // The range check reads the index back: always on the CPU backends, elsewhere in
         // checked mode (see `host_reads`); unchecked, a row whose index is
@@ -213,13 +208,13 @@ impl KlPenalty {
                 ));
             }
         }
-        crate::error::check_dtype_like("ref_logprobs", &ref_logprobs, "logprobs", &logprobs)?;
-        crate::error::check_dtype_like("scores", &scores, "logprobs", &logprobs)?;
+        crate::error::check_dtype_like("ref_logps", &ref_logps, "logps", &logps)?;
+        crate::error::check_dtype_like("scores", &scores, "logps", &logps)?;
         crate::error::check_finite(&scores, "scores")?;
-        crate::error::check_finite(&logprobs, "logprobs")?;
-        crate::error::check_finite(&ref_logprobs, "ref_logprobs")?;
-        let device = logprobs.device();
-        let mut kl = kl_estimate_unchecked(logprobs, ref_logprobs, self.estimator);
+        crate::error::check_finite(&logps, "logps")?;
+        crate::error::check_finite(&ref_logps, "ref_logps")?;
+        let device = logps.device();
+        let mut kl = kl_estimate_unchecked(logps, ref_logps, self.estimator);
         if let Some(m) = &mask {
             kl = zero_masked(kl, m.clone());
         }
@@ -229,7 +224,7 @@ impl KlPenalty {
             .expand([b, t]);
         let index: Tensor<2, Int> = match (score_index, &mask) {
             (Some(idx), _) => {
-                check_same_shape("score_index", &idx.dims(), &[b], "logprobs rows")?;
+                check_same_shape("score_index", &idx.dims(), &[b], "logps rows")?;
                 idx.reshape([b, 1])
             }
             (None, Some(m)) => (positions.clone() * m.clone().int()).max_dim(1),
@@ -254,8 +249,8 @@ impl KlPenalty {
         pub fn forward(
             &self,
             scores: Tensor<1>,
-            logprobs: Tensor<2>,
-            ref_logprobs: Tensor<2>,
+            logps: Tensor<2>,
+            ref_logps: Tensor<2>,
             mask: Option<Tensor<2, Bool>>,
             score_index: Option<Tensor<1, Int>>,
         ) -> KlPenaltyOutput = try_forward;

@@ -17,15 +17,15 @@
 //! `KlPenalty` are plain-data burn modules (see [`crate::losses`]); `AdaptiveKlController`
 //! carries state that changes every step and stays a plain struct.
 
-pub mod advantages;
+mod advantages;
 mod global_whiten;
-pub mod grpo;
+mod grpo;
 mod importance;
-pub mod kl;
-pub mod ppo;
-pub mod ratio;
+mod kl;
+mod ppo;
+mod ratio;
 mod rloo;
-pub mod step;
+pub(crate) mod step;
 
 pub use advantages::{
     Gae, GaeConfig, GaeMasking, GaeOutput, GroupAdvantageConfig, GroupAdvantages,

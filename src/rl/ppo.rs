@@ -26,10 +26,10 @@ pub struct PpoLossConfig {
     pub value_clip_range: f64,
     /// Value-loss coefficient. Default 0.1.
     #[config(default = 0.1)]
-    pub value_coeff: f64,
-    /// Entropy-bonus coefficient (`loss -= coeff * mean entropy`). Default 0.
+    pub vf_coef: f64,
+    /// Entropy-bonus coefficient (`loss -= coef * mean entropy`). Default 0.
     #[config(default = 0.0)]
-    pub entropy_coeff: f64,
+    pub entropy_coef: f64,
     /// Normalizer of the policy and entropy terms. Default [`Normalizer::TokenMean`]; pass
     /// [`Normalizer::GlobalTokens`] with the optimizer step's token count for exact gradient
     /// accumulation (the [`ppo_update`](super::ppo_update) step does).
@@ -40,15 +40,15 @@ pub struct PpoLossConfig {
 }
 
 impl PpoLossConfig {
-    /// torchtune 0.6.1's `PPOLoss(epsilon, value_clip_range, value_coeff)`: its `masked_mean`
+    /// torchtune 0.6.1's `PPOLoss(epsilon, value_clip_range, vf_coef)`: its `masked_mean`
     /// divides by `count + 1e-8` on both the policy and the value term
     /// ([`Normalizer::TokenMeanEps`]`(1e-8)`); without a mask it is a plain mean, which the
     /// same normalizer gives up to `1e-8 / count`.
-    pub fn torchtune(epsilon: f64, value_clip_range: f64, value_coeff: f64) -> Self {
+    pub fn torchtune(epsilon: f64, value_clip_range: f64, vf_coef: f64) -> Self {
         Self::new()
             .with_epsilon(epsilon)
             .with_value_clip_range(value_clip_range)
-            .with_value_coeff(value_coeff)
+            .with_vf_coef(vf_coef)
             .with_normalizer(Normalizer::TokenMeanEps(1e-8))
     }
 
@@ -66,8 +66,8 @@ impl PpoLossConfig {
         }
         check_positive("value_clip_range", self.value_clip_range)?;
         for (field, v) in [
-            ("value_coeff", self.value_coeff),
-            ("entropy_coeff", self.entropy_coeff),
+            ("vf_coef", self.vf_coef),
+            ("entropy_coef", self.entropy_coef),
         ] {
             if !v.is_finite() {
                 return Err(Error::config(field, "must be finite", v));
@@ -82,8 +82,8 @@ impl PpoLossConfig {
             eps_high,
             dual_clip: self.dual_clip,
             value_clip_range: self.value_clip_range,
-            value_coeff: self.value_coeff,
-            entropy_coeff: self.entropy_coeff,
+            vf_coef: self.vf_coef,
+            entropy_coef: self.entropy_coef,
             normalizer: self.normalizer,
             value_normalizer: self.value_normalizer,
         })
@@ -102,9 +102,9 @@ impl PpoLossConfig {
 #[derive(Debug, Clone)]
 pub struct PpoLossInput {
     /// New per-token log-probs (differentiable).
-    pub logprobs: Tensor<2>,
+    pub logps: Tensor<2>,
     /// Log-probs at rollout time (constants).
-    pub old_logprobs: Tensor<2>,
+    pub old_logps: Tensor<2>,
     /// Advantages (constants).
     pub advantages: Tensor<2>,
     /// Valid positions (`true` = counts); `None` = all.
@@ -120,10 +120,10 @@ pub struct PpoLossInput {
 
 impl PpoLossInput {
     /// Policy inputs only.
-    pub fn new(logprobs: Tensor<2>, old_logprobs: Tensor<2>, advantages: Tensor<2>) -> Self {
+    pub fn new(logps: Tensor<2>, old_logps: Tensor<2>, advantages: Tensor<2>) -> Self {
         Self {
-            logprobs,
-            old_logprobs,
+            logps,
+            old_logps,
             advantages,
             mask: None,
             values: None,
@@ -160,6 +160,102 @@ impl PpoLossInput {
     }
 }
 
+impl PpoLossInput {
+    /// Checks shapes, dtypes and (in checked mode) finiteness, fills the masks and upcasts
+    /// half precision (f16 overflows `e^{11}`: the loss runs in f32 for half inputs).
+    fn validated(self) -> crate::Result<ValidPpoInput> {
+        let PpoLossInput {
+            logps,
+            old_logps,
+            advantages,
+            mask,
+            values,
+            value_mask,
+            entropy,
+        } = self;
+        let dims = logps.dims();
+        let same_shape = |arg: &'static str, t: &[usize]| check_same_shape(arg, t, &dims, "logps");
+        same_shape("old_logps", &old_logps.dims())?;
+        same_shape("advantages", &advantages.dims())?;
+        if let Some((v, v_old, returns)) = &values {
+            same_shape("values", &v.dims())?;
+            same_shape("old_values", &v_old.dims())?;
+            same_shape("returns", &returns.dims())?;
+        }
+        if let Some(h) = &entropy {
+            same_shape("entropy", &h.dims())?;
+        }
+        let mask = match mask.map(crate::reduce::canonical_mask) {
+            Some(m) => {
+                same_shape("mask", &m.dims())?;
+                m
+            }
+            None => super::all_true(dims, &logps.device()),
+        };
+        let value_mask = match value_mask.map(crate::reduce::canonical_mask) {
+            Some(m) => {
+                same_shape("value_mask", &m.dims())?;
+                m
+            }
+            None => mask.clone(),
+        };
+        crate::error::check_non_empty(
+            "logps",
+            dims[0] * dims[1],
+            &format!("shape {dims:?} has a zero dimension"),
+        )?;
+        {
+            use crate::error::{check_dtype_like as same, check_dtype_like_opt as same_opt};
+            same("old_logps", &old_logps, "logps", &logps)?;
+            same("advantages", &advantages, "logps", &logps)?;
+            if let Some((v, v_old, returns)) = &values {
+                same("values", v, "logps", &logps)?;
+                same("old_values", v_old, "logps", &logps)?;
+                same("returns", returns, "logps", &logps)?;
+            }
+            same_opt("entropy", entropy.as_ref(), "logps", &logps)?;
+        }
+        crate::error::check_finite(&logps, "logps")?;
+        crate::error::check_finite(&old_logps, "old_logps")?;
+        crate::error::check_finite(&advantages, "advantages")?;
+        if let Some((v, v_old, returns)) = &values {
+            crate::error::check_finite(v, "values")?;
+            crate::error::check_finite(v_old, "old_values")?;
+            crate::error::check_finite(returns, "returns")?;
+        }
+        crate::error::check_finite_opt(entropy.as_ref(), "entropy")?;
+        use crate::precision::upcast_half;
+        Ok(ValidPpoInput {
+            logps: upcast_half(logps),
+            old_logps: upcast_half(old_logps),
+            advantages: upcast_half(advantages).detach(),
+            mask,
+            values: values.map(|(v, o, r)| (upcast_half(v), upcast_half(o), upcast_half(r))),
+            value_mask,
+            entropy: entropy.map(upcast_half),
+        })
+    }
+}
+
+/// A checked [`PpoLossInput`]: masks filled in, half precision upcast, advantages detached.
+struct ValidPpoInput {
+    logps: Tensor<2>,
+    old_logps: Tensor<2>,
+    advantages: Tensor<2>,
+    mask: Tensor<2, Bool>,
+    values: Option<(Tensor<2>, Tensor<2>, Tensor<2>)>,
+    value_mask: Tensor<2, Bool>,
+    entropy: Option<Tensor<2>>,
+}
+
+/// The policy terms the metrics report.
+struct PolicyTerms {
+    policy_loss: Tensor<1>,
+    log_ratio: Tensor<2>,
+    ratio: Tensor<2>,
+    clip_active: Tensor<2>,
+}
+
 /// PPO loss (see [`PpoLossConfig`]).
 #[derive(Module, Debug)]
 pub struct PpoLoss {
@@ -167,8 +263,8 @@ pub struct PpoLoss {
     eps_high: f64,
     dual_clip: Option<f64>,
     value_clip_range: f64,
-    value_coeff: f64,
-    entropy_coeff: f64,
+    vf_coef: f64,
+    entropy_coef: f64,
     #[module(skip)]
     normalizer: Normalizer,
     #[module(skip)]
@@ -220,59 +316,10 @@ $$\ell^{V}_t = \tfrac12\max\!\big((V_t - R_t)^2,\; (\operatorname{clip}(V_t, V^{
     /// # Shapes
     /// - every input `[B, T]`; loss `[1]`, per_example `[B]`
     pub fn try_forward(&self, input: PpoLossInput) -> crate::Result<LossOutput> {
-        let PpoLossInput {
-            logprobs,
-            old_logprobs,
-            advantages,
-            mask,
-            values,
-            value_mask,
-            entropy,
-        } = input;
-        let mask = mask.map(crate::reduce::canonical_mask);
-        let value_mask = value_mask.map(crate::reduce::canonical_mask);
-        let dims = logprobs.dims();
-        check_same_shape("old_logprobs", &old_logprobs.dims(), &dims, "logprobs")?;
-        check_same_shape("advantages", &advantages.dims(), &dims, "logprobs")?;
-        let mask = match mask {
-            Some(m) => {
-                check_same_shape("mask", &m.dims(), &dims, "logprobs")?;
-                m
-            }
-            None => super::all_true(dims, &logprobs.device()),
-        };
-        crate::error::check_non_empty(
-            "logprobs",
-            dims[0] * dims[1],
-            &format!("shape {dims:?} has a zero dimension"),
-        )?;
-        {
-            use crate::error::{check_dtype_like as same, check_dtype_like_opt as same_opt};
-            same("old_logprobs", &old_logprobs, "logprobs", &logprobs)?;
-            same("advantages", &advantages, "logprobs", &logprobs)?;
-            if let Some((v, v_old, returns)) = &values {
-                same("values", v, "logprobs", &logprobs)?;
-                same("old_values", v_old, "logprobs", &logprobs)?;
-                same("returns", returns, "logprobs", &logprobs)?;
-            }
-            same_opt("entropy", entropy.as_ref(), "logprobs", &logprobs)?;
-        }
-        crate::error::check_finite(&logprobs, "logprobs")?;
-        crate::error::check_finite(&old_logprobs, "old_logprobs")?;
-        crate::error::check_finite(&advantages, "advantages")?;
-        if let Some((v, v_old, returns)) = &values {
-            crate::error::check_finite(v, "values")?;
-            crate::error::check_finite(v_old, "old_values")?;
-            crate::error::check_finite(returns, "returns")?;
-        }
-        crate::error::check_finite_opt(entropy.as_ref(), "entropy")?;
-        // f16 overflows e^{11}: the whole loss runs in f32 for half-precision inputs.
-        use crate::precision::upcast_half;
-        let (logprobs, old_logprobs) = (upcast_half(logprobs), upcast_half(old_logprobs));
-        let values = values.map(|(v, o, r)| (upcast_half(v), upcast_half(o), upcast_half(r)));
-        let entropy = entropy.map(upcast_half);
-        let advantages = upcast_half(advantages).detach();
-        let log_ratio = logprobs - old_logprobs.detach();
+        let input = input.validated()?;
+        // The clipped surrogate.
+        let advantages = input.advantages.clone();
+        let log_ratio = input.logps.clone() - input.old_logps.clone().detach();
         let ratio = super::ratio::importance_ratio(log_ratio.clone());
         let clipped = ratio.clone().clamp(1.0 - self.eps_low, 1.0 + self.eps_high);
         let unclipped_loss = advantages.clone().neg() * ratio.clone();
@@ -280,78 +327,102 @@ $$\ell^{V}_t = \tfrac12\max\!\big((V_t - R_t)^2,\; (\operatorname{clip}(V_t, V^{
         let mut pg = unclipped_loss.clone().max_pair(clipped_loss.clone());
         if let Some(c) = self.dual_clip {
             let cap = advantages.clone().mul_scalar(-c);
-            let negative = advantages.clone().lower_elem(0.0);
+            let negative = advantages.lower_elem(0.0);
             pg = pg.clone().mask_where(negative, pg.min_pair(cap));
         }
         let policy_loss = self
             .normalizer
-            .try_reduce_tokens(pg.clone(), mask.clone())?;
+            .try_reduce_tokens(pg.clone(), input.mask.clone())?;
         let mut loss = policy_loss.clone();
-        let mut metrics = Metrics::new();
-        let mean = |x: Tensor<2>, m: Tensor<2, Bool>| -> Tensor<1> {
-            masked_mean_with(x, m, None, MeanDenominator::AtLeastOne)
-        };
-        metrics.insert("policy_loss", policy_loss);
-        let active = mask_like(&pg, clipped_loss.clone().greater(unclipped_loss));
-        metrics.insert("clipfrac", mean(active, mask.clone()));
-        let low = mask_like(&ratio, ratio.clone().lower_elem(1.0 - self.eps_low))
-            * mask_like(&advantages, advantages.clone().lower_elem(0.0));
-        let high = mask_like(&ratio, ratio.clone().greater_elem(1.0 + self.eps_high))
-            * mask_like(&advantages, advantages.clone().greater_elem(0.0));
-        metrics.insert("clip_ratio/low_mean", mean(low.clone(), mask.clone()));
-        metrics.insert("clip_ratio/high_mean", mean(high.clone(), mask.clone()));
-        metrics.insert("clip_ratio/region_mean", mean(low + high, mask.clone()));
-        metrics.insert(
-            "approx_kl",
-            mean(log_ratio.square().mul_scalar(0.5), mask.clone()),
-        );
-        let ratio_mean = mean(ratio.clone(), mask.clone());
-        let centered = ratio.clone() - ratio_mean.clone().unsqueeze::<2>();
-        metrics.insert("ratio_var", mean(centered.square(), mask.clone()));
-        metrics.insert("ratio_mean", ratio_mean);
-        metrics.insert("ratios_mean", ratio.mean());
-        if let Some((v, v_old, returns)) = values {
-            check_same_shape("values", &v.dims(), &dims, "logprobs")?;
-            check_same_shape("old_values", &v_old.dims(), &dims, "logprobs")?;
-            check_same_shape("returns", &returns.dims(), &dims, "logprobs")?;
-            let vmask = match value_mask {
-                Some(m) => {
-                    check_same_shape("value_mask", &m.dims(), &dims, "logprobs")?;
-                    m
-                }
-                None => mask.clone(),
-            };
-            let (v_old, returns) = (v_old.detach(), returns.detach());
-            let v_clipped = v
-                .clone()
-                .max_pair(v_old.clone().sub_scalar(self.value_clip_range))
-                .min_pair(v_old.add_scalar(self.value_clip_range));
-            let vf1 = (v - returns.clone()).square();
-            let vf2 = (v_clipped - returns).square();
-            let vclip = mask_like(&vf1, vf2.clone().greater(vf1.clone()));
-            let vf = vf1.max_pair(vf2);
-            let normalizer = self.value_normalizer.unwrap_or(self.normalizer);
-            let value_loss = normalizer
-                .try_reduce_tokens(vf, vmask.clone())?
-                .mul_scalar(0.5);
-            loss = loss + value_loss.clone().mul_scalar(self.value_coeff);
-            metrics.insert("value_loss", value_loss);
-            metrics.insert("val/clipfrac", mean(vclip, vmask));
-        }
-        if let Some(h) = entropy {
-            check_same_shape("entropy", &h.dims(), &dims, "logprobs")?;
-            metrics.insert("entropy", mean(h.clone(), mask.clone()));
-            if self.entropy_coeff != 0.0 {
-                let bonus = self.normalizer.try_reduce_tokens(h, mask.clone())?;
-                loss = loss - bonus.mul_scalar(self.entropy_coeff);
+        // The clipped value loss.
+        let value = match &input.values {
+            Some((v, v_old, returns)) => {
+                let (v_old, returns) = (v_old.clone().detach(), returns.clone().detach());
+                let v_clipped = v
+                    .clone()
+                    .max_pair(v_old.clone().sub_scalar(self.value_clip_range))
+                    .min_pair(v_old.add_scalar(self.value_clip_range));
+                let vf1 = (v.clone() - returns.clone()).square();
+                let vf2 = (v_clipped - returns).square();
+                let clipped = mask_like(&vf1, vf2.clone().greater(vf1.clone()));
+                let normalizer = self.value_normalizer.unwrap_or(self.normalizer);
+                let value_loss = normalizer
+                    .try_reduce_tokens(vf1.max_pair(vf2), input.value_mask.clone())?
+                    .mul_scalar(0.5);
+                loss = loss + value_loss.clone().mul_scalar(self.vf_coef);
+                Some((value_loss, clipped))
             }
+            None => None,
+        };
+        // The entropy bonus.
+        if let Some(h) = &input.entropy
+            && self.entropy_coef != 0.0
+        {
+            let bonus = self
+                .normalizer
+                .try_reduce_tokens(h.clone(), input.mask.clone())?;
+            loss = loss - bonus.mul_scalar(self.entropy_coef);
         }
-        let per_example = crate::reduce::masked_row_mean(pg, mask);
+        let metrics = self.metrics(
+            &input,
+            PolicyTerms {
+                policy_loss,
+                log_ratio,
+                ratio,
+                clip_active: mask_like(&pg, clipped_loss.greater(unclipped_loss)),
+            },
+            value,
+        );
+        let per_example = crate::reduce::masked_row_mean(pg, input.mask);
         Ok(LossOutput {
             loss,
             per_example,
             metrics,
         })
+    }
+
+    /// The metrics of [`try_forward`](Self::try_forward) (its doc lists them).
+    fn metrics(
+        &self,
+        input: &ValidPpoInput,
+        policy: PolicyTerms,
+        value: Option<(Tensor<1>, Tensor<2>)>,
+    ) -> Metrics {
+        let mask = &input.mask;
+        let mean = |x: Tensor<2>, m: &Tensor<2, Bool>| -> Tensor<1> {
+            masked_mean_with(x, m.clone(), None, MeanDenominator::AtLeastOne)
+        };
+        let PolicyTerms {
+            policy_loss,
+            log_ratio,
+            ratio,
+            clip_active,
+        } = policy;
+        let advantages = &input.advantages;
+        let mut metrics = Metrics::new();
+        metrics.insert("policy_loss", policy_loss);
+        metrics.insert("clipfrac", mean(clip_active, mask));
+        let low = mask_like(&ratio, ratio.clone().lower_elem(1.0 - self.eps_low))
+            * mask_like(advantages, advantages.clone().lower_elem(0.0));
+        let high = mask_like(&ratio, ratio.clone().greater_elem(1.0 + self.eps_high))
+            * mask_like(advantages, advantages.clone().greater_elem(0.0));
+        metrics.insert("clip_ratio/low_mean", mean(low.clone(), mask));
+        metrics.insert("clip_ratio/high_mean", mean(high.clone(), mask));
+        metrics.insert("clip_ratio/region_mean", mean(low + high, mask));
+        metrics.insert("approx_kl", mean(log_ratio.square().mul_scalar(0.5), mask));
+        let ratio_mean = mean(ratio.clone(), mask);
+        let centered = ratio.clone() - ratio_mean.clone().unsqueeze::<2>();
+        metrics.insert("ratio_var", mean(centered.square(), mask));
+        metrics.insert("ratio_mean", ratio_mean);
+        metrics.insert("ratios_mean", ratio.mean());
+        if let Some((value_loss, clipped)) = value {
+            metrics.insert("value_loss", value_loss);
+            metrics.insert("val/clipfrac", mean(clipped, &input.value_mask));
+        }
+        if let Some(h) = &input.entropy {
+            metrics.insert("entropy", mean(h.clone(), mask));
+        }
+        metrics
     }
 
     crate::error::panicking! {

@@ -101,54 +101,43 @@ impl RlooLoss {
     /// high_max,region_mean}` over sequences.
     ///
     /// # Shapes
-    /// - logprobs, mask, entropies: `[B, C]`; old_logps, advantages: `[B]`
+    /// - logps, mask, entropies: `[B, C]`; old_logps, advantages: `[B]`
     pub fn try_forward(
         &self,
-        logprobs: Tensor<2>,
+        logps: Tensor<2>,
         mask: Tensor<2, Bool>,
         old_logps: Tensor<1>,
         advantages: Tensor<1>,
         entropies: Option<Tensor<2>>,
     ) -> crate::Result<LossOutput> {
         let mask = crate::reduce::canonical_mask(mask);
-        let [b, _] = logprobs.dims();
-        check_same_shape("mask", &mask.dims(), &logprobs.dims(), "logprobs")?;
-        check_same_shape("old_logps", &old_logps.dims(), &[b], "logprobs rows")?;
-        check_same_shape("advantages", &advantages.dims(), &[b], "logprobs rows")?;
-        crate::error::check_non_empty("logprobs", b, "the batch has no sequence (B = 0)")?;
-        crate::error::check_dtype_like("old_logps", &old_logps, "logprobs", &logprobs)?;
-        crate::error::check_dtype_like("advantages", &advantages, "logprobs", &logprobs)?;
-        crate::error::check_dtype_like_opt("entropies", entropies.as_ref(), "logprobs", &logprobs)?;
-        crate::error::check_finite(&logprobs, "logprobs")?;
+        let [b, _] = logps.dims();
+        check_same_shape("mask", &mask.dims(), &logps.dims(), "logps")?;
+        check_same_shape("old_logps", &old_logps.dims(), &[b], "logps rows")?;
+        check_same_shape("advantages", &advantages.dims(), &[b], "logps rows")?;
+        crate::error::check_non_empty("logps", b, "the batch has no sequence (B = 0)")?;
+        crate::error::check_dtype_like("old_logps", &old_logps, "logps", &logps)?;
+        crate::error::check_dtype_like("advantages", &advantages, "logps", &logps)?;
+        crate::error::check_dtype_like_opt("entropies", entropies.as_ref(), "logps", &logps)?;
+        crate::error::check_finite(&logps, "logps")?;
         crate::error::check_finite(&old_logps, "old_logps")?;
         crate::error::check_finite(&advantages, "advantages")?;
         crate::error::check_finite_opt(entropies.as_ref(), "entropies")?;
+        if let Some(h) = &entropies {
+            check_same_shape("entropies", &h.dims(), &mask.dims(), "mask")?;
+        }
         use crate::precision::upcast_half;
-        let (logprobs, old_logps) = (upcast_half(logprobs), upcast_half(old_logps));
+        let (logps, old_logps) = (upcast_half(logps), upcast_half(old_logps));
         let entropies = entropies.map(upcast_half);
         let advantages = upcast_half(advantages).detach();
-        let logps = masked_row_sum(logprobs, mask.clone());
+        let logps = masked_row_sum(logps, mask.clone());
         let ratio = super::ratio::importance_ratio(logps - old_logps.detach());
         let clipped = ratio.clone().clamp(1.0 - self.eps_low, 1.0 + self.eps_high);
         let per_seq = (ratio.clone() * advantages.clone())
             .min_pair(clipped * advantages.clone())
             .neg();
         let loss = self.normalizer.try_reduce_sequences(per_seq.clone())?;
-        let mut metrics = Metrics::new();
-        if let Some(h) = entropies {
-            check_same_shape("entropies", &h.dims(), &mask.dims(), "mask")?;
-            let entropy = masked_mean_with(h, mask, None, MeanDenominator::AtLeastOne);
-            metrics.insert("entropy", entropy);
-        }
-        let low = mask_like(&ratio, ratio.clone().lower_elem(1.0 - self.eps_low))
-            * mask_like(&advantages, advantages.clone().lower_elem(0.0));
-        let high = mask_like(&ratio, ratio.clone().greater_elem(1.0 + self.eps_high))
-            * mask_like(&advantages, advantages.clone().greater_elem(0.0));
-        metrics.insert("clip_ratio/low_mean", low.clone().mean());
-        metrics.insert("clip_ratio/low_min", low.clone().min());
-        metrics.insert("clip_ratio/high_mean", high.clone().mean());
-        metrics.insert("clip_ratio/high_max", high.clone().max());
-        metrics.insert("clip_ratio/region_mean", (low + high).mean());
+        let metrics = self.metrics(&ratio, &advantages, entropies, mask);
         Ok(LossOutput {
             loss,
             per_example: per_seq,
@@ -156,11 +145,37 @@ impl RlooLoss {
         })
     }
 
+    /// The metrics of [`try_forward`](Self::try_forward): the token-mean entropy and the
+    /// sequence clip ratios.
+    fn metrics(
+        &self,
+        ratio: &Tensor<1>,
+        advantages: &Tensor<1>,
+        entropies: Option<Tensor<2>>,
+        mask: Tensor<2, Bool>,
+    ) -> Metrics {
+        let mut metrics = Metrics::new();
+        if let Some(h) = entropies {
+            let entropy = masked_mean_with(h, mask, None, MeanDenominator::AtLeastOne);
+            metrics.insert("entropy", entropy);
+        }
+        let low = mask_like(ratio, ratio.clone().lower_elem(1.0 - self.eps_low))
+            * mask_like(advantages, advantages.clone().lower_elem(0.0));
+        let high = mask_like(ratio, ratio.clone().greater_elem(1.0 + self.eps_high))
+            * mask_like(advantages, advantages.clone().greater_elem(0.0));
+        metrics.insert("clip_ratio/low_mean", low.clone().mean());
+        metrics.insert("clip_ratio/low_min", low.clone().min());
+        metrics.insert("clip_ratio/high_mean", high.clone().mean());
+        metrics.insert("clip_ratio/high_max", high.clone().max());
+        metrics.insert("clip_ratio/region_mean", (low + high).mean());
+        metrics
+    }
+
     crate::error::panicking! {
         /// Panicking form of [`try_forward`](Self::try_forward).
         pub fn forward(
             &self,
-            logprobs: Tensor<2>,
+            logps: Tensor<2>,
             mask: Tensor<2, Bool>,
             old_logps: Tensor<1>,
             advantages: Tensor<1>,

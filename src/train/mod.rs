@@ -53,13 +53,13 @@ pub use supervised::{RewardModel, SftModel};
 
 use burn::tensor::{Bool, Device, Int, Tensor};
 
-use crate::GatheredLogprobs;
+use crate::logps::GatheredLogps;
 
 /// A causal language model as the adapters see it: per-token log-probs of the labels.
 ///
 /// Implement it with the crate's log-prob ops, e.g.
-/// `FusedLogprobsConfig::new().init().forward_causal(self.hidden(ids), head_weight, None, labels).0`
-/// or `TokenLogprobsConfig` on full logits.
+/// `FusedLogpsConfig::new().init().forward_causal(self.hidden(ids), head_weight, None, labels).0`
+/// or `TokenLogpsConfig` on full logits.
 pub trait CausalLmLogps {
     /// Log-probs of `labels` under the model, with their mask.
     ///
@@ -70,7 +70,7 @@ pub trait CausalLmLogps {
     /// # Shapes
     /// - `input_ids`, `labels`: `[N, T]`
     /// - returns: log-probs and mask `[N, T']` (one row per input row)
-    fn token_logps(&self, input_ids: Tensor<2, Int>, labels: Tensor<2, Int>) -> GatheredLogprobs;
+    fn token_logps(&self, input_ids: Tensor<2, Int>, labels: Tensor<2, Int>) -> GatheredLogps;
 }
 
 /// A reward model as [`RewardModel`] sees it: one scalar per sequence.
@@ -102,13 +102,5 @@ pub(crate) fn ids_onto(ids: Tensor<2, Int>, device: &Device) -> Tensor<2, Int> {
         moved.autodiff()
     } else {
         moved.without_autodiff()
-    }
-}
-
-/// Rows `[start, start + len)` of gathered log-probs.
-pub(crate) fn rows(g: &GatheredLogprobs, start: usize, len: usize) -> GatheredLogprobs {
-    GatheredLogprobs {
-        logprobs: g.logprobs.clone().narrow(0, start, len),
-        mask: g.mask.clone().narrow(0, start, len),
     }
 }

@@ -7,11 +7,11 @@ use burn::train::{InferenceStep, TrainOutput, TrainStep};
 
 use crate::IGNORE_INDEX;
 
-use super::{CausalLmLogps, PreferenceInput, TrlOutput, UnpairedInput, ids_onto, onto, rows};
+use super::{CausalLmLogps, PreferenceInput, TrlOutput, UnpairedInput, ids_onto, onto};
 use crate::distributed::{KlParts, Reducer, SharedReducer, StepCounts};
 use crate::error::{Error, Result, check_non_empty, check_same_shape, unwrap_or_panic};
 use crate::losses::{
-    CpoLoss, DpoLoss, KtoLoss, KtoLossConfig, KtoLossType, OrpoLoss, PreferenceBatch,
+    CpoLoss, DpoLoss, KtoLoss, KtoLossConfig, KtoLossType, OrpoLoss, PairedLayout, PreferenceBatch,
     UnpairedBatch, kto_kl_estimate,
 };
 
@@ -94,7 +94,7 @@ pub struct PreferenceModel<P, R = P> {
     pub policy: P,
     /// The frozen reference (not a parameter: no gradient, no optimizer state, not saved).
     #[module(skip)]
-    pub reference: Option<R>,
+    pub ref_model: Option<R>,
     /// The loss.
     #[module(skip)]
     pub objective: PreferenceObjective,
@@ -106,10 +106,10 @@ pub struct PreferenceModel<P, R = P> {
 impl<P, R> PreferenceModel<P, R> {
     /// The adapter. `reference`: the frozen model (usually `policy.valid()`), or `None` when
     /// the inputs carry precomputed reference log-probs or the objective needs none.
-    pub fn new(policy: P, reference: Option<R>, objective: impl Into<PreferenceObjective>) -> Self {
+    pub fn new(policy: P, ref_model: Option<R>, objective: impl Into<PreferenceObjective>) -> Self {
         Self {
             policy,
-            reference,
+            ref_model,
             objective: objective.into(),
             reducer: None,
         }
@@ -152,31 +152,28 @@ fn stack(
     }
     check_same_shape(names[3], &second.1.dims(), &[n2, t2], names[2])?;
     let t = t1.max(t2);
-    let ids = Tensor::cat(vec![pad_to(first.0, t, 0), pad_to(second.0, t, 0)], 0);
-    let labels = Tensor::cat(
-        vec![
-            pad_to(first.1, t, IGNORE_INDEX),
-            pad_to(second.1, t, IGNORE_INDEX),
-        ],
-        0,
+    let ids = PairedLayout::stack(pad_to(first.0, t, 0), pad_to(second.0, t, 0));
+    let labels = PairedLayout::stack(
+        pad_to(first.1, t, IGNORE_INDEX),
+        pad_to(second.1, t, IGNORE_INDEX),
     );
     Ok((ids, labels))
 }
 
 /// Summed log-probs of the reference on `ids` (computed on the reference's own device), moved
 /// to `device`.
-fn reference_logps<R: CausalLmLogps + Module + ModuleDisplay>(
-    reference: &R,
+fn ref_logps<R: CausalLmLogps + Module + ModuleDisplay>(
+    ref_model: &R,
     ids: Tensor<2, Int>,
     labels: Tensor<2, Int>,
     device: &Device,
 ) -> Tensor<1> {
-    let on = reference
+    let on = ref_model
         .devices()
         .first()
         .cloned()
         .unwrap_or_else(|| device.clone());
-    let sums = reference
+    let sums = ref_model
         .token_logps(ids_onto(ids, &on), ids_onto(labels, &on))
         .sum();
     onto(sums, device)
@@ -227,7 +224,8 @@ impl<P: CausalLmLogps + Module + ModuleDisplay, R: CausalLmLogps + Module + Modu
             ],
         )?;
         let tokens = self.policy.token_logps(ids.clone(), labels.clone());
-        let batch = PreferenceBatch::try_from_tokens(rows(&tokens, 0, b), rows(&tokens, b, b))?;
+        let (chosen, rejected) = PairedLayout::new(b).split_tokens(&tokens);
+        let batch = PreferenceBatch::try_from_tokens(chosen, rejected)?;
         let global;
         let objective = match reducer {
             None => &self.objective,
@@ -254,10 +252,10 @@ impl<P: CausalLmLogps + Module + ModuleDisplay, R: CausalLmLogps + Module + Modu
                     input.ref_rejected_logps,
                     "ref_chosen_logps and ref_rejected_logps",
                 )?;
-                let (c, r) = match (given, &self.reference) {
+                let (c, r) = match (given, &self.ref_model) {
                     (Some((c, r)), _) => (onto(c, &device), onto(r, &device)),
-                    (None, Some(reference)) => {
-                        let both = reference_logps(reference, ids, labels, &device);
+                    (None, Some(ref_model)) => {
+                        let both = ref_logps(ref_model, ids, labels, &device);
                         (both.clone().narrow(0, 0, b), both.narrow(0, b, b))
                     }
                     (None, None) => {
@@ -267,7 +265,7 @@ impl<P: CausalLmLogps + Module + ModuleDisplay, R: CausalLmLogps + Module + Modu
                         });
                     }
                 };
-                loss.try_forward(&batch.with_reference(c, r))?
+                loss.try_forward(&batch.with_ref_logps(c, r))?
             }
             PreferenceObjective::Cpo(loss) => loss.try_forward(&batch)?,
             PreferenceObjective::Orpo(loss) => loss.try_forward(&batch)?,
@@ -319,7 +317,7 @@ pub struct KtoModel<P, R = P> {
     pub policy: P,
     /// The frozen reference (not a parameter).
     #[module(skip)]
-    pub reference: Option<R>,
+    pub ref_model: Option<R>,
     #[module(skip)]
     loss: KtoLoss,
     #[module(skip)]
@@ -330,10 +328,10 @@ pub struct KtoModel<P, R = P> {
 
 impl<P, R> KtoModel<P, R> {
     /// The adapter; the config is validated here.
-    pub fn try_new(policy: P, reference: Option<R>, config: &KtoLossConfig) -> Result<Self> {
+    pub fn try_new(policy: P, ref_model: Option<R>, config: &KtoLossConfig) -> Result<Self> {
         Ok(Self {
             policy,
-            reference,
+            ref_model,
             loss: config.try_init()?,
             needs_kl: config.loss_type == KtoLossType::Kto,
             reducer: None,
@@ -352,14 +350,14 @@ impl<P, R> KtoModel<P, R> {
 
     crate::error::panicking! {
         /// Panicking form of [`try_new`](Self::try_new) (an invalid config).
-        pub fn new(policy: P, reference: Option<R>, config: &KtoLossConfig) -> Self = Self::try_new;
+        pub fn new(policy: P, ref_model: Option<R>, config: &KtoLossConfig) -> Self = Self::try_new;
     }
 }
 
 impl<P: CausalLmLogps + Module + ModuleDisplay, R: CausalLmLogps + Module + ModuleDisplay>
     KtoModel<P, R>
 {
-    fn reference_or_given(
+    fn ref_logps_or_given(
         &self,
         given: Option<Tensor<1>>,
         ids: Tensor<2, Int>,
@@ -367,9 +365,9 @@ impl<P: CausalLmLogps + Module + ModuleDisplay, R: CausalLmLogps + Module + Modu
         device: &Device,
         name: &'static str,
     ) -> Result<Tensor<1>> {
-        match (given, &self.reference) {
+        match (given, &self.ref_model) {
             (Some(t), _) => Ok(onto(t, device)),
-            (None, Some(reference)) => Ok(reference_logps(reference, ids, labels, device)),
+            (None, Some(ref_model)) => Ok(ref_logps(ref_model, ids, labels, device)),
             (None, None) => Err(Error::MissingInput {
                 arg: name,
                 needed_by: format!(
@@ -407,7 +405,7 @@ impl<P: CausalLmLogps + Module + ModuleDisplay, R: CausalLmLogps + Module + Modu
             .token_logps(input.ids.clone(), input.labels.clone());
         let logps = tokens.sum();
         let device = logps.device();
-        let refs = self.reference_or_given(
+        let refs = self.ref_logps_or_given(
             input.ref_logps,
             input.ids,
             input.labels,
@@ -430,7 +428,7 @@ impl<P: CausalLmLogps + Module + ModuleDisplay, R: CausalLmLogps + Module + Modu
                 .token_logps(kl_ids.clone(), kl_labels.clone())
                 .sum()
                 .detach();
-            let ref_kl = self.reference_or_given(
+            let ref_kl = self.ref_logps_or_given(
                 input.ref_kl_logps,
                 kl_ids,
                 kl_labels,

@@ -54,7 +54,7 @@ impl<M: CausalLmLogps + Module + ModuleDisplay> SftModel<M> {
         check_non_empty("ids", n, "the batch has no row")?;
         check_same_shape("labels", &input.labels.dims(), &[n, t], "ids")?;
         let tokens = self.model.token_logps(input.ids, input.labels);
-        let count = mask_like(&tokens.logprobs, tokens.mask.clone()).sum();
+        let count = mask_like(&tokens.logps, tokens.mask.clone()).sum();
         let normalizer = match reducer {
             None => Normalizer::TokenMean,
             Some(reducer) => {
@@ -65,7 +65,7 @@ impl<M: CausalLmLogps + Module + ModuleDisplay> SftModel<M> {
                 reducer.reduce(&local)?.token_normalizer()?
             }
         };
-        let loss = normalizer.try_reduce_tokens(tokens.logprobs.neg(), tokens.mask)?;
+        let loss = normalizer.try_reduce_tokens(tokens.logps.neg(), tokens.mask)?;
         let mut metrics = Metrics::new();
         metrics.insert("num_tokens", count);
         let out = LossOutput {
@@ -191,13 +191,7 @@ impl<M: SequenceRewardModel + Module + ModuleDisplay> RewardModel<M> {
             0,
         );
         let rewards = self.model.rewards(ids, mask);
-        if rewards.dims() != [2 * b] {
-            return Err(Error::shape(
-                "rewards",
-                format!("[2B] = [{}] (one reward per row)", 2 * b),
-                &rewards.dims(),
-            ));
-        }
+        crate::losses::PairedLayout::new(b).check_rows("rewards", &rewards.dims())?;
         let out = self.loss.try_forward_stacked(rewards, input.margin)?;
         Ok(TrlOutput::new(out, b))
     }

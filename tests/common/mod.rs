@@ -5,7 +5,6 @@
 //! `ndarray` is enabled only on burn (not on burn-rlhf), so it exercises the fallback path a
 //! user gets when their backend is not one burn-rlhf lists; `wgpu` needs `--features wgpu`,
 //! `cuda` needs `--features cuda` (and a CUDA machine: see `scripts/gpu-check.sh`).
-#![allow(dead_code)]
 
 use burn::tensor::{Bool, Device, FloatDType, Int, Tensor, TensorData};
 
@@ -173,5 +172,4 @@ pub fn check_close(
 /// The one seeded generator of the tests and examples (`examples/common/rng.rs`).
 #[path = "../../examples/common/rng.rs"]
 mod rng;
-#[allow(unused_imports)]
 pub use rng::Rng;

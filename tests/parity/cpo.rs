@@ -2,15 +2,15 @@
 //!
 //! `*.cpo_loss` / `*.odds_ratio_loss` cases call the per-pair functions on the given sequence
 //! log-probs; `*.get_batch_loss_metrics` cases run the whole pipeline from unshifted logits
-//! `[B, T, V]` through `TokenLogprobsConfig::new(LabelAlignment::CausalShift)` and check the
+//! `[B, T, V]` through `TokenLogpsConfig::new(LabelAlignment::CausalShift)` and check the
 //! gradients w.r.t. the logits.
 //!
 //! Not compared: the `logits/chosen` / `logits/rejected` metrics (unmasked means of the raw
 //! logits): they describe the model output, not the loss, and our losses never see logits.
 
 use burn::tensor::{FloatDType, Tensor};
+use burn_rlhf::logps::{GatheredLogps, LabelAlignment, TokenLogpsConfig};
 use burn_rlhf::losses::{CpoLossConfig, CpoLossType, LossOutput, OrpoLossConfig, PreferenceBatch};
-use burn_rlhf::{GatheredLogprobs, LabelAlignment, TokenLogprobsConfig};
 use serde_json::Value;
 
 use crate::common::{TestDevice, bool_tensor, int_tensor, to_vec};
@@ -132,7 +132,7 @@ pub fn orpo_odds_ratio_loss(case: &Case, dev: &TestDevice) -> Result<(), String>
     let bound = tol(Kind::OddsRatioNearZero, dev);
     pair_case(case, dev, case_dtype(case, dev), bound, &|c, r| {
         let t = loss.odds_ratio(c, r);
-        let ratio = burn_rlhf::losses::stable::log_sigmoid(t.log_odds.clone()).mean();
+        let ratio = burn::tensor::activation::log_sigmoid(t.log_odds.clone()).mean();
         let extra = vec![
             ("log_odds_ratio", ratio),
             ("log_odds_chosen", t.log_odds.mean()),
@@ -143,7 +143,7 @@ pub fn orpo_odds_ratio_loss(case: &Case, dev: &TestDevice) -> Result<(), String>
 
 struct Side {
     logits: Tensor<3>,
-    tokens: GatheredLogprobs,
+    tokens: GatheredLogps,
 }
 
 /// Gathers one side's completion log-probs (labels, `-100` ignored, causal shift).
@@ -152,7 +152,7 @@ fn side(case: &Case, prefix: &str, dev: &TestDevice, dtype: FloatDType) -> Side 
     let logits =
         float::<3>(&case.input(&format!("{prefix}_logits")), dtype, &device).require_grad();
     let labels = case.input(&format!("{prefix}_labels"));
-    let op = TokenLogprobsConfig::new(LabelAlignment::CausalShift).init();
+    let op = TokenLogpsConfig::new(LabelAlignment::CausalShift).init();
     let tokens = op.forward(
         logits.clone(),
         int_tensor::<2>(labels.ints(), labels.shape(), &device),
@@ -224,7 +224,7 @@ pub fn orpo_batch_loss_metrics(case: &Case, dev: &TestDevice) -> Result<(), Stri
     let rejected = side(case, "rejected", dev, dtype);
     let ids = case.input("chosen_input_ids");
     let attention = case.input("chosen_attention_mask");
-    let nll_tokens = TokenLogprobsConfig::new(LabelAlignment::CausalShift)
+    let nll_tokens = TokenLogpsConfig::new(LabelAlignment::CausalShift)
         .init()
         .forward_masked(
             chosen.logits.clone(),

@@ -6,7 +6,7 @@
 //! as in the fixtures.
 
 use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
-use burn_rlhf::GatheredLogprobs;
+use burn_rlhf::logps::GatheredLogps;
 use burn_rlhf::losses::{DpoLossConfig, DpoLossType, FDivergenceType, LossOutput, PreferenceBatch};
 use serde_json::Value;
 
@@ -106,15 +106,15 @@ pub fn dpo_compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
     let rejected_mask = case.input("rejected_mask");
     let chosen_x = float::<2>(&chosen_lp, dtype, &device).require_grad();
     let rejected_x = float::<2>(&rejected_lp, dtype, &device).require_grad();
-    let chosen = GatheredLogprobs {
-        logprobs: chosen_x.clone(),
+    let chosen = GatheredLogps {
+        logps: chosen_x.clone(),
         mask: bool_tensor::<2>(chosen_mask.bools(), chosen_mask.shape(), &device),
     };
-    let rejected = GatheredLogprobs {
-        logprobs: rejected_x.clone(),
+    let rejected = GatheredLogps {
+        logps: rejected_x.clone(),
         mask: bool_tensor::<2>(rejected_mask.bools(), rejected_mask.shape(), &device),
     };
-    let mut batch = PreferenceBatch::from_tokens(chosen, rejected).with_reference(
+    let mut batch = PreferenceBatch::from_tokens(chosen, rejected).with_ref_logps(
         float::<1>(&case.input("ref_chosen_logps"), dtype, &device),
         float::<1>(&case.input("ref_rejected_logps"), dtype, &device),
     );
@@ -163,7 +163,7 @@ fn torchtune(case: &Case, dev: &TestDevice, config: DpoLossConfig) -> Result<(),
     let dtype = case_dtype(case, dev);
     let chosen = float::<1>(&case.input("policy_chosen_logps"), dtype, &device).require_grad();
     let rejected = float::<1>(&case.input("policy_rejected_logps"), dtype, &device).require_grad();
-    let batch = PreferenceBatch::new(chosen.clone(), rejected.clone()).with_reference(
+    let batch = PreferenceBatch::new(chosen.clone(), rejected.clone()).with_ref_logps(
         float::<1>(&case.input("reference_chosen_logps"), dtype, &device),
         float::<1>(&case.input("reference_rejected_logps"), dtype, &device),
     );

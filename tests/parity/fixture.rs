@@ -1,5 +1,4 @@
 //! Loading fixture cases (`{"source", "case", "config", "inputs", "expected"}`).
-#![allow(dead_code)]
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;

@@ -2,10 +2,10 @@
 //! caller `trl.trainer.utils.add_fused_lm_head` (`head_*`). Each case runs through the fused op
 //! (`Auto`, with the fixture's vocabulary chunk and a small token chunk so that tiling is
 //! exercised) and the materialized-logits oracle (`Reference`). Gradients are of
-//! `sum(grad_logprobs * logprobs) + sum(grad_entropy * entropy)`.
+//! `sum(grad_logps * logps) + sum(grad_entropy * entropy)`.
 
 use burn::tensor::Tensor;
-use burn_rlhf::logprobs::{FusedLogprobsConfig, LogprobsImplementation};
+use burn_rlhf::logps::{FusedLogpsConfig, LogpsImplementation};
 
 use crate::common::{TestDevice, int_tensor, tensor, to_vec};
 use crate::fixture::{Array, Case};
@@ -17,7 +17,7 @@ fn check(what: &str, actual: &[f64], expected: &Array) -> Result<(), String> {
     Tol::f64_device(Kind::Float32Accumulated).check(what, actual, &expected.values)
 }
 
-fn config(case: &Case, implementation: LogprobsImplementation) -> FusedLogprobsConfig {
+fn config(case: &Case, implementation: LogpsImplementation) -> FusedLogpsConfig {
     let c = &case.config;
     let outputs: Vec<String> = c["outputs"]
         .as_array()
@@ -25,7 +25,7 @@ fn config(case: &Case, implementation: LogprobsImplementation) -> FusedLogprobsC
         .iter()
         .map(|x| x.as_str().unwrap().to_string())
         .collect();
-    let mut cfg = FusedLogprobsConfig::new()
+    let mut cfg = FusedLogpsConfig::new()
         .with_temperature(c["temperature"].as_f64().unwrap())
         .with_logit_scale(c["logit_scale"].as_f64().unwrap_or(1.0))
         .with_final_logit_softcapping(c["final_logit_softcapping"].as_f64())
@@ -41,7 +41,7 @@ fn config(case: &Case, implementation: LogprobsImplementation) -> FusedLogprobsC
 
 fn check_stats(
     case: &Case,
-    out: &burn_rlhf::logprobs::FusedLogprobsOutput,
+    out: &burn_rlhf::logps::FusedLogpsOutput,
     tag: &str,
 ) -> Result<(), String> {
     for (key, value) in [
@@ -87,10 +87,7 @@ pub fn chunked_kernel(case: &Case, dev: &TestDevice) -> Result<(), String> {
     let bias = case.input_opt("bias");
     let g_lp = case.input("grad_logprobs");
     let g_h = case.input_opt("grad_entropy");
-    for implementation in [
-        LogprobsImplementation::Auto,
-        LogprobsImplementation::Reference,
-    ] {
+    for implementation in [LogpsImplementation::Auto, LogpsImplementation::Reference] {
         let tag = format!("{implementation:?}");
         let h = tensor::<2>(hidden.values.clone(), hidden.shape(), dev, &device).require_grad();
         let w = tensor::<2>(weight.values.clone(), weight.shape(), dev, &device).require_grad();
@@ -101,7 +98,7 @@ pub fn chunked_kernel(case: &Case, dev: &TestDevice) -> Result<(), String> {
         let out = config(case, implementation)
             .init()
             .forward(h.clone(), w.clone(), b.clone(), t);
-        let mut objective: Tensor<1> = (out.logprobs.clone()
+        let mut objective: Tensor<1> = (out.logps.clone()
             * tensor::<1>(g_lp.values.clone(), g_lp.shape(), dev, &device))
         .sum();
         if let (Some(g), Some(entropy)) = (&g_h, &out.entropy) {
@@ -111,7 +108,7 @@ pub fn chunked_kernel(case: &Case, dev: &TestDevice) -> Result<(), String> {
         let grads = objective.backward();
         check(
             &format!("{tag} log_probs"),
-            &to_vec(out.logprobs.clone()),
+            &to_vec(out.logps.clone()),
             &case.expect("log_probs"),
         )?;
         check_stats(case, &out, &tag)?;
@@ -127,7 +124,7 @@ fn check_reference_fp64(
     case: &Case,
     dev: &TestDevice,
     tag: &str,
-    out: &burn_rlhf::logprobs::FusedLogprobsOutput,
+    out: &burn_rlhf::logps::FusedLogpsOutput,
     grads: &burn::tensor::Gradients,
     (h, w, b): (&Tensor<2>, &Tensor<2>, Option<&Tensor<1>>),
 ) -> Result<(), String> {
@@ -147,7 +144,7 @@ fn check_reference_fp64(
             None => Ok(()),
         }
     };
-    strict("log_probs", to_vec(out.logprobs.clone()))?;
+    strict("log_probs", to_vec(out.logps.clone()))?;
     for (key, value) in [
         ("entropy", &out.entropy),
         ("log_sum_sq_probs", &out.log_sum_sq_probs),
@@ -174,10 +171,7 @@ pub fn fused_lm_head(case: &Case, dev: &TestDevice) -> Result<(), String> {
     );
     let bias = case.input_opt("bias");
     let (g_lp, g_h) = (case.input("grad_log_probs"), case.input_opt("grad_entropy"));
-    for implementation in [
-        LogprobsImplementation::Auto,
-        LogprobsImplementation::Reference,
-    ] {
+    for implementation in [LogpsImplementation::Auto, LogpsImplementation::Reference] {
         let tag = format!("{implementation:?}");
         let h = tensor::<3>(hidden.values.clone(), hidden.shape(), dev, &device).require_grad();
         let w = tensor::<2>(weight.values.clone(), weight.shape(), dev, &device).require_grad();
@@ -203,14 +197,9 @@ pub fn fused_lm_head(case: &Case, dev: &TestDevice) -> Result<(), String> {
             return Err(format!("{tag} label_mask: got {mask:?}"));
         }
         let valid = mask.iter().sum::<f64>().max(1.0);
-        let loss = gathered
-            .logprobs
-            .clone()
-            .sum()
-            .neg()
-            .mul_scalar(1.0 / valid);
+        let loss = gathered.logps.clone().sum().neg().mul_scalar(1.0 / valid);
         check(&format!("{tag} loss"), &to_vec(loss), &case.expect("loss"))?;
-        let mut objective: Tensor<1> = (gathered.logprobs.clone()
+        let mut objective: Tensor<1> = (gathered.logps.clone()
             * tensor::<2>(g_lp.values.clone(), g_lp.shape(), dev, &device))
         .sum();
         if let (Some(g), Some(entropy)) = (&g_h, &out.entropy) {
@@ -220,7 +209,7 @@ pub fn fused_lm_head(case: &Case, dev: &TestDevice) -> Result<(), String> {
         let grads = objective.backward();
         check(
             &format!("{tag} log_probs"),
-            &to_vec(gathered.logprobs),
+            &to_vec(gathered.logps),
             &case.expect("log_probs"),
         )?;
         check_stats(case, &out, &tag)?;

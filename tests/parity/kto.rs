@@ -1,6 +1,6 @@
 //! TRL 1.16 `KTOTrainer._compute_loss` (`kto/`) through [`KtoLoss`], from per-token log-probs.
 
-use burn_rlhf::GatheredLogprobs;
+use burn_rlhf::logps::GatheredLogps;
 use burn_rlhf::losses::{KtoLossConfig, KtoLossType, UnpairedBatch, kto_kl_estimate};
 
 use crate::common::{TestDevice, bool_tensor, to_vec};
@@ -23,8 +23,8 @@ pub fn kto_compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
     let lp = case.input("token_logps");
     let mask = case.input("mask");
     let x = float::<2>(&lp, dtype, &device).require_grad();
-    let tokens = GatheredLogprobs {
-        logprobs: x.clone(),
+    let tokens = GatheredLogps {
+        logps: x.clone(),
         mask: bool_tensor::<2>(mask.bools(), mask.shape(), &device),
     };
     let label = case.input("label");
@@ -38,8 +38,8 @@ pub fn kto_compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
         let kl_lp = case.input("KL_token_logps");
         let kl_mask = case.input("KL_mask");
         // TRL scores the KL completions under no_grad: plain (non-autodiff) device.
-        let kl_tokens = GatheredLogprobs {
-            logprobs: float::<2>(&kl_lp, dtype, &dev.device),
+        let kl_tokens = GatheredLogps {
+            logps: float::<2>(&kl_lp, dtype, &dev.device),
             mask: bool_tensor::<2>(kl_mask.bools(), kl_mask.shape(), &dev.device),
         };
         let kl = kto_kl_estimate(

@@ -12,16 +12,16 @@
 //! Every runner takes its bounds from the one table in [`tolerance`].
 
 #[path = "../common/mod.rs"]
-mod common;
-mod cpo;
-mod dpo;
-mod fixture;
-mod fused;
-mod kto;
-mod logprobs;
-mod reward;
-mod rl;
-mod tolerance;
+pub mod common;
+pub mod cpo;
+pub mod dpo;
+pub mod fixture;
+pub mod fused;
+pub mod kto;
+pub mod logps;
+pub mod reward;
+pub mod rl;
+pub mod tolerance;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -39,8 +39,8 @@ const NOT_YET: &[&str] = &[
 
 fn runner(function: &str) -> Option<Runner> {
     Some(match function {
-        "logits_to_logprobs" => logprobs::logits_to_logprobs,
-        "get_batch_log_probs" => logprobs::get_batch_log_probs,
+        "logits_to_logprobs" => logps::logits_to_logps,
+        "get_batch_log_probs" => logps::get_batch_log_probs,
         "ChunkedLogProbFunction.apply" => fused::chunked_kernel,
         "add_fused_lm_head" => fused::fused_lm_head,
         "DPOTrainer._compute_loss" => dpo::dpo_compute_loss,

@@ -205,7 +205,7 @@ pub fn ppo_loss_forward(case: &Case, dev: &TestDevice) -> Result<(), String> {
     )
 }
 
-/// `get_rewards_ppo(scores, logprobs, ref_logprobs, kl_coeff, valid_score_idxs)`: k1, no mask.
+/// `get_rewards_ppo(scores, logps, ref_logps, kl_coef, valid_score_idxs)`: k1, no mask.
 pub fn get_rewards_ppo(case: &Case, dev: &TestDevice) -> Result<(), String> {
     let device = dev.device.clone();
     let penalty = KlPenaltyConfig::new()
@@ -427,13 +427,13 @@ pub fn grpo_compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
         .with_entropies(entropies.clone())
         .with_num_items_in_batch(case.input("num_items_in_batch").values[0]);
     if let Some(a) = case.input_opt("old_per_token_logps") {
-        input = input.with_old_logprobs(t2(&a, dev, &device));
+        input = input.with_old_logps(t2(&a, dev, &device));
     }
     if let Some(a) = case.input_opt("ref_per_token_logps") {
-        input = input.with_ref_logprobs(t2(&a, dev, &device));
+        input = input.with_ref_logps(t2(&a, dev, &device));
     }
     if let Some(a) = case.input_opt("sampling_per_token_logps") {
-        input = input.with_sampling_logprobs(t2(&a, dev, &device));
+        input = input.with_sampling_logps(t2(&a, dev, &device));
     }
     if case.config_bool("use_vllm_importance_sampling_correction")
         && let Some(a) = case.input_opt("importance_sampling_ratio")
@@ -540,7 +540,7 @@ fn grpo_through_update(
     let rows = int_tensor::<2>((0..b as i64).collect(), [b, 1], &device);
     let mut rollout = Rollout::new(rows, mask, old, advantages);
     if let Some(a) = case.input_opt("ref_per_token_logps") {
-        rollout = rollout.with_ref_logprobs(t2(&a, dev, &device));
+        rollout = rollout.with_ref_logps(t2(&a, dev, &device));
     }
     let table = LogpsTable {
         logps: burn::module::Param::from_tensor(logps.clone()),
@@ -614,8 +614,8 @@ pub fn rloo_compute_loss(case: &Case, dev: &TestDevice) -> Result<(), String> {
 /// (`2i` first, `2i + 1` second); scores are TRL's weighted `nansum` of the reward functions;
 /// `finished` = the completion holds an EOS id.
 pub fn online_dpo_training_step(case: &Case, dev: &TestDevice) -> Result<(), String> {
-    use burn_rlhf::GatheredLogprobs;
     use burn_rlhf::generate::{OnlineDpoConfig, Pairing};
+    use burn_rlhf::logps::GatheredLogps;
     use burn_rlhf::losses::DpoLossType;
     let device = dev.autodiff();
     let b = cfg_usize(case, "n_pairs");
@@ -650,8 +650,8 @@ pub fn online_dpo_training_step(case: &Case, dev: &TestDevice) -> Result<(), Str
         dev,
         &device,
     );
-    let gathered = |x: Tensor<2>| GatheredLogprobs {
-        logprobs: x.mask_fill(mask.clone().bool_not(), 0.0),
+    let gathered = |x: Tensor<2>| GatheredLogps {
+        logps: x.mask_fill(mask.clone().bool_not(), 0.0),
         mask: mask.clone(),
     };
     let ids = case.input("completion_ids");

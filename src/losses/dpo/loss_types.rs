@@ -138,7 +138,7 @@ pub enum FDivergenceType {
 }
 
 /// What a loss type's per-pair term reads (all `[B]`).
-pub(super) struct PairTerms {
+pub(super) struct DpoTerms {
     /// Policy sequence log-probs (after LD-DPO weighting): chosen `c`, rejected `r`.
     pub chosen: Tensor<1>,
     pub rejected: Tensor<1>,
@@ -158,7 +158,7 @@ pub(super) struct PairTerms {
     pub nll: Option<Tensor<1>>,
 }
 
-impl PairTerms {
+impl DpoTerms {
     /// `s(Δc)/|y_w| - s(Δr)/|y_l|` (ipo, sigmoid_norm).
     fn length_normalized_margin(&self) -> Tensor<1> {
         let (cc, cr) = self
@@ -173,7 +173,7 @@ impl PairTerms {
 
 impl DpoLossType {
     /// The per-pair term `ℓ` of this loss type `[B]`, formula by formula as the variant docs.
-    pub(super) fn term(self, t: &PairTerms, p: &DpoLoss) -> Tensor<1> {
+    pub(super) fn term(self, t: &DpoTerms, p: &DpoLoss) -> Tensor<1> {
         let beta = p.beta;
         match self {
             // -(1-ε) log σ(βδ) - ε log σ(-βδ), ε = cdpo_label_smoothing (0: DPO)

@@ -28,14 +28,14 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{DType, Tensor};
 
-use loss_types::PairTerms;
+use loss_types::DpoTerms;
 pub use loss_types::{DpoLossType, FDivergenceType};
 
-use super::metrics::{LossOutput, Metrics};
-use super::preference::{PreferenceBatch, fraction_greater};
+use super::metrics::{LossOutput, pair_metrics};
+use super::preference::PreferenceBatch;
 use super::stable::log_sigmoid;
 use crate::error::{Error, check_in_closed, check_positive};
-use crate::logprobs::ld_dpo_sequence_logps;
+use crate::logps::ld_dpo_sequence_logps;
 use crate::reduce::{MeanDenominator, Normalizer, masked_row_sum, mean_from_sum};
 
 /// Configuration of [`DpoLoss`], with TRL's `DPOConfig` field names and defaults.
@@ -211,7 +211,7 @@ impl DpoLossConfig {
             check_in_closed("ld_alpha", alpha, 0.0, 1.0)?;
         }
         check_positive("discopop_tau", self.discopop_tau)?;
-        super::preference::validate_nll_normalizer(&self.nll_normalizer)?;
+        super::nll::validate_nll_normalizer(&self.nll_normalizer)?;
         if self.nll_normalizer.is_some() && self.use_weighting && has(DpoLossType::Sft) {
             return Err(Error::Conflict {
                 field: "nll_normalizer",
@@ -299,8 +299,8 @@ pub struct DpoLoss {
 struct SequenceTerms {
     chosen: Tensor<1>,
     rejected: Tensor<1>,
-    reference_chosen: Tensor<1>,
-    reference_rejected: Tensor<1>,
+    ref_chosen: Tensor<1>,
+    ref_rejected: Tensor<1>,
 }
 
 impl DpoLoss {
@@ -339,8 +339,8 @@ impl DpoLoss {
         batch.validate()?;
         let seq = self.sequence_terms(batch)?;
         let beta = self.beta;
-        let dc = seq.chosen.clone() - seq.reference_chosen.clone();
-        let dr = seq.rejected.clone() - seq.reference_rejected.clone();
+        let dc = seq.chosen.clone() - seq.ref_chosen.clone();
+        let dr = seq.rejected.clone() - seq.ref_rejected.clone();
         let (sc, sr) = self.scores(dc.clone(), dr.clone());
         let delta = sc.clone() - sr.clone();
 
@@ -351,7 +351,11 @@ impl DpoLoss {
             None
         };
         let nll = if self.loss_types.contains(&DpoLossType::Sft) {
-            Some(batch.nll_term("the sft loss type", self.nll_normalizer)?)
+            Some(super::nll::nll_term(
+                batch,
+                "the sft loss type",
+                self.nll_normalizer,
+            )?)
         } else {
             None
         };
@@ -361,11 +365,11 @@ impl DpoLoss {
             None
         };
 
-        let pair = PairTerms {
+        let pair = DpoTerms {
             chosen: seq.chosen.clone(),
             rejected: seq.rejected.clone(),
-            ref_chosen: seq.reference_chosen.clone(),
-            ref_rejected: seq.reference_rejected.clone(),
+            ref_chosen: seq.ref_chosen.clone(),
+            ref_rejected: seq.ref_rejected.clone(),
             dc: dc.clone(),
             dr: dr.clone(),
             sc,
@@ -398,21 +402,12 @@ impl DpoLoss {
             per_example = per_example + term.per_pair.clone().mul_scalar(weight);
         }
 
-        let chosen_rewards = dc.mul_scalar(beta);
-        let rejected_rewards = dr.mul_scalar(beta);
-        let mut metrics = Metrics::new();
-        metrics.insert("rewards/chosen", chosen_rewards.clone().mean());
-        metrics.insert("rewards/rejected", rejected_rewards.clone().mean());
-        metrics.insert(
-            "rewards/accuracies",
-            fraction_greater(chosen_rewards.clone(), rejected_rewards.clone()),
+        let metrics = pair_metrics(
+            dc.mul_scalar(beta),
+            dr.mul_scalar(beta),
+            seq.chosen,
+            seq.rejected,
         );
-        metrics.insert(
-            "rewards/margins",
-            (chosen_rewards - rejected_rewards).mean(),
-        );
-        metrics.insert("logps/chosen", seq.chosen.mean());
-        metrics.insert("logps/rejected", seq.rejected.mean());
         Ok(LossOutput {
             loss,
             per_example,
@@ -429,10 +424,8 @@ impl DpoLoss {
         batch.validate()?;
         let seq = self.sequence_terms(batch)?;
         Ok((
-            (seq.chosen - seq.reference_chosen)
-                .mul_scalar(self.beta)
-                .detach(),
-            (seq.rejected - seq.reference_rejected)
+            (seq.chosen - seq.ref_chosen).mul_scalar(self.beta).detach(),
+            (seq.rejected - seq.ref_rejected)
                 .mul_scalar(self.beta)
                 .detach(),
         ))
@@ -458,21 +451,21 @@ impl DpoLoss {
             Some(alpha) => {
                 let (c, r) = batch.tokens("ld_alpha (LD-DPO)")?;
                 ld_dpo_sequence_logps(
-                    c.logprobs.clone(),
+                    c.logps.clone(),
                     c.mask.clone(),
-                    r.logprobs.clone(),
+                    r.logps.clone(),
                     r.mask.clone(),
                     alpha,
                 )?
             }
             None => (batch.chosen_logps.clone(), batch.rejected_logps.clone()),
         };
-        let (reference_chosen, reference_rejected) = batch.reference_or_zeros();
+        let (ref_chosen, ref_rejected) = batch.ref_logps_or_zeros();
         Ok(SequenceTerms {
             chosen,
             rejected,
-            reference_chosen,
-            reference_rejected,
+            ref_chosen,
+            ref_rejected,
         })
     }
 
@@ -507,9 +500,9 @@ impl DpoLoss {
                         .into(),
             });
         };
-        let weight = |t: &crate::GatheredLogprobs, sq: &Tensor<2>| {
+        let weight = |t: &crate::logps::GatheredLogps, sq: &Tensor<2>| {
             let aligned = masked_row_sum(
-                t.logprobs.clone().detach() - sq.clone().detach(),
+                t.logps.clone().detach() - sq.clone().detach(),
                 t.mask.clone(),
             );
             mean_from_sum(aligned, t.token_counts(), MeanDenominator::AtLeastOne).exp()

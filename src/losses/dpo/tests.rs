@@ -15,7 +15,7 @@ fn sigmoid_value_and_gradient_match_closed_form() {
     let chosen = t(&c, &device).require_grad();
     let rejected = t(&r, &device).require_grad();
     let batch = PreferenceBatch::new(chosen.clone(), rejected.clone())
-        .with_reference(t(&c0, &device), t(&r0, &device));
+        .with_ref_logps(t(&c0, &device), t(&r0, &device));
     let out = DpoLossConfig::new().init().forward(&batch);
     let grads = out.loss.backward();
     let z: Vec<f64> = (0..2).map(|i| (c[i] - c0[i]) - (r[i] - r0[i])).collect();

@@ -12,19 +12,19 @@ use crate::error::{Error, check_same_shape};
 #[derive(Debug, Clone)]
 pub struct GrpoLossInput {
     /// Per-token log-probs of the completion (differentiable).
-    pub logprobs: Tensor<2>,
+    pub logps: Tensor<2>,
     /// Valid completion tokens (completion mask, and tool mask if any).
     pub mask: Tensor<2, Bool>,
     /// Advantages `[B, 1]` or `[B, C]`.
     pub advantages: Tensor<2>,
-    /// Log-probs at generation time; `None` = on-policy (`logprobs.detach()`: ratio 1).
-    pub old_logprobs: Option<Tensor<2>>,
+    /// Log-probs at generation time; `None` = on-policy (`logps.detach()`: ratio 1).
+    pub old_logps: Option<Tensor<2>>,
     /// Reference log-probs (required when `beta != 0`).
-    pub ref_logprobs: Option<Tensor<2>>,
+    pub ref_logps: Option<Tensor<2>>,
     /// Per-token entropies (metric, top-entropy mask, entropy bonus).
     pub entropies: Option<Tensor<2>>,
-    /// Sampler (e.g. vLLM) log-probs for the off-policy mask; `None` = `old_logprobs`.
-    pub sampling_logprobs: Option<Tensor<2>>,
+    /// Sampler (e.g. vLLM) log-probs for the off-policy mask; `None` = `old_logps`.
+    pub sampling_logps: Option<Tensor<2>>,
     /// Importance weight of the sampler correction, `[B, T]` per token (TRL's `token_*`
     /// modes) or `[B, 1]` per sequence (`sequence_*` modes): multiplies the per-token loss;
     /// VESPO folds it into its gamma weight.
@@ -35,38 +35,38 @@ pub struct GrpoLossInput {
 
 impl GrpoLossInput {
     /// Required inputs; advantages per sequence `[B]`.
-    pub fn new(logprobs: Tensor<2>, mask: Tensor<2, Bool>, advantages: Tensor<1>) -> Self {
+    pub fn new(logps: Tensor<2>, mask: Tensor<2, Bool>, advantages: Tensor<1>) -> Self {
         let mask = crate::reduce::canonical_mask(mask);
         let b = advantages.dims()[0];
-        Self::with_token_advantages(logprobs, mask, advantages.reshape([b, 1]))
+        Self::with_token_advantages(logps, mask, advantages.reshape([b, 1]))
     }
     /// Required inputs; advantages `[B, 1]` or per token `[B, C]`.
     pub fn with_token_advantages(
-        logprobs: Tensor<2>,
+        logps: Tensor<2>,
         mask: Tensor<2, Bool>,
         advantages: Tensor<2>,
     ) -> Self {
         let mask = crate::reduce::canonical_mask(mask);
         Self {
-            logprobs,
+            logps,
             mask,
             advantages,
-            old_logprobs: None,
-            ref_logprobs: None,
+            old_logps: None,
+            ref_logps: None,
             entropies: None,
-            sampling_logprobs: None,
+            sampling_logps: None,
             importance_sampling_ratio: None,
             num_items_in_batch: None,
         }
     }
     /// Sets the generation-time log-probs.
-    pub fn with_old_logprobs(mut self, x: Tensor<2>) -> Self {
-        self.old_logprobs = Some(x);
+    pub fn with_old_logps(mut self, x: Tensor<2>) -> Self {
+        self.old_logps = Some(x);
         self
     }
     /// Sets the reference log-probs.
-    pub fn with_ref_logprobs(mut self, x: Tensor<2>) -> Self {
-        self.ref_logprobs = Some(x);
+    pub fn with_ref_logps(mut self, x: Tensor<2>) -> Self {
+        self.ref_logps = Some(x);
         self
     }
     /// Sets the entropies.
@@ -75,8 +75,8 @@ impl GrpoLossInput {
         self
     }
     /// Sets the sampler log-probs.
-    pub fn with_sampling_logprobs(mut self, x: Tensor<2>) -> Self {
-        self.sampling_logprobs = Some(x);
+    pub fn with_sampling_logps(mut self, x: Tensor<2>) -> Self {
+        self.sampling_logps = Some(x);
         self
     }
     /// Sets the sampler importance ratio.
@@ -96,10 +96,10 @@ impl GrpoLossInput {
     /// upcasts half-precision tensors to f32 (f16 overflows `e^11`) and detaches the
     /// advantages.
     pub(super) fn checked(self) -> crate::Result<Self> {
-        let dims = self.logprobs.dims();
+        let dims = self.logps.dims();
         let [b, t] = dims;
         let mask = crate::reduce::canonical_mask(self.mask);
-        check_same_shape("mask", &mask.dims(), &dims, "logprobs")?;
+        check_same_shape("mask", &mask.dims(), &dims, "logps")?;
         let adv_dims = self.advantages.dims();
         if adv_dims != [b, 1] && adv_dims != dims {
             return Err(Error::shape(
@@ -109,14 +109,14 @@ impl GrpoLossInput {
             ));
         }
         let optional = [
-            ("old_logprobs", &self.old_logprobs),
-            ("ref_logprobs", &self.ref_logprobs),
+            ("old_logps", &self.old_logps),
+            ("ref_logps", &self.ref_logps),
             ("entropies", &self.entropies),
-            ("sampling_logprobs", &self.sampling_logprobs),
+            ("sampling_logps", &self.sampling_logps),
         ];
         for (name, x) in optional {
             if let Some(x) = x {
-                check_same_shape(name, &x.dims(), &dims, "logprobs")?;
+                check_same_shape(name, &x.dims(), &dims, "logps")?;
             }
         }
         if let Some(x) = &self.importance_sampling_ratio
@@ -130,7 +130,7 @@ impl GrpoLossInput {
             ));
         }
         crate::error::check_non_empty(
-            "logprobs",
+            "logps",
             b * t,
             &format!("shape {:?} has a zero dimension", [b, t]),
         )?;
@@ -143,23 +143,23 @@ impl GrpoLossInput {
                 n,
             ));
         }
-        let logprobs = &self.logprobs;
-        crate::error::check_dtype_like("advantages", &self.advantages, "logprobs", logprobs)?;
-        crate::error::check_finite(logprobs, "logprobs")?;
+        let logps = &self.logps;
+        crate::error::check_dtype_like("advantages", &self.advantages, "logps", logps)?;
+        crate::error::check_finite(logps, "logps")?;
         crate::error::check_finite(&self.advantages, "advantages")?;
         for (name, x) in optional {
-            crate::error::check_dtype_like_opt(name, x.as_ref(), "logprobs", logprobs)?;
+            crate::error::check_dtype_like_opt(name, x.as_ref(), "logps", logps)?;
             crate::error::check_finite_opt(x.as_ref(), name)?;
         }
         use crate::precision::upcast_half;
         Ok(Self {
-            logprobs: upcast_half(self.logprobs),
+            logps: upcast_half(self.logps),
             mask,
             advantages: upcast_half(self.advantages).detach(),
-            old_logprobs: self.old_logprobs.map(upcast_half),
-            ref_logprobs: self.ref_logprobs.map(upcast_half),
+            old_logps: self.old_logps.map(upcast_half),
+            ref_logps: self.ref_logps.map(upcast_half),
             entropies: self.entropies.map(upcast_half),
-            sampling_logprobs: self.sampling_logprobs.map(upcast_half),
+            sampling_logps: self.sampling_logps.map(upcast_half),
             importance_sampling_ratio: self.importance_sampling_ratio.map(upcast_half),
             num_items_in_batch: self.num_items_in_batch,
         })

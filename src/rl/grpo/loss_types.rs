@@ -247,7 +247,7 @@ mod tests {
         let logps = t(&[1.5f64.ln(), 1.5f64.ln()], &device).reshape([1, 2]);
         let old = t(&[0.0, 0.0], &device).reshape([1, 2]);
         let mask = old.clone().equal_elem(0.0);
-        let input = GrpoLossInput::new(logps, mask, t(&[1.0], &device)).with_old_logprobs(old);
+        let input = GrpoLossInput::new(logps, mask, t(&[1.0], &device)).with_old_logps(old);
         let out = GrpoLossConfig::new()
             .with_loss_type(GrpoLossType::Bnpo)
             .init()

@@ -283,30 +283,30 @@ impl GrpoLoss {
     pub fn try_forward(&self, input: GrpoLossInput) -> crate::Result<LossOutput> {
         let c = &self.config;
         let GrpoLossInput {
-            logprobs,
+            logps,
             mask,
             advantages,
-            old_logprobs,
-            ref_logprobs,
+            old_logps,
+            ref_logps,
             entropies,
-            sampling_logprobs,
+            sampling_logps,
             importance_sampling_ratio,
             num_items_in_batch,
         } = input.checked()?;
-        let dims = logprobs.dims();
+        let dims = logps.dims();
         let [b, _] = dims;
-        let old = old_logprobs
+        let old = old_logps
             .map(Tensor::detach)
-            .unwrap_or_else(|| logprobs.clone().detach());
+            .unwrap_or_else(|| logps.clone().detach());
         let entropy_mask = self.entropy_mask(entropies.as_ref(), &mask)?;
         let off_policy_mask = c.off_policy_mask_threshold.map(|threshold| {
-            let sampling = sampling_logprobs
+            let sampling = sampling_logps
                 .map(Tensor::detach)
                 .unwrap_or_else(|| old.clone());
-            off_policy_mask(sampling, &logprobs, &mask, &advantages, threshold)
+            off_policy_mask(sampling, &logps, &mask, &advantages, threshold)
         });
 
-        let log_ratio = logprobs.clone() - old;
+        let log_ratio = logps.clone() - old;
         let log_iw = match c.importance_sampling_level {
             ImportanceSamplingLevel::Token => log_ratio.clone(),
             ImportanceSamplingLevel::Sequence => {
@@ -314,18 +314,17 @@ impl GrpoLoss {
             }
         };
         let coef_1 = super::ratio::importance_ratio(log_iw);
-        let per_token_kl = match (c.beta != 0.0, ref_logprobs) {
+        let per_token_kl = match (c.beta != 0.0, ref_logps) {
             (false, _) => None,
             (true, None) => {
                 return Err(Error::MissingInput {
-                    arg: "ref_logprobs",
-                    needed_by: "beta != 0 (the KL term): set GrpoLossInput::with_ref_logprobs"
-                        .into(),
+                    arg: "ref_logps",
+                    needed_by: "beta != 0 (the KL term): set GrpoLossInput::with_ref_logps".into(),
                 });
             }
             (true, Some(reference)) => {
                 let kl = super::kl::kl_estimate_unchecked(
-                    logprobs.clone(),
+                    logps.clone(),
                     reference.detach(),
                     KlEstimator::K3,
                 );
@@ -338,7 +337,7 @@ impl GrpoLoss {
 
         let mut metrics = Metrics::new();
         let mut terms = Terms {
-            logps: logprobs.clone(),
+            logps: logps.clone(),
             log_ratio,
             coef_1,
             advantages,
@@ -352,7 +351,7 @@ impl GrpoLoss {
             per_token_loss = per_token_loss * m;
         }
         if let Some(m) = &entropy_mask {
-            per_token_loss = per_token_loss * mask_like(&logprobs, m.clone());
+            per_token_loss = per_token_loss * mask_like(&logps, m.clone());
         }
         if let (Some(is), true) = (
             &terms.importance_sampling_ratio,
@@ -398,7 +397,7 @@ impl GrpoLoss {
             metrics.insert("policy_loss", policy_loss);
             metrics.insert(
                 "entropy_coef",
-                Tensor::<1>::zeros([1], &logprobs.device()).add_scalar(c.entropy_coef),
+                Tensor::<1>::zeros([1], &logps.device()).add_scalar(c.entropy_coef),
             );
         }
 
@@ -458,13 +457,13 @@ impl GrpoLoss {
 /// `sampling - logp` over valid tokens is `<= threshold`. `[B, 1]` of 0 / 1.
 fn off_policy_mask(
     sampling: Tensor<2>,
-    logprobs: &Tensor<2>,
+    logps: &Tensor<2>,
     mask: &Tensor<2, Bool>,
     advantages: &Tensor<2>,
     threshold: f64,
 ) -> Tensor<2> {
-    let [b, _] = logprobs.dims();
-    let kl = sampling - logprobs.clone().detach();
+    let [b, _] = logps.dims();
+    let kl = sampling - logps.clone().detach();
     let avg = masked_row_mean(kl, mask.clone()).reshape([b, 1]);
     let keep = mask_like(&avg, avg.clone().lower_equal_elem(threshold));
     let positive = mask_like(advantages, advantages.clone().greater_equal_elem(0.0));

@@ -40,7 +40,7 @@ impl StepLoss for PpoLoss {
     ) -> crate::Result<LossOutput> {
         let dims = batch.mask.dims();
         let advantages = batch.advantages.clone().expand(dims);
-        let mut input = PpoLossInput::new(output.logprobs, batch.old_logprobs.clone(), advantages)
+        let mut input = PpoLossInput::new(output.logps, batch.old_logps.clone(), advantages)
             .with_mask(batch.mask.clone());
         if let (Some(v), Some(v_old), Some(ret)) =
             (output.values, &batch.old_values, &batch.returns)
@@ -70,19 +70,19 @@ impl StepLoss for GrpoLoss {
         normalizer: Normalizer,
     ) -> crate::Result<LossOutput> {
         let mut input = GrpoLossInput::with_token_advantages(
-            output.logprobs,
+            output.logps,
             batch.mask.clone(),
             batch.advantages.clone(),
         )
-        .with_old_logprobs(batch.old_logprobs.clone());
+        .with_old_logps(batch.old_logps.clone());
         if let Some(h) = output.entropy {
             input = input.with_entropies(h);
         }
-        if let Some(r) = &batch.ref_logprobs {
-            input = input.with_ref_logprobs(r.clone());
+        if let Some(r) = &batch.ref_logps {
+            input = input.with_ref_logps(r.clone());
         }
-        if let Some(s) = &batch.sampling_logprobs {
-            input = input.with_sampling_logprobs(s.clone());
+        if let Some(s) = &batch.sampling_logps {
+            input = input.with_sampling_logps(s.clone());
         }
         if let Some(is) = &batch.importance_sampling_ratio {
             input = input.with_importance_sampling_ratio(is.clone());
@@ -102,10 +102,10 @@ impl StepLoss for RlooLoss {
         normalizer: Normalizer,
     ) -> crate::Result<LossOutput> {
         let b = batch.len();
-        let old = masked_row_sum(batch.old_logprobs.clone(), batch.mask.clone());
+        let old = masked_row_sum(batch.old_logps.clone(), batch.mask.clone());
         let adv = batch.advantages.clone().slice([0..b, 0..1]).reshape([b]);
         self.with_normalizer(normalizer).try_forward(
-            output.logprobs,
+            output.logps,
             batch.mask.clone(),
             old,
             adv,

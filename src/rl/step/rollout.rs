@@ -14,7 +14,7 @@ pub struct Rollout {
     /// Positions that count in the loss `[B, T]`.
     pub mask: Tensor<2, Bool>,
     /// Log-probs at rollout time `[B, T]`.
-    pub old_logprobs: Tensor<2>,
+    pub old_logps: Tensor<2>,
     /// Advantages `[B, T]` (PPO/GAE) or `[B, 1]` (GRPO/RLOO: one per sequence).
     pub advantages: Tensor<2>,
     /// Values at rollout time `[B, T]` (PPO value clipping).
@@ -22,10 +22,10 @@ pub struct Rollout {
     /// Value targets `[B, T]`.
     pub returns: Option<Tensor<2>>,
     /// Reference-model log-probs `[B, T]`: GRPO's KL term (`beta != 0`).
-    pub ref_logprobs: Option<Tensor<2>>,
+    pub ref_logps: Option<Tensor<2>>,
     /// Log-probs under the distribution the tokens were sampled from `[B, T]` (a truncated
     /// top-k/top-p sampler, or a separate inference engine): GRPO's off-policy mask.
-    pub sampling_logprobs: Option<Tensor<2>>,
+    pub sampling_logps: Option<Tensor<2>>,
     /// Importance-sampling correction `[B, T]` per token or `[B, 1]` per sequence that
     /// multiplies GRPO's per-token loss (TRL's `importance_sampling_ratio`); see
     /// [`with_truncated_importance_sampling`](Self::with_truncated_importance_sampling).
@@ -36,7 +36,7 @@ pub struct Rollout {
     pub attention_mask: Option<Tensor<2, Bool>>,
     /// The sampling support of each scored token `[B, T, K]` (token ids, `-1` unused) for
     /// sampling replay: the closure recomputes log-probs over it
-    /// ([`support_logps`](crate::logprobs::support_logps)).
+    /// ([`support_logps`](crate::logps::support_logps)).
     pub support: Option<Tensor<3, Int>>,
 }
 
@@ -48,22 +48,22 @@ impl Rollout {
     /// methods.
     ///
     /// # Shapes
-    /// - tokens `[B, S]`, mask / old_logprobs `[B, T]`, advantages `[B, T]` or `[B, 1]`
+    /// - tokens `[B, S]`, mask / old_logps `[B, T]`, advantages `[B, T]` or `[B, 1]`
     pub fn new(
         tokens: Tensor<2, Int>,
         mask: Tensor<2, Bool>,
-        old_logprobs: Tensor<2>,
+        old_logps: Tensor<2>,
         advantages: Tensor<2>,
     ) -> Self {
         Self {
             tokens,
             mask: crate::reduce::canonical_mask(mask),
-            old_logprobs: old_logprobs.detach(),
+            old_logps: old_logps.detach(),
             advantages: advantages.detach(),
             old_values: None,
             returns: None,
-            ref_logprobs: None,
-            sampling_logprobs: None,
+            ref_logps: None,
+            sampling_logps: None,
             importance_sampling_ratio: None,
             attention_mask: None,
             support: None,
@@ -90,14 +90,14 @@ impl Rollout {
     }
 
     /// Adds the reference log-probs (GRPO with `beta != 0`).
-    pub fn with_ref_logprobs(mut self, ref_logprobs: Tensor<2>) -> Self {
-        self.ref_logprobs = Some(ref_logprobs.detach());
+    pub fn with_ref_logps(mut self, ref_logps: Tensor<2>) -> Self {
+        self.ref_logps = Some(ref_logps.detach());
         self
     }
 
     /// Adds the sampling-distribution log-probs (GRPO's off-policy mask).
-    pub fn with_sampling_logprobs(mut self, sampling_logprobs: Tensor<2>) -> Self {
-        self.sampling_logprobs = Some(sampling_logprobs.detach());
+    pub fn with_sampling_logps(mut self, sampling_logps: Tensor<2>) -> Self {
+        self.sampling_logps = Some(sampling_logps.detach());
         self
     }
 
@@ -108,37 +108,32 @@ impl Rollout {
     }
 
     /// Token-level truncated importance sampling (TRL's `token_truncate` correction): the ratio
-    /// `min(π_old / π_sampling, cap)` per token, from `old_logprobs` and the
-    /// `sampling_logprobs` set before (bounded like every ratio, see
+    /// `min(π_old / π_sampling, cap)` per token, from `old_logps` and the
+    /// `sampling_logps` set before (bounded like every ratio, see
     /// [`LOG_RATIO_LIMIT`](crate::rl::LOG_RATIO_LIMIT)). For rollouts from another engine, with
     /// both log-probs over the same support (see [`ImportanceSamplingConfig`](crate::rl::ImportanceSamplingConfig)
     /// for TRL's four modes); against the crate's own truncated `sampling_logps` it would only
     /// scale each token by the kept mass.
     ///
-    /// Errors: no `sampling_logprobs` ([`Error::MissingInput`]), `cap` not finite and > 0.
+    /// Errors: no `sampling_logps` ([`Error::MissingInput`]), `cap` not finite and > 0.
     pub fn with_truncated_importance_sampling(mut self, cap: f64) -> crate::Result<Self> {
         check_positive("cap", cap)?;
         let sampling = self
-            .sampling_logprobs
+            .sampling_logps
             .clone()
             .ok_or_else(|| Error::MissingInput {
-                arg: "sampling_logprobs",
-                needed_by: "with_truncated_importance_sampling: call with_sampling_logprobs first"
+                arg: "sampling_logps",
+                needed_by: "with_truncated_importance_sampling: call with_sampling_logps first"
                     .into(),
             })?;
         check_same_shape(
-            "sampling_logprobs",
+            "sampling_logps",
             &sampling.dims(),
-            &self.old_logprobs.dims(),
-            "old_logprobs",
+            &self.old_logps.dims(),
+            "old_logps",
         )?;
-        crate::error::check_dtype_like(
-            "sampling_logprobs",
-            &sampling,
-            "old_logprobs",
-            &self.old_logprobs,
-        )?;
-        let ratio = crate::rl::ratio::importance_ratio(self.old_logprobs.clone() - sampling)
+        crate::error::check_dtype_like("sampling_logps", &sampling, "old_logps", &self.old_logps)?;
+        let ratio = crate::rl::ratio::importance_ratio(self.old_logps.clone() - sampling)
             .clamp_max(cap)
             .detach();
         self.importance_sampling_ratio = Some(ratio);
@@ -167,7 +162,7 @@ impl Rollout {
                 &self.tokens.dims(),
             ));
         }
-        check_same_shape("old_logprobs", &self.old_logprobs.dims(), &dims, "mask")?;
+        check_same_shape("old_logps", &self.old_logps.dims(), &dims, "mask")?;
         let adv = self.advantages.dims();
         if adv != dims && adv != [dims[0], 1] {
             return Err(Error::shape(
@@ -179,18 +174,18 @@ impl Rollout {
         crate::error::check_dtype_like(
             "advantages",
             &self.advantages,
-            "old_logprobs",
-            &self.old_logprobs,
+            "old_logps",
+            &self.old_logps,
         )?;
         for (name, x) in [
             ("old_values", &self.old_values),
             ("returns", &self.returns),
-            ("ref_logprobs", &self.ref_logprobs),
-            ("sampling_logprobs", &self.sampling_logprobs),
+            ("ref_logps", &self.ref_logps),
+            ("sampling_logps", &self.sampling_logps),
         ] {
             if let Some(x) = x {
                 check_same_shape(name, &x.dims(), &dims, "mask")?;
-                crate::error::check_dtype_like(name, x, "old_logprobs", &self.old_logprobs)?;
+                crate::error::check_dtype_like(name, x, "old_logps", &self.old_logps)?;
                 crate::error::check_finite(x, name)?;
             }
         }
@@ -205,8 +200,8 @@ impl Rollout {
             crate::error::check_dtype_like(
                 "importance_sampling_ratio",
                 x,
-                "old_logprobs",
-                &self.old_logprobs,
+                "old_logps",
+                &self.old_logps,
             )?;
             crate::error::check_finite(x, "importance_sampling_ratio")?;
         }
@@ -223,7 +218,7 @@ impl Rollout {
         if let Some(m) = &self.attention_mask {
             check_same_shape("attention_mask", &m.dims(), &self.tokens.dims(), "tokens")?;
         }
-        crate::error::check_finite(&self.old_logprobs, "old_logprobs")?;
+        crate::error::check_finite(&self.old_logps, "old_logps")?;
         crate::error::check_finite(&self.advantages, "advantages")?;
         Ok(())
     }
@@ -243,12 +238,12 @@ impl Rollout {
             tokens: self.tokens.clone().select(0, idx.clone()),
             // (select on a Bool tensor yields a U8-stored mask on flex that bool ops reject)
             mask: self.mask.clone().int().select(0, idx.clone()).equal_elem(1),
-            old_logprobs: pick2(&self.old_logprobs),
+            old_logps: pick2(&self.old_logps),
             advantages: pick2(&self.advantages),
             old_values: self.old_values.as_ref().map(pick2),
             returns: self.returns.as_ref().map(pick2),
-            ref_logprobs: self.ref_logprobs.as_ref().map(pick2),
-            sampling_logprobs: self.sampling_logprobs.as_ref().map(pick2),
+            ref_logps: self.ref_logps.as_ref().map(pick2),
+            sampling_logps: self.sampling_logps.as_ref().map(pick2),
             importance_sampling_ratio: self.importance_sampling_ratio.as_ref().map(pick2),
             attention_mask: self
                 .attention_mask
@@ -266,7 +261,7 @@ impl Rollout {
 #[derive(Debug, Clone)]
 pub struct PolicyOutput {
     /// New per-token log-probs `[b, T]` (differentiable).
-    pub logprobs: Tensor<2>,
+    pub logps: Tensor<2>,
     /// New value predictions `[b, T]` (PPO with a value head).
     pub values: Option<Tensor<2>>,
     /// Per-token entropies `[b, T]` (entropy bonus / metric).
@@ -275,9 +270,9 @@ pub struct PolicyOutput {
 
 impl PolicyOutput {
     /// Log-probs only.
-    pub fn new(logprobs: Tensor<2>) -> Self {
+    pub fn new(logps: Tensor<2>) -> Self {
         Self {
-            logprobs,
+            logps,
             values: None,
             entropy: None,
         }
