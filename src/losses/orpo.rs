@@ -82,7 +82,7 @@ const MAX_AVG_LOGP: f64 = -1e-6;
 /// with `ĉ, r̂` the completion log-probs averaged over tokens (`chosen_logps / chosen_token_counts`;
 /// a sequence with no token gets 0, TRL gives NaN), clamped to at most `-1e-6` (an average of
 /// 0 has infinite odds: loss and gradient would be NaN; the gradient is 0 above the clamp).
-/// `log(1 - e^x)` is [`log1mexp`], finite for averages up to 0⁻ (the naive
+/// `log(1 - e^x)` is computed with the `log1mexp` branch (Mächler 2012), finite for averages up to 0⁻ (the naive
 /// `log1p(-exp(x))` of Liger/axolotl is not).
 ///
 /// The NLL is the token mean over `nll_tokens` (TRL: chosen prompt **and** completion tokens,

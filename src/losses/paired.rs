@@ -13,7 +13,7 @@ use burn::tensor::kind::Basic;
 use crate::error::{Error, Result};
 use crate::logps::GatheredLogps;
 
-/// `B` pairs laid out as `2B` rows, chosen first (see the [module docs](self)).
+/// `B` pairs laid out as `2B` rows, chosen first (the layout TRL's `concatenated_forward` uses).
 ///
 /// ```
 /// use burn_rlhf::losses::PairedLayout;

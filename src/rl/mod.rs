@@ -1,15 +1,19 @@
 //! Online RL: advantages, KL control, PPO / GRPO / RLOO losses and a PPO update step.
 //!
-//! - [`advantages`]: masked GAE and returns (vectorized, no per-element host loop), REINFORCE
-//!   returns, group-relative (GRPO) and leave-one-out (RLOO) advantages, masked whitening.
-//! - [`kl`]: KL estimators k1/k2/k3/abs, KL-penalized per-token rewards, fixed and adaptive
-//!   KL controllers.
-//! - [`ppo`]: the PPO clipped surrogate (asymmetric and dual clip), clipped value loss and
+//! - Advantages ([`Gae`], [`GroupAdvantages`], [`RlooAdvantages`], [`whiten`],
+//!   [`discounted_returns`]): masked GAE and returns (vectorized, no per-element host loop),
+//!   REINFORCE returns, group-relative (GRPO) and leave-one-out (RLOO) advantages, masked
+//!   whitening.
+//! - KL ([`KlPenalty`], [`kl_estimate`], [`AdaptiveKlController`]): KL estimators
+//!   k1/k2/k3/abs, KL-penalized per-token rewards, fixed and adaptive KL controllers.
+//! - [`PpoLoss`]: the PPO clipped surrogate (asymmetric and dual clip), clipped value loss and
 //!   entropy bonus.
-//! - [`grpo`]: the GRPO loss family (`grpo`, `bnpo`, `dr_grpo`, `dapo`, `cispo`, `sapo`,
-//!   `luspo`, `vespo`; token- or sequence-level ratios) and the RLOO sequence-level loss.
-//! - [`step`]: an update step over any burn [`Module`](burn::module::Module) and optimizer:
-//!   epochs x shuffled minibatches x micro-batches, global-norm gradient clipping, KL early stop.
+//! - [`GrpoLoss`]: the GRPO loss family (`grpo`, `bnpo`, `dr_grpo`, `dapo`, `cispo`, `sapo`,
+//!   `luspo`, `vespo`; token- or sequence-level ratios) and [`RlooLoss`], the RLOO
+//!   sequence-level loss.
+//! - [`ppo_update`]: an update step over any burn [`Module`](burn::module::Module) and
+//!   optimizer: epochs x shuffled minibatches x micro-batches, global-norm gradient clipping,
+//!   KL early stop.
 //!
 //! Every loss reduces its terms through the shared [`Normalizer`](crate::Normalizer), so with
 //! a global count ([`Normalizer::GlobalTokens`](crate::Normalizer::GlobalTokens)) gradient

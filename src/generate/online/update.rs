@@ -14,9 +14,9 @@ use crate::logps::GatheredLogps;
 use crate::losses::{Metrics, PairedLayout};
 
 impl OnlineDpo {
-    /// One online DPO update on sampled data (see [`OnlineDpoConfig`]): `generation` from the
-    /// crate's [`Sampler`] (any path: cached or not), `scores` one per generated row (e.g.
-    /// [`RewardFunctions::score_all`](super::RewardFunctions::score_all)`(..).total`).
+    /// One online DPO update on sampled data (see [`OnlineDpoConfig`](super::OnlineDpoConfig)): `generation` from the
+    /// crate's [`Sampler`](crate::generate::Sampler) (any path: cached or not), `scores` one per generated row (e.g.
+    /// [`RewardFunctions::score_all`](crate::generate::RewardFunctions::score_all)`(..).total`).
     ///
     /// `policy` lives on an autodiff device; `reference` is a frozen copy (`policy.valid()`
     /// at the start), moved by TR-DPO's soft update (`sync_ref_model`) or replaced by the
