@@ -160,6 +160,18 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A Hugging Face checkpoint directory could not be read or written: a missing, extra or
+    /// mis-shaped tensor (`tensor` names it), a `config.json` field this crate does not
+    /// support, a dtype safetensors does not hold here, or an I/O error.
+    #[error("checkpoint `{path}`: {}{reason}", tensor.as_ref().map(|t| format!("tensor `{t}`: ")).unwrap_or_default())]
+    Checkpoint {
+        /// The file or directory.
+        path: String,
+        /// The tensor concerned, if any (its Hugging Face name).
+        tensor: Option<String>,
+        /// What is wrong.
+        reason: String,
+    },
     /// A config file could not be read or parsed (not JSON / YAML, or not a mapping).
     #[error("cannot read {what}: {message}")]
     ConfigFile {

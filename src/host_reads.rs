@@ -17,11 +17,12 @@
 //! | [`ppo_update`](crate::rl::ppo_update) | once per update (per-row token counts for the global normalizer), once per minibatch **only** with `target_kl` (early stopping), and once at the end (the stats) | 1 + (minibatches with `target_kl`) + 1 | leave `target_kl` unset |
 //! | [`clip_grad_norm`](crate::rl::clip_grad_norm) (the public function) | when you call it: it returns the norm as `f64` | one scalar | use `clip_grad_norm_on_device` (returns the norm as a tensor) |
 //! | `RunningMoments::update` (BCO's running reward mean) | once per BCO training step | the batch's rewards | inherent to BCO's running statistic (TRL reads it too) |
-//! | the `distributed` parts (`StepCounts::from_token_masks`, `KlParts`, `MomentParts`) and [`global_token_count`](crate::reduce::global_token_count) | when you build them | one read each | inherent: they are host values reduced across ranks |
+//! | the `distributed` parts (`StepCounts::from_token_masks`, `KlParts`, `MomentParts`) and [`global_token_count`](crate::global_token_count) | when you build them | one read each | inherent: they are host values reduced across ranks |
 //! | `KlPenalty` with `score_index` | always on the CPU backends; on GPU devices in checked mode (the index range check) | one `[B]` read | on a GPU, off by default (a row with a bad index gets NaN rewards) |
 //! | the sampler ([`crate::generate`]) | every `finished_check_interval` tokens (stop when all rows finished) and once at the end (the sampled ids) | one count / one copy | raise `finished_check_interval` |
 //! | online steps (`OnlineDpo`, `GrpoStep`, scoring, pairing) | pairing and rule-based scores read the samples; the step reads its loss and metrics once at the end | a few per step | inherent to scoring on the host |
 //! | burn-train metrics ([`crate::train`]) | burn-train reads each logged metric | one per metric | burn-train's design |
+//! | saving a Hugging Face checkpoint (`hf::DecoderLm::save_pretrained`, feature `hf`) | when you call it | one read per tensor (its bytes, converted to the stored dtype on the device first) | inherent: the file is written from host memory |
 //!
 //! [`count`] returns how many reads the library made on the current thread; the tests use it
 //! to pin the list (`tests/rl/host_reads.rs`): a hot path that starts reading fails them.
@@ -65,6 +66,13 @@ pub(crate) fn floats<const D: usize>(
             arg,
             detail: format!("{e:?}"),
         })
+}
+
+/// One read of a float tensor's bytes in its own dtype, row-major, little-endian.
+#[cfg(feature = "hf")]
+pub(crate) fn bytes<const D: usize>(t: Tensor<D>) -> Vec<u8> {
+    counted();
+    t.into_data().into_bytes().to_vec()
 }
 
 /// One read of an int tensor, as `i64` values in row-major order.

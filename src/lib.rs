@@ -24,6 +24,9 @@ pub mod distributed;
 mod error;
 pub mod generate;
 pub mod heads;
+#[cfg(feature = "hf")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hf")))]
+pub mod hf;
 pub mod host_reads;
 pub mod logps;
 pub mod losses;

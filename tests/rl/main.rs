@@ -1,10 +1,8 @@
-//! RL: advantages, PPO / GRPO / RLOO losses and the update step, the PPO example, host reads, reliability, bad input.
+//! RL: advantages, PPO / GRPO / RLOO losses and the update step, host reads, reliability, bad
+//! input (the PPO example runs in `tests/serial`).
 //!
 //! One test binary per area (burn is linked once per binary); each module was a test crate of
 //! its own before.
-// Each included example brings its own `examples/common`, so that module is compiled once per
-// example here.
-#![allow(clippy::duplicate_mod)]
 
 #[macro_use]
 #[path = "../common/bad.rs"]
@@ -13,5 +11,4 @@ pub mod errors;
 pub mod host_reads;
 pub mod properties;
 pub mod reliability;
-pub mod toy;
 pub mod trainer_api;

@@ -1,20 +1,16 @@
-//! Training integration: the DPO example, burn-train adapters, multi-device and data parallel, reducers, TRL configs.
+//! Training integration: data parallel and reducers, the trainer guide, TRL configs, Hugging Face
+//! checkpoints (the DPO, reward-model, `Learner` and multi-device examples run in `tests/serial`).
 //!
 //! One test binary per area (burn is linked once per binary); each module was a test crate of
 //! its own before.
-// Each included example brings its own `examples/common`, so that module is compiled once per
-// example here.
+// `common` (tests/common) and the included `dpo_data_parallel` example (through its
+// `examples/common`) both load `examples/common/rng.rs`.
 #![allow(clippy::duplicate_mod)]
 
 pub mod collective;
 #[path = "../common/mod.rs"]
 pub mod common;
 pub mod data_parallel;
-pub mod dpo_example;
-pub mod examples_reward;
-#[cfg(feature = "train")]
-pub mod learner;
-#[cfg(feature = "train")]
-pub mod multi_device;
+pub mod hf_checkpoints;
 pub mod trainer_guide;
 pub mod trl_configs;

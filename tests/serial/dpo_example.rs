@@ -20,6 +20,7 @@ fn short(loss: &str) -> dpo::Args {
 
 #[test]
 fn dpo_learns_the_preference() {
+    let _serial = crate::serial();
     let s = dpo::run(&short("sigmoid")).unwrap();
     let acc = |range: std::ops::Range<usize>| {
         let v: Vec<f64> = s.history[range]
@@ -57,6 +58,7 @@ fn dpo_learns_the_preference() {
 
 #[test]
 fn precomputed_reference_gives_the_same_first_step_loss() {
+    let _serial = crate::serial();
     let args = dpo::Args {
         steps: 1,
         ..short("sigmoid")
@@ -77,6 +79,7 @@ fn precomputed_reference_gives_the_same_first_step_loss() {
 
 #[test]
 fn every_loss_family_runs_end_to_end() {
+    let _serial = crate::serial();
     for loss in dpo::LOSSES {
         let s = dpo::run(&dpo::Args {
             steps: 2,
@@ -95,6 +98,7 @@ fn every_loss_family_runs_end_to_end() {
 
 #[test]
 fn bad_flags_are_clear_errors() {
+    let _serial = crate::serial();
     let argv = |v: &[&str]| {
         std::iter::once("dpo")
             .chain(v.iter().copied())
@@ -124,6 +128,7 @@ fn bad_flags_are_clear_errors() {
 /// prompts of different lengths, greedy and sampled with truncation.
 #[test]
 fn tiny_lm_cached_and_uncached_sampling_agree_with_left_padding() {
+    let _serial = crate::serial();
     use burn::tensor::Device;
     use burn_rlhf::generate::{Prompts, SamplerConfig};
     let device = Device::flex();

@@ -8,6 +8,7 @@ use burn::tensor::Device;
 
 #[test]
 fn reward_model_example_learns_the_rule() {
+    let _serial = crate::serial();
     let cfg = reward_model::TrainConfig {
         steps: 60,
         batch_pairs: 32,

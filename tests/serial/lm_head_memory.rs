@@ -20,7 +20,7 @@ static ALLOC: alloc::Counting = alloc::Counting;
 
 #[test]
 fn linear_head_makes_no_weight_copy_on_flex() {
-    let _serial = crate::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = crate::serial();
     let (n, h, v) = (64, 128, 8192);
     let weight_bytes = h * v * 4;
     let device = Device::flex();

@@ -27,6 +27,7 @@ fn short(out: &str, precompute_ref: bool) -> dpo_learner::Options {
 
 #[test]
 fn learner_reaches_the_heldout_accuracy() {
+    let _serial = crate::serial();
     let s = dpo_learner::run(&short("burn-rlhf-dpo-learner", false)).unwrap();
     println!("{s:#?}");
     assert!(
@@ -56,6 +57,7 @@ fn learner_reaches_the_heldout_accuracy() {
 
 #[test]
 fn precomputed_reference_trains_without_a_reference_model() {
+    let _serial = crate::serial();
     let s = dpo_learner::run(&dpo_learner::Options {
         steps: 30,
         ..short("burn-rlhf-dpo-learner-precomputed", true)
@@ -76,6 +78,7 @@ fn ids(rows: &[&[i64]], device: &Device) -> Tensor<2, Int> {
 
 #[test]
 fn adapter_errors_are_typed() {
+    let _serial = crate::serial();
     let device = Device::flex();
     let model = dpo_learner::common::toy::TinyLm::new(8, 1, &device);
     let rows: &[&[i64]] = &[

@@ -8,6 +8,7 @@ use burn::tensor::Device;
 
 #[test]
 fn ppo_toy_reward_rises() {
+    let _serial = crate::serial();
     let history = ppo::train(
         &ppo::TrainOptions {
             steps: 30,

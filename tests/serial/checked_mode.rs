@@ -8,7 +8,7 @@ use burn_rlhf::{Error, set_checked_mode};
 
 #[test]
 fn checked_mode_rejects_non_finite_inputs_and_unchecked_propagates_them() {
-    let _serial = crate::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = crate::serial();
     let device = Device::flex();
     let logits = || {
         Tensor::<3>::from_data(

@@ -24,6 +24,7 @@ use burn::data::dataloader::batcher::Batcher;
 
 #[test]
 fn two_replicas_match_single_device_training() {
+    let _serial = crate::serial();
     let args = dpo_multi_device::Args {
         replicas: 2,
         steps: 4,
@@ -137,6 +138,7 @@ fn stack(shards: &[UnpairedInput]) -> UnpairedInput {
 
 #[test]
 fn kto_adapter_with_reducer_sums_to_the_whole_batch_gradient() {
+    let _serial = crate::serial();
     let device = Device::flex().autodiff();
     device.seed(3);
     let policy = TinyLm::new(16, 1, &device);
@@ -172,6 +174,7 @@ fn kto_adapter_with_reducer_sums_to_the_whole_batch_gradient() {
 
 #[test]
 fn sft_adapter_with_reducer_sums_to_the_whole_batch_gradient() {
+    let _serial = crate::serial();
     let device = Device::flex().autodiff();
     device.seed(5);
     let policy = TinyLm::new(16, 1, &device);

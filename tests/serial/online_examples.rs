@@ -13,21 +13,9 @@ pub mod online_dpo;
 
 use clap::Parser;
 
-/// The training runs take turns: run concurrently in one process they share burn-flex's
-/// thread pool, the work splits differ from run to run, the float sums differ and the short
-/// trainings diverge (seen: GRPO 0.44 -> 0.57 in parallel vs 0.46 -> 0.72 alone). One at a time
-/// they are reproducible.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn take_turn() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 #[test]
 fn online_dpo_raises_the_rule_rate() {
-    let _turn = take_turn();
+    let _serial = crate::serial();
     let args = online_dpo::Args {
         d_model: 32,
         heldout: 64,
@@ -58,7 +46,7 @@ fn online_dpo_raises_the_rule_rate() {
 
 #[test]
 fn grpo_raises_the_reward() {
-    let _turn = take_turn();
+    let _serial = crate::serial();
     let args = grpo::Args {
         d_model: 32,
         quiet: true,
@@ -83,7 +71,7 @@ fn grpo_raises_the_reward() {
 
 #[test]
 fn constitutional_raises_the_principles_score() {
-    let _turn = take_turn();
+    let _serial = crate::serial();
     let args = constitutional::Args {
         d_model: 32,
         heldout: 32,
@@ -114,6 +102,7 @@ fn constitutional_raises_the_principles_score() {
 
 #[test]
 fn the_critic_reads_the_constitution() {
+    let _serial = crate::serial();
     use constitutional::{CONSTITUTION, RuleCritic};
     let critic = RuleCritic;
     let response = [9, 9, 7, 3];

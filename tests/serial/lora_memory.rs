@@ -1,0 +1,40 @@
+//! `DecoderLm::with_lora`'s reference (the adapter-free base TRL uses as DPO / GRPO reference)
+//! is no second copy of the weights: the heap grows by far less than the weights' bytes when it
+//! is made, while loading an explicit frozen copy (the control) grows it by at least them.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::{Device, FloatDType};
+use burn_rlhf::hf::DecoderLm;
+
+use crate::lm_head_memory::examples_common::alloc;
+
+#[test]
+fn the_lora_reference_shares_the_base_weights() {
+    let _serial = crate::serial();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hf/llama3");
+    let device = Device::flex().autodiff();
+    let base = DecoderLm::from_pretrained(&dir, &device, FloatDType::F32).unwrap();
+    let weight_bytes = base.num_params() * 4;
+
+    let before = alloc::current();
+    let (policy, ref_model) = base.with_lora(4, 8.0, &["q_proj", "k_proj", "v_proj", "o_proj"]);
+    let grown = alloc::current().saturating_sub(before);
+
+    let before = alloc::current();
+    let copy = DecoderLm::from_pretrained(&dir, &Device::flex(), FloatDType::F32).unwrap();
+    let copied = alloc::current().saturating_sub(before);
+    println!(
+        "weights {weight_bytes} B; policy + adapter-free reference grew the heap by {grown} B; an explicit copy by {copied} B"
+    );
+    assert!(
+        copied >= weight_bytes,
+        "the control sees a copy ({copied} < {weight_bytes})"
+    );
+    assert!(
+        grown < weight_bytes / 4,
+        "with_lora allocated {grown} B for {weight_bytes} B of weights"
+    );
+    drop((policy, ref_model, copy));
+}
