@@ -22,10 +22,10 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 pub mod checked_mode;
 pub mod dpo_example;
+pub mod hf_memory;
 #[cfg(feature = "train")]
 pub mod learner;
 pub mod lm_head_memory;
-pub mod lora_memory;
 #[cfg(feature = "train")]
 pub mod multi_device;
 pub mod online_examples;

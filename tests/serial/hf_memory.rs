@@ -1,3 +1,5 @@
+//! Memory of the Hugging Face decoder on flex, measured with the counting global allocator:
+//! loading reads one tensor at a time (the peak stays near one copy of the weights), and
 //! `DecoderLm::with_lora`'s reference (the adapter-free base TRL uses as DPO / GRPO reference)
 //! is no second copy of the weights: the heap grows by far less than the weights' bytes when it
 //! is made, while loading an explicit frozen copy (the control) grows it by at least them.
@@ -37,4 +39,27 @@ fn the_lora_reference_shares_the_base_weights() {
         "with_lora allocated {grown} B for {weight_bytes} B of weights"
     );
     drop((policy, ref_model, copy));
+}
+
+#[test]
+fn loading_holds_one_copy_of_the_weights() {
+    let _serial = crate::serial();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hf/llama3");
+    let device = Device::flex();
+    let before = alloc::reset_peak();
+    let model = DecoderLm::from_pretrained(&dir, &device, FloatDType::F32).unwrap();
+    let peak = alloc::peak().saturating_sub(before);
+    let kept = alloc::current().saturating_sub(before);
+    let weight_bytes = model.num_params() * 4;
+    // The largest tensor of this checkpoint: the [512, 64] embedding / lm_head (128 KiB).
+    let largest = 512 * 64 * 4;
+    println!("weights {weight_bytes} B; kept {kept} B; peak while loading {peak} B");
+    assert!(
+        kept >= weight_bytes,
+        "the model holds its weights ({kept} < {weight_bytes})"
+    );
+    assert!(
+        peak <= weight_bytes + 3 * largest,
+        "loading peaked at {peak} B for {weight_bytes} B of weights (a second full copy?)"
+    );
 }
