@@ -3,6 +3,10 @@
 //! `DecoderLm::with_lora`'s reference (the adapter-free base TRL uses as DPO / GRPO reference)
 //! is no second copy of the weights: the heap grows by far less than the weights' bytes when it
 //! is made, while loading an explicit frozen copy (the control) grows it by at least them.
+//!
+//! Each measurement runs in a fresh child process (this test binary, re-run on one `#[ignore]`d
+//! test): in a process that already ran other tests, buffers they left behind are freed while
+//! the measurement runs and the heap counter goes down instead of up (seen in CI: "kept 0 B").
 
 use std::path::Path;
 
@@ -12,9 +16,43 @@ use burn_rlhf::hf::DecoderLm;
 
 use crate::lm_head_memory::examples_common::alloc;
 
+/// Runs the `#[ignore]`d test `name` of this binary alone in a child process; panics with its
+/// output unless it passed.
+fn in_child(name: &str) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            name,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    println!("{text}");
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{name} failed in its own process:\n{text}"
+    );
+}
+
 #[test]
 fn the_lora_reference_shares_the_base_weights() {
     let _serial = crate::serial();
+    in_child("hf_memory::lora_reference_child");
+}
+
+#[test]
+fn loading_holds_one_copy_of_the_weights() {
+    let _serial = crate::serial();
+    in_child("hf_memory::loading_child");
+}
+
+#[test]
+#[ignore = "run in a fresh process by the_lora_reference_shares_the_base_weights"]
+fn lora_reference_child() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hf/llama3");
     let device = Device::flex().autodiff();
     let base = DecoderLm::from_pretrained(&dir, &device, FloatDType::F32).unwrap();
@@ -42,8 +80,8 @@ fn the_lora_reference_shares_the_base_weights() {
 }
 
 #[test]
-fn loading_holds_one_copy_of_the_weights() {
-    let _serial = crate::serial();
+#[ignore = "run in a fresh process by loading_holds_one_copy_of_the_weights"]
+fn loading_child() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hf/llama3");
     let device = Device::flex();
     let before = alloc::reset_peak();
