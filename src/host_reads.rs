@@ -22,6 +22,7 @@
 //! | the sampler ([`crate::generate`]) | every `finished_check_interval` tokens (stop when all rows finished) and once at the end (the sampled ids) | one count / one copy | raise `finished_check_interval` |
 //! | online steps (`OnlineDpo`, `GrpoStep`, scoring, pairing) | pairing and rule-based scores read the samples; the step reads its loss and metrics once at the end | a few per step | inherent to scoring on the host |
 //! | burn-train metrics ([`crate::train`]) | burn-train reads each logged metric | one per metric | burn-train's design |
+//! | `hf::DecoderLm` full forward (`hidden_states`, `logits`; feature `hf`): token-id range check | always on the CPU backends (a copy of host memory); on GPU devices in checked mode | one `[B, T]` read per forward (the KV-cached decoding steps read nothing) | on a GPU, off by default |
 //! | saving a Hugging Face checkpoint (`hf::DecoderLm::save_pretrained`, feature `hf`) | when you call it | one read per tensor (its bytes, converted to the stored dtype on the device first) | inherent: the file is written from host memory |
 //!
 //! [`count`] returns how many reads the library made on the current thread; the tests use it

@@ -281,9 +281,45 @@ impl DecoderLm {
     /// # Shapes
     /// - ids, attention_mask: `[B, T]` (left padding; `true` = real token)
     /// - output: `[B, T, H]`
+    ///
+    /// # Panics
+    /// On the errors of [`try_hidden_states`](Self::try_hidden_states).
     pub fn hidden_states(&self, ids: Tensor<2, Int>, attention_mask: Tensor<2, Bool>) -> Tensor<3> {
+        crate::error::unwrap_or_panic(self.try_hidden_states(ids, attention_mask))
+    }
+
+    /// Non-panicking form of [`hidden_states`](Self::hidden_states): `attention_mask` of
+    /// another shape than `ids` ([`Error::Shape`](crate::Error::Shape)), no row or column
+    /// ([`Error::Empty`](crate::Error::Empty)), and on the CPU backends (or in checked mode) a
+    /// token id outside `[0, vocab_size)` ([`Error::LabelOutOfRange`](crate::Error::LabelOutOfRange)
+    /// naming `ids`; on a GPU outside checked mode the ids are not read).
+    pub fn try_hidden_states(
+        &self,
+        ids: Tensor<2, Int>,
+        attention_mask: Tensor<2, Bool>,
+    ) -> crate::Result<Tensor<3>> {
+        let dims = ids.dims();
+        crate::error::check_same_shape("attention_mask", &attention_mask.dims(), &dims, "ids")?;
+        crate::error::check_non_empty("ids", dims[0] * dims[1], "no token (B = 0 or T = 0)")?;
+        if crate::error::index_checks(&ids.device()) {
+            let values = crate::host_reads::ints(ids.clone(), "ids").map_err(crate::Error::from)?;
+            let vocab = self.config.vocab_size as i64;
+            if let Some((index, &value)) = values
+                .iter()
+                .enumerate()
+                .find(|(_, v)| !(0..vocab).contains(*v))
+            {
+                return Err(crate::Error::LabelOutOfRange {
+                    arg: "ids",
+                    value,
+                    position: index,
+                    vocab_size: self.config.vocab_size,
+                    ignore_index: crate::IGNORE_INDEX,
+                });
+            }
+        }
         let positions = position_ids(attention_mask.clone());
-        self.forward_hidden(ids, positions, attention_mask, None)
+        Ok(self.forward_hidden(ids, positions, attention_mask, None))
     }
 
     /// Logits from hidden states `[B, T, H]` -> `[B, T, V]`.

@@ -300,6 +300,42 @@ fn a_checkpoint_that_does_not_match_its_config_names_the_tensor() {
 }
 
 #[test]
+fn bad_forward_inputs_are_typed_errors() {
+    let device = Device::flex();
+    let r = reference("qwen2");
+    let model = DecoderLm::from_pretrained(fixture("qwen2"), &device, FloatDType::F32).unwrap();
+    let (ids, mask) = inputs(&r, &device);
+    let err = model
+        .try_hidden_states(ids.clone(), mask.clone().narrow(1, 0, 5))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Shape {
+                arg: "attention_mask",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Row 1, column 4 gets id 512 = vocab_size (flat position 12 + 4).
+    let bad = ids.slice_assign([1..2, 4..5], Tensor::<2, Int>::full([1, 1], 512, &device));
+    let err = model.try_hidden_states(bad, mask).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::LabelOutOfRange {
+                arg: "ids",
+                value: 512,
+                position: 16,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
 fn saved_checkpoints_reload_to_the_same_model_in_hf_layout() {
     let device = Device::flex();
     let r = reference("qwen2");
