@@ -70,6 +70,9 @@ impl Pairs {
 
     /// The chosen rows followed by the rejected rows: select these rows of the generation,
     /// compute their log-probs once, and pass them to [`preference_batch`](Self::preference_batch).
+    ///
+    /// # Panics
+    /// When `chosen` and `rejected` (public fields) differ in length.
     pub fn rows(&self) -> Vec<usize> {
         PairedLayout::source_rows(&self.chosen, &self.rejected)
     }
@@ -93,6 +96,7 @@ impl Pairs {
         ref_logps: Option<Tensor<1>>,
     ) -> crate::Result<PreferenceBatch> {
         crate::error::check_non_empty("pairs", self.len(), "no pair was formed")?;
+        PairedLayout::try_source_rows(&self.chosen, &self.rejected)?;
         let layout = self.layout();
         layout.check_rows("tokens", &tokens.logps.dims())?;
         if let Some(r) = &ref_logps {

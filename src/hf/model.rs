@@ -12,6 +12,7 @@ use burn::tensor::{Bool, DType, FloatDType, Int, Tensor, TensorData};
 use super::config::DecoderConfig;
 use crate::generate::{CachedCausalLm, CausalLm, position_ids};
 use crate::logps::LmHead;
+use crate::precision::upcast_half;
 
 /// RMSNorm as transformers computes it: the mean square in f32, then `weight * x / rms`.
 #[derive(Module, Debug)]
@@ -228,17 +229,13 @@ impl Attention {
                 .expand([b, nkv, nh / nkv, s, hd])
                 .reshape([b, nh, s, hd])
         };
-        let dtype = q.dtype();
-        let scores = q
-            .matmul(repeat(k.clone()).swap_dims(2, 3))
-            .mul_scalar(1.0 / (hd as f64).sqrt());
-        let scores = if dtype == DType::F32 {
-            scores
-        } else {
-            scores.cast(FloatDType::F32)
-        };
+        let dtype = FloatDType::from(q.dtype());
+        let scores = upcast_half(
+            q.matmul(repeat(k.clone()).swap_dims(2, 3))
+                .mul_scalar(1.0 / (hd as f64).sqrt()),
+        );
         let masked = scores.mask_fill(allowed.clone().bool_not().expand([b, nh, t, s]), -1e30);
-        let probs = softmax(masked, 3).cast(float_dtype(dtype));
+        let probs = softmax(masked, 3).cast(dtype);
         let out = probs
             .matmul(repeat(v.clone()))
             .swap_dims(1, 2)
@@ -345,7 +342,7 @@ impl DecoderLm {
         let freqs = positions.float().cast(FloatDType::F32).reshape([b, t, 1])
             * inv_freq.reshape([1, 1, half]);
         let emb = Tensor::cat(vec![freqs.clone(), freqs], 2).unsqueeze_dim::<4>(1);
-        let cast = |x: Tensor<4>| x.cast(float_dtype(dtype));
+        let cast = |x: Tensor<4>| x.cast(FloatDType::from(dtype));
         (cast(emb.clone().cos()), cast(emb.sin()))
     }
 

@@ -69,9 +69,9 @@ impl DecoderLm {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| checkpoint_error(dir, None, e))?;
         let model = self.clone().valid();
-        let dtype = options.dtype.unwrap_or_else(|| {
-            super::model::float_dtype(model.model.embed_tokens.weight.val().dtype())
-        });
+        let dtype = options
+            .dtype
+            .unwrap_or_else(|| FloatDType::from(model.model.embed_tokens.weight.val().dtype()));
         let mut tensors: Vec<Pending<'_>> = Vec::new();
         let mut add = |name: String, tensor: Tensor<2>| tensors.push(pending(name, tensor, dtype));
         let body = &model.model;

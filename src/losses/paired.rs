@@ -23,6 +23,7 @@ use crate::logps::GatheredLogps;
 /// // Rows of a source (e.g. a generation) in layout order: chosen rows, then rejected rows.
 /// assert_eq!(PairedLayout::source_rows(&[7, 2], &[5, 0]), vec![7, 2, 5, 0]);
 /// assert!(PairedLayout::try_from_dims("stacked", &[3, 5]).is_err());
+/// assert!(PairedLayout::try_source_rows(&[7, 2], &[5]).is_err());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PairedLayout {
@@ -85,11 +86,23 @@ impl PairedLayout {
     }
 
     /// The rows of a source (a generation, a dataset batch) to gather, in layout order: the
-    /// chosen rows, then the rejected rows (equal lengths: pair `i` is `(chosen[i],
-    /// rejected[i])`).
-    pub fn source_rows(chosen: &[usize], rejected: &[usize]) -> Vec<usize> {
-        debug_assert_eq!(chosen.len(), rejected.len());
-        chosen.iter().chain(rejected).copied().collect()
+    /// chosen rows, then the rejected rows (pair `i` is `(chosen[i], rejected[i])`).
+    /// [`Error::Shape`] naming `rejected` when the two lists differ in length (in every build
+    /// profile).
+    pub fn try_source_rows(chosen: &[usize], rejected: &[usize]) -> Result<Vec<usize>> {
+        if chosen.len() != rejected.len() {
+            return Err(Error::shape(
+                "rejected",
+                format!("[{}] (one rejected row per chosen row)", chosen.len()),
+                &[rejected.len()],
+            ));
+        }
+        Ok(chosen.iter().chain(rejected).copied().collect())
+    }
+
+    crate::error::panicking! {
+        /// Panicking form of [`try_source_rows`](Self::try_source_rows).
+        pub fn source_rows(chosen: &[usize], rejected: &[usize]) -> Vec<usize> = Self::try_source_rows;
     }
 
     /// Splits a stacked tensor `[2B, ..]` into its chosen and rejected halves `[B, ..]`

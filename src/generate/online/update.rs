@@ -200,7 +200,7 @@ impl OnlineDpo {
             let side = |rows: &[usize]| -> Vec<usize> {
                 picked.iter().map(|&slot| rows[chunk[slot].1]).collect()
             };
-            let rows = PairedLayout::source_rows(&side(&pairs.chosen), &side(&pairs.rejected));
+            let rows = PairedLayout::try_source_rows(&side(&pairs.chosen), &side(&pairs.rejected))?;
             let tokens = generation
                 .try_select(&rows)?
                 .try_completion_logps(policy, temperature)?;
