@@ -388,7 +388,7 @@ fn saved_checkpoints_reload_to_the_same_model_in_hf_layout() {
         serde_json::from_str(&std::fs::read_to_string(dir2.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["dtype"], "bfloat16");
     let reloaded = DecoderLm::from_pretrained(&dir2, &device, FloatDType::F32).unwrap();
-    let got = host3(reloaded.logits(ids, mask)).0;
+    let got = host3(reloaded.logits(ids.clone(), mask.clone())).0;
     let worst = got
         .iter()
         .zip(&want)
@@ -398,6 +398,14 @@ fn saved_checkpoints_reload_to_the_same_model_in_hf_layout() {
     assert!(
         worst > 0.0 && worst < 0.2,
         "bf16 round trip moved the logits by {worst}"
+    );
+    // `fixtures/hf/qwen2_bf16` is transformers' own bf16 rounding of the same weights, with
+    // transformers' logits: our bf16 save must round the same way.
+    let bf16 = reference("qwen2_bf16");
+    let d = max_diff_at_positions(reloaded.logits(ids, mask), &floats(&bf16["logits"]), &bf16);
+    assert!(
+        d < 1e-4,
+        "our bf16 save vs transformers' bf16 checkpoint: {d}"
     );
     cleanup(&dir);
     cleanup(&dir2);
