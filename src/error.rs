@@ -172,6 +172,31 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A dataset row could not be read (feature `data`): not JSON, a missing field, a field of
+    /// the wrong type, a row of another TRL format, or an I/O error. `row` is the 1-based line
+    /// of a JSONL file (the 1-based row of a Parquet file); `field` names the column, with the
+    /// message index for conversational fields (`chosen[1].role`).
+    #[error("dataset `{file}`{}{}: {reason}", row.map(|r| format!(" row {r}")).unwrap_or_default(), field.as_ref().map(|f| format!(" field `{f}`")).unwrap_or_default())]
+    Data {
+        /// The file (or `"<rows>"` for rows given in memory).
+        file: String,
+        /// 1-based row number, if the problem is in one row.
+        row: Option<usize>,
+        /// The field concerned, if any.
+        field: Option<String>,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A tokenizer or its chat template could not be loaded, rendered or applied (feature
+    /// `data`): a missing or unreadable `tokenizer.json`, a template the Jinja engine cannot
+    /// parse, a template's own `raise_exception(...)`, a token the vocabulary does not have.
+    #[error("tokenizer `{what}`: {reason}")]
+    Tokenizer {
+        /// The file, template or token concerned.
+        what: String,
+        /// What is wrong (a template's `raise_exception` message verbatim).
+        reason: String,
+    },
     /// A config file could not be read or parsed (not JSON / YAML, or not a mapping).
     #[error("cannot read {what}: {message}")]
     ConfigFile {

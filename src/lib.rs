@@ -20,6 +20,9 @@
 
 mod backends;
 pub mod config;
+#[cfg(feature = "data")]
+#[cfg_attr(docsrs, doc(cfg(feature = "data")))]
+pub mod data;
 pub mod distributed;
 mod error;
 pub mod generate;

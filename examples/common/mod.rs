@@ -6,6 +6,7 @@
 //!   its data, SFT warm-up, evaluation and the online examples' prompts and reward);
 //! - [`rng`]: the seeded generator of the examples and tests;
 //! - [`device`]: `--device` and integer flags;
+//! - [`hf`]: the real-checkpoint examples' defaults, loading, fused log-probs and saving;
 //! - [`progress`]: the progress bar and progress lines;
 //! - [`chart`]: the SVG training curves;
 //! - [`params`]: f64 casting and parameter comparison (data-parallel examples);
@@ -17,6 +18,7 @@
 pub mod alloc;
 pub mod chart;
 pub mod device;
+pub mod hf;
 pub mod params;
 pub mod progress;
 pub mod rng;

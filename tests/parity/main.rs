@@ -14,6 +14,7 @@
 #[path = "../common/mod.rs"]
 pub mod common;
 pub mod cpo;
+pub mod data;
 pub mod dpo;
 pub mod fixture;
 pub mod fused;
