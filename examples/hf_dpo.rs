@@ -4,7 +4,7 @@
 //! the model in Hugging Face layout.
 //!
 //! `cargo run --release --example hf_dpo -- [--model DIR] [--data FILE] [--test FILE]
-//!   [--loss sigmoid] [--beta 0.1] [--steps 40] [--batch 8] [--lr 1e-3] [--max-length 1024]
+//!   [--loss sigmoid] [--beta 0.1] [--steps 40] [--batch 8] [--lr 1e-4] [--max-length 1024]
 //!   [--lora RANK] [--out out/hf_dpo] [--device flex] [--seed 0]`
 //!
 //! Defaults run offline on the committed tiny checkpoint (`fixtures/data/tiny_chat`, a
@@ -42,7 +42,9 @@ use burn_rlhf::losses::{DpoLossConfig, DpoLossType, PreferenceBatch};
 use clap::Parser;
 use common::chart;
 use common::device::device_of;
-use common::hf::{batch_logps, default_model, fixtures, host, load, save, sequence_logps};
+use common::hf::{
+    batch_logps, default_model, fixtures, greedy_answers, host, load, save, sequence_logps,
+};
 use common::progress;
 use common::rng::Rng;
 
@@ -73,7 +75,7 @@ pub struct Args {
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
     /// Adam learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
     /// TRL's `max_length` (prompt + completion), `keep_start` truncation.
     #[arg(long, default_value_t = 1024)]
@@ -115,6 +117,8 @@ pub struct Summary {
     pub loss: (f64, f64),
     /// Metrics per step.
     pub history: Vec<(usize, BTreeMap<String, f64>)>,
+    /// The greedy answer to the first held-out prompt, before and after.
+    pub example_answer: (String, String),
     /// Where the model was saved.
     pub saved: PathBuf,
     /// Wall time.
@@ -250,6 +254,17 @@ pub fn run(args: &Args) -> Result<Summary, String> {
         ..Summary::default()
     };
     summary.preference_before = evaluate(&ref_model, None, &test.rows, &collator, &inner).0;
+    let first_prompt = vec![
+        test.rows[0]
+            .prompt_ids
+            .iter()
+            .map(|&id| i64::from(id))
+            .collect::<Vec<i64>>(),
+    ];
+    let answer = |m: &DecoderLm| -> Result<String, String> {
+        Ok(greedy_answers(m, &tokenizer, &first_prompt, 16, &inner)?.remove(0))
+    };
+    summary.example_answer.0 = answer(&ref_model)?;
     say(format!(
         "held-out: the model prefers the chosen answer in {:.3} of pairs before training",
         summary.preference_before
@@ -299,6 +314,7 @@ pub fn run(args: &Args) -> Result<Summary, String> {
         evaluate(&trained, Some(&ref_model), &test.rows, &collator, &inner);
     summary.preference_after = preference;
     summary.reward_accuracy_after = accuracy;
+    summary.example_answer.1 = answer(&trained)?;
     summary.saved = save(&trained, &model_dir, &args.out.join("model"))?;
     summary.seconds = start.elapsed().as_secs_f64();
     Ok(summary)
@@ -348,6 +364,10 @@ pub fn main() {
         summary.loss.1,
         plot.display(),
         summary.saved.display()
+    );
+    println!(
+        "greedy answer to the first held-out prompt: before {:?}, after {:?}",
+        summary.example_answer.0, summary.example_answer.1
     );
     println!(
         "final: held-out pairs {}: chosen preferred {:.3} -> {:.3}, rewards/accuracies 0.000 -> {:.3}",

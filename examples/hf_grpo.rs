@@ -6,12 +6,14 @@
 //!
 //! `cargo run --release --example hf_grpo -- [--model DIR] [--data FILE] [--test FILE]
 //!   [--steps 30] [--prompts 8] [--num-generations 8] [--max-new-tokens 8] [--beta 0.04]
-//!   [--lr 1e-3] [--word yes] [--out out/hf_grpo] [--device flex] [--seed 0]`
+//!   [--lr 1e-3] [--word no] [--out out/hf_grpo] [--device flex] [--seed 0]`
 //!
 //! Defaults run offline on the committed tiny checkpoint (`fixtures/data/tiny_chat`, which
-//! answers yes/no questions either way) and the committed conversational prompt-only
-//! dataset (`fixtures/data/examples/prompts_*.jsonl`). The reward is 1 when the decoded
-//! answer starts with `--word` (case-insensitive, after leading spaces), else 0. With a
+//! samples "yes, ..." and "no, ..." answers about equally often and answers "yes" greedily)
+//! and the committed conversational prompt-only dataset
+//! (`fixtures/data/examples/prompts_*.jsonl`). The reward is 1 when the decoded answer starts
+//! with `--word` (case-insensitive, after leading spaces; default "no", against the greedy
+//! habit), else 0. With a
 //! downloaded checkpoint and prompts:
 //!
 //! ```text
@@ -43,7 +45,7 @@ use burn_rlhf::rl::{GrpoLossConfig, GrpoLossType};
 use clap::Parser;
 use common::chart;
 use common::device::device_of;
-use common::hf::{default_model, fixtures, load, save};
+use common::hf::{default_model, fixtures, greedy_answers, load, save};
 use common::progress;
 use common::rng::Rng;
 
@@ -80,7 +82,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
     /// The reward pays for answers that start with this word.
-    #[arg(long, default_value = "yes")]
+    #[arg(long, default_value = "no")]
     pub word: String,
     /// Output folder (plot and trained model).
     #[arg(long, default_value = "out/hf_grpo")]
@@ -132,39 +134,24 @@ fn reward_of(tokenizer: &HfTokenizer, ids: &[i64], word: &str) -> f64 {
     ))
 }
 
-/// Greedy answers of `model` to `prompts`: mean reward and the first answer, decoded.
+/// Greedy answers of `model` to `prompts`: mean reward and the first answer.
 fn greedy_reward(
     model: &DecoderLm,
     tokenizer: &HfTokenizer,
     prompts: &[Vec<i64>],
     args: &Args,
-    pad: i64,
-    eos: &[i64],
     device: &Device,
 ) -> Result<(f64, String), String> {
-    let greedy = SamplerConfig::new()
-        .with_greedy(true)
-        .with_max_new_tokens(args.max_new_tokens)
-        .with_eos_token_ids(eos.to_vec())
-        .with_pad_token_id(pad)
-        .with_record_support(false)
-        .try_init()
-        .map_err(|e| e.to_string())?;
-    let (mut total, mut first) = (0.0, String::new());
-    for chunk in prompts.chunks(16) {
-        let batch = Prompts::try_left_padded(chunk, pad, device).map_err(|e| e.to_string())?;
-        let generation = greedy
-            .try_sample_cached(model, &batch, 0)
-            .map_err(|e| e.to_string())?;
-        for (i, completion) in generation.completions().iter().enumerate() {
-            total += reward_of(tokenizer, completion, &args.word);
-            if first.is_empty() && i == 0 {
-                let ids: Vec<u32> = completion.iter().map(|&id| id as u32).collect();
-                first = tokenizer.decode(&ids, true).unwrap_or_default();
-            }
-        }
-    }
-    Ok((total / prompts.len().max(1) as f64, first))
+    let answers = greedy_answers(model, tokenizer, prompts, args.max_new_tokens, device)?;
+    let word = args.word.to_lowercase();
+    let hits = answers
+        .iter()
+        .filter(|a| a.trim_start().to_lowercase().starts_with(&word))
+        .count();
+    Ok((
+        hits as f64 / answers.len().max(1) as f64,
+        answers.first().cloned().unwrap_or_default(),
+    ))
 }
 
 /// Trains and evaluates; see the module docs.
@@ -234,7 +221,7 @@ pub fn run(args: &Args) -> Result<Summary, String> {
         heldout_prompts: test.len(),
         ..Summary::default()
     };
-    let (before, answer) = greedy_reward(&ref_model, &tokenizer, &test, args, pad, &eos, &inner)?;
+    let (before, answer) = greedy_reward(&ref_model, &tokenizer, &test, args, &inner)?;
     summary.heldout_reward.0 = before;
     summary.example_answer.0 = answer;
 
@@ -301,7 +288,7 @@ pub fn run(args: &Args) -> Result<Summary, String> {
         tail.iter().sum::<f64>() / tail.len().max(1) as f64,
     );
     let trained = policy.valid();
-    let (after, answer) = greedy_reward(&trained, &tokenizer, &test, args, pad, &eos, &inner)?;
+    let (after, answer) = greedy_reward(&trained, &tokenizer, &test, args, &inner)?;
     summary.heldout_reward.1 = after;
     summary.example_answer.1 = answer;
     summary.saved = save(&trained, &model_dir, &args.out.join("model"))?;

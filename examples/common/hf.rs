@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::tensor::{Device, FloatDType, Tensor};
 use burn_rlhf::data::{HfTokenizer, PaddedBatch};
+use burn_rlhf::generate::{Prompts, SamplerConfig};
 use burn_rlhf::hf::{DecoderLm, SaveOptions};
 use burn_rlhf::logps::{FusedLogpsConfig, GatheredLogps};
 
@@ -45,6 +46,44 @@ pub fn batch_logps(model: &DecoderLm, batch: &PaddedBatch, device: &Device) -> G
 /// Sequence log-prob sums `[rows]` of a batch, on the host.
 pub fn sequence_logps(model: &DecoderLm, batch: &PaddedBatch, device: &Device) -> Vec<f64> {
     host(batch_logps(model, batch, device).sum())
+}
+
+/// Greedy completions of `prompts` (token rows) through the crate's sampler over the model's
+/// KV cache, decoded without special tokens. EOS: the checkpoint's and the tokenizer's.
+pub fn greedy_answers(
+    model: &DecoderLm,
+    tokenizer: &HfTokenizer,
+    prompts: &[Vec<i64>],
+    max_new_tokens: usize,
+    device: &Device,
+) -> Result<Vec<String>, String> {
+    let pad = i64::from(tokenizer.pad_token_id().ok_or("no pad or EOS token")?);
+    let mut eos = model.config().eos_token_ids.clone();
+    if let Some(id) = tokenizer.eos_token_id().map(i64::from) {
+        if !eos.contains(&id) {
+            eos.push(id);
+        }
+    }
+    let sampler = SamplerConfig::new()
+        .with_greedy(true)
+        .with_max_new_tokens(max_new_tokens)
+        .with_eos_token_ids(eos)
+        .with_pad_token_id(pad)
+        .with_record_support(false)
+        .try_init()
+        .map_err(|e| e.to_string())?;
+    let mut answers = Vec::with_capacity(prompts.len());
+    for chunk in prompts.chunks(16) {
+        let batch = Prompts::try_left_padded(chunk, pad, device).map_err(|e| e.to_string())?;
+        let generation = sampler
+            .try_sample_cached(model, &batch, 0)
+            .map_err(|e| e.to_string())?;
+        for completion in generation.completions() {
+            let ids: Vec<u32> = completion.iter().map(|&id| id as u32).collect();
+            answers.push(tokenizer.decode(&ids, true).map_err(|e| e.to_string())?);
+        }
+    }
+    Ok(answers)
 }
 
 /// A 1-D tensor on the host, as f64.

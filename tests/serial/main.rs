@@ -22,6 +22,7 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 pub mod checked_mode;
 pub mod dpo_example;
+pub mod hf_examples;
 pub mod hf_memory;
 #[cfg(feature = "train")]
 pub mod learner;
