@@ -116,91 +116,72 @@ fn rewrite_generation_tags(source: &str) -> String {
 }
 
 /// Python's `json.dumps(value, ensure_ascii, indent, separators, sort_keys)`.
-fn python_json(
-    value: &Value,
+struct PythonJson {
     ensure_ascii: bool,
-    indent: Option<&str>,
-    item_sep: &str,
-    key_sep: &str,
+    indent: Option<String>,
+    item_sep: String,
+    key_sep: String,
     sort_keys: bool,
-    depth: usize,
-    out: &mut String,
-) {
-    let newline = |out: &mut String, depth: usize| {
-        if let Some(unit) = indent {
+}
+
+impl PythonJson {
+    fn newline(&self, out: &mut String, depth: usize) {
+        if let Some(unit) = &self.indent {
             out.push('\n');
             for _ in 0..depth {
                 out.push_str(unit);
             }
         }
-    };
-    match value {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => {
-            if let Some(f) = n.as_f64().filter(|_| n.is_f64()) {
-                // Python's repr of a float: `1.0`, `1e-05`, `inf` (as `Infinity`).
-                out.push_str(&python_float(f));
-            } else {
-                out.push_str(&n.to_string());
-            }
-        }
-        Value::String(s) => python_string(s, ensure_ascii, out),
-        Value::Array(items) => {
-            if items.is_empty() {
-                out.push_str("[]");
-                return;
-            }
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(item_sep);
+    }
+
+    fn write(&self, value: &Value, depth: usize, out: &mut String) {
+        match value {
+            Value::Null => out.push_str("null"),
+            Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Value::Number(n) => match n.as_f64().filter(|_| n.is_f64()) {
+                // Python's repr of a float: `1.0`, `1e-05`, `Infinity`.
+                Some(f) => out.push_str(&python_float(f)),
+                None => out.push_str(&n.to_string()),
+            },
+            Value::String(s) => python_string(s, self.ensure_ascii, out),
+            Value::Array(items) => {
+                if items.is_empty() {
+                    out.push_str("[]");
+                    return;
                 }
-                newline(out, depth + 1);
-                python_json(
-                    item,
-                    ensure_ascii,
-                    indent,
-                    item_sep,
-                    key_sep,
-                    sort_keys,
-                    depth + 1,
-                    out,
-                );
-            }
-            newline(out, depth);
-            out.push(']');
-        }
-        Value::Object(map) => {
-            if map.is_empty() {
-                out.push_str("{}");
-                return;
-            }
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            if sort_keys {
-                entries.sort_by(|a, b| a.0.cmp(b.0));
-            }
-            out.push('{');
-            for (i, (key, item)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push_str(item_sep);
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(&self.item_sep);
+                    }
+                    self.newline(out, depth + 1);
+                    self.write(item, depth + 1, out);
                 }
-                newline(out, depth + 1);
-                python_string(key, ensure_ascii, out);
-                out.push_str(key_sep);
-                python_json(
-                    item,
-                    ensure_ascii,
-                    indent,
-                    item_sep,
-                    key_sep,
-                    sort_keys,
-                    depth + 1,
-                    out,
-                );
+                self.newline(out, depth);
+                out.push(']');
             }
-            newline(out, depth);
-            out.push('}');
+            Value::Object(map) => {
+                if map.is_empty() {
+                    out.push_str("{}");
+                    return;
+                }
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                if self.sort_keys {
+                    entries.sort_by(|a, b| a.0.cmp(b.0));
+                }
+                out.push('{');
+                for (i, (key, item)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(&self.item_sep);
+                    }
+                    self.newline(out, depth + 1);
+                    python_string(key, self.ensure_ascii, out);
+                    out.push_str(&self.key_sep);
+                    self.write(item, depth + 1, out);
+                }
+                self.newline(out, depth);
+                out.push('}');
+            }
         }
     }
 }
@@ -281,17 +262,15 @@ fn tojson(value: JinjaValue, kwargs: Kwargs) -> Result<JinjaValue, minijinja::Er
     };
     let json = serde_json::to_value(&value)
         .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let style = PythonJson {
+        ensure_ascii: ensure_ascii.unwrap_or(false),
+        indent,
+        item_sep,
+        key_sep,
+        sort_keys: sort_keys.unwrap_or(false),
+    };
     let mut out = String::new();
-    python_json(
-        &json,
-        ensure_ascii.unwrap_or(false),
-        indent.as_deref(),
-        &item_sep,
-        &key_sep,
-        sort_keys.unwrap_or(false),
-        0,
-        &mut out,
-    );
+    style.write(&json, 0, &mut out);
     // Not HTML-escaped: a chat template is not HTML (transformers overrides Jinja's filter
     // for the same reason).
     Ok(JinjaValue::from_safe_string(out))
