@@ -34,8 +34,7 @@ use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
 use burn_rlhf::data::{
-    ChatOptions, Collator, OnMalformed, PreferenceRow, PreferenceTokens, TruncationMode,
-    prepare_preference, read_jsonl,
+    ChatOptions, Collator, PreferenceRow, PreferenceTokens, TruncationMode, prepare_preference,
 };
 use burn_rlhf::hf::DecoderLm;
 use burn_rlhf::losses::{DpoLossConfig, DpoLossType, PreferenceBatch};
@@ -43,7 +42,8 @@ use clap::Parser;
 use common::chart;
 use common::device::device_of;
 use common::hf::{
-    batch_logps, default_model, fixtures, greedy_answers, host, load, save, sequence_logps,
+    batch_logps, default_model, fixtures, greedy_answers, host, load, read_rows, save,
+    sequence_logps,
 };
 use common::progress;
 use common::rng::Rng;
@@ -55,7 +55,7 @@ pub struct Args {
     /// Checkpoint directory (config.json, safetensors, tokenizer files).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Training rows (JSONL, TRL preference format, standard or conversational).
+    /// Training rows (JSONL or Parquet, TRL preference format, standard or conversational).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Held-out rows for the reward accuracy (default: the last eighth of `--data` when
@@ -126,8 +126,7 @@ pub struct Summary {
 }
 
 fn rows(path: &PathBuf) -> Result<Vec<PreferenceRow>, String> {
-    let data = read_jsonl::<PreferenceRow>(path, OnMalformed::Fail).map_err(|e| e.to_string())?;
-    Ok(data.rows)
+    read_rows(path)
 }
 
 /// Held-out preference (log-prob of chosen > rejected) and, with a reference, TRL's reward

@@ -34,9 +34,7 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::AdamConfig;
 use burn::tensor::Device;
-use burn_rlhf::data::{
-    ChatOptions, HfTokenizer, OnMalformed, PromptRow, prepare_prompts, read_jsonl,
-};
+use burn_rlhf::data::{ChatOptions, HfTokenizer, PromptRow, prepare_prompts};
 use burn_rlhf::generate::{
     Completion, GrpoStepConfig, Prompts, RewardFunctions, Sampler, SamplerConfig,
 };
@@ -45,7 +43,7 @@ use burn_rlhf::rl::{GrpoLossConfig, GrpoLossType};
 use clap::Parser;
 use common::chart;
 use common::device::device_of;
-use common::hf::{default_model, fixtures, greedy_answers, load, save};
+use common::hf::{default_model, fixtures, greedy_answers, load, read_rows, save};
 use common::progress;
 use common::rng::Rng;
 
@@ -56,7 +54,7 @@ pub struct Args {
     /// Checkpoint directory (config.json, safetensors, tokenizer files).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Training prompts (JSONL, TRL prompt-only format).
+    /// Training prompts (JSONL or Parquet, TRL prompt-only format).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Held-out prompts (default: the last eighth of `--data` when it is given, else the
@@ -118,9 +116,7 @@ pub struct Summary {
 }
 
 fn prompt_rows(path: &PathBuf) -> Result<Vec<PromptRow>, String> {
-    Ok(read_jsonl::<PromptRow>(path, OnMalformed::Fail)
-        .map_err(|e| e.to_string())?
-        .rows)
+    read_rows(path)
 }
 
 /// 1 when the decoded completion starts with `word` (case-insensitive), else 0.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::tensor::{Device, FloatDType, Tensor};
-use burn_rlhf::data::{HfTokenizer, PaddedBatch};
+use burn_rlhf::data::{HfTokenizer, OnMalformed, PaddedBatch, TrlRow, read_jsonl, read_parquet};
 use burn_rlhf::generate::{Prompts, SamplerConfig};
 use burn_rlhf::hf::{DecoderLm, SaveOptions};
 use burn_rlhf::logps::{FusedLogpsConfig, GatheredLogps};
@@ -21,6 +21,16 @@ pub fn fixtures() -> PathBuf {
 /// tokenizer, pretrained on yes/no answers by `scripts/make_data_fixtures.py`).
 pub fn default_model() -> PathBuf {
     fixtures().join("tiny_chat")
+}
+
+/// Reads a TRL dataset file: Parquet by its `.parquet` extension, JSON Lines otherwise.
+pub fn read_rows<R: TrlRow>(path: &Path) -> Result<Vec<R>, String> {
+    let data = if path.extension().is_some_and(|e| e == "parquet") {
+        read_parquet::<R>(path, OnMalformed::Fail)
+    } else {
+        read_jsonl::<R>(path, OnMalformed::Fail)
+    };
+    Ok(data.map_err(|e| e.to_string())?.rows)
 }
 
 /// Loads a checkpoint directory and its tokenizer (in f32, for training).

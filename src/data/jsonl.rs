@@ -74,50 +74,65 @@ pub fn parse_jsonl<R: TrlRow>(
     file: &str,
     on_malformed: OnMalformed,
 ) -> crate::Result<Dataset<R>> {
+    let lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| {
+            let value = serde_json::from_str::<Value>(line).map_err(|e| Error::Data {
+                file: file.to_string(),
+                row: Some(index + 1),
+                field: None,
+                reason: format!("not valid JSON: {e}"),
+            });
+            (index + 1, value)
+        });
+    collect_rows(lines, file, on_malformed)
+}
+
+/// Typed rows from `(1-based row, JSON value)` items: the one reader behind JSONL and Parquet.
+pub(crate) fn collect_rows<R: TrlRow>(
+    items: impl Iterator<Item = (usize, crate::Result<Value>)>,
+    file: &str,
+    on_malformed: OnMalformed,
+) -> crate::Result<Dataset<R>> {
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
-    let mut format: Option<(bool, &'static str, usize)> = None;
-    for (index, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
+    let mut first: Option<(bool, &'static str, usize)> = None;
+    for (row_number, value) in items {
         let ctx = RowContext {
             file,
-            row: index + 1,
+            row: row_number,
         };
-        let parsed = parse_line::<R>(line, ctx).and_then(|row| {
+        let parsed = value.and_then(|v| parse_row::<R>(v, ctx)).and_then(|row| {
             let conversational = row.is_conversational();
             let describe = |c: bool| if c { "conversational" } else { "standard" };
-            match format {
-                Some((first, _, first_row)) if first != conversational => Err(Error::Data {
-                    file: file.to_string(),
-                    row: Some(ctx.row),
-                    field: None,
-                    reason: format!(
-                        "is {} but row {first_row} is {}: all rows must share the first row's format",
-                        describe(conversational),
-                        describe(first),
-                    ),
-                }),
-                Some((_, first_type, first_row)) if first_type != row.row_type() => Err(Error::Data {
-                    file: file.to_string(),
-                    row: Some(ctx.row),
-                    field: None,
-                    reason: format!(
-                        "is a {} row but row {first_row} is a {first_type} row: all rows must share one type",
-                        row.row_type(),
-                    ),
-                }),
+            let mismatch = |reason: String| Error::Data {
+                file: file.to_string(),
+                row: Some(row_number),
+                field: None,
+                reason,
+            };
+            match first {
+                Some((c, _, at)) if c != conversational => Err(mismatch(format!(
+                    "is {} but row {at} is {}: all rows must share the first row's format",
+                    describe(conversational),
+                    describe(c),
+                ))),
+                Some((_, kind, at)) if kind != row.row_type() => Err(mismatch(format!(
+                    "is a {} row but row {at} is a {kind} row: all rows must share one type",
+                    row.row_type(),
+                ))),
                 _ => Ok(row),
             }
         });
         match parsed {
             Ok(row) => {
-                format.get_or_insert((row.is_conversational(), row.row_type(), index + 1));
+                first.get_or_insert((row.is_conversational(), row.row_type(), row_number));
                 rows.push(row);
             }
             Err(err) if on_malformed == OnMalformed::Skip => skipped.push(SkippedRow {
-                row: index + 1,
+                row: row_number,
                 reason: err.to_string(),
             }),
             Err(err) => return Err(err),
@@ -138,14 +153,10 @@ pub fn parse_jsonl<R: TrlRow>(
     Ok(Dataset { rows, skipped })
 }
 
-fn parse_line<R: TrlRow>(line: &str, ctx: RowContext<'_>) -> crate::Result<R> {
-    let value: Value = serde_json::from_str(line).map_err(|e| Error::Data {
-        file: ctx.file.to_string(),
-        row: Some(ctx.row),
-        field: None,
-        reason: format!("not valid JSON: {e}"),
-    })?;
-    let Value::Object(object) = value else {
+/// One row from a JSON value. Top-level `null` fields count as absent (a column a row does
+/// not have, as `datasets` fills it).
+fn parse_row<R: TrlRow>(value: Value, ctx: RowContext<'_>) -> crate::Result<R> {
+    let Value::Object(mut object) = value else {
         return Err(Error::Data {
             file: ctx.file.to_string(),
             row: Some(ctx.row),
@@ -153,6 +164,7 @@ fn parse_line<R: TrlRow>(line: &str, ctx: RowContext<'_>) -> crate::Result<R> {
             reason: "a row must be a JSON object".into(),
         });
     };
+    object.retain(|_, v| !v.is_null());
     R::from_json(&object, ctx)
 }
 

@@ -4,7 +4,7 @@
 //! A row goes through the same steps as in TRL, so that the token ids match a Python pipeline
 //! exactly (checked against TRL 1.16's own trainers on fixtures, `fixtures/data/`):
 //!
-//! 1. **Read**: [`read_jsonl`] into the row type of the trainer: [`PreferenceRow`] (DPO and
+//! 1. **Read**: [`read_jsonl`] (or `read_parquet`, feature `parquet`) into the row type of the trainer: [`PreferenceRow`] (DPO and
 //!    its relatives, reward models), [`UnpairedRow`] (KTO, BCO; [`unpair`] turns preference
 //!    data into it), [`SftRow`] (prompt-completion or language modeling), [`PromptRow`]
 //!    (GRPO, RLOO, online DPO). Standard (strings) or conversational (lists of
@@ -40,13 +40,16 @@
 //! # }
 //! ```
 //!
-//! Not covered: Parquet (read Hub shards with `datasets` or `pyarrow` and write JSONL),
-//! multimodal content parts, tool-calling rows beyond passing `tools` to the template,
+//! Parquet files (the Hub's format) read with [`read_parquet`] under feature `parquet`.
+//!
+//! Not covered: multimodal content parts, tool-calling rows beyond passing `tools` to the template,
 //! packing and `padding_free` batches (flattened rows with `position_ids`; TRL 1.16's DPO
 //! trainer disables it too, and the crate's decoder attends within padded rows).
 
 mod collate;
 mod jsonl;
+#[cfg(feature = "parquet")]
+mod parquet_file;
 mod preprocess;
 mod rows;
 mod template;
@@ -54,6 +57,9 @@ mod tokenizer;
 
 pub use collate::{BatchTensors, Collator, PaddedBatch};
 pub use jsonl::{Dataset, OnMalformed, SkippedRow, parse_jsonl, read_jsonl};
+#[cfg(feature = "parquet")]
+#[cfg_attr(docsrs, doc(cfg(feature = "parquet")))]
+pub use parquet_file::read_parquet;
 pub use preprocess::{
     PreferenceTokens, Prepared, SftExample, SftOptions, SftTokens, TruncationMode, UnpairedTokens,
     add_kl_completions, common_prefix_length, prepare_preference, prepare_prompts, prepare_sft,

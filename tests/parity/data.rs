@@ -557,3 +557,41 @@ fn sft_files_of_one_type_only() {
     let err = burn_rlhf::data::parse_jsonl::<SftRow>(text, "mixed", OnMalformed::Fail).unwrap_err();
     assert!(matches!(err, Error::Data { row: Some(2), .. }), "{err}");
 }
+
+fn same_rows<R: burn_rlhf::data::TrlRow + PartialEq + std::fmt::Debug>(stem: &str) {
+    let dir = data_dir().join("datasets");
+    let jsonl = read_jsonl::<R>(dir.join(format!("{stem}.jsonl")), OnMalformed::Fail).unwrap();
+    let parquet =
+        burn_rlhf::data::read_parquet::<R>(dir.join(format!("{stem}.parquet")), OnMalformed::Fail)
+            .unwrap();
+    assert!(!jsonl.rows.is_empty(), "{stem}");
+    assert_eq!(
+        jsonl.rows, parquet.rows,
+        "{stem}: JSONL and Parquet rows differ"
+    );
+}
+
+#[test]
+fn jsonl_and_parquet_give_the_same_rows() {
+    let mut stems = 0;
+    for entry in std::fs::read_dir(data_dir().join("datasets")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "parquet") {
+            continue;
+        }
+        let stem = path.file_stem().unwrap().to_string_lossy().to_string();
+        match stem.as_str() {
+            s if s.starts_with("preference") => same_rows::<PreferenceRow>(s),
+            s if s.starts_with("unpaired") => same_rows::<UnpairedRow>(s),
+            s if s.starts_with("prompt_only") => same_rows::<PromptRow>(s),
+            s if s.starts_with("prompt_completion") => {
+                same_rows::<PromptCompletionRow>(s);
+                same_rows::<SftRow>(s);
+            }
+            s if s.starts_with("language_modeling") => same_rows::<SftRow>(s),
+            other => panic!("no row type for {other}"),
+        }
+        stems += 1;
+    }
+    assert_eq!(stems, 12, "one Parquet file per TRL type x format");
+}
