@@ -363,12 +363,11 @@ fn trl_preprocessing_matches_trl_on_every_fixture_case() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| {
+            // Trainer cases; `tokenizer_*` and `template_*` files have tests of their own.
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
             p.extension().is_some_and(|e| e == "json")
-                && !p
-                    .file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("tokenizer_")
+                && !name.starts_with("tokenizer_")
+                && !name.starts_with("template_")
         })
         .collect();
     paths.sort();
@@ -594,4 +593,27 @@ fn jsonl_and_parquet_give_the_same_rows() {
         stems += 1;
     }
     assert_eq!(stems, 12, "one Parquet file per TRL type x format");
+}
+
+#[test]
+fn jinja_features_of_hub_templates_render_as_transformers_renders_them() {
+    // fixtures/data/expected/template_features.json: transformers 5.25's
+    // `render_jinja_template` on one template using namespace, loop variables, slicing,
+    // negative indexing, string / dict methods, tests, selectattr / map / join / format /
+    // tojson(indent) filters, `~` and `*` (scripts/make_template_fixture.py).
+    let case = json(&data_dir().join("expected/template_features.json"));
+    let template = burn_rlhf::data::ChatTemplate::new(case["template"].as_str().unwrap()).unwrap();
+    let mut context = serde_json::Map::new();
+    for (key, token) in case["special_tokens"].as_object().unwrap() {
+        context.insert(key.clone(), token.clone());
+    }
+    context.insert("messages".into(), case["messages"].clone());
+    context.insert("tools".into(), case["tools"].clone());
+    context.insert("documents".into(), Value::Null);
+    context.insert(
+        "add_generation_prompt".into(),
+        case["add_generation_prompt"].clone(),
+    );
+    let rendered = template.render(&Value::Object(context)).unwrap();
+    assert_eq!(rendered.text, case["rendered"].as_str().unwrap());
 }
