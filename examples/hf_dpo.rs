@@ -34,7 +34,7 @@ use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
 use burn_rlhf::data::{
-    ChatOptions, Collator, PreferenceRow, PreferenceTokens, TruncationMode, prepare_preference,
+    ChatOptions, Collator, PreferenceTokens, TruncationMode, prepare_preference,
 };
 use burn_rlhf::hf::DecoderLm;
 use burn_rlhf::losses::{DpoLossConfig, DpoLossType, PreferenceBatch};
@@ -42,8 +42,7 @@ use clap::Parser;
 use common::chart;
 use common::device::device_of;
 use common::hf::{
-    batch_logps, default_model, fixtures, greedy_answers, host, load, read_rows, save,
-    sequence_logps,
+    batch_logps, default_model, greedy_answers, host, load, save, sequence_logps, train_and_test,
 };
 use common::progress;
 use common::rng::Rng;
@@ -125,10 +124,6 @@ pub struct Summary {
     pub seconds: f64,
 }
 
-fn rows(path: &PathBuf) -> Result<Vec<PreferenceRow>, String> {
-    read_rows(path)
-}
-
 /// Held-out preference (log-prob of chosen > rejected) and, with a reference, TRL's reward
 /// accuracy.
 fn evaluate(
@@ -162,22 +157,8 @@ pub fn run(args: &Args) -> Result<Summary, String> {
     let inner = device_of(&args.device)?;
     let device = inner.clone().autodiff();
     let model_dir = args.model.clone().unwrap_or_else(default_model);
-    let examples = fixtures().join("examples");
-    let (train_rows, test_rows) = match (&args.data, &args.test) {
-        (Some(data), Some(test)) => (rows(data)?, rows(test)?),
-        (Some(data), None) => {
-            let mut all = rows(data)?;
-            let test = all.split_off(all.len() - (all.len() / 8).max(1));
-            (all, test)
-        }
-        (None, test) => (
-            rows(&examples.join("preference_train.jsonl"))?,
-            rows(
-                test.as_ref()
-                    .unwrap_or(&examples.join("preference_test.jsonl")),
-            )?,
-        ),
-    };
+    let (train_rows, test_rows) =
+        train_and_test(args.data.as_deref(), args.test.as_deref(), "preference")?;
     let say = |s: String| {
         if !args.quiet {
             println!("{s}")
@@ -320,28 +301,16 @@ pub fn run(args: &Args) -> Result<Summary, String> {
 }
 
 fn write_plot(args: &Args, s: &Summary) -> std::io::Result<PathBuf> {
-    let series = |key: &str| chart::Series {
-        name: key.to_string(),
-        points: s
-            .history
-            .iter()
-            .filter_map(|(i, m)| m.get(key).map(|v| (*i as f64, *v)))
-            .collect(),
-    };
-    let panel = |title: &str, keys: &[&str]| chart::Panel {
-        title: title.to_string(),
-        x_label: "step".into(),
-        series: keys.iter().map(|k| series(k)).collect(),
-    };
     let path = args.out.join("training.svg");
     chart::write_svg(
         &path,
         &format!("{} on a Hugging Face checkpoint", args.loss),
         &[
-            panel("loss", &["loss"]),
-            panel("rewards/accuracies", &["rewards/accuracies"]),
-            panel(
+            chart::history_panel("loss", &s.history, &["loss"]),
+            chart::history_panel("rewards/accuracies", &s.history, &["rewards/accuracies"]),
+            chart::history_panel(
                 "rewards",
+                &s.history,
                 &["rewards/margins", "rewards/chosen", "rewards/rejected"],
             ),
         ],

@@ -34,7 +34,7 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::AdamConfig;
 use burn::tensor::Device;
-use burn_rlhf::data::{ChatOptions, HfTokenizer, PromptRow, prepare_prompts};
+use burn_rlhf::data::{ChatOptions, HfTokenizer, prepare_prompts};
 use burn_rlhf::generate::{
     Completion, GrpoStepConfig, Prompts, RewardFunctions, Sampler, SamplerConfig,
 };
@@ -43,7 +43,7 @@ use burn_rlhf::rl::{GrpoLossConfig, GrpoLossType};
 use clap::Parser;
 use common::chart;
 use common::device::device_of;
-use common::hf::{default_model, fixtures, greedy_answers, load, read_rows, save};
+use common::hf::{default_model, greedy_answers, load, save, train_and_test};
 use common::progress;
 use common::rng::Rng;
 
@@ -115,10 +115,6 @@ pub struct Summary {
     pub seconds: f64,
 }
 
-fn prompt_rows(path: &PathBuf) -> Result<Vec<PromptRow>, String> {
-    read_rows(path)
-}
-
 /// 1 when the decoded completion starts with `word` (case-insensitive), else 0.
 fn reward_of(tokenizer: &HfTokenizer, ids: &[i64], word: &str) -> f64 {
     let ids: Vec<u32> = ids.iter().map(|&id| id as u32).collect();
@@ -157,22 +153,8 @@ pub fn run(args: &Args) -> Result<Summary, String> {
     let device = inner.clone().autodiff();
     inner.seed(args.seed);
     let model_dir = args.model.clone().unwrap_or_else(default_model);
-    let examples = fixtures().join("examples");
-    let (train_rows, test_rows) = match (&args.data, &args.test) {
-        (Some(data), Some(test)) => (prompt_rows(data)?, prompt_rows(test)?),
-        (Some(data), None) => {
-            let mut all = prompt_rows(data)?;
-            let test = all.split_off(all.len() - (all.len() / 8).max(1));
-            (all, test)
-        }
-        (None, test) => (
-            prompt_rows(&examples.join("prompts_train.jsonl"))?,
-            prompt_rows(
-                test.as_ref()
-                    .unwrap_or(&examples.join("prompts_test.jsonl")),
-            )?,
-        ),
-    };
+    let (train_rows, test_rows) =
+        train_and_test(args.data.as_deref(), args.test.as_deref(), "prompts")?;
     let say = |s: String| {
         if !args.quiet {
             println!("{s}")
@@ -298,29 +280,13 @@ pub fn main() {
         eprintln!("error: {e}");
         std::process::exit(2)
     });
-    let series = |key: &str| chart::Series {
-        name: key.to_string(),
-        points: s
-            .history
-            .iter()
-            .filter_map(|(i, m)| m.get(key).map(|v| (*i as f64, *v)))
-            .collect(),
-    };
     let path = args.out.join("reward.svg");
     chart::write_svg(
         &path,
         "GRPO on a Hugging Face checkpoint",
         &[
-            chart::Panel {
-                title: "reward (sampled)".into(),
-                x_label: "step".into(),
-                series: vec![series("reward")],
-            },
-            chart::Panel {
-                title: "kl to the reference".into(),
-                x_label: "step".into(),
-                series: vec![series("kl")],
-            },
+            chart::history_panel("reward (sampled)", &s.history, &["reward"]),
+            chart::history_panel("kl to the reference", &s.history, &["kl"]),
         ],
     )
     .expect("write plot");

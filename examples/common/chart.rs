@@ -43,6 +43,29 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+/// A panel of the metrics `keys` over the steps of a training history (a key missing at a step
+/// leaves a gap).
+pub fn history_panel(
+    title: &str,
+    history: &[(usize, std::collections::BTreeMap<String, f64>)],
+    keys: &[&str],
+) -> Panel {
+    Panel {
+        title: title.to_string(),
+        x_label: "step".into(),
+        series: keys
+            .iter()
+            .map(|key| Series {
+                name: key.to_string(),
+                points: history
+                    .iter()
+                    .filter_map(|(step, m)| m.get(*key).map(|v| (*step as f64, *v)))
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
 /// Writes the panels as one SVG (creating the parent folder).
 pub fn write_svg(path: &Path, title: &str, panels: &[Panel]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {

@@ -33,6 +33,28 @@ pub fn read_rows<R: TrlRow>(path: &Path) -> Result<Vec<R>, String> {
     Ok(data.map_err(|e| e.to_string())?.rows)
 }
 
+/// Training and held-out rows: `--data` and `--test` when given; `--data` alone keeps its last
+/// eighth for held-out; neither reads the committed `fixtures/data/examples/{stem}_{train,test}.jsonl`.
+pub fn train_and_test<R: TrlRow>(
+    data: Option<&Path>,
+    test: Option<&Path>,
+    stem: &str,
+) -> Result<(Vec<R>, Vec<R>), String> {
+    let committed = |split: &str| fixtures().join(format!("examples/{stem}_{split}.jsonl"));
+    Ok(match (data, test) {
+        (Some(data), Some(test)) => (read_rows(data)?, read_rows(test)?),
+        (Some(data), None) => {
+            let mut all = read_rows(data)?;
+            let held_out = all.split_off(all.len() - (all.len() / 8).max(1));
+            (all, held_out)
+        }
+        (None, test) => (
+            read_rows(&committed("train"))?,
+            read_rows(test.unwrap_or(&committed("test")))?,
+        ),
+    })
+}
+
 /// Loads a checkpoint directory and its tokenizer (in f32, for training).
 pub fn load(dir: &Path, device: &Device) -> Result<(DecoderLm, HfTokenizer), String> {
     let tokenizer = HfTokenizer::from_pretrained(dir).map_err(|e| e.to_string())?;

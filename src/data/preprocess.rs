@@ -187,6 +187,24 @@ fn chat_ids(
     Ok(tokenizer.apply_chat_template(messages, &options)?.input_ids)
 }
 
+/// A whole conversation (no generation prompt), with its assistant mask when asked for.
+fn conversation(
+    tokenizer: &HfTokenizer,
+    messages: &[Message],
+    assistant_only_loss: bool,
+    chat: &ChatOptions,
+) -> crate::Result<super::tokenizer::ChatEncoding> {
+    tokenizer.apply_chat_template(
+        messages,
+        &ChatOptions {
+            add_generation_prompt: false,
+            continue_final_message: false,
+            return_assistant_tokens_mask: assistant_only_loss,
+            ..chat.clone()
+        },
+    )
+}
+
 /// Appends the EOS text to a standard completion (TRL's `add_eos`).
 fn completion_with_eos(tokenizer: &HfTokenizer, completion: &Text) -> crate::Result<Text> {
     Ok(match completion {
@@ -254,15 +272,7 @@ pub fn tokenize_sft(
                 (Text::Conversational(p), Text::Conversational(c)) => {
                     let prompt_ids = chat_ids(tokenizer, p, true, chat)?;
                     let full: Vec<Message> = p.iter().chain(c).cloned().collect();
-                    let encoding = tokenizer.apply_chat_template(
-                        &full,
-                        &ChatOptions {
-                            add_generation_prompt: false,
-                            continue_final_message: false,
-                            return_assistant_tokens_mask: assistant_only_loss,
-                            ..chat.clone()
-                        },
-                    )?;
+                    let encoding = conversation(tokenizer, &full, assistant_only_loss, chat)?;
                     (prompt_ids, encoding.input_ids, encoding.assistant_masks)
                 }
                 (Text::Standard(_), Text::Standard(_)) => {
@@ -282,15 +292,7 @@ pub fn tokenize_sft(
             }
         }
         SftRow::LanguageModeling(Text::Conversational(messages)) => {
-            let encoding = tokenizer.apply_chat_template(
-                messages,
-                &ChatOptions {
-                    add_generation_prompt: false,
-                    continue_final_message: false,
-                    return_assistant_tokens_mask: assistant_only_loss,
-                    ..chat.clone()
-                },
-            )?;
+            let encoding = conversation(tokenizer, messages, assistant_only_loss, chat)?;
             SftTokens {
                 input_ids: encoding.input_ids,
                 completion_mask: None,

@@ -111,15 +111,9 @@ impl RowContext<'_> {
     }
 }
 
+/// "a string", "a list", ... for error messages (the TRL config loaders' wording).
 fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
+    crate::trl::kind(value)
 }
 
 fn parse_message(value: &Value, field: &str, ctx: RowContext<'_>) -> crate::Result<Message> {

@@ -117,6 +117,16 @@ fn truncation_mode(config: &Value) -> TruncationMode {
     }
 }
 
+/// The collator with the case's pad id (TRL's: the pad token, else EOS).
+fn collator_for(case: &Value, max_length: Option<usize>, mode: TruncationMode) -> Collator {
+    Collator {
+        pad_token_id: case["pad_token_id"].as_u64().unwrap() as u32,
+        max_length,
+        truncation_mode: mode,
+        pad_to_multiple_of: None,
+    }
+}
+
 fn dataset(case: &Value) -> PathBuf {
     data_dir()
         .join("datasets")
@@ -167,12 +177,7 @@ fn run_dpo(case: &Value) -> Result<(), String> {
             &ids(&want["rejected_ids"]),
         )?;
     }
-    let collator = Collator {
-        pad_token_id: case["pad_token_id"].as_u64().unwrap() as u32,
-        max_length: max_length(config),
-        truncation_mode: mode,
-        pad_to_multiple_of: None,
-    };
+    let collator = collator_for(case, max_length(config), mode);
     check_batch("", &collator.preference(&prepared.rows), &case["collated"])
 }
 
@@ -228,12 +233,7 @@ fn run_kto(case: &Value) -> Result<(), String> {
             )?;
         }
     }
-    let collator = Collator {
-        pad_token_id: case["pad_token_id"].as_u64().unwrap() as u32,
-        max_length: max_length(config),
-        truncation_mode: TruncationMode::KeepStart,
-        pad_to_multiple_of: None,
-    };
+    let collator = collator_for(case, max_length(config), TruncationMode::KeepStart);
     let (batch, labels) = collator.unpaired(&prepared.rows);
     check_batch("", &batch, &case["collated"])?;
     let want_labels: Vec<bool> = case["collated"]["label"]
@@ -284,12 +284,8 @@ fn run_sft(case: &Value) -> Result<(), String> {
             .collect();
         check_eq(&format!("row {i} labels"), &got.labels, &labels)?;
     }
-    let collator = Collator {
-        pad_token_id: case["pad_token_id"].as_u64().unwrap() as u32,
-        max_length: None,
-        truncation_mode: TruncationMode::KeepStart,
-        pad_to_multiple_of: None,
-    };
+    // SFT cuts in the dataset step (`prepare_sft`); its collator only pads.
+    let collator = collator_for(case, None, TruncationMode::KeepStart);
     check_batch("", &collator.sft(&prepared.rows), &case["collated"])
 }
 
