@@ -7,7 +7,10 @@ own environment (`transformers.utils.chat_template_utils.render_jinja_template`)
 and `add_generation_prompt`. `tests/parity/data.rs` renders it with the crate's `ChatTemplate`
 and compares the text exactly.
 
-    python scripts/make_template_fixture.py [--out fixtures/data/expected/template_features.json]
+    python scripts/make_template_fixture.py [--seed 0] [--out fixtures/data/expected/template_features.json]
+
+The output is deterministic (no random draw); `--seed` is accepted and recorded like the other
+fixture generators'.
 """
 
 import argparse
@@ -48,6 +51,7 @@ SPECIAL = {"bos_token": "<s>", "eos_token": "</s>"}
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="fixtures/data/expected/template_features.json")
     args = ap.parse_args()
     import transformers
@@ -56,7 +60,7 @@ def main():
     out, _ = render_jinja_template([MESSAGES], tools=TOOLS, chat_template=TEMPLATE, add_generation_prompt=True, **SPECIAL)
     case = {"source": "transformers.utils.chat_template_utils.render_jinja_template",
             "transformers": transformers.__version__, "template": TEMPLATE, "messages": MESSAGES, "tools": TOOLS,
-            "add_generation_prompt": True, "special_tokens": SPECIAL, "rendered": out[0]}
+            "add_generation_prompt": True, "special_tokens": SPECIAL, "seed": args.seed, "rendered": out[0]}
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(case, f, ensure_ascii=False, indent=1)
         f.write("\n")
