@@ -43,7 +43,7 @@ use burn_rlhf::rl::{GrpoLossConfig, GrpoLossType};
 use clap::Parser;
 use common::chart;
 use common::device::device_of;
-use common::hf::{default_model, greedy_answers, load, save, train_and_test};
+use common::hf::{default_model, eos_ids, greedy_answers, load, save, train_and_test};
 use common::progress;
 use common::rng::Rng;
 
@@ -180,12 +180,7 @@ pub fn run(args: &Args) -> Result<Summary, String> {
             .rows,
     );
     let pad = i64::from(tokenizer.pad_token_id().ok_or("no pad or EOS token")?);
-    let mut eos: Vec<i64> = policy.config().eos_token_ids.clone();
-    if let Some(id) = tokenizer.eos_token_id() {
-        if !eos.contains(&i64::from(id)) {
-            eos.push(i64::from(id));
-        }
-    }
+    let eos = eos_ids(&policy, &tokenizer);
     say(format!(
         "{}: {} layers, hidden {}; {} training prompts, {} held-out; reward: the answer starts with {:?}",
         model_dir.display(),

@@ -9,7 +9,7 @@ set -euo pipefail
 src=${1:-"$(dirname "$0")/../../shared/fixtures"}
 dst="$(dirname "$0")/../fixtures"
 [ -f "$src/manifest.json" ] || { echo "no fixtures at $src" >&2; exit 1; }
-own=(PROVENANCE.md trl_configs grpo_matrix online_dpo hf data)
+own=(PROVENANCE.md trl_configs grpo_matrix online_dpo hf data distill)
 keep=$(mktemp -d)
 for item in "${own[@]}"; do [ -e "$dst/$item" ] && cp -r "$dst/$item" "$keep/"; done
 rm -rf "$dst"; cp -r "$src" "$dst"; chmod -R u+w "$dst"

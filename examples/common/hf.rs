@@ -80,6 +80,17 @@ pub fn sequence_logps(model: &DecoderLm, batch: &PaddedBatch, device: &Device) -
     host(batch_logps(model, batch, device).sum())
 }
 
+/// The ids that end a completion: the checkpoint's `eos_token_id`s and the tokenizer's EOS.
+pub fn eos_ids(model: &DecoderLm, tokenizer: &HfTokenizer) -> Vec<i64> {
+    let mut eos = model.config().eos_token_ids.clone();
+    if let Some(id) = tokenizer.eos_token_id().map(i64::from)
+        && !eos.contains(&id)
+    {
+        eos.push(id);
+    }
+    eos
+}
+
 /// Greedy completions of `prompts` (token rows) through the crate's sampler over the model's
 /// KV cache, decoded without special tokens. EOS: the checkpoint's and the tokenizer's.
 pub fn greedy_answers(
@@ -90,12 +101,7 @@ pub fn greedy_answers(
     device: &Device,
 ) -> Result<Vec<String>, String> {
     let pad = i64::from(tokenizer.pad_token_id().ok_or("no pad or EOS token")?);
-    let mut eos = model.config().eos_token_ids.clone();
-    if let Some(id) = tokenizer.eos_token_id().map(i64::from) {
-        if !eos.contains(&id) {
-            eos.push(id);
-        }
-    }
+    let eos = eos_ids(model, tokenizer);
     let sampler = SamplerConfig::new()
         .with_greedy(true)
         .with_max_new_tokens(max_new_tokens)

@@ -35,7 +35,9 @@ type Runner = fn(&Case, &TestDevice) -> Result<(), String>;
 
 /// Source functions (last token of `source`) that have no runner yet. Shrinks to empty.
 const NOT_YET: &[&str] = &[
-    // (empty: every fixture function has a runner)
+    // Distillation (issue 28): fixtures from TRL 1.16 in `fixtures/distill/`, runners to come.
+    "_chunked_divergence_loss",
+    "GKDTrainer.generalized_jsd_loss",
 ];
 
 fn runner(function: &str) -> Option<Runner> {
