@@ -100,56 +100,10 @@ def case_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
-def to_list(x):
-    if x is None:
-        return None
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        if x.dtype == torch.bool:
-            return x.to(torch.int64).tolist()
-        if x.is_floating_point():
-            return x.to(torch.float64).tolist()
-        return x.tolist()
-    if isinstance(x, np.ndarray):
-        if x.dtype == np.bool_:
-            return x.astype(np.int64).tolist()
-        if np.issubdtype(x.dtype, np.floating):
-            return x.astype(np.float64).tolist()
-        return x.tolist()
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, np.floating):
-        return float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, dict):
-        return {k: to_list(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [to_list(v) for v in x]
-    return x
-
-
-def all_finite(obj) -> bool:
-    if obj is None or isinstance(obj, (str, bool, int)):
-        return True
-    if isinstance(obj, float):
-        return math.isfinite(obj)
-    if isinstance(obj, dict):
-        return all(all_finite(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return all(all_finite(v) for v in obj)
-    return True
-
-
-def dumps(obj, indent=0) -> str:
-    """JSON with one key per line for dicts and compact arrays."""
-    pad = "  " * (indent + 1)
-    if isinstance(obj, dict):
-        if not obj:
-            return "{}"
-        items = [f"{pad}{json.dumps(k)}: {dumps(v, indent + 1)}" for k, v in obj.items()]
-        return "{\n" + ",\n".join(items) + "\n" + "  " * indent + "}"
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+# The JSON helpers of the online fixture generator (same conventions: float64 values, bools as 0/1,
+# one key per line), shared rather than copied.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gen_online_fixtures import all_finite, dumps, to_list  # noqa: E402
 
 
 class Writer:
