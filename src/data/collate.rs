@@ -192,3 +192,86 @@ impl Collator {
         PaddedBatch::right_padded(&sequences, self.pad_token_id, self.pad_to_multiple_of)
     }
 }
+
+/// Tokenized TRL rows as burn-train items (feature `train`), for the
+/// [`TokenBatcher`](crate::train::TokenBatcher) of the DPO-family and KTO adapters. The
+/// batcher right-pads and labels the prompt `-100` as [`Collator`] does, but does not cut to
+/// `max_length`: cut the rows first (or use [`Collator`]) where TRL would.
+#[cfg(feature = "train")]
+mod train_items {
+    use super::super::preprocess::{PreferenceTokens, UnpairedTokens};
+    use crate::train::{PreferenceItem, UnpairedItem};
+
+    fn ids(tokens: &[u32]) -> Vec<i64> {
+        tokens.iter().map(|&id| i64::from(id)).collect()
+    }
+
+    impl From<&PreferenceTokens> for PreferenceItem {
+        fn from(row: &PreferenceTokens) -> Self {
+            PreferenceItem {
+                prompt: ids(&row.prompt_ids),
+                chosen: ids(&row.chosen_ids),
+                rejected: ids(&row.rejected_ids),
+                ref_logps: None,
+            }
+        }
+    }
+
+    impl From<&UnpairedTokens> for UnpairedItem {
+        fn from(row: &UnpairedTokens) -> Self {
+            UnpairedItem {
+                prompt: ids(&row.prompt_ids),
+                completion: ids(&row.completion_ids),
+                desirable: row.label,
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use burn::data::dataloader::batcher::Batcher;
+        use burn::tensor::{Device, Int, Tensor};
+
+        use super::super::{Collator, PreferenceTokens};
+        use crate::train::{PreferenceItem, TokenBatcher};
+
+        fn host(t: Tensor<2, Int>) -> Vec<i64> {
+            t.into_data().convert::<i64>().try_to_vec::<i64>().unwrap()
+        }
+
+        /// The burn-train batcher and the TRL collator give the same ids and labels for the
+        /// same rows (no truncation): two independent paddings of one layout.
+        #[test]
+        fn token_batcher_and_collator_agree() {
+            let rows = vec![
+                PreferenceTokens {
+                    prompt_ids: vec![5, 6, 7],
+                    chosen_ids: vec![8, 9],
+                    rejected_ids: vec![10],
+                },
+                PreferenceTokens {
+                    prompt_ids: vec![11],
+                    chosen_ids: vec![12],
+                    rejected_ids: vec![13, 14, 15],
+                },
+            ];
+            let device = Device::flex();
+            let items: Vec<PreferenceItem> = rows.iter().map(PreferenceItem::from).collect();
+            let input = TokenBatcher::new(0).batch(items, &device);
+            let batch = Collator {
+                max_length: None,
+                ..Collator::new(0)
+            }
+            .preference(&rows);
+            let stacked = |a: Tensor<2, Int>, b: Tensor<2, Int>| host(Tensor::cat(vec![a, b], 0));
+            assert_eq!(
+                stacked(input.chosen_ids, input.rejected_ids),
+                batch.input_ids
+            );
+            assert_eq!(
+                stacked(input.chosen_labels, input.rejected_labels),
+                batch.labels
+            );
+        }
+    }
+}

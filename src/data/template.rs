@@ -461,7 +461,7 @@ mod tests {
 
     #[test]
     fn tojson_prints_like_python_json_dumps() {
-        // Python 3.11: json.dumps({"a": [1, 2.5, "é"], "b": None}) == '{"a": [1, 2.5, "é"], "b": null}'
+        // transformers' tojson = json.dumps(x, ensure_ascii=False): json.dumps({"a": [1, 2.5, "é"], "b": None}, ensure_ascii=False) == '{"a": [1, 2.5, "é"], "b": null}'
         let t = ChatTemplate::new(
             "{{ x | tojson }}|{{ x | tojson(indent=2) }}|{{ 'é' | tojson(ensure_ascii=true) }}",
         )
