@@ -61,7 +61,7 @@ pub trait FusedLogprobBackend: Backend {
     }
 }
 
-fn rows<B: Backend>(t: FloatTensor<B>, start: usize, end: usize) -> FloatTensor<B> {
+pub(super) fn rows<B: Backend>(t: FloatTensor<B>, start: usize, end: usize) -> FloatTensor<B> {
     let rank = t.shape().num_dims();
     let mut s = vec![Slice::new(start as isize, Some(end as isize), 1)];
     for _ in 1..rank {
@@ -74,7 +74,7 @@ fn int_rows<B: Backend>(t: IntTensor<B>, start: usize, end: usize) -> IntTensor<
     B::int_slice(t, &[Slice::new(start as isize, Some(end as isize), 1)])
 }
 
-fn col<B: Backend>(t: FloatTensor<B>, c: usize) -> FloatTensor<B> {
+pub(super) fn col<B: Backend>(t: FloatTensor<B>, c: usize) -> FloatTensor<B> {
     B::float_slice(
         t,
         &[
@@ -85,7 +85,7 @@ fn col<B: Backend>(t: FloatTensor<B>, c: usize) -> FloatTensor<B> {
 }
 
 /// Transformed logits `z` for rows `[r0, r1)` over the full vocabulary (primitive path).
-fn z_rows<B: Backend>(
+pub(super) fn z_rows<B: Backend>(
     hidden: &FloatTensor<B>,
     weight: &FloatTensor<B>,
     bias: &FloatTensor<B>,
@@ -196,34 +196,9 @@ fn primitive_backward<B: Backend>(
         let inner = B::float_add(g_lp.clone(), B::float_mul(g_h, centered));
         let dz = B::float_neg(B::float_mul(prob, inner));
         let idx = B::int_reshape(int_rows::<B>(targets.clone(), r0, r1), Shape::new([rn, 1]));
-        let mut dz = B::float_scatter(1, dz, idx, g_lp, IndexingUpdateOp::Add);
-        dz = B::float_mul_scalar(dz, Scalar::Float(1.0 / p.temperature));
-        if let Some(cap) = p.softcap {
-            // d(cap tanh(a / cap)) / da = 1 - tanh^2, and tanh = z T / cap.
-            let th = B::float_mul_scalar(z, Scalar::Float(p.temperature / cap));
-            let one_minus = B::float_neg(B::float_add_scalar(
-                B::float_mul(th.clone(), th),
-                Scalar::Float(-1.0),
-            ));
-            dz = B::float_mul(dz, one_minus);
-        }
-        let d_raw = B::float_mul_scalar(dz, Scalar::Float(p.logit_scale));
-        let h_rows = rows::<B>(hidden.clone(), r0, r1);
-        let (dh, dw) = match p.layout {
-            LmHeadLayout::VocabMajor => (
-                B::float_matmul(d_raw.clone(), weight.clone()),
-                B::float_matmul(B::float_transpose(d_raw.clone()), h_rows),
-            ),
-            LmHeadLayout::HiddenMajor => (
-                B::float_matmul(d_raw.clone(), B::float_transpose(weight.clone())),
-                B::float_matmul(B::float_transpose(h_rows), d_raw.clone()),
-            ),
-        };
+        let dz = B::float_scatter(1, dz, idx, g_lp, IndexingUpdateOp::Add);
+        let (dh, dw, db) = head_grads_rows::<B>(dz, z, &hidden, &weight, r0, r1, p);
         d_hidden.push(dh);
-        let db = B::float_reshape(
-            B::float_sum_dim(B::float_transpose(d_raw), 1),
-            Shape::new([v]),
-        );
         d_weight = Some(match d_weight {
             Some(acc) => B::float_add(acc, dw),
             None => dw,
@@ -238,6 +213,48 @@ fn primitive_backward<B: Backend>(
         d_weight.expect("at least one row"),
         d_bias.expect("at least one row"),
     )
+}
+
+/// `(d hidden rows, d weight, d bias)` of rows `[r0, r1)` from `dz = d loss / d z` (`z` the
+/// transformed logits `[r1 - r0, V]` of those rows): the chain through `1 / T`, soft-capping
+/// and the logit scale, then the two GEMMs. Shared by the fused log-prob and distillation ops.
+pub(super) fn head_grads_rows<B: Backend>(
+    dz: FloatTensor<B>,
+    z: FloatTensor<B>,
+    hidden: &FloatTensor<B>,
+    weight: &FloatTensor<B>,
+    r0: usize,
+    r1: usize,
+    p: &FusedParams,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let v = p.vocab(&weight.shape());
+    let mut dz = B::float_mul_scalar(dz, Scalar::Float(1.0 / p.temperature));
+    if let Some(cap) = p.softcap {
+        // d(cap tanh(a / cap)) / da = 1 - tanh^2, and tanh = z T / cap.
+        let th = B::float_mul_scalar(z, Scalar::Float(p.temperature / cap));
+        let one_minus = B::float_neg(B::float_add_scalar(
+            B::float_mul(th.clone(), th),
+            Scalar::Float(-1.0),
+        ));
+        dz = B::float_mul(dz, one_minus);
+    }
+    let d_raw = B::float_mul_scalar(dz, Scalar::Float(p.logit_scale));
+    let h_rows = rows::<B>(hidden.clone(), r0, r1);
+    let (dh, dw) = match p.layout {
+        LmHeadLayout::VocabMajor => (
+            B::float_matmul(d_raw.clone(), weight.clone()),
+            B::float_matmul(B::float_transpose(d_raw.clone()), h_rows),
+        ),
+        LmHeadLayout::HiddenMajor => (
+            B::float_matmul(d_raw.clone(), B::float_transpose(weight.clone())),
+            B::float_matmul(B::float_transpose(h_rows), d_raw.clone()),
+        ),
+    };
+    let db = B::float_reshape(
+        B::float_sum_dim(B::float_transpose(d_raw), 1),
+        Shape::new([v]),
+    );
+    (dh, dw, db)
 }
 
 #[cfg(any(feature = "wgpu", feature = "cuda"))]

@@ -19,10 +19,10 @@ use super::head::LmHeadLayout;
 
 /// The weight seen as a `[V, H]` matrix without copying: its contiguous storage and the
 /// (row, column) strides of the `[V, H]` view (`[H, V]` storage is read transposed).
-struct WeightView<'a, F> {
-    data: &'a [F],
-    rs: usize,
-    cs: usize,
+pub(super) struct WeightView<'a, F> {
+    pub(super) data: &'a [F],
+    pub(super) rs: usize,
+    pub(super) cs: usize,
 }
 
 impl<F> WeightView<'_, F> {
@@ -81,7 +81,7 @@ unsafe fn gemm_into<F: FusedFloat>(
 
 /// The hidden rows `rows` (scored rows only, ascending) as a `[rows.len(), H]` block: a
 /// sub-slice when they are consecutive, else gathered into `buf` (one row tile of memory).
-fn row_block<'a, F: FusedFloat>(
+pub(super) fn row_block<'a, F: FusedFloat>(
     hidden: &'a [F],
     h: usize,
     rows: &[usize],
@@ -105,7 +105,7 @@ fn scored_rows(targets: &[i64]) -> Vec<usize> {
 
 /// `z = h_block @ weight[c0 .. c0 + width]^T (+ bias)`, transformed (scale, softcap,
 /// temperature), written into `z` (`[rows, width]`, row-major).
-fn logits_into<F: FusedFloat>(
+pub(super) fn logits_into<F: FusedFloat>(
     z: &mut [F],
     h_block: &[F],
     h: usize,
@@ -256,26 +256,18 @@ fn backward_typed<F: FusedFloat>(
     let n = targets.len();
     let scored = scored_rows(targets);
     let (tn, tv) = p.tiles(scored.len().max(1), v);
-    let mut d_hidden = vec![F::ZERO; n * h];
-    let mut d_weight = super::cpu::zeroed_buffer::<F>(v * h);
-    let mut d_bias = vec![F::ZERO; v];
+    let mut grads = HeadGrads::new(n, h, v, p.layout);
     let mut z = vec![F::ZERO; tn.min(scored.len()) * tv];
     let mut gathered = Vec::new();
-    let mut dh_block = Vec::new();
     let scale = F::from_f64(p.logit_scale);
     let inv_t = F::from_f64(1.0 / p.temperature);
     let cap = p.softcap.map(F::from_f64);
     for rows in scored.chunks(tn) {
-        let len = rows.len();
-        let consecutive = rows[len - 1] - rows[0] + 1 == len;
         let h_block = row_block(hidden, h, rows, &mut gathered);
-        if !consecutive {
-            dh_block.clear();
-            dh_block.resize(len * h, F::ZERO);
-        }
+        grads.begin_block(rows);
         for c0 in (0..v).step_by(tv) {
             let width = (c0 + tv).min(v) - c0;
-            let dl = &mut z[..len * width];
+            let dl = &mut z[..rows.len() * width];
             logits_into(dl, h_block, h, weight, bias, (c0, width), p);
             // z -> d loss / d raw logits, in place.
             dl.par_chunks_mut(width)
@@ -293,63 +285,125 @@ fn backward_typed<F: FusedFloat>(
                     };
                     grad_row(row, (t >= c0 && t < c0 + width).then(|| t - c0), &k);
                 });
-            if bias.is_some() {
-                for row in dl.chunks(width) {
-                    for (acc, &x) in d_bias[c0..c0 + width].iter_mut().zip(row) {
-                        *acc = acc.add(x);
-                    }
-                }
-            }
-            // d hidden[rows] += dl @ weight[c0 .. c0 + width]   ([len, H]; in place when the
-            // rows are consecutive, else into the block and scattered below).
-            let (dst, accumulate) = if consecutive {
-                (d_hidden[rows[0] * h..].as_mut_ptr(), true)
-            } else {
-                (dh_block.as_mut_ptr(), c0 > 0)
-            };
-            // SAFETY: dst is [len, H] row-major inside d_hidden / dh_block; dl is [len, width];
-            // weight rows c0 .. c0 + width exist in the view.
-            unsafe {
-                gemm_into(
-                    (len, h, width),
-                    (dst, h, 1),
-                    accumulate,
-                    (dl.as_ptr(), width, 1),
-                    (weight.row_ptr(c0), weight.rs, weight.cs),
-                );
-            }
-            // d weight[c0 .. c0 + width] += dl^T @ h_block, in the weight's own layout.
-            // SAFETY: the destinations are the weight-shaped block of d_weight for these
-            // columns; dl^T is read through strides; h_block is [len, H].
-            unsafe {
-                match p.layout {
-                    LmHeadLayout::VocabMajor => gemm_into(
-                        (width, h, len),
-                        (d_weight[c0 * h..].as_mut_ptr(), h, 1),
-                        true,
-                        (dl.as_ptr(), 1, width),
-                        (h_block.as_ptr(), h, 1),
-                    ),
-                    LmHeadLayout::HiddenMajor => gemm_into(
-                        (h, width, len),
-                        (d_weight[c0..].as_mut_ptr(), v, 1),
-                        true,
-                        (h_block.as_ptr(), 1, h),
-                        (dl.as_ptr(), width, 1),
-                    ),
+            grads.add_tile(dl, rows, h_block, weight, (c0, width), bias.is_some());
+        }
+        grads.end_block(rows);
+    }
+    (grads.d_hidden, grads.d_weight, grads.d_bias)
+}
+
+/// The gradients of one LM head (`d hidden`, `d weight` in the weight's layout, `d bias`),
+/// accumulated tile by tile from `d loss / d raw logits` by in-place GEMMs. Shared by the
+/// fused log-prob op and the fused distillation op.
+pub(super) struct HeadGrads<F> {
+    pub(super) d_hidden: Vec<F>,
+    pub(super) d_weight: Vec<F>,
+    pub(super) d_bias: Vec<F>,
+    dh_block: Vec<F>,
+    consecutive: bool,
+    h: usize,
+    v: usize,
+    layout: LmHeadLayout,
+}
+
+impl<F: FusedFloat> HeadGrads<F> {
+    /// Zeroed gradients for `n` rows of width `h` and a `v`-word head in `layout`.
+    pub(super) fn new(n: usize, h: usize, v: usize, layout: LmHeadLayout) -> Self {
+        Self {
+            d_hidden: vec![F::ZERO; n * h],
+            d_weight: super::cpu::zeroed_buffer::<F>(v * h),
+            d_bias: vec![F::ZERO; v],
+            dh_block: Vec::new(),
+            consecutive: true,
+            h,
+            v,
+            layout,
+        }
+    }
+
+    /// Starts a block of rows (ascending): consecutive rows accumulate `d hidden` in place,
+    /// others into a block scattered by [`end_block`](Self::end_block).
+    pub(super) fn begin_block(&mut self, rows: &[usize]) {
+        let len = rows.len();
+        self.consecutive = rows[len - 1] - rows[0] + 1 == len;
+        if !self.consecutive {
+            self.dh_block.clear();
+            self.dh_block.resize(len * self.h, F::ZERO);
+        }
+    }
+
+    /// Adds one tile: `dl` = `d loss / d raw logits` `[rows.len(), width]` of the vocabulary
+    /// columns `c0 .. c0 + width`; `h_block` the rows' hidden states `[rows.len(), H]`.
+    pub(super) fn add_tile(
+        &mut self,
+        dl: &[F],
+        rows: &[usize],
+        h_block: &[F],
+        weight: &WeightView<'_, F>,
+        (c0, width): (usize, usize),
+        has_bias: bool,
+    ) {
+        let (len, h, v) = (rows.len(), self.h, self.v);
+        if has_bias {
+            for row in dl.chunks(width) {
+                for (acc, &x) in self.d_bias[c0..c0 + width].iter_mut().zip(row) {
+                    *acc = acc.add(x);
                 }
             }
         }
-        if !consecutive {
-            for (block_row, &r) in dh_block.chunks(h).zip(rows) {
-                d_hidden[r * h..(r + 1) * h].copy_from_slice(block_row);
+        // d hidden[rows] += dl @ weight[c0 .. c0 + width]   ([len, H]; in place when the
+        // rows are consecutive, else into the block and scattered at the block's end).
+        let (dst, accumulate) = if self.consecutive {
+            (self.d_hidden[rows[0] * h..].as_mut_ptr(), true)
+        } else {
+            (self.dh_block.as_mut_ptr(), c0 > 0)
+        };
+        // SAFETY: dst is [len, H] row-major inside d_hidden / dh_block; dl is [len, width];
+        // weight rows c0 .. c0 + width exist in the view.
+        unsafe {
+            gemm_into(
+                (len, h, width),
+                (dst, h, 1),
+                accumulate,
+                (dl.as_ptr(), width, 1),
+                (weight.row_ptr(c0), weight.rs, weight.cs),
+            );
+        }
+        // d weight[c0 .. c0 + width] += dl^T @ h_block, in the weight's own layout.
+        // SAFETY: the destinations are the weight-shaped block of d_weight for these
+        // columns; dl^T is read through strides; h_block is [len, H].
+        unsafe {
+            match self.layout {
+                LmHeadLayout::VocabMajor => gemm_into(
+                    (width, h, len),
+                    (self.d_weight[c0 * h..].as_mut_ptr(), h, 1),
+                    true,
+                    (dl.as_ptr(), 1, width),
+                    (h_block.as_ptr(), h, 1),
+                ),
+                LmHeadLayout::HiddenMajor => gemm_into(
+                    (h, width, len),
+                    (self.d_weight[c0..].as_mut_ptr(), v, 1),
+                    true,
+                    (h_block.as_ptr(), 1, h),
+                    (dl.as_ptr(), width, 1),
+                ),
             }
         }
     }
-    (d_hidden, d_weight, d_bias)
+
+    /// Ends a block: scatters `d hidden` of non-consecutive rows.
+    pub(super) fn end_block(&mut self, rows: &[usize]) {
+        if !self.consecutive {
+            let h = self.h;
+            for (block_row, &r) in self.dh_block.chunks(h).zip(rows) {
+                self.d_hidden[r * h..(r + 1) * h].copy_from_slice(block_row);
+            }
+        }
+    }
 }
 
-fn contiguous(t: FlexTensor) -> FlexTensor {
+pub(super) fn contiguous(t: FlexTensor) -> FlexTensor {
     if t.layout().contiguous_offsets().is_some() {
         t
     } else {
@@ -381,7 +435,7 @@ fn targets_vec(targets: &FlexTensor) -> Option<Vec<i64>> {
 
 /// The weight as stored (any non-negative strides: a transposed or sliced view is read in
 /// place; negative strides are copied once), with the `[V, H]` view's strides and `(V, H)`.
-fn weight_geometry(
+pub(super) fn weight_geometry(
     weight: FlexTensor,
     layout: LmHeadLayout,
 ) -> (FlexTensor, (usize, usize), (usize, usize)) {
@@ -400,7 +454,7 @@ fn weight_geometry(
 }
 
 /// The weight's elements from its first one (the strides address the rest).
-fn weight_data<F: FusedFloat>(weight: &FlexTensor) -> Option<&[F]> {
+pub(super) fn weight_data<F: FusedFloat>(weight: &FlexTensor) -> Option<&[F]> {
     if F::dtype() != weight.dtype() {
         return None;
     }

@@ -13,8 +13,12 @@
 
 #[cfg(feature = "flex")]
 mod cpu;
+mod divergence_params;
 mod entropy;
 mod fused;
+#[cfg(feature = "flex")]
+mod fused_divergence_cpu;
+mod fused_divergence;
 #[cfg(feature = "flex")]
 mod fused_cpu;
 mod fused_params;
@@ -28,6 +32,9 @@ mod sequence;
 mod support;
 
 pub use crate::backends::has_native_kernel;
+pub(crate) use divergence_params::{DivergenceKind, DivergenceParams};
+pub(crate) use fused_divergence::fused_divergence_op;
+pub(crate) use fused_params::FusedParams;
 pub use entropy::token_entropy;
 pub use gather::{
     GatheredLogps, LabelAlignment, LogpsImplementation, TokenLogps, TokenLogpsConfig,

@@ -11,6 +11,7 @@
 
 mod bco;
 mod cpo;
+mod distill;
 mod dpo;
 mod kto;
 mod metrics;
@@ -24,6 +25,7 @@ pub(crate) mod stable;
 
 pub use bco::{BcoLoss, BcoLossConfig, RunningMoments};
 pub use cpo::{CpoLoss, CpoLossConfig, CpoLossType, PairTerms};
+pub use distill::{DistillationLoss, DistillationLossConfig, DivergenceTerms};
 pub use dpo::{DpoLoss, DpoLossConfig, DpoLossType, FDivergenceType};
 pub use kto::{
     KtoLoss, KtoLossConfig, KtoLossType, UnpairedBatch, kto_kl_estimate, kto_mismatched_pairs,

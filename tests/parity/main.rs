@@ -15,6 +15,7 @@
 pub mod common;
 pub mod cpo;
 pub mod data;
+pub mod distill;
 pub mod dpo;
 pub mod fixture;
 pub mod fused;
@@ -34,11 +35,7 @@ use fixture::Case;
 type Runner = fn(&Case, &TestDevice) -> Result<(), String>;
 
 /// Source functions (last token of `source`) that have no runner yet. Shrinks to empty.
-const NOT_YET: &[&str] = &[
-    // Distillation (issue 28): fixtures from TRL 1.16 in `fixtures/distill/`, runners to come.
-    "_chunked_divergence_loss",
-    "GKDTrainer.generalized_jsd_loss",
-];
+const NOT_YET: &[&str] = &[];
 
 fn runner(function: &str) -> Option<Runner> {
     Some(match function {
@@ -67,6 +64,8 @@ fn runner(function: &str) -> Option<Runner> {
         "masked_mean" => rl::masked_mean,
         "masked_var" => rl::masked_var,
         "RewardTrainer.compute_loss" => reward::compute_loss,
+        "_chunked_divergence_loss" => distill::chunked_divergence,
+        "GKDTrainer.generalized_jsd_loss" => distill::generalized_jsd,
         _ => return None,
     })
 }
