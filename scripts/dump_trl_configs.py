@@ -32,6 +32,9 @@ the transformers version that made it), `defaults_of_loss_changing_fields.json`,
 fields and those of every `--side-records` file; each `*_OWN` table is the class's fields
 beyond the running transformers' `TrainingArguments`.
 
+The side runs dump no other class, so a class added to the main run (as `DistillationConfig` and
+the experimental `GKDConfig` were) needs only the main run, with the side records already in `--out`.
+
 `BCOConfig` is not in TRL 1.16 (TRL 1.14 removed the experimental BCO trainer); its class is
 read from the TRL 1.13.0 wheel given by `--bco-wheel` (`pip download --no-deps trl==1.13.0`)
 and executed on top of the installed TRL's `_BaseConfig` (identical fields in 1.13 and 1.16).
@@ -51,8 +54,9 @@ import zipfile
 import transformers
 import trl
 from transformers import TrainingArguments
-from trl import DPOConfig, GRPOConfig, KTOConfig, RewardConfig, RLOOConfig
+from trl import DistillationConfig, DPOConfig, GRPOConfig, KTOConfig, RewardConfig, RLOOConfig
 from trl.experimental.cpo import CPOConfig
+from trl.experimental.gkd import GKDConfig
 from trl.experimental.online_dpo import OnlineDPOConfig
 from trl.experimental.orpo import ORPOConfig
 
@@ -206,6 +210,27 @@ NON_DEFAULT = [
         "grpo_sampler_fields",
         "GRPOConfig",
         dict(temperature=0.7, top_k=20, top_p=0.9, min_p=0.05, repetition_penalty=1.1),
+    ),
+    (
+        # `DistillationConfig` has no `lmbda` (its trainer is always on-policy) and no top-k / tail loss
+        # variant: `beta` and `temperature` are its only loss fields; the others here are sampling ones.
+        "distillation_gkd",
+        "DistillationConfig",
+        dict(
+            beta=0.3,
+            temperature=0.8,
+            max_completion_length=24,
+            top_p=0.9,
+            top_k=20,
+            min_p=0.05,
+            repetition_penalty=1.1,
+            disable_dropout=True,
+        ),
+    ),
+    (
+        "gkd_lmbda",
+        "GKDConfig",
+        dict(lmbda=0.7, beta=0.3, temperature=0.8, max_new_tokens=24, seq_kd=True),
     ),
 ]
 
@@ -453,6 +478,8 @@ def main():
         "GRPOConfig": GRPOConfig,
         "RLOOConfig": RLOOConfig,
         "OnlineDPOConfig": OnlineDPOConfig,
+        "DistillationConfig": DistillationConfig,
+        "GKDConfig": GKDConfig,
     }
     os.makedirs(args.out, exist_ok=True)
     records = read_side_records(args.side_records, args.out)

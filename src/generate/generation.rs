@@ -210,7 +210,10 @@ impl Generation {
     }
 
     /// The completion logits of every row, with the model's output shape checked.
-    fn try_completion_logits<M: CausalLm + ?Sized>(&self, model: &M) -> crate::Result<Tensor<3>> {
+    pub(crate) fn try_completion_logits<M: CausalLm + ?Sized>(
+        &self,
+        model: &M,
+    ) -> crate::Result<Tensor<3>> {
         let ids = self.ids();
         let [r, s] = ids.dims();
         let logits = model.logits(ids, self.attention_mask());

@@ -21,6 +21,7 @@
 //! Everything here is backend-agnostic; the examples `online_dpo`, `grpo` and
 //! `constitutional` show the loops end to end.
 
+mod distill;
 mod generation;
 mod grpo;
 mod model;
@@ -30,6 +31,7 @@ mod sampler;
 mod scoring;
 mod truncation;
 
+pub use distill::{DistillationStepOutput, OnPolicyDistillation, OnPolicyDistillationConfig};
 pub use generation::Generation;
 pub use grpo::{AdvantageEstimator, GrpoStep, GrpoStepConfig, GrpoStepOutput};
 pub use model::{CachedCausalLm, CausalLm, position_ids};

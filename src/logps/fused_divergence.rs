@@ -199,14 +199,12 @@ fn primitive_forward<B: Backend>(
         let entropy = B::float_neg(row_sum::<B>(B::float_mul(ps.clone(), lps.clone())));
         let zero = B::float_mul_scalar(lse_s.clone(), Scalar::Float(0.0));
         let (divergence, kl_s_m) = match p.kind {
-            DivergenceKind::Forward => (
-                row_sum::<B>(B::float_mul(pt, B::float_sub(lpt, lps))),
-                zero,
-            ),
-            DivergenceKind::Reverse => (
-                row_sum::<B>(B::float_mul(ps, B::float_sub(lps, lpt))),
-                zero,
-            ),
+            DivergenceKind::Forward => {
+                (row_sum::<B>(B::float_mul(pt, B::float_sub(lpt, lps))), zero)
+            }
+            DivergenceKind::Reverse => {
+                (row_sum::<B>(B::float_mul(ps, B::float_sub(lps, lpt))), zero)
+            }
             DivergenceKind::Jsd(beta) => {
                 let lm = log_mixture::<B>(lps.clone(), lpt.clone(), beta);
                 let kl_t = row_sum::<B>(B::float_mul(pt, B::float_sub(lpt, lm.clone())));
@@ -420,16 +418,8 @@ impl<B: Backend + FusedDivergenceBackend, C: CheckpointStrategy> FusedDivergence
                 ];
                 let [sh, sw, sb] = student.clone();
                 let [th, tw, tb] = teacher.clone();
-                let out = B::fused_divergence_forward(
-                    sh,
-                    sw,
-                    sb,
-                    th,
-                    tw,
-                    tb,
-                    valid.clone(),
-                    params,
-                );
+                let out =
+                    B::fused_divergence_forward(sh, sw, sb, th, tw, tb, valid.clone(), params);
                 prep.finish((student, teacher, valid, out.clone(), params), out)
             }
             OpsKind::UnTracked(prep) => {
@@ -565,13 +555,9 @@ mod tests {
                 };
                 let tv = || t(valid.clone(), [n]);
                 let what = format!("{kind:?} {layout:?}");
-                let want = crate::logps::fused_divergence_cpu::forward(
-                    &student(),
-                    &teacher(),
-                    tv(),
-                    &p,
-                )
-                .unwrap();
+                let want =
+                    crate::logps::fused_divergence_cpu::forward(&student(), &teacher(), tv(), &p)
+                        .unwrap();
                 let got = primitive_forward::<Flex>(student(), teacher(), tv(), &p);
                 assert_close(
                     &format!("{what} forward"),

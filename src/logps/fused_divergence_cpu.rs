@@ -27,13 +27,7 @@ const LANES: usize = 16;
 /// exp(z_s - max_s)`, `e_t = exp(z_t - max_t)` and `cross = sum e_t (z_t - z_s)` (forward KL)
 /// or `sum e_s (z_s - z_t)` (reverse KL), 0 for the JSD.
 #[inline(always)]
-fn pass1_sums_impl<F: FusedFloat>(
-    zs: &[F],
-    zt: &[F],
-    max_s: F,
-    max_t: F,
-    kind: u8,
-) -> [F; 4] {
+fn pass1_sums_impl<F: FusedFloat>(zs: &[F], zt: &[F], max_s: F, max_t: F, kind: u8) -> [F; 4] {
     let mut acc = [[F::ZERO; LANES]; 4];
     let mut out = [F::ZERO; 4];
     let body = |a: &mut [F; 4], s: F, t: F| {
@@ -302,8 +296,7 @@ fn forward_typed<F: FusedFloat>(
                     let ms = rs.iter().fold(F::NEG_INFINITY, |a, &x| a.max(x));
                     let mt = rt.iter().fold(F::NEG_INFINITY, |a, &x| a.max(x));
                     let (new_s, new_t) = (st.max_s.max(ms), st.max_t.max(mt));
-                    let (alpha_s, alpha_t) =
-                        (st.max_s.sub(new_s).exp(), st.max_t.sub(new_t).exp());
+                    let (alpha_s, alpha_t) = (st.max_s.sub(new_s).exp(), st.max_t.sub(new_t).exp());
                     let tile = pass1_sums(rs, rt, new_s, new_t, kind);
                     let cross_alpha = if kind == 0 { alpha_t } else { alpha_s };
                     st.sums[0] = st.sums[0].mul(alpha_s).add(tile[0]);

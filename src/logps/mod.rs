@@ -17,10 +17,10 @@ mod divergence_params;
 mod entropy;
 mod fused;
 #[cfg(feature = "flex")]
-mod fused_divergence_cpu;
+mod fused_cpu;
 mod fused_divergence;
 #[cfg(feature = "flex")]
-mod fused_cpu;
+mod fused_divergence_cpu;
 mod fused_params;
 #[cfg(feature = "flex")]
 mod fused_rows;
@@ -33,9 +33,9 @@ mod support;
 
 pub use crate::backends::has_native_kernel;
 pub(crate) use divergence_params::{DivergenceKind, DivergenceParams};
+pub use entropy::token_entropy;
 pub(crate) use fused_divergence::fused_divergence_op;
 pub(crate) use fused_params::FusedParams;
-pub use entropy::token_entropy;
 pub use gather::{
     GatheredLogps, LabelAlignment, LogpsImplementation, TokenLogps, TokenLogpsConfig,
     token_logps_reference,

@@ -230,8 +230,14 @@ impl DistillationLoss {
         student_logits: Tensor<D>,
         teacher_logits: Tensor<D>,
     ) -> (Tensor<D>, Tensor<D>) {
+        // The teacher: detached, on the student's (autodiff or plain) device.
+        let teacher_logits = if student_logits.is_autodiff() {
+            teacher_logits.detach().autodiff()
+        } else {
+            teacher_logits.inner()
+        };
         let zs = self.student.apply(student_logits, self.temperature);
-        let zt = self.teacher.apply(teacher_logits.detach(), self.temperature);
+        let zt = self.teacher.apply(teacher_logits, self.temperature);
         (log_softmax(zs, D - 1), log_softmax(zt, D - 1))
     }
 
@@ -256,7 +262,11 @@ impl DistillationLoss {
         {
             return Err(Error::shape(
                 "mask",
-                format!("[B, T] = {:?} (of `student_logits` {:?})", [b, t], [b, t, v]),
+                format!(
+                    "[B, T] = {:?} (of `student_logits` {:?})",
+                    [b, t],
+                    [b, t, v]
+                ),
                 &mask.dims(),
             ));
         }
@@ -401,8 +411,13 @@ impl DistillationLoss {
         teacher_head: impl Into<LmHead>,
         mask: Tensor<2, Bool>,
     ) -> crate::Result<LossOutput> {
-        let terms =
-            self.try_terms_fused(student_hidden, student_head, teacher_hidden, teacher_head, mask)?;
+        let terms = self.try_terms_fused(
+            student_hidden,
+            student_head,
+            teacher_hidden,
+            teacher_head,
+            mask,
+        )?;
         self.try_reduce(&terms)
     }
 
@@ -469,14 +484,24 @@ impl DistillationLoss {
         }
         let (sw, sb, s_layout) = student_head.into_parts();
         let (tw, tb, t_layout) = teacher_head.into_parts();
-        crate::error::check_dtype_like("student_head.weight", &sw, "student_hidden", &student_hidden)?;
+        crate::error::check_dtype_like(
+            "student_head.weight",
+            &sw,
+            "student_hidden",
+            &student_hidden,
+        )?;
         crate::error::check_dtype_like_opt(
             "student_head.bias",
             sb.as_ref(),
             "student_hidden",
             &student_hidden,
         )?;
-        crate::error::check_dtype_like("teacher_head.weight", &tw, "teacher_hidden", &teacher_hidden)?;
+        crate::error::check_dtype_like(
+            "teacher_head.weight",
+            &tw,
+            "teacher_hidden",
+            &teacher_hidden,
+        )?;
         crate::error::check_dtype_like_opt(
             "teacher_head.bias",
             tb.as_ref(),
@@ -504,8 +529,8 @@ impl DistillationLoss {
         let tw = like(tw);
         let tb = tb.map(|x| like(x.unsqueeze_dim::<2>(0)).squeeze_dim::<1>(0));
         let mask_flat = mask.clone().reshape([n]);
-        let native = self.implementation == LogpsImplementation::Auto
-            && has_native_kernel(&sh.device());
+        let native =
+            self.implementation == LogpsImplementation::Auto && has_native_kernel(&sh.device());
         let (divergence, entropy) = if native {
             let params = self.fused_params(s_layout, t_layout, sb.is_some(), tb.is_some());
             let zeros = || Tensor::<1>::zeros([v], (&sh.device(), sh.dtype()));
@@ -515,7 +540,8 @@ impl DistillationLoss {
                 &Tensor::<1>::zeros([n], (&sh.device(), sh.dtype())),
                 mask_flat,
             );
-            let packed = crate::logps::fused_divergence_op([sh, sw], sb, [th, tw], tb, valid, params);
+            let packed =
+                crate::logps::fused_divergence_op([sh, sw], sb, [th, tw], tb, valid, params);
             let column = |c: usize| packed.clone().narrow(1, c, 1).reshape([b, t]);
             (column(0), column(1).detach())
         } else {

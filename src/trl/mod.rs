@@ -1,4 +1,4 @@
-//! TRL trainer configs (`DPOConfig`, `CPOConfig`, `ORPOConfig`, `KTOConfig`, `BCOConfig`,
+//! TRL trainer configs (`DPOConfig`, `CPOConfig`, `ORPOConfig`, `KTOConfig`, `BCOConfig`, `DistillationConfig`, `GKDConfig`,
 //! `RewardConfig`, `GRPOConfig`, `RLOOConfig`) loaded into the crate's loss configs.
 //!
 //! A TRL config file (the JSON of `TrainingArguments.to_json_string()`, the `training_args`
@@ -33,6 +33,8 @@
 //! | `GRPOConfig` | [`GrpoConfigs`]: [`GrpoLossConfig`](crate::rl::GrpoLossConfig) + [`GroupAdvantageConfig`](crate::rl::GroupAdvantageConfig) | [`FromTrl`] |
 //! | `GRPOConfig` sampling fields | [`GrpoConfigs::sampler`]: [`SamplerConfig`](crate::generate::SamplerConfig) | [`FromTrl`] |
 //! | `RLOOConfig` | [`RlooConfigs`]: [`RlooLossConfig`](crate::rl::RlooLossConfig) + [`RlooAdvantageConfig`](crate::rl::RlooAdvantageConfig) + sampler | [`FromTrl`] |
+//! | `DistillationConfig` | [`DistillationConfigs`]: [`OnPolicyDistillationConfig`](crate::generate::OnPolicyDistillationConfig) (with its [`DistillationLossConfig`](crate::losses::DistillationLossConfig)) + [`SamplerConfig`](crate::generate::SamplerConfig) | [`FromTrl`] |
+//! | `GKDConfig` (`trl.experimental.gkd`) | [`GkdConfigs`]: the same, GKD's defaults | [`FromTrl`] |
 //! | `OnlineDPOConfig` | [`OnlineDpoConfigs`]: [`OnlineDpoConfig`](crate::generate::OnlineDpoConfig) + [`SamplerConfig`](crate::generate::SamplerConfig) | [`FromTrl`] |
 //!
 //! **Trainer fields.** Fields that configure the training loop rather than the loss
@@ -76,12 +78,14 @@
 //! `scripts/dump_trl_configs.py` regenerates them, and the tests load dumps written by TRL
 //! itself (`fixtures/trl_configs/`).
 
+mod distill;
 mod fields;
 mod online;
 mod preference;
 mod reader;
 mod unpaired;
 
+pub use distill::{DistillationConfigs, GkdConfigs};
 pub use online::{GrpoConfigs, OnlineDpoConfigs, RlooConfigs};
 
 use std::collections::BTreeMap;

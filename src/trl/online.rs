@@ -58,7 +58,7 @@ pub struct OnlineDpoConfigs {
 /// The sampler of a TRL online config: `temperature`, `top_k` (0 or `null` = off), `top_p`,
 /// `min_p` (`null` = off), with `max_new_tokens` from the config's length field (read by the
 /// caller; `None`: a `null` length, reported as unsupported under `length_field`).
-fn sampler(
+pub(super) fn sampler(
     r: &mut Reader,
     num_generations: usize,
     max_new_tokens: Option<usize>,

@@ -45,7 +45,10 @@ pub fn chunked_divergence(case: &Case, dev: &TestDevice) -> Result<(), String> {
         input("student_weight"),
         input("teacher_weight"),
     );
-    let (sb, tb) = (case.input_opt("student_bias"), case.input_opt("teacher_bias"));
+    let (sb, tb) = (
+        case.input_opt("student_bias"),
+        case.input_opt("teacher_bias"),
+    );
     let mask = input("completion_mask");
     let [b, k] = mask.shape::<2>();
     let mask_bool: Vec<bool> = mask.values.iter().map(|&x| x != 0.0).collect();
@@ -113,7 +116,9 @@ pub fn chunked_divergence(case: &Case, dev: &TestDevice) -> Result<(), String> {
         });
         if teacher_hidden.grad(&grads).is_some()
             || teacher_weight.grad(&grads).is_some()
-            || teacher_bias.as_ref().is_some_and(|x| x.grad(&grads).is_some())
+            || teacher_bias
+                .as_ref()
+                .is_some_and(|x| x.grad(&grads).is_some())
         {
             return Err(format!("{tag}: a gradient reached the teacher"));
         }
@@ -128,8 +133,16 @@ pub fn chunked_divergence(case: &Case, dev: &TestDevice) -> Result<(), String> {
         };
         trl("loss", &loss_value, &case.expect("loss"))?;
         trl("entropy_sum", &entropy_sum, &case.expect("entropy_sum"))?;
-        trl("grad_student_hidden", &g_hidden, &case.expect("grad_student_hidden"))?;
-        trl("grad_student_weight", &g_weight, &case.expect("grad_student_weight"))?;
+        trl(
+            "grad_student_hidden",
+            &g_hidden,
+            &case.expect("grad_student_hidden"),
+        )?;
+        trl(
+            "grad_student_weight",
+            &g_weight,
+            &case.expect("grad_student_weight"),
+        )?;
         match (case.expect_opt("grad_student_bias"), &g_bias) {
             (Some(want), Some(got)) => trl("grad_student_bias", got, &want)?,
             (None, None) => {}

@@ -10,7 +10,10 @@ use burn_rlhf::losses::{
     BcoLossConfig, BradleyTerryLossConfig, CpoLossConfig, DpoLossConfig, DpoLossType,
     KtoLossConfig, OrpoLossConfig,
 };
-use burn_rlhf::trl::{FromTrl, GrpoConfigs, OnlineDpoConfigs, RlooConfigs, TrainerFields};
+use burn_rlhf::trl::{
+    DistillationConfigs, FromTrl, GkdConfigs, GrpoConfigs, OnlineDpoConfigs, RlooConfigs,
+    TrainerFields,
+};
 use serde_json::{Map, Value, json};
 
 fn dir() -> PathBuf {
@@ -363,6 +366,57 @@ fn check_file(file: &str, class: &str, j: &Map<String, Value>, source: Map<Strin
                 &l.trainer_fields,
                 &consumed,
                 &["num_generations", "max_completion_length"],
+            );
+        }
+        "DistillationConfig" => {
+            let l = DistillationConfigs::from_trl_map(source).unwrap();
+            let c = &l.config.step;
+            // TRL's DistillationTrainer samples every batch from the student.
+            assert_eq!(c.lmbda, 1.0, "{file}");
+            assert_eq!(c.loss.beta, f(j, "beta"), "{file}");
+            // Its temperature scales the loss too (distillation_trainer.py:1918).
+            assert_eq!(c.loss.temperature, f(j, "temperature"), "{file}");
+            assert_eq!(c.learning_rate, f(j, "learning_rate"), "{file}");
+            check_sampler(file, j, &l.config.sampler, 1, "max_completion_length");
+            let mut consumed = vec!["beta", "learning_rate", "max_completion_length"];
+            consumed.extend(SAMPLER_FIELDS);
+            check_trainer_fields(
+                file,
+                j,
+                &l.trainer_fields,
+                &consumed,
+                &["learning_rate", "max_completion_length"],
+            );
+        }
+        "GKDConfig" => {
+            let l = GkdConfigs::from_trl_map(source).unwrap();
+            let c = &l.config.step;
+            assert_eq!(c.lmbda, f(j, "lmbda"), "{file}");
+            assert_eq!(c.loss.beta, f(j, "beta"), "{file}");
+            // GKD's trainer never passes its temperature to the loss (gkd_trainer.py:349-355).
+            assert_eq!(c.loss.temperature, 1.0, "{file}");
+            assert_eq!(c.learning_rate, f(j, "learning_rate"), "{file}");
+            let s = &l.config.sampler;
+            assert_eq!(s.num_generations, 1, "{file}");
+            assert_eq!(
+                s.max_new_tokens as u64,
+                j["max_new_tokens"].as_u64().unwrap(),
+                "{file}"
+            );
+            assert_eq!(s.temperature, f(j, "temperature"), "{file}");
+            assert_eq!((s.top_k, s.top_p), (None, 1.0), "{file}");
+            check_trainer_fields(
+                file,
+                j,
+                &l.trainer_fields,
+                &[
+                    "lmbda",
+                    "beta",
+                    "learning_rate",
+                    "max_new_tokens",
+                    "temperature",
+                ],
+                &["learning_rate"],
             );
         }
         "OnlineDPOConfig" => {
@@ -724,6 +778,12 @@ fn unsupported_of(file: &str, class: &str) -> Vec<String> {
         "GRPOConfig" => GrpoConfigs::from_trl_map(source).unwrap().unsupported,
         "RLOOConfig" => RlooConfigs::from_trl_map(source).unwrap().unsupported,
         "OnlineDPOConfig" => OnlineDpoConfigs::from_trl_map(source).unwrap().unsupported,
+        "DistillationConfig" => {
+            DistillationConfigs::from_trl_map(source)
+                .unwrap()
+                .unsupported
+        }
+        "GKDConfig" => GkdConfigs::from_trl_map(source).unwrap().unsupported,
         "CPOConfig" => CpoLossConfig::from_trl_map(source).unwrap().unsupported,
         "ORPOConfig" => OrpoLossConfig::from_trl_map(source).unwrap().unsupported,
         "BCOConfig" => BcoLossConfig::from_trl_map(source).unwrap().unsupported,
@@ -774,6 +834,13 @@ fn unsupported_loss_changing_fields_are_reported() {
             "use_vllm"
         ]
     );
+    // DistillationConfig's repetition_penalty is not implemented by the sampler; GKD's
+    // seq_kd (teacher-generated off-policy batches) is reported.
+    assert_eq!(
+        unsupported_of("distillation_gkd.json", "DistillationConfig"),
+        ["repetition_penalty"]
+    );
+    assert_eq!(unsupported_of("gkd_lmbda.json", "GKDConfig"), ["seq_kd"]);
     // Online IPO on summed log-ratios is TRL's: nothing to report.
     assert_eq!(
         unsupported_of("online_dpo_ipo_sampling.json", "OnlineDPOConfig"),
