@@ -8,6 +8,7 @@
 mod bad;
 #[path = "../common/mod.rs"]
 pub mod common;
+pub mod distill;
 pub mod errors;
 pub mod fused;
 pub mod lm_head_linear;
