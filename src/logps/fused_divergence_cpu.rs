@@ -56,9 +56,9 @@ fn pass1_sums_impl<F: FusedFloat>(zs: &[F], zt: &[F], max_s: F, max_t: F, kind: 
     for (&s, &t) in ts.iter().zip(tt) {
         body(&mut out, s, t);
     }
-    for k in 0..4 {
-        for l in 0..LANES {
-            out[k] = out[k].add(acc[k][l]);
+    for (o, lanes) in out.iter_mut().zip(&acc) {
+        for &x in lanes {
+            *o = o.add(x);
         }
     }
     out
