@@ -6,4 +6,5 @@
 
 #[path = "../common/mod.rs"]
 pub mod common;
+pub mod distill;
 pub mod sampler;

@@ -8,7 +8,7 @@ use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use burn_rlhf::generate::{CachedCausalLm, CausalLm, Generation, Prompts, SamplerConfig};
 
-const V: usize = 8;
+pub(crate) const V: usize = 8;
 
 /// Host copy of a tensor.
 fn host<const D: usize>(x: Tensor<D>) -> Vec<f64> {
@@ -42,12 +42,12 @@ impl CausalLm for Constant {
 /// Left padding is masked out of the mean exactly, and positions play no role, so a padded
 /// prompt gives bit-identical logits to the unpadded one.
 #[derive(Module, Debug)]
-struct MeanLm {
+pub(crate) struct MeanLm {
     emb: Embedding,
-    head: Linear,
+    pub(crate) head: Linear,
 }
 impl MeanLm {
-    fn new(device: &Device) -> Self {
+    pub(crate) fn new(device: &Device) -> Self {
         device.seed(3);
         Self {
             emb: EmbeddingConfig::new(V, 16).init(device),

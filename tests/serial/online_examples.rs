@@ -1,4 +1,4 @@
-//! The `online_dpo`, `grpo` and `constitutional` examples, shortened (debug build, flex): each
+//! The `online_dpo`, `grpo`, `distill` and `constitutional` examples, shortened (debug build, flex): each
 //! example's own metric must move in the right direction by a clear margin.
 // Each example brings its own `common` (`examples/common`), so the shared module is loaded
 // once per example here.
@@ -6,6 +6,8 @@
 
 #[path = "../../examples/constitutional.rs"]
 pub mod constitutional;
+#[path = "../../examples/distill.rs"]
+pub mod distill;
 #[path = "../../examples/grpo.rs"]
 pub mod grpo;
 #[path = "../../examples/online_dpo.rs"]
@@ -132,5 +134,41 @@ fn the_critic_reads_the_constitution() {
         critic.score(&CONSTITUTION, &revised),
         Some(1.0),
         "{revised:?}"
+    );
+}
+
+#[test]
+fn distill_halves_the_heldout_kl() {
+    let _serial = crate::serial();
+    let args = distill::Args {
+        quiet: true,
+        ..distill::Args::parse_from([
+            "distill",
+            "--steps",
+            "40",
+            "--prompts",
+            "16",
+            "--teacher-steps",
+            "250",
+            "--student-steps",
+            "60",
+            "--heldout",
+            "64",
+        ])
+    };
+    let h = distill::run(&args).unwrap();
+    let (before, after) = h.heldout_kl;
+    println!(
+        "held-out KL {before:.4} -> {after:.4}, rule rate {:.3} -> {:.3} (teacher {:.3}) in {:.1}s",
+        h.rule_rate.0, h.rule_rate.1, h.teacher_rule_rate, h.seconds
+    );
+    assert!(
+        h.teacher_rule_rate >= 0.9,
+        "the teacher must know the task: {}",
+        h.teacher_rule_rate
+    );
+    assert!(
+        after <= 0.5 * before,
+        "held-out KL(teacher || student) should fall by half: {before} -> {after}"
     );
 }
