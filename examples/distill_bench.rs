@@ -19,22 +19,10 @@ use burn::tensor::{Bool, Distribution, Tensor};
 use burn_rlhf::logps::LmHead;
 use burn_rlhf::losses::DistillationLossConfig;
 use common::alloc::{self, Counting};
-use common::device::usize_arg as arg;
+use common::device::{f64_arg, usize_arg as arg};
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
-
-fn f64_arg(name: &str, default: f64) -> f64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} needs a number"))
-        })
-        .unwrap_or(default)
-}
 
 fn main() {
     let (n, h, v) = (arg("--n", 2048), arg("--h", 1024), arg("--v", 128_000));

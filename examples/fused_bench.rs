@@ -27,7 +27,7 @@ use burn::tensor::{Device, Distribution, Int, Tensor};
 use burn_rlhf::logps::FusedLogpsConfig;
 use burn_rlhf::logps::{LabelAlignment, TokenLogpsConfig};
 use common::alloc::{self, Counting};
-use common::device::usize_arg as arg;
+use common::device::{f64_arg, usize_arg as arg};
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
@@ -116,19 +116,6 @@ fn run_once(
         .saturating_sub(before)
         .saturating_sub(grads_bytes);
     (elapsed, extra)
-}
-
-/// `--name X` as a float, or `default` when absent.
-fn f64_arg(name: &str, default: f64) -> f64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} needs a number, got {v}"))
-        })
-        .unwrap_or(default)
 }
 
 /// `targets` with the first `fraction` of every `seq`-row sequence set to -100 (prompt).

@@ -74,13 +74,25 @@ pub fn from_args() -> Result<(String, Device), String> {
 /// # Panics
 /// When the value is not an integer (the message names the flag).
 pub fn usize_arg(name: &str, default: usize) -> usize {
+    parsed_arg(name, default, "an integer")
+}
+
+/// `--name X` as a float, or `default` when absent.
+///
+/// # Panics
+/// When the value is not a number (the message names the flag).
+pub fn f64_arg(name: &str, default: f64) -> f64 {
+    parsed_arg(name, default, "a number")
+}
+
+fn parsed_arg<T: std::str::FromStr>(name: &str, default: T, what: &str) -> T {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
         .map(|v| {
             v.parse()
-                .unwrap_or_else(|_| panic!("{name} needs an integer, got {v}"))
+                .unwrap_or_else(|_| panic!("{name} needs {what}, got {v}"))
         })
         .unwrap_or(default)
 }

@@ -433,38 +433,19 @@ fn _assert_autodiff_backend<B: AutodiffBackend>() {}
 mod tests {
     use super::*;
     use crate::logps::fused_params::OUT_COLS;
+    use crate::test_util::flex::{host, t, uniform};
     use burn::backend::Flex;
     use burn::backend::flex::FlexTensor;
     use burn::tensor::TensorData;
 
-    fn t(values: Vec<f64>, shape: [usize; 2]) -> FlexTensor {
-        FlexTensor::from_data(TensorData::new(values, shape))
-    }
-
-    fn host(x: FlexTensor) -> Vec<f64> {
-        x.into_data().convert::<f64>().try_to_vec::<f64>().unwrap()
-    }
-
     fn assert_close(what: &str, a: &[f64], b: &[f64]) {
-        assert_eq!(a.len(), b.len(), "{what}");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (x - y).abs() <= 1e-10 + 1e-9 * y.abs(),
-                "{what}[{i}]: {x} vs {y}"
-            );
-        }
+        crate::test_util::flex::assert_close(what, a, b, 1e-10);
     }
 
     #[test]
     fn primitive_path_reads_both_layouts() {
         let (n, h, v) = (7, 5, 11);
-        let mut seed = 7u64;
-        let mut next = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-        };
+        let mut next = uniform(7);
         let hidden: Vec<f64> = (0..n * h).map(|_| next()).collect();
         let w_vh: Vec<f64> = (0..v * h).map(|_| next()).collect();
         let w_hv: Vec<f64> = (0..h * v).map(|i| w_vh[(i % v) * h + i / v]).collect();

@@ -29,6 +29,18 @@ pub(crate) struct HeadTensors<B: Backend> {
     pub(crate) bias: FloatTensor<B>,
 }
 
+fn head<B: Backend>(
+    hidden: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: FloatTensor<B>,
+) -> HeadTensors<B> {
+    HeadTensors {
+        hidden,
+        weight,
+        bias,
+    }
+}
+
 /// Backend extension for the fused two-head divergence.
 ///
 /// Shapes: student / teacher `hidden [N, Hs]` / `[N, Ht]`, weights `[V, H]` or `[H, V]` by
@@ -53,16 +65,8 @@ pub trait FusedDivergenceBackend: Backend {
         params: DivergenceParams,
     ) -> FloatTensor<Self> {
         primitive_forward::<Self>(
-            HeadTensors {
-                hidden: student_hidden,
-                weight: student_weight,
-                bias: student_bias,
-            },
-            HeadTensors {
-                hidden: teacher_hidden,
-                weight: teacher_weight,
-                bias: teacher_bias,
-            },
+            head(student_hidden, student_weight, student_bias),
+            head(teacher_hidden, teacher_weight, teacher_bias),
             valid,
             &params,
         )
@@ -84,16 +88,8 @@ pub trait FusedDivergenceBackend: Backend {
         params: DivergenceParams,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         primitive_backward::<Self>(
-            HeadTensors {
-                hidden: student_hidden,
-                weight: student_weight,
-                bias: student_bias,
-            },
-            HeadTensors {
-                hidden: teacher_hidden,
-                weight: teacher_weight,
-                bias: teacher_bias,
-            },
+            head(student_hidden, student_weight, student_bias),
+            head(teacher_hidden, teacher_weight, teacher_bias),
             valid,
             saved,
             grad,
@@ -292,16 +288,8 @@ impl FusedDivergenceBackend for burn::backend::Flex {
         valid: FloatTensor<Self>,
         params: DivergenceParams,
     ) -> FloatTensor<Self> {
-        let student = HeadTensors {
-            hidden: student_hidden,
-            weight: student_weight,
-            bias: student_bias,
-        };
-        let teacher = HeadTensors {
-            hidden: teacher_hidden,
-            weight: teacher_weight,
-            bias: teacher_bias,
-        };
+        let student = head(student_hidden, student_weight, student_bias);
+        let teacher = head(teacher_hidden, teacher_weight, teacher_bias);
         super::fused_divergence_cpu::forward(&student, &teacher, valid.clone(), &params)
             .unwrap_or_else(|| primitive_forward::<Self>(student, teacher, valid, &params))
     }
@@ -318,16 +306,8 @@ impl FusedDivergenceBackend for burn::backend::Flex {
         grad: FloatTensor<Self>,
         params: DivergenceParams,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let student = HeadTensors {
-            hidden: student_hidden,
-            weight: student_weight,
-            bias: student_bias,
-        };
-        let teacher = HeadTensors {
-            hidden: teacher_hidden,
-            weight: teacher_weight,
-            bias: teacher_bias,
-        };
+        let student = head(student_hidden, student_weight, student_bias);
+        let teacher = head(teacher_hidden, teacher_weight, teacher_bias);
         super::fused_divergence_cpu::backward(
             &student,
             &teacher,
@@ -475,38 +455,17 @@ mod tests {
     use crate::logps::divergence_params::DIV_COLS;
     use crate::logps::fused_params::FusedParams;
     use crate::logps::head::LmHeadLayout;
+    use crate::test_util::flex::{host, t, uniform};
     use burn::backend::Flex;
-    use burn::backend::flex::FlexTensor;
-    use burn::tensor::TensorData;
-
-    fn t<const D: usize>(values: Vec<f64>, shape: [usize; D]) -> FlexTensor {
-        FlexTensor::from_data(TensorData::new(values, shape))
-    }
-
-    fn host(x: FlexTensor) -> Vec<f64> {
-        x.into_data().convert::<f64>().try_to_vec::<f64>().unwrap()
-    }
 
     fn assert_close(what: &str, a: &[f64], b: &[f64]) {
-        assert_eq!(a.len(), b.len(), "{what}");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (x - y).abs() <= 1e-11 + 1e-9 * y.abs(),
-                "{what}[{i}]: {x} vs {y}"
-            );
-        }
+        crate::test_util::flex::assert_close(what, a, b, 1e-11);
     }
 
     #[test]
     fn primitive_path_equals_flex_kernel() {
         let (n, hs, ht, v) = (7, 5, 6, 11);
-        let mut seed = 11u64;
-        let mut next = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-        };
+        let mut next = uniform(11);
         let mut vals = |k: usize, s: f64| (0..k).map(|_| s * next()).collect::<Vec<f64>>();
         let (s_hidden, t_hidden) = (vals(n * hs, 1.5), vals(n * ht, 1.5));
         let (s_w_vh, t_w_vh) = (vals(v * hs, 1.0), vals(v * ht, 1.0));
