@@ -6,6 +6,7 @@ use super::fused_params::FusedParams;
 /// Columns of the op's packed `[N, DIV_COLS]` output: divergence `D`, student entropy, student
 /// logsumexp, teacher logsumexp, `KL(p_s || m)` (generalized JSD only, else 0). The last three
 /// are saved for backward.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
 pub(crate) const DIV_COLS: usize = 5;
 
 /// Which divergence: the two endpoints are special-cased, as in TRL (not limits of the
