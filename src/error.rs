@@ -472,6 +472,30 @@ pub(crate) fn check_finite_opt<const D: usize>(
     }
 }
 
+/// In checked mode, [`Error::Config`] naming `arg` when `probs` holds a value outside
+/// `[0, 1]` (or NaN).
+pub(crate) fn check_probabilities(
+    probs: &burn::tensor::Tensor<1>,
+    arg: &'static str,
+) -> Result<()> {
+    if checked_mode() {
+        let outside = probs
+            .clone()
+            .lower_elem(0.0)
+            .bool_or(probs.clone().greater_elem(1.0))
+            .bool_or(probs.clone().is_nan());
+        let n = count_true(outside);
+        if n > 0 {
+            return Err(Error::config(
+                arg,
+                "must hold probabilities in [0, 1]",
+                format!("{n} value(s) outside"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// In checked mode, [`Error::NonFinite`] when `tensor` holds NaN or infinity.
 pub(crate) fn check_finite<const D: usize>(
     tensor: &burn::tensor::Tensor<D>,

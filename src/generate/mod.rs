@@ -24,6 +24,7 @@
 mod distill;
 mod generation;
 mod grpo;
+mod judge;
 mod model;
 mod online;
 mod pairing;
@@ -34,6 +35,7 @@ mod truncation;
 pub use distill::{DistillationStepOutput, OnPolicyDistillation, OnPolicyDistillationConfig};
 pub use generation::Generation;
 pub use grpo::{AdvantageEstimator, GrpoStep, GrpoStepConfig, GrpoStepOutput};
+pub use judge::{JudgePiece, JudgeSlot, JudgeTemplate, ModelJudge, PairwiseItem, PointwiseItem};
 pub use model::{CachedCausalLm, CausalLm, position_ids};
 pub use online::{OnlineDpo, OnlineDpoConfig, OnlineDpoLoss, OnlineDpoOutput, soft_update};
 pub use pairing::{KtoLabels, Pairing, PairingConfig, Pairs, best_of_n, kto_labels};

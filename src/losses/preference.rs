@@ -52,6 +52,12 @@ pub struct PreferenceBatch {
     pub chosen_log_sum_sq_probs: Option<Tensor<2>>,
     /// Per-token `log Σ_v p_v²` of the rejected completions (WPO): `[B, Tr]`.
     pub rejected_log_sum_sq_probs: Option<Tensor<2>>,
+    /// Soft labels: the probability that the chosen completion is the better one, per pair
+    /// `[B]` in `[0, 1]` (an AI judge's `P(A better than B)`, see
+    /// [`ModelJudge`](crate::generate::ModelJudge)). Read by the `sigmoid` DPO loss type:
+    /// `-p log σ(βδ) - (1 - p) log σ(-βδ)` (TRL's constant `label_smoothing` `ε` is `p = 1 -
+    /// ε`); `None` = hard labels (`p = 1`).
+    pub preference_probs: Option<Tensor<1>>,
 }
 
 impl PreferenceBatch {
@@ -69,7 +75,14 @@ impl PreferenceBatch {
             nll_tokens: None,
             chosen_log_sum_sq_probs: None,
             rejected_log_sum_sq_probs: None,
+            preference_probs: None,
         }
+    }
+
+    /// The batch with soft labels (see [`preference_probs`](Self::preference_probs)).
+    pub fn with_preference_probs(mut self, probs: Tensor<1>) -> Self {
+        self.preference_probs = Some(probs);
+        self
     }
 
     crate::error::panicking! {
@@ -215,6 +228,7 @@ impl PreferenceBatch {
             ("ref_rejected_logps", &self.ref_rejected_logps),
             ("chosen_token_counts", &self.chosen_token_counts),
             ("rejected_token_counts", &self.rejected_token_counts),
+            ("preference_probs", &self.preference_probs),
         ];
         check_dtype_like(
             "rejected_logps",
@@ -231,6 +245,9 @@ impl PreferenceBatch {
         }
         crate::error::check_finite(&self.chosen_logps, "chosen_logps")?;
         crate::error::check_finite(&self.rejected_logps, "rejected_logps")?;
+        if let Some(p) = &self.preference_probs {
+            crate::error::check_probabilities(p, "preference_probs")?;
+        }
         if self.ref_chosen_logps.is_some() != self.ref_rejected_logps.is_some() {
             let missing = if self.ref_chosen_logps.is_none() {
                 "ref_chosen_logps"

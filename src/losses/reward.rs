@@ -172,6 +172,49 @@ impl BradleyTerryLoss {
         rewards_rejected: Tensor<1>,
         margin: Option<Tensor<1>>,
     ) -> crate::Result<LossOutput> {
+        self.forward_impl(rewards_chosen, rewards_rejected, margin, None)
+    }
+
+    crate::error::panicking! {
+        /// The loss with soft labels: `preference_probs` `[B]` is the probability that the chosen
+        /// completion is the better one (an AI judge's soft label, see
+        /// [`ModelJudge`](crate::generate::ModelJudge)); the per-pair term is
+        /// `-p log σ(x) - (1 - p) log σ(-x)`, `x = r_c - r_r - margin`. A label of 1 gives
+        /// [`forward`](Self::forward) exactly.
+        pub fn forward_soft(
+            &self,
+            rewards_chosen: Tensor<1>,
+            rewards_rejected: Tensor<1>,
+            margin: Option<Tensor<1>>,
+            preference_probs: Tensor<1>,
+        ) -> LossOutput = try_forward_soft;
+    }
+
+    /// Non-panicking form of [`forward_soft`](Self::forward_soft): the checks of
+    /// [`try_forward`](Self::try_forward), `preference_probs` of shape `[B]` ([`Error::Shape`])
+    /// and, in checked mode, in `[0, 1]` ([`Error::Config`]).
+    pub fn try_forward_soft(
+        &self,
+        rewards_chosen: Tensor<1>,
+        rewards_rejected: Tensor<1>,
+        margin: Option<Tensor<1>>,
+        preference_probs: Tensor<1>,
+    ) -> crate::Result<LossOutput> {
+        self.forward_impl(
+            rewards_chosen,
+            rewards_rejected,
+            margin,
+            Some(preference_probs),
+        )
+    }
+
+    fn forward_impl(
+        &self,
+        rewards_chosen: Tensor<1>,
+        rewards_rejected: Tensor<1>,
+        margin: Option<Tensor<1>>,
+        preference_probs: Option<Tensor<1>>,
+    ) -> crate::Result<LossOutput> {
         let [b] = rewards_chosen.dims();
         if b == 0 {
             return Err(Error::Empty {
@@ -196,6 +239,22 @@ impl BradleyTerryLoss {
                 &m.dims(),
             ));
         }
+        if let Some(p) = &preference_probs {
+            if p.dims() != [b] {
+                return Err(Error::shape(
+                    "preference_probs",
+                    format!("[B] = [{b}] (same as rewards_chosen)"),
+                    &p.dims(),
+                ));
+            }
+            crate::error::check_dtype_like(
+                "preference_probs",
+                p,
+                "rewards_chosen",
+                &rewards_chosen,
+            )?;
+            crate::error::check_probabilities(p, "preference_probs")?;
+        }
         crate::error::check_dtype_like(
             "rewards_rejected",
             &rewards_rejected,
@@ -217,10 +276,18 @@ impl BradleyTerryLoss {
             Some(m) => diff.clone() - m,
             None => diff.clone(),
         };
-        let mut per_pair = match self.form {
+        let term = |x: Tensor<1>| match self.form {
             BradleyTerryForm::LogSigmoid => log_sigmoid(x).neg(),
             // OpenRLHF LogExpLoss, evaluated as written (see the variant's docs).
             BradleyTerryForm::LogExp => x.neg().exp().add_scalar(1.0).log(),
+        };
+        let mut per_pair = match preference_probs {
+            // -p log σ(x) - (1 - p) log σ(-x)
+            Some(p) => {
+                let q = p.clone().neg().add_scalar(1.0);
+                term(x.clone()) * p + term(x.neg()) * q
+            }
+            None => term(x),
         };
         if self.center_rewards_coefficient != 0.0 {
             let sum = rewards_chosen.clone() + rewards_rejected.clone();

@@ -7,4 +7,5 @@
 #[path = "../common/mod.rs"]
 pub mod common;
 pub mod distill;
+pub mod judge;
 pub mod sampler;

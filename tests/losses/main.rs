@@ -13,3 +13,4 @@ pub mod errors;
 pub mod fuzz_losses;
 pub mod module_losses;
 pub mod reward;
+pub mod soft_labels;

@@ -156,6 +156,8 @@ pub(super) struct DpoTerms {
     pub counts: Option<(Tensor<1>, Tensor<1>)>,
     /// The `sft` term per pair, when configured.
     pub nll: Option<Tensor<1>>,
+    /// Soft labels `P(chosen better)` per pair (the batch's `preference_probs`).
+    pub preference_probs: Option<Tensor<1>>,
 }
 
 impl DpoTerms {
@@ -177,9 +179,11 @@ impl DpoLossType {
         let beta = p.beta;
         match self {
             // -(1-ε) log σ(βδ) - ε log σ(-βδ), ε = cdpo_label_smoothing (0: DPO)
-            DpoLossType::Sigmoid => {
-                smoothed_sigmoid(t.delta.clone().mul_scalar(beta), p.cdpo_label_smoothing)
-            }
+            // With soft labels p: -p log σ(βδ) - (1-p) log σ(-βδ).
+            DpoLossType::Sigmoid => match &t.preference_probs {
+                Some(probs) => soft_sigmoid(t.delta.clone().mul_scalar(beta), probs.clone()),
+                None => smoothed_sigmoid(t.delta.clone().mul_scalar(beta), p.cdpo_label_smoothing),
+            },
             // max(0, 1 - βδ)
             DpoLossType::Hinge => relu(t.delta.clone().mul_scalar(-beta).add_scalar(1.0)),
             // (s(Δc)/|y_w| - s(Δr)/|y_l| - 1/(2β))²
@@ -269,6 +273,13 @@ fn smoothed_sigmoid(x: Tensor<1>, eps: f64) -> Tensor<1> {
     } else {
         log_sigmoid(x.clone()).mul_scalar(-(1.0 - eps)) - log_sigmoid(x.neg()).mul_scalar(eps)
     }
+}
+
+/// `-p log σ(x) - (1 - p) log σ(-x)` with a per-pair target probability `p` (a label of
+/// exactly 1 gives `-log σ(x)` exactly: the second term is multiplied by 0).
+pub(crate) fn soft_sigmoid(x: Tensor<1>, p: Tensor<1>) -> Tensor<1> {
+    let q = p.clone().neg().add_scalar(1.0);
+    (log_sigmoid(x.clone()) * p + log_sigmoid(x.neg()) * q).neg()
 }
 
 /// Ascending sort along the batch, differentiable (the gradient follows each element).

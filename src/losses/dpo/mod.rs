@@ -337,6 +337,9 @@ impl DpoLoss {
     /// it carries what the configured loss types need (token counts, per-token log-probs).
     pub fn try_forward(&self, batch: &PreferenceBatch) -> crate::Result<LossOutput> {
         batch.validate()?;
+        if batch.preference_probs.is_some() {
+            self.check_soft_labels()?;
+        }
         let seq = self.sequence_terms(batch)?;
         let beta = self.beta;
         let dc = seq.chosen.clone() - seq.ref_chosen.clone();
@@ -377,6 +380,7 @@ impl DpoLoss {
             delta,
             counts,
             nll: nll.as_ref().map(|n| n.in_pair_terms.clone()),
+            preference_probs: batch.preference_probs.clone(),
         };
         let mut per_example: Option<Tensor<1>> = None;
         for (&loss_type, &weight) in self.loss_types.iter().zip(&self.loss_weights) {
@@ -444,6 +448,37 @@ impl DpoLoss {
     /// The configured loss types.
     pub fn loss_types(&self) -> &[DpoLossType] {
         &self.loss_types
+    }
+
+    /// Soft labels (`preference_probs`) are defined for the `sigmoid` loss type (plus `sft`,
+    /// which ignores them), without cDPO's constant smoothing.
+    fn check_soft_labels(&self) -> crate::Result<()> {
+        if let Some(other) = self
+            .loss_types
+            .iter()
+            .find(|t| !matches!(t, DpoLossType::Sigmoid | DpoLossType::Sft))
+        {
+            return Err(Error::config(
+                "preference_probs",
+                "soft labels are read by the sigmoid loss type only (with sft alongside)",
+                format!("loss type {other:?}"),
+            ));
+        }
+        if !self.loss_types.contains(&DpoLossType::Sigmoid) {
+            return Err(Error::config(
+                "preference_probs",
+                "soft labels need the sigmoid loss type",
+                format!("{:?}", self.loss_types),
+            ));
+        }
+        if self.cdpo_label_smoothing != 0.0 {
+            return Err(Error::Conflict {
+                field: "preference_probs",
+                other: "cdpo_label_smoothing",
+                reason: "a per-pair soft label replaces cDPO's constant smoothing (fold it in: p (1 - 2ε) + ε)".into(),
+            });
+        }
+        Ok(())
     }
 
     fn sequence_terms(&self, batch: &PreferenceBatch) -> crate::Result<SequenceTerms> {
