@@ -1,23 +1,27 @@
-//! Constitutional AI (AI feedback) on a toy task: a critic applies written principles to
-//! critique and revise the policy's completions; DPO on (revision, original) pairs.
+//! Constitutional AI (Bai et al. 2022) on a toy task, every stage real and reported:
+//! a helpful SFT policy, SL-CAI (a feedback model critiques and revises the policy's answers
+//! under principles drawn at random from a constitution; SFT on the revisions) and RL-CAI (the
+//! feedback model's soft labels on pairs of samples, a preference model trained on them with
+//! the soft-label Bradley-Terry loss, then online DPO against it with the SL-CAI policy as
+//! reference).
 //!
-//! `cargo run --release --example constitutional -- [--rounds 60] [--prompts 32]
-//!   [--out out/constitutional]`
+//! `cargo run --release --example constitutional -- [--seeds 3] [--out out/constitutional]`
 //!
-//! The policy is the `dpo` example's tiny transformer (`common::toy`) after its weak SFT warm-up
-//! (it copies or reverses 4 prompt digits). The constitution is data: each [`Principle`] has a
-//! name, a critique request and a revision request, written in words. The critic is a rule set
-//! standing in for a model ([`RuleCritic`]): it reads a request, answers the critique with the
-//! positions it finds objectionable, and carries out the revision; a request it does not understand
-//! gets no answer (`None`), as a failing judge would. Each round: sample one completion per prompt
-//! ([`Sampler`]), run the critique -> revision chain over the principles, score original and
-//! revision by the principles (the fraction of principles a completion satisfies, per the critic),
-//! pair them ([`PairingConfig`], first two: revision first; unchanged completions are ties and
-//! dropped), and take a DPO step against the SFT reference.
+//! The world is `common::cai`: a prompt is 4 digits, the helpful answer reverses them, the
+//! constitution forbids the digits 3 and 7 (principles are token sentences: "never say 7",
+//! "avoid 3", ...), and the harmless, helpful answer writes the withheld token `X` where a
+//! forbidden digit would go. The feedback model (a small LM, width 64) is trained first on its
+//! own synthetic critique / revision / comparison examples, 10% of them mislabelled, then
+//! frozen; it judges through [`ModelJudge`] (next-token probabilities, both orders averaged)
+//! and revises by greedy decoding with the crate's sampler.
 //!
-//! The metric is the principles' score of the policy's sampled completions on held-out
-//! prompts. Prints a critique/revision transcript and progress, writes `principles.svg`, and
-//! ends with `final: principles_score <start> -> <end>`.
+//! Evaluation (held-out prompts, never trained on; a ground-truth checker no stage reads):
+//! `harmless` = share of sampled answers without a forbidden digit; `helpful` = share of the
+//! allowed reversed digits in place (a constant answer scores ~0.1); `kl` = Monte-Carlo
+//! KL(policy || SFT policy) per answer. Prints the per-stage table per seed and the feedback
+//! model's agreement with the checker (also under rephrased principles), writes
+//! `constitutional.svg`, and ends with `final: harmless <SFT> -> <RL-CAI>, helpful <SFT> ->
+//! <RL-CAI>` (means over the seeds).
 
 pub mod common;
 
@@ -26,417 +30,671 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::Device;
-use burn_rlhf::IGNORE_INDEX;
-use burn_rlhf::generate::{Pairing, PairingConfig, Prompts, SamplerConfig};
-use burn_rlhf::losses::DpoLossConfig;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn_rlhf::generate::{
+    Generation, OnlineDpoConfig, PairwiseItem, PointwiseItem, Prompts, SamplerConfig,
+};
+use burn_rlhf::heads::{RewardHead, RewardHeadConfig};
+use burn_rlhf::losses::BradleyTerryLossConfig;
 use clap::Parser;
+use common::cai::{self, EOS, POLICY_LEN, PROMPT, Principle, SEP, VOCAB, X};
 use common::chart;
 use common::device::device_of;
-use common::progress;
 use common::rng::Rng;
-use common::toy::{EOS, PROMPT, SEP, SEQ, TinyLm, gather, ints, prompt_rows, sequence, warm_up};
-
-/// One principle of the constitution: data, not code.
-#[derive(Debug, Clone, Copy)]
-pub struct Principle {
-    /// Short name.
-    pub name: &'static str,
-    /// What the critic is asked to point out.
-    pub critique_request: &'static str,
-    /// How the critic is asked to rewrite the response.
-    pub revision_request: &'static str,
-}
-
-/// The constitution of this example.
-pub const CONSTITUTION: [Principle; 4] = [
-    Principle {
-        name: "no-nines",
-        critique_request: "Identify every digit 9 in the response; nines are considered harmful.",
-        revision_request: "Rewrite the response, replacing every digit 9 with the digit 0.",
-    },
-    Principle {
-        name: "no-sevens",
-        critique_request: "Identify every digit 7 in the response; sevens are considered rude.",
-        revision_request: "Rewrite the response, replacing every digit 7 with the digit 1.",
-    },
-    Principle {
-        name: "four-digits",
-        critique_request: "Point out if the response is not exactly 4 digits long.",
-        revision_request: "Rewrite the response to be exactly 4 digits long.",
-    },
-    Principle {
-        name: "no-stutter",
-        critique_request: "Identify every digit that repeats the digit before it.",
-        revision_request: "Rewrite the response so that no digit repeats the digit before it.",
-    },
-];
-
-/// The number written after `key` in `text` (e.g. `"digit 9"`).
-fn number_after(text: &str, key: &str) -> Option<i64> {
-    let rest = &text[text.find(key)? + key.len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
-
-/// A critic made of rules, standing in for a language model: it understands a few phrasings
-/// of critique and revision requests and answers `None` to anything else.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RuleCritic;
-
-impl RuleCritic {
-    /// Positions of the response the request objects to (empty = no objection).
-    pub fn critique(&self, request: &str, response: &[i64]) -> Option<Vec<usize>> {
-        if let Some(n) = number_after(request, "exactly ") {
-            let digits = response.iter().filter(|&&t| (0..10).contains(&t)).count();
-            let ok = response.len() == n as usize && digits == n as usize;
-            return Some(if ok { vec![] } else { vec![response.len()] });
-        }
-        if request.contains("repeats the digit before it") {
-            return Some(
-                (1..response.len())
-                    .filter(|&i| response[i] == response[i - 1])
-                    .collect(),
-            );
-        }
-        let digit = number_after(request, "every digit ")?;
-        Some(
-            (0..response.len())
-                .filter(|&i| response[i] == digit)
-                .collect(),
-        )
-    }
-
-    /// The response rewritten as the request asks at the flagged positions.
-    pub fn revise(&self, request: &str, response: &[i64], flagged: &[usize]) -> Option<Vec<i64>> {
-        let mut out = response.to_vec();
-        if let Some(n) = number_after(request, "exactly ") {
-            out.retain(|t| (0..10).contains(t));
-            out.resize(n as usize, 0);
-            return Some(out);
-        }
-        if request.contains("no digit repeats the digit before it") {
-            for &i in flagged {
-                let mut d = (out[i] + 1) % 10;
-                while i + 1 < out.len() && d == out[i + 1] || d == out[i - 1] {
-                    d = (d + 1) % 10;
-                }
-                out[i] = d;
-            }
-            return Some(out);
-        }
-        let from = number_after(request, "every digit ")?;
-        let to = number_after(request, "with the digit ")?;
-        for &i in flagged {
-            if out[i] == from {
-                out[i] = to;
-            }
-        }
-        Some(out)
-    }
-
-    /// Fraction of the principles the response satisfies (those the critic understood).
-    pub fn score(&self, principles: &[Principle], response: &[i64]) -> Option<f64> {
-        let verdicts: Vec<bool> = principles
-            .iter()
-            .filter_map(|p| self.critique(p.critique_request, response))
-            .map(|flags| flags.is_empty())
-            .collect();
-        (!verdicts.is_empty())
-            .then(|| verdicts.iter().filter(|&&ok| ok).count() as f64 / verdicts.len() as f64)
-    }
-
-    /// The critique -> revision chain over the principles (two passes, since one revision can
-    /// break another principle). Returns the final revision and a transcript.
-    pub fn revise_all(
-        &self,
-        principles: &[Principle],
-        response: &[i64],
-    ) -> (Vec<i64>, Vec<String>) {
-        let mut current = response.to_vec();
-        let mut transcript = vec![];
-        for _ in 0..2 {
-            for p in principles {
-                let Some(flags) = self.critique(p.critique_request, &current) else {
-                    continue;
-                };
-                if flags.is_empty() {
-                    continue;
-                }
-                transcript.push(format!(
-                    "  [{}] critique request: {}\n    critique: positions {flags:?} of {current:?}",
-                    p.name, p.critique_request
-                ));
-                if let Some(revised) = self.revise(p.revision_request, &current, &flags) {
-                    transcript.push(format!(
-                        "    revision request: {}\n    revision: {revised:?}",
-                        p.revision_request
-                    ));
-                    current = revised;
-                }
-            }
-        }
-        (current, transcript)
-    }
-}
+use common::toy::TinyLm;
 
 /// Command-line flags.
 #[derive(Debug, Clone, Parser)]
-#[command(about = "Constitutional AI (critique -> revision -> DPO) on a tiny causal LM")]
+#[command(about = "Constitutional AI stage by stage on a toy task")]
 pub struct Args {
-    /// Rounds (sample + critique/revise + DPO step).
-    #[arg(long, default_value_t = 60)]
-    pub rounds: usize,
-    /// Prompts per round.
-    #[arg(long, default_value_t = 32)]
-    pub prompts: usize,
-    /// SFT warm-up steps.
-    #[arg(long, default_value_t = 150)]
+    /// Seeds (each runs the whole pipeline).
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    /// First seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Feedback-model training steps (48 synthetic examples each).
+    #[arg(long, default_value_t = 1000)]
+    pub feedback_steps: usize,
+    /// SFT steps of the helpful policy.
+    #[arg(long, default_value_t = 300)]
     pub sft_steps: usize,
-    /// Learning rate (Adam).
-    #[arg(long, default_value_t = 3e-3)]
-    pub learning_rate: f64,
-    /// DPO beta.
-    #[arg(long, default_value_t = 0.1)]
+    /// SL-CAI: prompts whose sampled answers are critiqued and revised.
+    #[arg(long, default_value_t = 512)]
+    pub revision_prompts: usize,
+    /// SL-CAI: critique -> revision rounds per answer, each under a random principle.
+    #[arg(long, default_value_t = 1)]
+    pub revision_rounds: usize,
+    /// SL-CAI: SFT steps on the revisions.
+    #[arg(long, default_value_t = 200)]
+    pub sl_steps: usize,
+    /// RL-CAI: prompts with two samples each, labelled by the feedback model.
+    #[arg(long, default_value_t = 512)]
+    pub pm_prompts: usize,
+    /// RL-CAI: principles drawn at random per comparison; their soft labels are averaged
+    /// (Bai et al. ensemble over principles).
+    #[arg(long, default_value_t = 4)]
+    pub label_principles: usize,
+    /// RL-CAI: preference-model training steps (full batch).
+    #[arg(long, default_value_t = 300)]
+    pub pm_steps: usize,
+    /// RL-CAI: online DPO rounds.
+    #[arg(long, default_value_t = 60)]
+    pub rl_rounds: usize,
+    /// RL-CAI: prompts per round (two samples each).
+    #[arg(long, default_value_t = 32)]
+    pub rl_prompts: usize,
+    /// RL-CAI: DPO beta (the KL to the SL-CAI policy).
+    #[arg(long, default_value_t = 0.2)]
     pub beta: f64,
-    /// Evaluate every this many rounds.
-    #[arg(long, default_value_t = 5)]
-    pub eval_every: usize,
+    /// RL-CAI: learning rate (Adam).
+    #[arg(long, default_value_t = 3e-4)]
+    pub rl_learning_rate: f64,
+    /// Held-out prompts.
+    #[arg(long, default_value_t = 200)]
+    pub heldout: usize,
+    /// Samples per held-out prompt.
+    #[arg(long, default_value_t = 4)]
+    pub samples: usize,
     /// Device: flex, or wgpu / cuda when built with that feature.
     #[arg(long, default_value = "flex")]
     pub device: String,
     /// Output folder of the plot.
     #[arg(long, default_value = "out/constitutional")]
     pub out: PathBuf,
-    /// Seed.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Print nothing while training.
+    /// Print only the tables and the final line.
     #[arg(long)]
     pub quiet: bool,
-    /// Held-out prompts.
-    #[arg(skip = 64usize)]
-    pub heldout: usize,
-    /// Model width.
-    #[arg(skip = 64usize)]
-    pub d_model: usize,
 }
 
-/// Evaluations and per-round DPO metrics.
+/// One stage's held-out figures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Eval {
+    pub harmless: f64,
+    pub helpful: f64,
+    pub kl: f64,
+}
+
+/// The feedback model's agreement with the checker on fresh noise-free items.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Agreement {
+    pub critique: f64,
+    pub revision: f64,
+    pub comparison: f64,
+    pub critique_rephrased: f64,
+    pub revision_rephrased: f64,
+    pub comparison_rephrased: f64,
+}
+
+/// One seed's run.
 #[derive(Debug, Clone, Default)]
-pub struct History {
-    /// `(round, principles' score of sampled held-out completions)`; round 0 = SFT policy.
-    pub evals: Vec<(usize, f64)>,
-    /// `(round, loss, pairs)`.
-    pub rounds: Vec<(usize, f64, usize)>,
-    /// Wall time.
+pub struct SeedReport {
+    pub seed: u64,
+    pub sft: Eval,
+    pub sl_cai: Eval,
+    pub rl_cai: Eval,
+    pub agreement: Agreement,
+    /// Share of SL-CAI answers the critique flagged, and of those the revision changed.
+    pub flagged: f64,
+    pub revised: f64,
+    /// Share of held-out prompts where the preference model scores the reversal with its
+    /// forbidden digits withheld above the plain reversal.
+    pub pm_harm_accuracy: f64,
+    /// Online DPO: mean preference-model score of the samples per round.
+    pub rl_scores: Vec<f64>,
     pub seconds: f64,
 }
 
-/// The digits of a completion (without the stop token).
-fn response(completion: &[i64]) -> Vec<i64> {
-    completion
-        .iter()
+/// The preference model: a small transformer and the crate's reward head on the last
+/// attended token.
+#[derive(Module, Debug)]
+pub struct PreferenceModel {
+    lm: TinyLm,
+    head: RewardHead,
+}
+
+impl PreferenceModel {
+    fn new(device: &Device) -> Self {
+        Self {
+            lm: TinyLm::with_vocab(32, 1, VOCAB, POLICY_LEN, device),
+            head: RewardHeadConfig::new(32).init(device),
+        }
+    }
+    fn rewards(&self, ids: Tensor<2, Int>, mask: Tensor<2, Bool>) -> Tensor<1> {
+        self.head
+            .forward_reward(self.lm.hidden_masked(ids, mask.clone()), mask)
+    }
+}
+
+fn policy_sampler(num_generations: usize) -> burn_rlhf::generate::Sampler {
+    SamplerConfig::new()
+        .with_num_generations(num_generations)
+        .with_max_new_tokens(PROMPT + 1)
+        .with_eos_token_ids(vec![EOS])
+        .with_pad_token_id(EOS)
+        .with_suppress_token_ids(cai::non_answer_tokens())
+        .init()
+}
+
+/// The answer part of a completion (up to 4 tokens, EOS dropped).
+fn answer(c: &[i64]) -> Vec<i64> {
+    c.iter()
         .copied()
-        .take_while(|&t| t != EOS)
+        .filter(|&t| t != EOS)
+        .take(PROMPT)
         .collect()
 }
 
-/// `[prompt, SEP, completion as generated]`, padded with EOS to `SEQ` tokens.
-fn as_generated(prompt: &[i64], completion: &[i64]) -> Vec<i64> {
-    let mut row: Vec<i64> = prompt
+/// Held-out figures of `policy` (samples at temperature 1, a fixed seed).
+fn evaluate(
+    policy: &TinyLm,
+    sft: &TinyLm,
+    heldout: &[Vec<i64>],
+    samples: usize,
+    device: &Device,
+) -> Eval {
+    let rows: Vec<Vec<i64>> = heldout
         .iter()
-        .chain([&SEP])
-        .chain(completion)
-        .copied()
+        .map(|p| p.iter().copied().chain([SEP]).collect())
         .collect();
-    row.resize(SEQ, PAD);
-    row
+    let g = policy_sampler(samples).sample(policy, &Prompts::left_padded(&rows, EOS, device), 7);
+    let completions = g.completions();
+    let (mut harmless, mut done, mut asked) = (0usize, 0usize, 0usize);
+    for (i, c) in completions.iter().enumerate() {
+        let a = answer(c);
+        harmless += cai::harmless(&a) as usize;
+        let (d, n) = cai::helpful(&heldout[i / samples], &a);
+        done += d;
+        asked += n;
+    }
+    let policy_sum = g.logps.clone().sum_dim(1).squeeze_dim::<1>(1);
+    let sft_tokens = g.completion_logps(sft, 1.0);
+    let sft_sum = sft_tokens.sum();
+    let kl = (policy_sum - sft_sum).mean().into_scalar::<f64>();
+    Eval {
+        harmless: harmless as f64 / completions.len() as f64,
+        helpful: done as f64 / asked.max(1) as f64,
+        kl,
+    }
 }
 
-/// Padding of [`as_generated`] rows (an id no completion contains: the prompt-end token).
-const PAD: i64 = -1;
-
-/// Labels: -100 on the prompt, SEP and padding; the padding ids become EOS.
-fn labels_of(rows: &[Vec<i64>]) -> Vec<Vec<i64>> {
-    rows.iter()
-        .map(|r| {
-            r.iter()
-                .enumerate()
-                .map(|(i, &t)| {
-                    if i <= PROMPT || t == PAD {
-                        IGNORE_INDEX
-                    } else {
-                        t
-                    }
-                })
-                .collect()
+/// Greedy revisions by the feedback model: `(principle, completion)` -> the revised answer
+/// (the original when the output is not 4 digits / `X`).
+fn revise(fm: &TinyLm, items: &[(&Principle, Vec<i64>)], device: &Device) -> Vec<Vec<i64>> {
+    if items.is_empty() {
+        return vec![];
+    }
+    let rows: Vec<Vec<i64>> = items
+        .iter()
+        .map(|(p, c)| cai::revision_input(&p.text, c))
+        .collect();
+    let g = SamplerConfig::new()
+        .with_greedy(true)
+        .with_max_new_tokens(PROMPT + 1)
+        .with_eos_token_ids(vec![EOS])
+        .with_pad_token_id(EOS)
+        .with_suppress_token_ids(cai::non_answer_tokens())
+        .init()
+        .sample(fm, &Prompts::left_padded(&rows, EOS, device), 0);
+    g.completions()
+        .iter()
+        .zip(items)
+        .map(|(out, (_, c))| {
+            let a = answer(out);
+            let ok = a.len() == PROMPT && a.iter().all(|&t| t < SEP || t == X);
+            if ok { a } else { c.clone() }
         })
         .collect()
 }
 
-/// Mean principles' score of 4 sampled completions per held-out prompt (fixed seed).
-fn evaluate(policy: &TinyLm, rows: &[Vec<i64>], device: &Device) -> f64 {
-    let generation = SamplerConfig::new()
-        .with_num_generations(4)
-        .with_max_new_tokens(PROMPT + 1)
-        .with_eos_token_ids(vec![EOS])
-        .with_pad_token_id(EOS)
-        .init()
-        .sample(policy, &Prompts::left_padded(rows, EOS, device), 999);
-    let scores: Vec<f64> = generation
-        .completions()
-        .iter()
-        .filter_map(|c| RuleCritic.score(&CONSTITUTION, &response(c)))
-        .collect();
-    scores.iter().sum::<f64>() / scores.len().max(1) as f64
+fn agreement(fm: &TinyLm, rng: &mut Rng, device: &Device) -> Agreement {
+    let judge = cai::judge();
+    let mut out = Agreement::default();
+    for (rephrased, principles) in [(false, cai::constitution()), (true, cai::rephrased())] {
+        let n = 300;
+        let items: Vec<(Principle, Vec<i64>, Vec<i64>, Vec<i64>)> = (0..n)
+            .map(|_| {
+                let p = principles[rng.below(principles.len())].clone();
+                let prompt = cai::prompt(rng);
+                let a = cai::synthetic_completion(&prompt, rng);
+                let b = cai::synthetic_completion(&prompt, rng);
+                (p, prompt, a, b)
+            })
+            .collect();
+        let crit = judge
+            .try_pointwise(
+                fm,
+                &cai::critique_template(),
+                &items
+                    .iter()
+                    .map(|(p, _, a, _)| PointwiseItem {
+                        principle: &p.text,
+                        prompt: &[],
+                        completion: a,
+                    })
+                    .collect::<Vec<_>>(),
+                device,
+            )
+            .expect("critique");
+        let critique = items
+            .iter()
+            .zip(&crit)
+            .filter(|((p, _, a, _), y)| (**y > 0.5) == a.contains(&p.digit))
+            .count() as f64
+            / n as f64;
+        let revised = revise(
+            fm,
+            &items
+                .iter()
+                .map(|(p, _, a, _)| (p, a.clone()))
+                .collect::<Vec<_>>(),
+            device,
+        );
+        let revision = items
+            .iter()
+            .zip(&revised)
+            .filter(|((p, _, a, _), r)| **r == cai::withhold(a, p.digit))
+            .count() as f64
+            / n as f64;
+        let labels = judge
+            .try_pairwise(
+                fm,
+                &cai::comparison_template(),
+                &items
+                    .iter()
+                    .map(|(p, prompt, a, b)| PairwiseItem {
+                        principle: &p.text,
+                        prompt,
+                        first: a,
+                        second: b,
+                    })
+                    .collect::<Vec<_>>(),
+                device,
+            )
+            .expect("comparison");
+        let decided: Vec<bool> = items
+            .iter()
+            .zip(&labels)
+            .filter_map(|((p, _, a, b), &l)| {
+                cai::rule_prefers_first(a, b, p.digit).map(|first| first == (l > 0.5))
+            })
+            .collect();
+        let comparison =
+            decided.iter().filter(|&&x| x).count() as f64 / decided.len().max(1) as f64;
+        if rephrased {
+            out.critique_rephrased = critique;
+            out.revision_rephrased = revision;
+            out.comparison_rephrased = comparison;
+        } else {
+            out.critique = critique;
+            out.revision = revision;
+            out.comparison = comparison;
+        }
+    }
+    out
 }
 
-pub fn run(args: &Args) -> Result<History, String> {
+pub fn run_seed(args: &Args, seed: u64, say: &dyn Fn(String)) -> Result<SeedReport, String> {
     let start = Instant::now();
     let base = device_of(&args.device)?;
     let device = base.clone().autodiff();
-    base.seed(args.seed);
-    let mut rng = Rng(0xA076_1D64_78BD_642F ^ args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let say = |s: String| {
-        if !args.quiet {
+    base.seed(seed);
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let heldout = cai::heldout_prompts(args.heldout, seed);
+    let mut report = SeedReport {
+        seed,
+        ..SeedReport::default()
+    };
+
+    // The feedback model: trained on its own noisy synthetic data, then frozen.
+    let fm = cai::train_feedback_model(&device, args.feedback_steps, 48, &mut rng).valid();
+    report.agreement = agreement(&fm, &mut rng, &base);
+    say(format!(
+        "seed {seed}: feedback model {:?}",
+        report.agreement
+    ));
+
+    // 1. Helpful SFT: the reversal, nothing about harm.
+    let sft = {
+        let heldout = heldout.clone();
+        let mut rng = Rng(rng.next_u64() | 1);
+        cai::sft(
+            cai::policy_model(&device),
+            &device,
+            args.sft_steps,
+            3e-3,
+            move || {
+                cai::prompt_rows(32, &mut rng, &heldout)
+                    .into_iter()
+                    .map(|p| {
+                        let mut t = cai::reversed(&p[..PROMPT]);
+                        t.push(EOS);
+                        (p, t)
+                    })
+                    .collect()
+            },
+        )
+    };
+    let sft_ref = sft.valid();
+    report.sft = evaluate(&sft_ref, &sft_ref, &heldout, args.samples, &base);
+    say(format!("seed {seed}: SFT {:?}", report.sft));
+
+    // 2. SL-CAI: critique -> revision under random principles, then SFT on the revisions.
+    let constitution = cai::constitution();
+    let prompts = cai::prompt_rows(args.revision_prompts, &mut rng, &heldout);
+    let g = policy_sampler(1).sample(&sft_ref, &Prompts::left_padded(&prompts, EOS, &base), seed);
+    let mut answers: Vec<Vec<i64>> = g.completions().iter().map(|c| answer(c)).collect();
+    let (mut flagged, mut changed) = (0usize, 0usize);
+    let judge = cai::judge();
+    for _ in 0..args.revision_rounds {
+        let drawn: Vec<&Principle> = (0..answers.len())
+            .map(|_| &constitution[rng.below(constitution.len())])
+            .collect();
+        let critiques = judge
+            .try_pointwise(
+                &fm,
+                &cai::critique_template(),
+                &drawn
+                    .iter()
+                    .zip(&answers)
+                    .map(|(p, a)| PointwiseItem {
+                        principle: &p.text,
+                        prompt: &[],
+                        completion: a,
+                    })
+                    .collect::<Vec<_>>(),
+                &base,
+            )
+            .map_err(|e| e.to_string())?;
+        let to_revise: Vec<usize> = (0..answers.len()).filter(|&i| critiques[i] > 0.5).collect();
+        let items: Vec<(&Principle, Vec<i64>)> = to_revise
+            .iter()
+            .map(|&i| (drawn[i], answers[i].clone()))
+            .collect();
+        let revised = revise(&fm, &items, &base);
+        flagged += to_revise.len();
+        for (&i, r) in to_revise.iter().zip(revised) {
+            changed += (r != answers[i]) as usize;
+            answers[i] = r;
+        }
+    }
+    report.flagged = flagged as f64 / (answers.len() * args.revision_rounds) as f64;
+    report.revised = changed as f64 / flagged.max(1) as f64;
+    let revisions: Vec<(Vec<i64>, Vec<i64>)> = prompts
+        .iter()
+        .zip(&answers)
+        .filter(|(_, a)| a.len() == PROMPT)
+        .map(|(p, a)| (p.clone(), a.iter().copied().chain([EOS]).collect()))
+        .collect();
+    let sl = {
+        let mut rng = Rng(rng.next_u64() | 1);
+        cai::sft(sft.clone(), &device, args.sl_steps, 2e-3, move || {
+            (0..32)
+                .map(|_| revisions[rng.below(revisions.len())].clone())
+                .collect()
+        })
+    };
+    report.sl_cai = evaluate(&sl.valid(), &sft_ref, &heldout, args.samples, &base);
+    say(format!(
+        "seed {seed}: SL-CAI {:?} (critique flagged {:.2}, revision changed {:.2} of those)",
+        report.sl_cai, report.flagged, report.revised
+    ));
+
+    // 3. RL-CAI: AI soft labels on sample pairs -> preference model -> online DPO.
+    let pm_prompts = cai::prompt_rows(args.pm_prompts, &mut rng, &heldout);
+    let pairs = policy_sampler(2).sample(
+        &sl.valid(),
+        &Prompts::left_padded(&pm_prompts, EOS, &base),
+        seed + 1,
+    );
+    let comps: Vec<Vec<i64>> = pairs.completions().iter().map(|c| answer(c)).collect();
+    let mut labels = vec![0.0; pm_prompts.len()];
+    for _ in 0..args.label_principles {
+        let drawn: Vec<&Principle> = (0..pm_prompts.len())
+            .map(|_| &constitution[rng.below(constitution.len())])
+            .collect();
+        let one = judge
+            .try_pairwise(
+                &fm,
+                &cai::comparison_template(),
+                &(0..pm_prompts.len())
+                    .map(|i| PairwiseItem {
+                        principle: &drawn[i].text,
+                        prompt: &pm_prompts[i][..PROMPT],
+                        first: &comps[2 * i],
+                        second: &comps[2 * i + 1],
+                    })
+                    .collect::<Vec<_>>(),
+                &base,
+            )
+            .map_err(|e| e.to_string())?;
+        for (l, p) in labels.iter_mut().zip(one) {
+            *l += p / args.label_principles as f64;
+        }
+    }
+    // The preference model's data: the AI harmlessness pairs (soft labels) and helpfulness
+    // pairs from the task's dataset (label 1).
+    let mut rows: Vec<(Vec<i64>, Vec<i64>, f64)> = (0..pm_prompts.len())
+        .map(|i| (comps[2 * i].clone(), comps[2 * i + 1].clone(), labels[i]))
+        .collect();
+    let mut pair_prompts: Vec<Vec<i64>> = pm_prompts.iter().map(|p| p[..PROMPT].to_vec()).collect();
+    for p in cai::prompt_rows(args.pm_prompts, &mut rng, &heldout) {
+        let (chosen, rejected) = cai::helpfulness_pair(&p[..PROMPT], &mut rng);
+        rows.push((chosen, rejected, 1.0));
+        pair_prompts.push(p[..PROMPT].to_vec());
+    }
+    let n = rows.len();
+    let (mut ids, mut mask) = (Vec::new(), Vec::new());
+    for side in 0..2 {
+        for ((a, b, _), p) in rows.iter().zip(&pair_prompts) {
+            let (i, m) = cai::answer_row(p, if side == 0 { a } else { b });
+            ids.extend(i);
+            mask.extend(m);
+        }
+    }
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [2 * n, POLICY_LEN]), &device);
+    let mask = Tensor::<2, Bool>::from_data(TensorData::new(mask, [2 * n, POLICY_LEN]), &device);
+    let probs = Tensor::<1>::from_data(
+        TensorData::new(rows.iter().map(|r| r.2).collect::<Vec<_>>(), [n]),
+        &device,
+    );
+    let mut pm = PreferenceModel::new(&device);
+    let bt = BradleyTerryLossConfig::new().init();
+    let mut optim = AdamConfig::new().init();
+    for _ in 0..args.pm_steps {
+        let r = pm.rewards(ids.clone(), mask.clone());
+        let out = bt.forward_soft(
+            r.clone().narrow(0, 0, n),
+            r.narrow(0, n, n),
+            None,
+            probs.clone(),
+        );
+        let grads = GradientsParams::from_grads(out.loss.backward(), &pm);
+        pm = optim.step(2e-3, pm, grads);
+    }
+    let pm = pm.valid();
+    report.pm_harm_accuracy = {
+        // Held-out answers: the reversal against the same with its forbidden digits withheld.
+        let pairs: Vec<(Vec<i64>, Vec<i64>, Vec<i64>)> = heldout
+            .iter()
+            .filter(|p| p.iter().any(|d| cai::FORBIDDEN.contains(d)))
+            .map(|p| {
+                let r = cai::reversed(p);
+                let mut safe = r.clone();
+                for d in cai::FORBIDDEN {
+                    safe = cai::withhold(&safe, d);
+                }
+                (p.clone(), safe, r)
+            })
+            .collect();
+        let n = pairs.len();
+        let (mut ids, mut mask) = (Vec::new(), Vec::new());
+        for side in 0..2 {
+            for (p, safe, raw) in &pairs {
+                let (i, m) = cai::answer_row(p, if side == 0 { safe } else { raw });
+                ids.extend(i);
+                mask.extend(m);
+            }
+        }
+        let r: Vec<f64> = pm
+            .rewards(
+                Tensor::<2, Int>::from_data(TensorData::new(ids, [2 * n, POLICY_LEN]), &base),
+                Tensor::<2, Bool>::from_data(TensorData::new(mask, [2 * n, POLICY_LEN]), &base),
+            )
+            .into_data()
+            .convert::<f64>()
+            .try_into_vec()
+            .unwrap();
+        (0..n).filter(|&i| r[i] > r[n + i]).count() as f64 / n.max(1) as f64
+    };
+    say(format!(
+        "seed {seed}: preference model prefers the withheld answer on {:.3} of held-out prompts",
+        report.pm_harm_accuracy
+    ));
+    let mut reference = sl.valid();
+    let mut policy = sl;
+    let dpo = OnlineDpoConfig::new()
+        .with_beta(args.beta)
+        .with_learning_rate(args.rl_learning_rate)
+        .with_max_grad_norm(None)
+        .init();
+    let mut optim = AdamConfig::new().init();
+    let sampler = policy_sampler(2);
+    for round in 0..args.rl_rounds {
+        let rows = cai::prompt_rows(args.rl_prompts, &mut rng, &heldout);
+        let g: Generation = sampler.sample(
+            &policy.valid(),
+            &Prompts::left_padded(&rows, EOS, &base),
+            seed * 100_003 + round as u64,
+        );
+        let scores: Vec<f64> = pm
+            .rewards(g.ids(), g.attention_mask())
+            .into_data()
+            .convert::<f64>()
+            .try_into_vec()
+            .unwrap();
+        report
+            .rl_scores
+            .push(scores.iter().sum::<f64>() / scores.len() as f64);
+        let scores: Vec<Option<f64>> = scores.into_iter().map(Some).collect();
+        policy = dpo
+            .try_step(policy, &mut reference, &mut optim, &g, &scores)
+            .map_err(|e| e.to_string())?
+            .policy;
+    }
+    report.rl_cai = evaluate(&policy.valid(), &sft_ref, &heldout, args.samples, &base);
+    say(format!("seed {seed}: RL-CAI {:?}", report.rl_cai));
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Every seed.
+pub fn run(args: &Args) -> Result<Vec<SeedReport>, String> {
+    let quiet = args.quiet;
+    let say = move |s: String| {
+        if !quiet {
             println!("{s}")
         }
     };
-    say("constitution:".into());
-    for p in &CONSTITUTION {
-        say(format!(
-            "  {}: \"{}\" / \"{}\"",
-            p.name, p.critique_request, p.revision_request
-        ));
-    }
-    let mut policy = warm_up(
-        TinyLm::new(args.d_model, 2, &device),
-        &device,
-        args.sft_steps,
-        32,
-        0.4,
-        &mut rng,
-        |step, nll| say(format!("  sft step {step:>4} nll {nll:.4}")),
-    );
-    let reference = policy.valid();
-    let heldout = prompt_rows(args.heldout, &mut rng);
-    let sampler = SamplerConfig::new()
-        .with_max_new_tokens(PROMPT + 1)
-        .with_eos_token_ids(vec![EOS])
-        .with_pad_token_id(EOS)
-        .init();
-    let pairing = PairingConfig::new().with_strategy(Pairing::FirstTwo);
-    let loss = DpoLossConfig::new().with_beta(args.beta).init();
-    let mut optim = AdamConfig::new().init();
-    let mut history = History::default();
-    let score = evaluate(&policy.valid(), &heldout, &base);
-    history.evals.push((0, score));
-    say(format!("SFT policy: principles' score {score:.3}"));
-    let bar = progress::bar(args.rounds, args.quiet);
-    for round in 1..=args.rounds {
-        let rows = prompt_rows(args.prompts, &mut rng);
-        let seed = args.seed.wrapping_mul(1_000_003).wrapping_add(round as u64);
-        let generation = sampler.sample(
-            &policy.valid(),
-            &Prompts::left_padded(&rows, EOS, &base),
-            seed,
-        );
-        // Rows 2i (revision) and 2i+1 (original) of prompt i, as token sequences.
-        let (mut sequences, mut scores) = (vec![], vec![]);
-        for (row, completion) in rows.iter().zip(generation.completions()) {
-            let original = response(&completion);
-            let (revised, transcript) = RuleCritic.revise_all(&CONSTITUTION, &original);
-            if round == 1 && sequences.is_empty() && !transcript.is_empty() {
-                bar.suspend(|| {
-                    say(format!(
-                        "example: prompt {:?}, response {original:?}",
-                        &row[..PROMPT]
-                    ));
-                    transcript.iter().for_each(|t| say(t.clone()));
-                });
-            }
-            let p = &row[..PROMPT];
-            sequences.push(sequence(p, &revised));
-            sequences.push(as_generated(p, &completion));
-            scores.push(RuleCritic.score(&CONSTITUTION, &revised));
-            scores.push(RuleCritic.score(&CONSTITUTION, &original));
-        }
-        let pairs = pairing.try_pair(&scores, 2).map_err(|e| e.to_string())?;
-        let (mut loss_value, n) = (f64::NAN, pairs.len());
-        if !pairs.is_empty() {
-            let rows_with_pad: Vec<Vec<i64>> =
-                pairs.rows().iter().map(|&r| sequences[r].clone()).collect();
-            let lbl = labels_of(&rows_with_pad);
-            let chosen_then_rejected: Vec<Vec<i64>> = rows_with_pad
-                .iter()
-                .map(|r| r.iter().map(|&t| if t == PAD { EOS } else { t }).collect())
-                .collect();
-            let ids = |d: &Device| ints(&chosen_then_rejected, d);
-            let labels = |d: &Device| ints(&lbl, d);
-            let tokens = gather(&policy, ids(&device), labels(&device));
-            let ref_logps = gather(&reference, ids(&base), labels(&base)).sum();
-            let batch = pairs.preference_batch(tokens, Some(ref_logps.autodiff()));
-            let out = loss.forward(&batch);
-            loss_value = out.loss.clone().into_scalar::<f64>();
-            let grads = GradientsParams::from_grads(out.loss.backward(), &policy);
-            policy = optim.step(args.learning_rate, policy, grads);
-        }
-        history.rounds.push((round, loss_value, n));
-        bar.set_message(format!("pairs {n} loss {loss_value:.4}"));
-        bar.inc(1);
-        if round % args.eval_every == 0 || round == args.rounds {
-            let score = evaluate(&policy.valid(), &heldout, &base);
-            history.evals.push((round, score));
-            bar.suspend(|| {
-                say(format!(
-                    "round {round:>3}  pairs {n:>3}  loss {loss_value:.4}  principles' score {score:.3}  ({:.1}s)",
-                    start.elapsed().as_secs_f64()
-                ))
-            });
-        }
-    }
-    bar.finish_and_clear();
-    history.seconds = start.elapsed().as_secs_f64();
-    Ok(history)
+    (args.seed..args.seed + args.seeds)
+        .map(|seed| run_seed(args, seed, &say))
+        .collect()
+}
+
+/// Mean of a stage's figure over the seeds.
+pub fn mean(reports: &[SeedReport], f: impl Fn(&SeedReport) -> f64) -> f64 {
+    reports.iter().map(f).sum::<f64>() / reports.len() as f64
 }
 
 pub fn main() {
     let args = Args::parse();
-    let h = run(&args).unwrap_or_else(|e| {
+    let reports = run(&args).unwrap_or_else(|e| {
         eprintln!("error: {e}");
         std::process::exit(2)
     });
-    let path = args.out.join("principles.svg");
+    println!("\n| seed | stage | harmless | helpful | KL to SFT |");
+    println!("|---:|---|---:|---:|---:|");
+    for r in &reports {
+        for (stage, e) in [("SFT", r.sft), ("SL-CAI", r.sl_cai), ("RL-CAI", r.rl_cai)] {
+            println!(
+                "| {} | {stage} | {:.3} | {:.3} | {:.3} |",
+                r.seed, e.harmless, e.helpful, e.kl
+            );
+        }
+    }
+    println!(
+        "\nfeedback model vs the checker (fresh items, noise-free labels; training labels had 10% noise):"
+    );
+    println!(
+        "| seed | critique | revision | comparison | critique (rephrased) | revision (rephrased) | comparison (rephrased) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &reports {
+        let a = r.agreement;
+        println!(
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            r.seed,
+            a.critique,
+            a.revision,
+            a.comparison,
+            a.critique_rephrased,
+            a.revision_rephrased,
+            a.comparison_rephrased
+        );
+    }
+    let stage_series = |name: &str, f: &dyn Fn(&SeedReport) -> f64| chart::Series {
+        name: name.to_string(),
+        points: reports.iter().map(|r| (r.seed as f64, f(r))).collect(),
+    };
+    let path = args.out.join("constitutional.svg");
     chart::write_svg(
         &path,
-        "Constitutional AI: critique -> revision -> DPO",
+        "Constitutional AI stage by stage (held-out, per seed)",
         &[
             chart::Panel {
-                title: "principles' score (held-out samples)".into(),
-                x_label: "round".into(),
-                series: vec![chart::Series {
-                    name: "principles_score".into(),
-                    points: h.evals.iter().map(|&(r, v)| (r as f64, v)).collect(),
-                }],
+                title: "harmless".into(),
+                x_label: "seed".into(),
+                series: vec![
+                    stage_series("SFT", &|r| r.sft.harmless),
+                    stage_series("SL-CAI", &|r| r.sl_cai.harmless),
+                    stage_series("RL-CAI", &|r| r.rl_cai.harmless),
+                ],
             },
             chart::Panel {
-                title: "DPO loss on (revision, original)".into(),
+                title: "helpful".into(),
+                x_label: "seed".into(),
+                series: vec![
+                    stage_series("SFT", &|r| r.sft.helpful),
+                    stage_series("SL-CAI", &|r| r.sl_cai.helpful),
+                    stage_series("RL-CAI", &|r| r.rl_cai.helpful),
+                ],
+            },
+            chart::Panel {
+                title: "RL-CAI: preference-model score of the samples".into(),
                 x_label: "round".into(),
-                series: vec![chart::Series {
-                    name: "loss".into(),
-                    points: h
-                        .rounds
-                        .iter()
-                        .filter(|r| r.1.is_finite())
-                        .map(|r| (r.0 as f64, r.1))
-                        .collect(),
-                }],
+                series: reports
+                    .iter()
+                    .map(|r| chart::Series {
+                        name: format!("seed {}", r.seed),
+                        points: r
+                            .rl_scores
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &s)| (i as f64, s))
+                            .collect(),
+                    })
+                    .collect(),
             },
         ],
     )
-    .expect("write plot");
-    println!("done in {:.1} s; plot: {}", h.seconds, path.display());
-    let (first, last) = (h.evals[0].1, h.evals[h.evals.len() - 1].1);
-    println!("final: principles_score {first:.3} -> {last:.3}");
+    .unwrap_or_else(|e| eprintln!("could not write {}: {e}", path.display()));
+    let secs: f64 = reports.iter().map(|r| r.seconds).sum();
+    println!("\nwrote {} ({secs:.1} s)", path.display());
+    println!(
+        "final: harmless {:.3} -> {:.3}, helpful {:.3} -> {:.3}",
+        mean(&reports, |r| r.sft.harmless),
+        mean(&reports, |r| r.rl_cai.harmless),
+        mean(&reports, |r| r.sft.helpful),
+        mean(&reports, |r| r.rl_cai.helpful),
+    );
 }

@@ -4,6 +4,8 @@
 //!
 //! - [`toy`]: the digit-reversal task of the `dpo` family of examples (the tiny transformer,
 //!   its data, SFT warm-up, evaluation and the online examples' prompts and reward);
+//! - [`cai`]: the `constitutional` example's world (task, constitution, feedback-model data,
+//!   ground-truth checker);
 //! - [`rng`]: the seeded generator of the examples and tests;
 //! - [`device`]: `--device` and integer flags;
 //! - [`hf`]: the real-checkpoint examples' defaults, loading, fused log-probs and saving;
@@ -16,6 +18,7 @@
 //! compiled inside test crates.
 
 pub mod alloc;
+pub mod cai;
 pub mod chart;
 pub mod device;
 pub mod hf;

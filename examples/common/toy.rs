@@ -52,13 +52,25 @@ impl TinyLm {
 
     /// A model with `max_len` positions (the examples use `SEQ`; the sampler benchmark more).
     pub fn with_max_len(d_model: usize, layers: usize, max_len: usize, device: &Device) -> Self {
+        Self::with_vocab(d_model, layers, VOCAB, max_len, device)
+    }
+
+    /// A model over a vocabulary of `vocab` tokens with `max_len` positions (the
+    /// `constitutional` example's policy, feedback model and preference model).
+    pub fn with_vocab(
+        d_model: usize,
+        layers: usize,
+        vocab: usize,
+        max_len: usize,
+        device: &Device,
+    ) -> Self {
         Self {
-            tokens: EmbeddingConfig::new(VOCAB, d_model).init(device),
+            tokens: EmbeddingConfig::new(vocab, d_model).init(device),
             positions: EmbeddingConfig::new(max_len, d_model).init(device),
             encoder: TransformerEncoderConfig::new(d_model, 4 * d_model, 4, layers)
                 .with_dropout(0.0)
                 .init(device),
-            lm_head: LinearConfig::new(d_model, VOCAB)
+            lm_head: LinearConfig::new(d_model, vocab)
                 .with_bias(false)
                 .init(device),
         }

@@ -29,6 +29,8 @@ use crate::error::Error;
 pub enum JudgeSlot {
     /// The principle (a constitution's rule, as token ids).
     Principle,
+    /// The user prompt the completions answer.
+    Prompt,
     /// Pairwise: the completion shown as option A.
     OptionA,
     /// Pairwise: the completion shown as option B.
@@ -48,8 +50,8 @@ pub enum JudgePiece {
 
 /// A judging prompt as token pieces; the judge reads the next-token distribution after the
 /// last piece. Pairwise templates hold [`JudgeSlot::OptionA`] and [`JudgeSlot::OptionB`] once
-/// each, pointwise templates [`JudgeSlot::Completion`] once; [`JudgeSlot::Principle`] is
-/// optional.
+/// each, pointwise templates [`JudgeSlot::Completion`] once; [`JudgeSlot::Principle`] and
+/// [`JudgeSlot::Prompt`] are optional.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JudgeTemplate {
     pieces: Vec<JudgePiece>,
@@ -98,13 +100,14 @@ impl JudgeTemplate {
         Ok(())
     }
 
-    /// The prompt's token ids with the slots filled.
-    fn fill(&self, principle: &[i64], a: &[i64], b: &[i64]) -> Vec<i64> {
+    /// The judging prompt's token ids with the slots filled.
+    fn fill(&self, principle: &[i64], prompt: &[i64], a: &[i64], b: &[i64]) -> Vec<i64> {
         let mut ids = Vec::new();
         for piece in &self.pieces {
             match piece {
                 JudgePiece::Tokens(t) => ids.extend_from_slice(t),
                 JudgePiece::Slot(JudgeSlot::Principle) => ids.extend_from_slice(principle),
+                JudgePiece::Slot(JudgeSlot::Prompt) => ids.extend_from_slice(prompt),
                 JudgePiece::Slot(JudgeSlot::OptionA | JudgeSlot::Completion) => {
                     ids.extend_from_slice(a)
                 }
@@ -120,6 +123,8 @@ impl JudgeTemplate {
 pub struct PairwiseItem<'a> {
     /// The principle's token ids (may be empty when the template has no principle slot).
     pub principle: &'a [i64],
+    /// The user prompt's token ids (may be empty when the template has no prompt slot).
+    pub prompt: &'a [i64],
     /// The first completion (option A in the first reading).
     pub first: &'a [i64],
     /// The second completion.
@@ -131,6 +136,8 @@ pub struct PairwiseItem<'a> {
 pub struct PointwiseItem<'a> {
     /// The principle's token ids (may be empty when the template has no principle slot).
     pub principle: &'a [i64],
+    /// The user prompt's token ids (may be empty when the template has no prompt slot).
+    pub prompt: &'a [i64],
     /// The completion judged.
     pub completion: &'a [i64],
 }
@@ -211,9 +218,9 @@ impl ModelJudge {
         }
         let mut rows = Vec::with_capacity(items.len() * 2);
         for item in items {
-            rows.push(template.fill(item.principle, item.first, item.second));
+            rows.push(template.fill(item.principle, item.prompt, item.first, item.second));
             if self.both_orders {
-                rows.push(template.fill(item.principle, item.second, item.first));
+                rows.push(template.fill(item.principle, item.prompt, item.second, item.first));
             }
         }
         let per_row = self.choice_probs(model, &rows, (a, Some(b)), device)?;
@@ -261,7 +268,7 @@ impl ModelJudge {
         }
         let rows: Vec<Vec<i64>> = items
             .iter()
-            .map(|it| template.fill(it.principle, it.completion, &[]))
+            .map(|it| template.fill(it.principle, it.prompt, it.completion, &[]))
             .collect();
         self.choice_probs(model, &rows, (yes, no), device)
     }

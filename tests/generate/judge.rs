@@ -101,16 +101,19 @@ fn pairwise_soft_labels_are_the_normalized_choice_probabilities() {
     let items = [
         PairwiseItem {
             principle: &[1, 2],
+            prompt: &[],
             first: &[3, 1],
             second: &[2, 2, 0],
         },
         PairwiseItem {
             principle: &[2],
+            prompt: &[],
             first: &[0],
             second: &[1, 3, 3, 1],
         },
         PairwiseItem {
             principle: &[],
+            prompt: &[],
             first: &[2, 1],
             second: &[1, 2],
         },
@@ -134,6 +137,7 @@ fn pairwise_soft_labels_are_the_normalized_choice_probabilities() {
         .iter()
         .map(|it| PairwiseItem {
             principle: it.principle,
+            prompt: it.prompt,
             first: it.second,
             second: it.first,
         })
@@ -179,10 +183,12 @@ fn pointwise_is_the_yes_probability() {
     let items = [
         PointwiseItem {
             principle: &[1],
+            prompt: &[],
             completion: &[0, 2],
         },
         PointwiseItem {
             principle: &[],
+            prompt: &[],
             completion: &[3],
         },
     ];
@@ -210,6 +216,7 @@ fn malformed_templates_and_items_are_typed_errors() {
     let judge = ModelJudge::new([A, B], (YES, Some(NO)), PAD);
     let item = PairwiseItem {
         principle: &[1],
+        prompt: &[],
         first: &[2],
         second: &[3],
     };
@@ -250,6 +257,7 @@ fn malformed_templates_and_items_are_typed_errors() {
     // An empty completion.
     let empty = PairwiseItem {
         principle: &[1],
+        prompt: &[],
         first: &[2],
         second: &[],
     };
@@ -287,6 +295,7 @@ fn malformed_templates_and_items_are_typed_errors() {
             &JudgeTemplate::new(vec![JudgePiece::Tokens(vec![1])]),
             &[PointwiseItem {
                 principle: &[],
+                prompt: &[],
                 completion: &[1],
             }],
             &device,

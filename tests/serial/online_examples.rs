@@ -1,4 +1,4 @@
-//! The `online_dpo`, `grpo`, `distill` and `constitutional` examples, shortened (debug build, flex): each
+//! The `online_dpo`, `grpo`, `distill` and `constitutional` examples, shortened (flex): each
 //! example's own metric must move in the right direction by a clear margin.
 // Each example brings its own `common` (`examples/common`), so the shared module is loaded
 // once per example here.
@@ -71,70 +71,76 @@ fn grpo_raises_the_reward() {
     );
 }
 
+/// The Constitutional AI pipeline, shortened, over 3 seeds: each stage's held-out figures in
+/// the expected order (SL-CAI above SFT on harmlessness, RL-CAI above SL-CAI, helpfulness not
+/// below SFT's minus 0.05), and a feedback model that agrees with the checker. Release builds
+/// only (three full pipelines take minutes unoptimized; CI runs the suite in release too).
 #[test]
-fn constitutional_raises_the_principles_score() {
+#[cfg_attr(debug_assertions, ignore = "release only: three pipelines")]
+fn constitutional_stages_order_over_three_seeds() {
     let _serial = crate::serial();
     let args = constitutional::Args {
-        d_model: 32,
-        heldout: 32,
         quiet: true,
         ..constitutional::Args::parse_from([
             "constitutional",
-            "--rounds",
-            "20",
-            "--prompts",
-            "16",
-            "--sft-steps",
-            "60",
-            "--eval-every",
-            "20",
+            "--seeds",
+            "3",
+            "--feedback-steps",
+            "800",
+            "--heldout",
+            "100",
+            "--revision-prompts",
+            "384",
+            "--pm-prompts",
+            "384",
         ])
     };
-    let h = constitutional::run(&args).unwrap();
-    let (first, last) = (h.evals[0].1, h.evals[h.evals.len() - 1].1);
-    println!(
-        "principles' score {first:.3} -> {last:.3} in {:.1}s",
-        h.seconds
-    );
-    assert!(
-        last >= first + 0.1,
-        "principles' score should rise: {first} -> {last}"
-    );
-}
-
-#[test]
-fn the_critic_reads_the_constitution() {
-    let _serial = crate::serial();
-    use constitutional::{CONSTITUTION, RuleCritic};
-    let critic = RuleCritic;
-    let response = [9, 9, 7, 3];
-    assert_eq!(
-        critic.critique(CONSTITUTION[0].critique_request, &response),
-        Some(vec![0, 1])
-    );
-    assert_eq!(
-        critic.critique(CONSTITUTION[3].critique_request, &response),
-        Some(vec![1])
-    );
-    assert_eq!(
-        critic.critique(CONSTITUTION[2].critique_request, &[1, 2]),
-        Some(vec![2])
-    );
-    assert_eq!(critic.critique("Is the response polite?", &response), None);
-    let (revised, _) = critic.revise_all(&CONSTITUTION, &response);
-    assert_eq!(
-        critic.score(&CONSTITUTION, &revised),
-        Some(1.0),
-        "{revised:?}"
-    );
-    // Only "four-digits" holds.
-    assert_eq!(critic.score(&CONSTITUTION, &response), Some(0.25));
-    let (revised, _) = critic.revise_all(&CONSTITUTION, &[5]);
-    assert_eq!(
-        critic.score(&CONSTITUTION, &revised),
-        Some(1.0),
-        "{revised:?}"
-    );
+    let reports = constitutional::run(&args).unwrap();
+    for r in &reports {
+        println!(
+            "seed {}: harmless {:.3} / {:.3} / {:.3}, helpful {:.3} / {:.3} / {:.3}, kl {:.2} / {:.2}, feedback {:?} ({:.1}s)",
+            r.seed,
+            r.sft.harmless,
+            r.sl_cai.harmless,
+            r.rl_cai.harmless,
+            r.sft.helpful,
+            r.sl_cai.helpful,
+            r.rl_cai.helpful,
+            r.sl_cai.kl,
+            r.rl_cai.kl,
+            r.agreement,
+            r.seconds
+        );
+        let a = r.agreement;
+        assert!(
+            a.critique >= 0.8 && a.revision >= 0.8 && a.comparison >= 0.7,
+            "seed {}: the feedback model should mostly agree with the checker: {a:?}",
+            r.seed
+        );
+        assert!(
+            r.sl_cai.harmless > r.sft.harmless,
+            "seed {}: SL-CAI above SFT on harmlessness: {:?} vs {:?}",
+            r.seed,
+            r.sl_cai,
+            r.sft
+        );
+        assert!(
+            r.rl_cai.harmless > r.sl_cai.harmless,
+            "seed {}: RL-CAI above SL-CAI on harmlessness: {:?} vs {:?}",
+            r.seed,
+            r.rl_cai,
+            r.sl_cai
+        );
+        for (stage, e) in [("SL-CAI", r.sl_cai), ("RL-CAI", r.rl_cai)] {
+            assert!(
+                e.helpful >= r.sft.helpful - 0.05,
+                "seed {}: {stage} helpfulness {} below SFT's {} - 0.05",
+                r.seed,
+                e.helpful,
+                r.sft.helpful
+            );
+        }
+    }
 }
 
 #[test]
