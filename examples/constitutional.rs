@@ -69,14 +69,28 @@ pub struct Args {
     #[arg(long, default_value_t = 200)]
     pub sl_steps: usize,
     /// RL-CAI: prompts with two samples each, labelled by the feedback model.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 1024)]
     pub pm_prompts: usize,
+    /// RL-CAI: sampling temperature of the labelled pairs (above 1: more pairs that differ).
+    #[arg(long, default_value_t = 1.5)]
+    pub pair_temperature: f64,
     /// RL-CAI: principles drawn at random per comparison; their soft labels are averaged
     /// (Bai et al. ensemble over principles).
     #[arg(long, default_value_t = 4)]
     pub label_principles: usize,
+    /// RL-CAI: preference-model width.
+    #[arg(long, default_value_t = 32)]
+    pub pm_width: usize,
+    /// RL-CAI: preference-model layers.
+    #[arg(long, default_value_t = 1)]
+    pub pm_layers: usize,
+    /// RL-CAI: helpfulness pairs also corrupt allowed positions with `X` (not only with wrong
+    /// digits). Off by default: a small preference model then learns "`X` is bad" everywhere,
+    /// against the AI labels (seen: it preferred the unwithheld answer on 65% of prompts).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub x_corruption: bool,
     /// RL-CAI: preference-model training steps (full batch).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 400)]
     pub pm_steps: usize,
     /// RL-CAI: online DPO rounds.
     #[arg(long, default_value_t = 60)]
@@ -154,10 +168,10 @@ pub struct PreferenceModel {
 }
 
 impl PreferenceModel {
-    fn new(device: &Device) -> Self {
+    fn new(width: usize, layers: usize, device: &Device) -> Self {
         Self {
-            lm: TinyLm::with_vocab(32, 1, VOCAB, POLICY_LEN, device),
-            head: RewardHeadConfig::new(32).init(device),
+            lm: TinyLm::with_vocab(width, layers, VOCAB, POLICY_LEN, device),
+            head: RewardHeadConfig::new(width).init(device),
         }
     }
     fn rewards(&self, ids: Tensor<2, Int>, mask: Tensor<2, Bool>) -> Tensor<1> {
@@ -247,12 +261,15 @@ fn revise(fm: &TinyLm, items: &[(&Principle, Vec<i64>)], device: &Device) -> Vec
         .collect()
 }
 
+/// A probe of the feedback model: a principle, a prompt and two answers.
+type Probe = (Principle, Vec<i64>, Vec<i64>, Vec<i64>);
+
 fn agreement(fm: &TinyLm, rng: &mut Rng, device: &Device) -> Agreement {
     let judge = cai::judge();
     let mut out = Agreement::default();
     for (rephrased, principles) in [(false, cai::constitution()), (true, cai::rephrased())] {
         let n = 300;
-        let items: Vec<(Principle, Vec<i64>, Vec<i64>, Vec<i64>)> = (0..n)
+        let items: Vec<Probe> = (0..n)
             .map(|_| {
                 let p = principles[rng.below(principles.len())].clone();
                 let prompt = cai::prompt(rng);
@@ -442,12 +459,26 @@ pub fn run_seed(args: &Args, seed: u64, say: &dyn Fn(String)) -> Result<SeedRepo
 
     // 3. RL-CAI: AI soft labels on sample pairs -> preference model -> online DPO.
     let pm_prompts = cai::prompt_rows(args.pm_prompts, &mut rng, &heldout);
-    let pairs = policy_sampler(2).sample(
-        &sl.valid(),
-        &Prompts::left_padded(&pm_prompts, EOS, &base),
-        seed + 1,
-    );
-    let comps: Vec<Vec<i64>> = pairs.completions().iter().map(|c| answer(c)).collect();
+    let pairs = policy_sampler(2)
+        .config()
+        .clone()
+        .with_temperature(args.pair_temperature)
+        .init()
+        .sample(
+            &sl.valid(),
+            &Prompts::left_padded(&pm_prompts, EOS, &base),
+            seed + 1,
+        );
+    let all: Vec<Vec<i64>> = pairs.completions().iter().map(|c| answer(c)).collect();
+    // Pairs with an empty answer (a sample that stopped at once) are left out.
+    let kept: Vec<usize> = (0..pm_prompts.len())
+        .filter(|&i| !all[2 * i].is_empty() && !all[2 * i + 1].is_empty())
+        .collect();
+    let pm_prompts: Vec<Vec<i64>> = kept.iter().map(|&i| pm_prompts[i].clone()).collect();
+    let comps: Vec<Vec<i64>> = kept
+        .iter()
+        .flat_map(|&i| [all[2 * i].clone(), all[2 * i + 1].clone()])
+        .collect();
     let mut labels = vec![0.0; pm_prompts.len()];
     for _ in 0..args.label_principles {
         let drawn: Vec<&Principle> = (0..pm_prompts.len())
@@ -479,7 +510,7 @@ pub fn run_seed(args: &Args, seed: u64, say: &dyn Fn(String)) -> Result<SeedRepo
         .collect();
     let mut pair_prompts: Vec<Vec<i64>> = pm_prompts.iter().map(|p| p[..PROMPT].to_vec()).collect();
     for p in cai::prompt_rows(args.pm_prompts, &mut rng, &heldout) {
-        let (chosen, rejected) = cai::helpfulness_pair(&p[..PROMPT], &mut rng);
+        let (chosen, rejected) = cai::helpfulness_pair(&p[..PROMPT], args.x_corruption, &mut rng);
         rows.push((chosen, rejected, 1.0));
         pair_prompts.push(p[..PROMPT].to_vec());
     }
@@ -498,7 +529,7 @@ pub fn run_seed(args: &Args, seed: u64, say: &dyn Fn(String)) -> Result<SeedRepo
         TensorData::new(rows.iter().map(|r| r.2).collect::<Vec<_>>(), [n]),
         &device,
     );
-    let mut pm = PreferenceModel::new(&device);
+    let mut pm = PreferenceModel::new(args.pm_width, args.pm_layers, &device);
     let bt = BradleyTerryLossConfig::new().init();
     let mut optim = AdamConfig::new().init();
     for _ in 0..args.pm_steps {

@@ -259,7 +259,7 @@ fn comparison_score(c: &[i64], digit: i64) -> i64 {
 /// reversal) over the same answer with one or two allowed positions corrupted (a wrong digit
 /// or `X`). At the forbidden positions both answers hold the same token (the digit, or `X` at
 /// random), so the pair says nothing about harm: that is the AI labels' job.
-pub fn helpfulness_pair(prompt: &[i64], rng: &mut Rng) -> (Vec<i64>, Vec<i64>) {
+pub fn helpfulness_pair(prompt: &[i64], x_corruption: bool, rng: &mut Rng) -> (Vec<i64>, Vec<i64>) {
     let mut chosen = reversed(prompt);
     for t in chosen.iter_mut() {
         if FORBIDDEN.contains(t) && rng.chance(0.5) {
@@ -277,10 +277,15 @@ pub fn helpfulness_pair(prompt: &[i64], rng: &mut Rng) -> (Vec<i64>, Vec<i64>) {
     }
     for _ in 0..1 + rng.below(2) {
         let i = allowed[rng.below(allowed.len())];
-        rejected[i] = if rng.chance(0.5) {
+        rejected[i] = if x_corruption && rng.chance(0.5) {
             X
         } else {
-            (chosen[i] + 1 + rng.below(9) as i64) % 10
+            // A wrong digit that is not forbidden either (so the pair stays neutral on harm).
+            let mut d = (chosen[i] + 1 + rng.below(9) as i64) % 10;
+            while FORBIDDEN.contains(&d) || d == chosen[i] {
+                d = (d + 1) % 10;
+            }
+            d
         };
     }
     (chosen, rejected)

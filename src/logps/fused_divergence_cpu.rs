@@ -219,14 +219,16 @@ impl Head {
     }
 }
 
-/// Scored rows (`valid != 0`), ascending.
-fn valid_rows(valid: FlexTensor) -> Vec<usize> {
-    let values = valid
-        .into_data()
-        .convert::<f64>()
-        .try_into_vec::<f64>()
-        .expect("f64 after convert");
-    (0..values.len()).filter(|&r| values[r] != 0.0).collect()
+/// Scored rows (`valid != 0`), ascending; `None` for a dtype without a native path. The mask
+/// is host memory on flex: read in place, not through a device read.
+fn valid_rows(valid: FlexTensor) -> Option<Vec<usize>> {
+    let valid = contiguous(valid);
+    let flags: Vec<bool> = if let Some(v) = valid.as_slice::<f32>() {
+        v.iter().map(|&x| x != 0.0).collect()
+    } else {
+        valid.as_slice::<f64>()?.iter().map(|&x| x != 0.0).collect()
+    };
+    Some((0..flags.len()).filter(|&r| flags[r]).collect())
 }
 
 /// Per-row running statistics of pass 1.
@@ -435,7 +437,7 @@ pub(crate) fn forward(
         Head::new(teacher, p.teacher, p.teacher_has_bias),
     );
     let n = s.hidden.shape()[0];
-    let rows = valid_rows(valid);
+    let rows = valid_rows(valid)?;
     macro_rules! run {
         ($f:ty) => {{
             let (ss, ts) = (s.slices::<$f>()?, t.slices::<$f>()?);
@@ -465,7 +467,7 @@ pub(crate) fn backward(
         Head::new(teacher, p.teacher, p.teacher_has_bias),
     );
     let (n, v, h) = (s.hidden.shape()[0], s.v, s.h);
-    let rows = valid_rows(valid);
+    let rows = valid_rows(valid)?;
     let dw_shape = match p.student.layout {
         super::head::LmHeadLayout::VocabMajor => Shape::new([v, h]),
         super::head::LmHeadLayout::HiddenMajor => Shape::new([h, v]),

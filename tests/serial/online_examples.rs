@@ -89,10 +89,6 @@ fn constitutional_stages_order_over_three_seeds() {
             "800",
             "--heldout",
             "100",
-            "--revision-prompts",
-            "384",
-            "--pm-prompts",
-            "384",
         ])
     };
     let reports = constitutional::run(&args).unwrap();
