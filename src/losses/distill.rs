@@ -30,6 +30,7 @@
 //! The teacher never receives a gradient (its inputs are detached).
 
 use burn::config::Config;
+use burn::module::Module;
 use burn::tensor::{Bool, Tensor};
 
 use super::metrics::{LossOutput, Metrics};
@@ -187,15 +188,22 @@ pub struct DivergenceTerms {
 ///
 /// Metrics (batch means over scored positions, no host sync): `divergence` (the token-mean
 /// divergence, whatever the normalizer), `entropy` (student), `num_tokens`.
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct DistillationLoss {
+    #[module(skip)]
     kind: DivergenceKind,
     temperature: f64,
+    #[module(skip)]
     student: Transform,
+    #[module(skip)]
     teacher: Transform,
+    #[module(skip)]
     normalizer: Normalizer,
+    #[module(skip)]
     vocab_chunk: Option<usize>,
+    #[module(skip)]
     token_chunk: Option<usize>,
+    #[module(skip)]
     implementation: LogpsImplementation,
 }
 

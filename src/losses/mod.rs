@@ -1,6 +1,6 @@
 //! Loss functions. One file per family; every loss returns a [`LossOutput`].
 //!
-//! Every loss op (`DpoLoss`, `CpoLoss`, `OrpoLoss`, `KtoLoss`, `BcoLoss`, `BradleyTerryLoss`,
+//! Every loss op (`DpoLoss`, `CpoLoss`, `OrpoLoss`, `KtoLoss`, `BcoLoss`, `BradleyTerryLoss`, `DistillationLoss`,
 //! `SftLoss`, and in [`crate::rl`] `PpoLoss`, `GrpoLoss`, `RlooLoss`, `Gae`, `KlPenalty`)
 //! derives burn's [`Module`](burn::module::Module), as burn-nn's `CrossEntropyLoss` does, so it
 //! can be a field of your `#[derive(Module)]` model. Its settings are configuration, not
