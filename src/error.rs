@@ -160,6 +160,18 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A process-level runtime the call needs is not there (feature `mpi`): the process was
+    /// not started by an MPI launcher, MPI was already initialized (or finalized), or the
+    /// library gives too little thread support. (A binary built with `mpi` links the MPI
+    /// library dynamically: where that library is missing the loader stops before `main`, with
+    /// `error while loading shared libraries: libmpi.so...`.)
+    #[error("{runtime} runtime unavailable: {reason}")]
+    Runtime {
+        /// The runtime, e.g. `"MPI"`.
+        runtime: &'static str,
+        /// What is missing and how to provide it.
+        reason: String,
+    },
     /// A Hugging Face checkpoint directory could not be read or written: a missing, extra or
     /// mis-shaped tensor (`tensor` names it), a `config.json` field this crate does not
     /// support, a dtype safetensors does not hold here, or an I/O error.

@@ -12,21 +12,29 @@ impl ModuleMapper for ToF64 {
     }
 }
 
+/// Every float parameter of `m`, flattened in visiting order (as `f64`).
+pub fn flat_params<M: Module>(m: &M) -> Vec<f64> {
+    let mut c = Collect(vec![]);
+    m.visit(&mut c);
+    c.0.concat()
+}
+
+struct Collect(Vec<Vec<f64>>);
+impl ModuleVisitor for Collect {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0.push(
+            param
+                .val()
+                .into_data()
+                .convert::<f64>()
+                .try_into_vec::<f64>()
+                .unwrap(),
+        );
+    }
+}
+
 /// Max `|a - b|` over all float parameters of two models with the same structure.
 pub fn max_abs_diff<M: Module>(a: &M, b: &M) -> f64 {
-    struct Collect(Vec<Vec<f64>>);
-    impl ModuleVisitor for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0.push(
-                param
-                    .val()
-                    .into_data()
-                    .convert::<f64>()
-                    .try_into_vec::<f64>()
-                    .unwrap(),
-            );
-        }
-    }
     let (mut ca, mut cb) = (Collect(vec![]), Collect(vec![]));
     a.visit(&mut ca);
     b.visit(&mut cb);

@@ -49,7 +49,30 @@
 //! | micro-batches of one process (accumulation only) | [`LocalReducer`] | `GradientsAccumulator` |
 //! | threads of one process, one device each (burn-train's `MultiDevice` strategy, any backend) | [`ThreadReducer`] | burn-train (on the main device) |
 //! | CUDA devices with burn's collective (burn-train's `DistributedDataParallel`) | [`CollectiveReducer`] | burn's `all_reduce` |
+//! | processes, on one host or many (feature `mpi`; `mpirun`, `mpiexec`, `srun`) | `MpiReducer` | [`sum_gradients`] over the same reducer |
 //! | simulated, in one thread | [`sum_parts`] over the shards | your loop |
+//!
+//! [`sum_gradients`] all-reduces a model's gradients through any reducer (one call for all of
+//! them, via host memory), for loops that own their optimizer step (the `dpo_mpi` example).
+//!
+//! # Robust epochs and failures
+//!
+//! - **Equal steps.** Every rank must take the same number of steps: a rank with one batch
+//!   more waits in its last reduction for ranks that have finished. burn's split (burn-train's
+//!   `MultiDevice`) gives the last device the remainder; [`check_equal_steps`] (or
+//!   `check_loader_split`, feature `train`) refuses such a split at setup, and
+//!   [`EqualShards`] cuts an epoch into equal shards of whole batches (drop-last): `truncate`
+//!   for burn-train's split, `shard` / `range` for one process per rank.
+//! - **A failing rank** calls [`Reducer::abort`] on its error path (the burn-train adapters do
+//!   it before they panic): the other ranks' reductions return [`Error::Collective`] with its
+//!   message at once, instead of waiting. [`ThreadReducer`] waits at most 60 s for a missing
+//!   rank after the first round and 30 min in the first (kernel compilation and autotuning on
+//!   CubeCL devices); MPI collectives have no timeout: a rank that dies is the launcher's
+//!   business (Open MPI's `mpirun` stops the job), and `MpiRuntime::abort_on_panic` turns a
+//!   panic into `MPI_Abort`.
+//! - **Gradient accumulation inside burn-train** is not token-exact (each micro-batch is
+//!   normalized by its own count): see the [`train`](crate::train) module docs for the error
+//!   and when it vanishes.
 //!
 //! The burn-train adapters take any of them as a [`SharedReducer`]
 //! ([`PreferenceModel::with_reducer`](crate::train::PreferenceModel::with_reducer),
@@ -80,30 +103,44 @@
 //! use a collective (workers send gradients to the main device, which sums them) and runs on
 //! any backend: pair it with [`ThreadReducer`] (the `dpo_multi_device` example).
 //!
-//! # Several machines
+//! # Several processes and machines (feature `mpi`)
 //!
 //! burn 0.22 has no multi-node collective: `DistributedConfig` has no addresses and its sync
 //! server is in-process (burn 0.21's `burn-collective` with global/node addresses was removed
-//! in 0.22). Across machines the crate needs only one thing from the user: a [`Reducer`]
-//! whose `sum` adds a `[k]` vector of `f64` over all ranks (MPI, NCCL bindings, a parameter
-//! server, or burn's collective once it spans nodes). What the user configures: the world
-//! size and rank of each process, the reducer, and the gradient synchronization (summed, not
-//! averaged, or the loss scaled by the world size). Everything else (global counts, the
-//! parts, finishing the statistics) is the same code as on one machine: [`Parts::to_values`]
-//! / [`Parts::from_values`] are the wire format, one `[k]` vector per step.
+//! in 0.22). `MpiRuntime` / `MpiReducer` (feature `mpi`, over the system's Open MPI or MPICH
+//! through rsmpi) run the ranks as processes: the launcher (`mpirun -np 4 --hostfile hosts
+//! ./trainer`) starts them on one host or many, each process trains on its shard, reduces
+//! the step's parts in one call and its gradients with [`sum_gradients`] in another, and
+//! takes the same optimizer step. What the user configures: the launch (hosts, ranks per
+//! host; every host needs the same binary and data path), the shard of each rank
+//! ([`EqualShards::range`]), and nothing else: the crate never assumes one host. Any other
+//! transport fits the same seam: a [`Reducer`] whose `sum` adds a `[k]` vector of `f64` over
+//! all ranks; [`Parts::to_values`] / [`Parts::from_values`] are the wire format, one `[k]`
+//! vector per step.
 //!
 //! [`Normalizer::GlobalTokens`]: crate::reduce::Normalizer::GlobalTokens
 //! [`Normalizer::GlobalSequences`]: crate::reduce::Normalizer::GlobalSequences
 //! [`all_reduce`]: burn::tensor::distributed::all_reduce
 //! [`Error::Device`]: crate::Error::Device
+//! [`Error::Collective`]: crate::Error::Collective
 //! [`UnpairedBatch::with_kl`]: crate::losses::UnpairedBatch::with_kl
 //! [`RunningMoments`]: crate::losses::RunningMoments
 //! [`BcoLoss::forward`]: crate::losses::BcoLoss::forward
 //! [`GroupAdvantageConfig::batch_reward_parts`]: crate::rl::GroupAdvantageConfig::batch_reward_parts
 //! [`GroupAdvantageConfig::try_forward_with_batch_stats`]: crate::rl::GroupAdvantageConfig::try_forward_with_batch_stats
 
+mod gradients;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod parts;
 mod reducer;
+mod shards;
 
+pub use gradients::sum_gradients;
+#[cfg(feature = "mpi")]
+pub use mpi::{MpiReducer, MpiRuntime};
 pub use parts::{KlParts, MomentParts, Parts, StepCounts, sum_parts};
 pub use reducer::{CollectiveReducer, LocalReducer, Reducer, SharedReducer, ThreadReducer};
+#[cfg(feature = "train")]
+pub use shards::check_loader_split;
+pub use shards::{EqualShards, check_equal_steps, split_steps};

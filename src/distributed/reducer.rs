@@ -25,6 +25,16 @@ pub trait Reducer: Send + Sync {
     /// Element-wise sum of `local` over all ranks (every rank receives the same totals).
     fn sum(&self, local: &[f64]) -> crate::Result<Vec<f64>>;
 
+    /// Tells the other ranks that this rank failed, so that they stop waiting for it: call it
+    /// on a rank's error path (a shape error, out of memory, a bad batch) **instead of** the
+    /// collective call the rank will not make. Every rank waiting in (or later entering)
+    /// [`sum`](Self::sum) returns [`Error::Collective`] carrying `reason` at once, and the
+    /// group is broken afterwards. The crate's burn-train adapters call it before they panic
+    /// on an error. No-op for a single rank ([`LocalReducer`]).
+    fn abort(&self, reason: &str) {
+        let _ = reason;
+    }
+
     /// The global parts from this rank's local parts: **one** call of [`sum`](Self::sum) for
     /// any number of statistics packed as a tuple (see [`Parts`]).
     fn reduce<P: Parts>(&self, local: &P) -> crate::Result<P>
@@ -66,15 +76,29 @@ impl Reducer for LocalReducer {
 ///
 /// Clones are handles to the same group. The ranks are anonymous: whichever `world_size`
 /// calls arrive first form a round, and the totals are added in arrival order (`f64`; the
-/// order changes the result by at most a few ulps). A rank that does not arrive within the
-/// timeout (default 60 s) makes the round fail with [`Error::Collective`] on every waiting
-/// rank, and the group stays broken afterwards (as a collective group does after a failure).
+/// order changes the result by at most a few ulps).
+///
+/// # Failures
+///
+/// - A rank that fails calls [`Reducer::abort`] on its error path (the crate's burn-train
+///   adapters do): every waiting rank returns [`Error::Collective`] with that rank's reason at
+///   once, instead of waiting out the timeout.
+/// - A rank that does not arrive within the timeout makes the round fail with
+///   [`Error::Collective`] on every waiting rank. The **first** round has its own, much longer
+///   timeout (default 30 min, [`with_first_round_timeout`](Self::with_first_round_timeout)):
+///   on CubeCL devices the first step JIT-compiles and autotunes its kernels, which is slow
+///   but no fault. Later rounds wait [`with_timeout`](Self::with_timeout) (default 60 s).
+/// - After a failure the group stays broken (as a collective group does): every later call
+///   returns the first failure's reason.
+/// - A rank with fewer batches than the others is the common cause of a missing rank: see
+///   [`EqualShards`](super::EqualShards) for burn-train's `MultiDevice` split.
 ///
 /// Costs: no device work and no host read of its own (the values are host `f64`).
 #[derive(Debug, Clone)]
 pub struct ThreadReducer {
     group: Arc<ThreadGroup>,
     timeout: Duration,
+    first_round_timeout: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -116,12 +140,21 @@ impl ThreadReducer {
                 calls: AtomicU64::new(0),
             }),
             timeout: Duration::from_secs(60),
+            first_round_timeout: Some(Duration::from_secs(30 * 60)),
         })
     }
 
-    /// How long a rank waits for the others before the round fails (default 60 s).
+    /// How long a rank waits for the others before a round after the first fails (default
+    /// 60 s).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// How long a rank waits in the **first** round (default 30 min; `None`: no limit). The
+    /// first step includes kernel compilation and autotuning on CubeCL devices.
+    pub fn with_first_round_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.first_round_timeout = timeout;
         self
     }
 
@@ -177,21 +210,40 @@ impl Reducer for ThreadReducer {
             group.finished.notify_all();
             return round.result.clone().map_err(|r| self.error(r));
         }
-        let (mut round, wait) = group
-            .finished
-            .wait_timeout_while(round, self.timeout, |r| {
-                r.generation == generation && r.broken.is_none()
-            })
-            .unwrap_or_else(|p| p.into_inner());
+        let timeout = if generation == 0 {
+            self.first_round_timeout
+        } else {
+            Some(self.timeout)
+        };
+        let waiting = |r: &mut Round| r.generation == generation && r.broken.is_none();
+        let mut round = match timeout {
+            Some(limit) => {
+                group
+                    .finished
+                    .wait_timeout_while(round, limit, waiting)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+            None => group
+                .finished
+                .wait_while(round, waiting)
+                .unwrap_or_else(|p| p.into_inner()),
+        };
         if round.generation == generation {
             let reason = match &round.broken {
                 Some(reason) => reason.clone(),
                 None => {
-                    debug_assert!(wait.timed_out());
                     let reason = format!(
-                        "{} of {} ranks arrived within {:?} (a rank skipped the call or \
-                         has fewer batches)",
-                        round.arrived, group.world_size, self.timeout
+                        "{} of {} ranks arrived within {:?}{} (a rank skipped the call or \
+                         has fewer batches: see EqualShards)",
+                        round.arrived,
+                        group.world_size,
+                        timeout.unwrap_or_default(),
+                        if generation == 0 {
+                            ", the first round's timeout"
+                        } else {
+                            ""
+                        }
                     );
                     round.broken = Some(reason.clone());
                     group.finished.notify_all();
@@ -201,6 +253,15 @@ impl Reducer for ThreadReducer {
             return Err(self.error(reason));
         }
         round.result.clone().map_err(|r| self.error(r))
+    }
+
+    fn abort(&self, reason: &str) {
+        let group = &self.group;
+        let mut round = group.round.lock().unwrap_or_else(|p| p.into_inner());
+        if round.broken.is_none() {
+            round.broken = Some(format!("a rank failed: {reason}"));
+        }
+        group.finished.notify_all();
     }
 }
 
@@ -232,6 +293,9 @@ impl Reducer for SharedReducer {
     }
     fn sum(&self, local: &[f64]) -> crate::Result<Vec<f64>> {
         self.0.sum(local)
+    }
+    fn abort(&self, reason: &str) {
+        self.0.abort(reason)
     }
 }
 

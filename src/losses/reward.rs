@@ -118,6 +118,17 @@ pub struct BradleyTerryLoss {
 }
 
 impl BradleyTerryLoss {
+    /// A copy reduced with `normalizer`, e.g. the step's global pair count from
+    /// [`StepCounts::pair_normalizer`](crate::distributed::StepCounts::pair_normalizer) under
+    /// data parallelism. Errors: a token normalizer ([`Error::NormalizerKind`]).
+    pub fn with_normalizer(&self, normalizer: Normalizer) -> crate::Result<Self> {
+        normalizer.validate_for_sequences("the Bradley-Terry loss")?;
+        Ok(Self {
+            normalizer,
+            ..self.clone()
+        })
+    }
+
     crate::error::panicking! {
         /// Loss, per-pair terms and metrics.
         ///

@@ -30,6 +30,46 @@
 //! TRL's default behaviour (reference forward per batch), with the checkpoint still the
 //! policy's alone.
 //!
+//! # Data parallel under burn-train
+//!
+//! Give every adapter the same reducer (`with_reducer`: a
+//! [`ThreadReducer`](crate::distributed::ThreadReducer) for burn-train's `MultiDevice`
+//! strategy, an [`MpiReducer`](crate::distributed) per process across hosts): each training
+//! step then normalizes by the step's global counts, and the gradients that burn-train sums
+//! over the devices are the gradient of the whole step's batch. Two things to set up:
+//!
+//! - **Equal steps per device.** burn's split gives the last device the remainder of the
+//!   epoch, so the devices can take different numbers of steps (9 items, batch 4, 2 devices:
+//!   1 and 2), and a device with a batch left waits for one without. Check at setup with
+//!   [`check_loader_split`](crate::distributed::check_loader_split) (or
+//!   [`check_equal_steps`](crate::distributed::check_equal_steps)), and fix the epoch with
+//!   [`EqualShards::truncate`](crate::distributed::EqualShards::truncate) (drop-last).
+//! - **A failing rank.** A step that errors calls [`Reducer::abort`](crate::distributed::Reducer::abort)
+//!   on its reducer before it panics, so the other ranks fail at once with its message
+//!   instead of waiting out the reducer's timeout.
+//!
+//! # Gradient accumulation (burn-train's `grads_accumulation(G)`)
+//!
+//! burn-train adds the gradients of `G` consecutive steps, each normalized by its **own**
+//! count (with a reducer: its own global count), so the accumulated gradient is
+//! `Σ_g ∇L_g / n_g` instead of the token-exact `Σ_g ∇L_g / Σ_g n_g` of one step over the `G`
+//! micro-batches (`L_g`: the summed loss terms of micro-batch `g`, `n_g`: its count). The
+//! error is a weighting:
+//! - with equal counts (`n_g = n`, e.g. pair counts with full batches) the result is exactly
+//!   `G` times the token-exact gradient: Adam and AdamW are invariant to that factor (up to
+//!   their `epsilon`), SGD needs the learning rate divided by `G`, and gradient clipping sees
+//!   a norm `G` times larger;
+//! - with unequal counts (token counts, a short last batch) each micro-batch's terms weigh
+//!   `1 / n_g`: short micro-batches count more per token, as in TRL before
+//!   `num_items_in_batch`.
+//!
+//! The adapters cannot see the counts of the next `G - 1` batches, so they cannot do better
+//! inside burn-train's loop. For token-exact accumulation, use the crate's own loops
+//! ([`ppo_update`](crate::rl::ppo_update), the online trainers) or compute the step's
+//! [`StepCounts`](crate::distributed::StepCounts) over all `G` micro-batches first and reduce
+//! each with [`Normalizer::GlobalTokens`](crate::Normalizer::GlobalTokens) (the
+//! [`distributed`](crate::distributed) module's rule).
+//!
 //! # Limits
 //!
 //! Steps cannot return errors (burn-train's `TrainStep::step` returns the output), so a bad
@@ -81,6 +121,23 @@ pub trait SequenceRewardModel {
     /// - `input_ids`: `[N, T]`; `attention_mask`: `[N, T]` (true on real tokens)
     /// - returns: `[N]`
     fn rewards(&self, input_ids: Tensor<2, Int>, attention_mask: Tensor<2, Bool>) -> Tensor<1>;
+}
+
+/// A training step's result, or, on an error: [`Reducer::abort`] on the step's reducer (the
+/// other ranks stop waiting and fail with this error) and the crate's panic.
+pub(crate) fn step_or_abort<T>(
+    result: crate::Result<T>,
+    reducer: Option<&crate::distributed::SharedReducer>,
+) -> T {
+    match result {
+        Ok(value) => value,
+        Err(error) => {
+            if let Some(reducer) = reducer {
+                crate::distributed::Reducer::abort(reducer, &error.to_string());
+            }
+            panic!("burn-rlhf: {error}")
+        }
+    }
 }
 
 /// A tensor moved to `device`, with `device`'s autodiff flag (a reference's log-probs,

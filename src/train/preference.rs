@@ -9,7 +9,7 @@ use crate::IGNORE_INDEX;
 
 use super::{CausalLmLogps, PreferenceInput, TrlOutput, UnpairedInput, ids_onto, onto};
 use crate::distributed::{KlParts, Reducer, SharedReducer, StepCounts};
-use crate::error::{Error, Result, check_non_empty, check_same_shape, unwrap_or_panic};
+use crate::error::{Error, Result, check_non_empty, check_same_shape};
 use crate::losses::{
     CpoLoss, DpoLoss, KtoLoss, KtoLossConfig, KtoLossType, OrpoLoss, PairedLayout, PreferenceBatch,
     UnpairedBatch, kto_kl_estimate,
@@ -288,7 +288,10 @@ where
     type Output = TrlOutput;
 
     fn step(&self, input: PreferenceInput) -> TrainOutput<TrlOutput> {
-        let out = unwrap_or_panic(self.forward_with(input, self.reducer.as_ref()));
+        let out = super::step_or_abort(
+            self.forward_with(input, self.reducer.as_ref()),
+            self.reducer.as_ref(),
+        );
         let grads = out.loss.backward();
         TrainOutput::new(self, grads, out)
     }
@@ -476,7 +479,10 @@ where
     type Output = TrlOutput;
 
     fn step(&self, input: UnpairedInput) -> TrainOutput<TrlOutput> {
-        let out = unwrap_or_panic(self.forward_with(input, self.reducer.as_ref()));
+        let out = super::step_or_abort(
+            self.forward_with(input, self.reducer.as_ref()),
+            self.reducer.as_ref(),
+        );
         let grads = out.loss.backward();
         TrainOutput::new(self, grads, out)
     }

@@ -7,7 +7,7 @@ use burn::train::{InferenceStep, TrainOutput, TrainStep};
 use super::{CausalLmLogps, RewardInput, SequenceRewardModel, SftInput, TrlOutput};
 use crate::Normalizer;
 use crate::distributed::{Reducer, SharedReducer, StepCounts};
-use crate::error::{Error, Result, check_non_empty, check_same_shape, unwrap_or_panic};
+use crate::error::{Error, Result, check_non_empty, check_same_shape};
 use crate::losses::{BradleyTerryLoss, BradleyTerryLossConfig, LossOutput, Metrics};
 use crate::reduce::mask_like;
 
@@ -87,7 +87,10 @@ impl<M: CausalLmLogps + Module + ModuleDisplay> TrainStep for SftModel<M> {
     type Output = TrlOutput;
 
     fn step(&self, input: SftInput) -> TrainOutput<TrlOutput> {
-        let out = unwrap_or_panic(self.forward_with(input, self.reducer.as_ref()));
+        let out = super::step_or_abort(
+            self.forward_with(input, self.reducer.as_ref()),
+            self.reducer.as_ref(),
+        );
         let grads = out.loss.backward();
         TrainOutput::new(self, grads, out)
     }
@@ -105,12 +108,20 @@ impl<M: CausalLmLogps + Module + ModuleDisplay> InferenceStep for SftModel<M> {
 /// A burn-train model for a pairwise reward model (TRL's `RewardTrainer`): one forward on the
 /// stacked `[2B, T]` chosen-then-rejected rows, then the Bradley-Terry loss. Metrics:
 /// [`TrlMetric::REWARD_KEYS`](super::TrlMetric::REWARD_KEYS).
+///
+/// With [`with_reducer`](Self::with_reducer), training steps divide by the pairs of the whole
+/// step summed over the ranks (`Normalizer::GlobalSequences`, one reducer call), so the
+/// ranks' gradients sum to the gradient of the whole batch (without it, burn-train's
+/// `MultiDevice` strategy sums per-rank *means*: `W` times too large with equal shards, and
+/// weighted wrongly with unequal ones).
 #[derive(Module, Debug)]
 pub struct RewardModel<M> {
     /// The trained reward model.
     pub model: M,
     #[module(skip)]
     loss: BradleyTerryLoss,
+    #[module(skip)]
+    reducer: Option<SharedReducer>,
 }
 
 impl<M> RewardModel<M> {
@@ -119,7 +130,15 @@ impl<M> RewardModel<M> {
         Ok(Self {
             model,
             loss: config.try_init()?,
+            reducer: None,
         })
+    }
+
+    /// Training steps normalize by the step's global pair count, summed by `reducer` (the
+    /// config's own normalizer is replaced in training steps; validation keeps it).
+    pub fn with_reducer(mut self, reducer: impl Reducer + 'static) -> Self {
+        self.reducer = Some(SharedReducer::new(reducer));
+        self
     }
 
     crate::error::panicking! {
@@ -156,6 +175,14 @@ impl<M: SequenceRewardModel + Module + ModuleDisplay> RewardModel<M> {
     /// The loss and metrics of one batch. Errors: inconsistent shapes, an empty batch, a
     /// reward vector of another length than `2B`, and the loss's own errors.
     pub fn try_forward(&self, input: RewardInput) -> Result<TrlOutput> {
+        self.forward_with(input, None)
+    }
+
+    fn forward_with(
+        &self,
+        input: RewardInput,
+        reducer: Option<&SharedReducer>,
+    ) -> Result<TrlOutput> {
         let [b, tc] = input.chosen_ids.dims();
         check_non_empty("chosen_ids", b, "the batch has no pair")?;
         check_same_shape(
@@ -192,7 +219,15 @@ impl<M: SequenceRewardModel + Module + ModuleDisplay> RewardModel<M> {
         );
         let rewards = self.model.rewards(ids, mask);
         crate::losses::PairedLayout::new(b).check_rows("rewards", &rewards.dims())?;
-        let out = self.loss.try_forward_stacked(rewards, input.margin)?;
+        let out = match reducer {
+            None => self.loss.try_forward_stacked(rewards, input.margin)?,
+            Some(reducer) => {
+                let global = reducer.reduce(&StepCounts::from_pairs(b))?;
+                self.loss
+                    .with_normalizer(global.pair_normalizer()?)?
+                    .try_forward_stacked(rewards, input.margin)?
+            }
+        };
         Ok(TrlOutput::new(out, b))
     }
 
@@ -207,7 +242,10 @@ impl<M: SequenceRewardModel + Module + ModuleDisplay> TrainStep for RewardModel<
     type Output = TrlOutput;
 
     fn step(&self, input: RewardInput) -> TrainOutput<TrlOutput> {
-        let out = self.forward(input);
+        let out = super::step_or_abort(
+            self.forward_with(input, self.reducer.as_ref()),
+            self.reducer.as_ref(),
+        );
         let grads = out.loss.backward();
         TrainOutput::new(self, grads, out)
     }

@@ -3,7 +3,9 @@
 //! single-device training on the whole batch), and the adapters' reducer path: the gradients
 //! of two concurrent `TrainStep::step` calls with a shared [`ThreadReducer`] sum to the
 //! gradient of one step on the whole batch (KTO with its global KL, SFT with its global token
-//! count).
+//! count, the reward model with its global pair count), and an epoch that burn's split cuts
+//! unequally (9 items, batch 4, 2 devices): refused at setup, and trained to the end with
+//! [`EqualShards`].
 
 #[path = "../../examples/dpo_multi_device.rs"]
 pub mod dpo_multi_device;
@@ -12,13 +14,14 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor};
 use burn::train::TrainStep;
-use burn_rlhf::distributed::ThreadReducer;
-use burn_rlhf::losses::KtoLossConfig;
+use burn_rlhf::distributed::{EqualShards, ThreadReducer, check_loader_split};
+use burn_rlhf::losses::{BradleyTerryLossConfig, DpoLossConfig, KtoLossConfig};
 use burn_rlhf::train::{
-    KtoModel, SftInput, SftItem, SftModel, TokenBatcher, UnpairedInput, UnpairedItem,
+    KtoModel, PreferenceItem, PreferenceModel, RewardInput, RewardItem, RewardModel,
+    SequenceRewardModel, SftInput, SftItem, SftModel, TokenBatcher, UnpairedInput, UnpairedItem,
 };
 use dpo_multi_device::common::rng::Rng;
-use dpo_multi_device::common::toy::{EOS, PROMPT, TinyLm, make_pairs};
+use dpo_multi_device::common::toy::{EOS, PROMPT, TinyLm, make_pairs, split_row};
 
 use burn::data::dataloader::batcher::Batcher;
 
@@ -198,4 +201,142 @@ fn sft_adapter_with_reducer_sums_to_the_whole_batch_gradient() {
             None => m,
         }
     });
+}
+
+/// A reward model for the adapter: the mean hidden activation of each sequence.
+impl SequenceRewardModel for TinyLm {
+    fn rewards(
+        &self,
+        input_ids: Tensor<2, Int>,
+        _attention_mask: Tensor<2, burn::tensor::Bool>,
+    ) -> Tensor<1> {
+        let h = self.hidden(input_ids);
+        let [n, t, d] = h.dims();
+        h.sum_dim(2)
+            .sum_dim(1)
+            .reshape([n])
+            .div_scalar((t * d) as f64)
+    }
+}
+
+#[test]
+fn reward_adapter_with_reducer_sums_to_the_whole_batch_gradient() {
+    let _serial = crate::serial();
+    let device = Device::flex().autodiff();
+    device.seed(9);
+    let model = TinyLm::new(16, 1, &device);
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D ^ 9);
+    let pairs = make_pairs(12, &mut rng);
+    let items: Vec<RewardItem> = (0..12)
+        .map(|i| RewardItem {
+            chosen: pairs.chosen[i].clone(),
+            rejected: pairs.rejected[i].clone(),
+            margin: None,
+        })
+        .collect();
+    let config = BradleyTerryLossConfig::new().with_center_rewards_coefficient(Some(0.01));
+    let shards: Vec<RewardInput> = [0..5, 5..12].map(|r| batch(&items[r])).to_vec();
+    check_adapter("reward", &model, batch(&items), shards, |reducer| {
+        let m = RewardModel::new(model.clone(), &config);
+        match reducer {
+            Some(r) => m.with_reducer(r),
+            None => m,
+        }
+    });
+}
+
+/// burn's split of 9 items over 2 devices with batch 4 gives 1 and 2 steps: the setup check
+/// refuses it before training; the drop-last shards (8 items) train to the end of the epoch.
+#[test]
+fn unequal_epoch_is_refused_at_setup_and_equal_shards_train_it() {
+    use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
+    use burn::data::dataset::{Dataset, InMemDataset};
+    use burn::optim::AdamConfig;
+    use burn::train::{ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining};
+    use std::sync::Arc;
+
+    let _serial = crate::serial();
+    let (batch_size, devices_n) = (4, 2);
+    let device = Device::flex().autodiff();
+    device.seed(13);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ 13);
+    let pairs = make_pairs(9, &mut rng);
+    let items: Vec<PreferenceItem> = (0..9)
+        .map(|i| {
+            let (prompt, chosen) = split_row(&pairs.chosen[i]);
+            let (_, rejected) = split_row(&pairs.rejected[i]);
+            PreferenceItem {
+                prompt,
+                chosen,
+                rejected,
+                ref_logps: None,
+            }
+        })
+        .collect();
+    let loader = |dataset: Arc<dyn Dataset<PreferenceItem>>| -> Arc<dyn DataLoader<_>> {
+        DataLoaderBuilder::new(TokenBatcher::new(EOS))
+            .batch_size(batch_size)
+            .build(dataset)
+    };
+
+    // Without the helper: refused at setup, naming the steps and the fix.
+    let whole: Arc<dyn Dataset<PreferenceItem>> = Arc::new(InMemDataset::new(items.clone()));
+    let err = check_loader_split(&loader(whole), batch_size, devices_n).unwrap_err();
+    println!("refused: {err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("[1, 2]") && text.contains("EqualShards"),
+        "{text}"
+    );
+
+    // With the helper: 8 items, one full batch per device, and the epoch completes.
+    let shards = EqualShards::drop_last(items.len(), batch_size, devices_n).unwrap();
+    assert_eq!((shards.kept(), shards.dropped(), shards.steps()), (8, 1, 1));
+    let kept: Arc<dyn Dataset<PreferenceItem>> =
+        Arc::new(shards.truncate(InMemDataset::new(items)).unwrap());
+    let train = loader(kept.clone());
+    assert_eq!(
+        check_loader_split(&train, batch_size, devices_n).unwrap(),
+        1
+    );
+
+    let policy = TinyLm::new(16, 1, &device);
+    let reference = policy.valid();
+    // A reducer that would wait 60 s for a missing device (the first round as long): the run
+    // must not need it.
+    let reducer = ThreadReducer::new(devices_n)
+        .unwrap()
+        .with_timeout(std::time::Duration::from_secs(60));
+    let out = std::env::temp_dir().join("burn-rlhf-equal-shards");
+    let started = std::time::Instant::now();
+    let trained = SupervisedTraining::new(&out, train, loader(kept))
+        .renderer(Box::new(burn::train::renderer::CliMetricsRenderer::new()))
+        .with_application_logger(None)
+        .num_epochs(1)
+        .with_training_strategy(
+            ExecutionStrategy::multi(
+                vec![device.clone(); devices_n],
+                MultiDeviceOptim::OptimMainDevice,
+            )
+            .into(),
+        )
+        .launch(Learner::new(
+            PreferenceModel::new(policy.clone(), Some(reference), DpoLossConfig::new().init())
+                .with_reducer(reducer.clone()),
+            AdamConfig::new().init(),
+            1e-3,
+        ))
+        .model
+        .policy;
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "equal shards: 1 step per device, {} reduction(s), {seconds:.1} s",
+        reducer.calls()
+    );
+    assert_eq!(reducer.calls(), 1, "one step, one reduction");
+    assert!(
+        seconds < 30.0,
+        "no rank waited for a missing one ({seconds:.1} s)"
+    );
+    assert!(dpo_multi_device::common::params::max_abs_diff(&trained, &policy) > 0.0);
 }

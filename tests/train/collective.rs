@@ -1,12 +1,10 @@
 //! Two data-parallel peers running concurrently vs one device on the whole batch (issue 18),
 //! f32 on flex.
 //!
-//! Each peer is a thread with its own copy of a tiny shared "policy" (per-token log-probs
-//! `x @ w - 1`, one parameter vector `w`) and its own shard of the batch (shards of unequal
-//! size). Per step, a peer packs its local counts and batch-coupled statistics into **one**
-//! reduction through a [`ThreadReducer`] (the in-process all-reduce), computes its shard's
-//! loss normalized by the global counts, and all-reduces its gradient (a second reduction,
-//! as DDP all-reduces gradients). Expected: the gradient of the whole-batch loss computed in
+//! Each peer is a thread with its own shard of the batch (shards of unequal size) and a
+//! [`ThreadReducer`] (the in-process all-reduce). The cases (DPO, KTO with the global KL, BCO,
+//! GRPO with the batch std, PPO with whitening) are shared with the MPI ranks of `tests/mpi`:
+//! see `tests/common/dp_cases.rs`. Expected: the gradient of the whole-batch loss computed in
 //! one piece with the crate's default (TRL) normalization, to 1e-5 relative to the largest
 //! component. Nothing is hard-coded: the expected values come from the whole-batch run.
 //!
@@ -15,322 +13,77 @@
 //! CUDA devices when the test is built with `--features cuda` and `BURN_RLHF_CUDA_PEERS=2`,
 //! and prints why it is skipped everywhere else.
 
-use crate::common;
-
 use std::ops::Range;
 use std::time::Duration;
 
-use burn::tensor::{Bool, Device, Tensor, TensorData};
+use burn::tensor::Device;
+#[cfg(feature = "cuda")]
+use burn::tensor::Tensor;
 use burn_rlhf::Error;
+#[cfg(feature = "cuda")]
+use burn_rlhf::distributed::StepCounts;
 use burn_rlhf::distributed::{
-    CollectiveReducer, KlParts, MomentParts, Parts, Reducer, StepCounts, ThreadReducer,
+    CollectiveReducer, KlParts, MomentParts, Parts, Reducer, SharedReducer, StepCounts as Counts,
+    ThreadReducer,
 };
-use burn_rlhf::logps::GatheredLogps;
-use burn_rlhf::losses::{
-    BcoLossConfig, DpoLossConfig, KtoLossConfig, PreferenceBatch, RunningMoments, UnpairedBatch,
-    kto_kl_estimate,
-};
-use burn_rlhf::rl::{
-    GroupAdvantageConfig, GrpoLossConfig, GrpoLossInput, GrpoLossType, PpoLossConfig, PpoLossInput,
-    ScaleRewards, Whitening, whiten, whiten_with,
-};
-use common::Rng;
 
-const B: usize = 24;
-const T: usize = 5;
-const F: usize = 3;
-const TOL: f64 = 1e-5;
-/// Two peers with unequal shards (multiples of the GRPO group size 4).
-const SHARDS: [Range<usize>; 2] = [0..8, 8..24];
+use crate::dp_cases::{self, Data, Peers, Step};
 
-thread_local! {
-    /// The device tensors are created on: flex (autodiff) unless a peer thread sets its own.
-    static DEVICE: std::cell::RefCell<Device> = std::cell::RefCell::new(Device::flex().autodiff());
-}
+/// Peers as threads of this process, one per shard, sharing a [`ThreadReducer`].
+struct Threads(Vec<Range<usize>>);
 
-fn dev() -> Device {
-    DEVICE.with(|d| d.borrow().clone())
-}
-
-fn t1(values: Vec<f32>) -> Tensor<1> {
-    let n = values.len();
-    Tensor::from_data(TensorData::new(values, [n]), &dev())
-}
-
-fn t2(values: Vec<f32>, shape: [usize; 2]) -> Tensor<2> {
-    Tensor::from_data(TensorData::new(values, shape), &dev())
-}
-
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f64> {
-    t.into_data()
-        .convert::<f64>()
-        .try_into_vec::<f64>()
-        .unwrap()
-}
-
-/// Deterministic values in `[-scale/2, scale/2)` from the tests' one seeded generator.
-fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    (0..n)
-        .map(|_| rng.range(-0.5, 0.5) as f32 * scale)
-        .collect()
-}
-
-/// The fixed data of a test: features of two completion sets with ragged masks, reference
-/// log-probs, rewards, token advantages, old log-prob offsets.
-struct Data {
-    w: Vec<f32>,
-    xa: Vec<f32>,
-    xb: Vec<f32>,
-    mask_a: Vec<bool>,
-    mask_b: Vec<bool>,
-    ref_a: Vec<f32>,
-    ref_b: Vec<f32>,
-    rewards: Vec<f32>,
-    adv_tok: Vec<f32>,
-    old_shift: Vec<f32>,
-    desirable: Vec<bool>,
-}
-
-fn data(seed: u64) -> Data {
-    let mask = |k: usize, c: usize| -> Vec<bool> {
-        (0..B)
-            .flat_map(|i| (0..T).map(move |t| t < 1 + (i * k + c) % T))
-            .collect()
-    };
-    let shift = |v: Vec<f32>| v.into_iter().map(|x| x - 4.0).collect();
-    Data {
-        w: values(seed, F, 1.0),
-        xa: values(seed + 1, B * T * F, 1.0),
-        xb: values(seed + 2, B * T * F, 1.0),
-        mask_a: mask(7, 3),
-        mask_b: mask(5, 1),
-        ref_a: shift(values(seed + 3, B, 2.0)),
-        ref_b: shift(values(seed + 4, B, 2.0)),
-        rewards: values(seed + 5, B, 4.0),
-        adv_tok: values(seed + 6, B * T, 3.0),
-        old_shift: values(seed + 7, B * T, 0.6),
-        desirable: (0..B).map(|i| i % 3 != 1).collect(),
-    }
-}
-
-impl Data {
-    fn param(&self) -> Tensor<1> {
-        t1(self.w.clone()).require_grad()
-    }
-    fn logp(&self, w: &Tensor<1>, r: &Range<usize>, set_a: bool) -> Tensor<2> {
-        let x = if set_a { &self.xa } else { &self.xb };
-        let xs = t2(x[r.start * T * F..r.end * T * F].to_vec(), [r.len() * T, F]);
-        xs.matmul(w.clone().reshape([F, 1]))
-            .reshape([r.len(), T])
-            .sub_scalar(1.0)
-    }
-    fn mask(&self, r: &Range<usize>, set_a: bool) -> Tensor<2, Bool> {
-        let m = if set_a { &self.mask_a } else { &self.mask_b };
-        Tensor::from_data(
-            TensorData::new(m[r.start * T..r.end * T].to_vec(), [r.len(), T]),
-            &dev(),
-        )
-    }
-    fn gathered(&self, w: &Tensor<1>, r: &Range<usize>, set_a: bool) -> GatheredLogps {
-        GatheredLogps {
-            logps: self.logp(w, r, set_a),
-            mask: self.mask(r, set_a),
-        }
-    }
-    fn seq(&self, v: &[f32], r: &Range<usize>) -> Tensor<1> {
-        t1(v[r.clone()].to_vec())
-    }
-    fn tok(&self, v: &[f32], r: &Range<usize>) -> Tensor<2> {
-        t2(v[r.start * T..r.end * T].to_vec(), [r.len(), T])
-    }
-    fn desirable(&self, r: &Range<usize>) -> Tensor<1, Bool> {
-        Tensor::from_data(
-            TensorData::new(self.desirable[r.clone()].to_vec(), [r.len()]),
-            &dev(),
-        )
-    }
-}
-
-/// d loss / d w of the whole batch in one piece.
-fn whole(d: &Data, loss: impl Fn(&Tensor<1>) -> Tensor<1>) -> Vec<f64> {
-    let w = d.param();
-    let grads = loss(&w).backward();
-    host(w.grad(&grads).unwrap())
-}
-
-/// Runs one step on two concurrent peers. `step(reducer, w, shard)` reduces the step's parts
-/// (one call) and returns the shard's loss; each peer then all-reduces its gradient. Returns
-/// the summed gradient (the same on every peer: checked) and the number of reductions.
-fn peers(
-    d: &Data,
-    step: impl Fn(&ThreadReducer, &Tensor<1>, &Range<usize>) -> Tensor<1> + Sync,
-) -> (Vec<f64>, u64) {
-    let reducer = ThreadReducer::new(SHARDS.len())
-        .unwrap()
-        .with_timeout(Duration::from_secs(60));
-    let results: Vec<Vec<f64>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = SHARDS
-            .iter()
-            .map(|shard| {
-                let reducer = reducer.clone();
-                let step = &step;
-                scope.spawn(move || {
-                    let w = d.param();
-                    let loss = step(&reducer, &w, shard);
-                    let local = host(w.grad(&loss.backward()).unwrap());
-                    reducer.sum(&local).unwrap()
+impl Peers for Threads {
+    fn run(&self, d: &Data, step: &Step<'_>) -> (Vec<f64>, u64) {
+        let reducer = ThreadReducer::new(self.0.len())
+            .unwrap()
+            .with_timeout(Duration::from_secs(60));
+        let results: Vec<Vec<f64>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .0
+                .iter()
+                .map(|shard| {
+                    let shared = SharedReducer::new(reducer.clone());
+                    let (float, device) = (dp_cases::FLOAT.get(), dp_cases::dev());
+                    scope.spawn(move || {
+                        dp_cases::FLOAT.set(float);
+                        dp_cases::DEVICE.with(|d| *d.borrow_mut() = device);
+                        let w = d.param();
+                        let loss = step(&shared, &w, shard);
+                        let local = dp_cases::host(w.grad(&loss.backward()).unwrap());
+                        shared.sum(&local).unwrap()
+                    })
                 })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    assert!(
-        results.iter().all(|g| g == &results[0]),
-        "every peer receives the same gradient: {results:?}"
-    );
-    (results[0].clone(), reducer.calls())
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(
+            results.iter().all(|g| g == &results[0]),
+            "every peer receives the same gradient: {results:?}"
+        );
+        (results[0].clone(), reducer.calls())
+    }
 }
 
-fn assert_close(got: &[f64], want: &[f64], what: &str) {
-    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    assert!(scale > 1e-6, "{what}: degenerate zero gradient");
-    let diff = got
-        .iter()
-        .zip(want)
-        .map(|(g, w)| (g - w).abs())
-        .fold(0.0, f64::max);
-    assert!(
-        diff <= TOL * scale,
-        "{what}: peers {got:?} vs one device {want:?} (max diff {diff:e}, scale {scale:e})"
-    );
-}
-
-fn assert_one_reduction_per_step(calls: u64, what: &str) {
-    assert_eq!(
-        calls, 2,
-        "{what}: one reduction for the step's parts + one for the gradients"
-    );
+fn two_threads() -> Threads {
+    Threads(dp_cases::shards(2))
 }
 
 #[test]
 fn dpo_two_peers_equal_one_device() {
-    let d = data(11);
-    let batch = |w: &Tensor<1>, r: &Range<usize>| {
-        PreferenceBatch::from_tokens(d.gathered(w, r, true), d.gathered(w, r, false))
-            .with_ref_logps(d.seq(&d.ref_a, r), d.seq(&d.ref_b, r))
-    };
-    let config = DpoLossConfig::new();
-    let want = whole(&d, |w| config.init().forward(&batch(w, &(0..B))).loss);
-    let (got, calls) = peers(&d, |reducer, w, r| {
-        let counts = reducer.reduce(&StepCounts::from_pairs(r.len())).unwrap();
-        assert_eq!(counts.pairs, B as f64);
-        let loss = config
-            .clone()
-            .with_normalizer(counts.pair_normalizer().unwrap())
-            .init();
-        loss.forward(&batch(w, r)).loss
-    });
-    assert_close(&got, &want, "dpo");
-    assert_one_reduction_per_step(calls, "dpo");
-    // Each peer's own mean (no global count) sums to a different gradient: the test can fail.
-    let (local, _) = peers(&d, |reducer, w, r| {
-        reducer.reduce(&StepCounts::from_pairs(r.len())).unwrap();
-        config.init().forward(&batch(w, r)).loss
-    });
-    let diff = local
-        .iter()
-        .zip(&want)
-        .map(|(g, w)| (g - w).abs())
-        .fold(0.0, f64::max);
-    assert!(diff > 1e-3, "local means should differ ({diff:e})");
+    dp_cases::dpo(&two_threads());
 }
 
 /// KTO with the global KL estimate: counts and [`KlParts`] packed in one reduction.
 #[test]
 fn kto_two_peers_with_global_kl_equal_one_device() {
-    let d = data(23);
-    let kl_logps = |r: &Range<usize>| d.gathered(&d.param(), r, false).sum().detach();
-    let kl_ref = |r: &Range<usize>| d.seq(&d.ref_b, r).sub_scalar(1.5);
-    let batch = |w: &Tensor<1>, r: &Range<usize>, kl: Tensor<1>| {
-        UnpairedBatch::new(
-            d.gathered(w, r, true).sum(),
-            d.seq(&d.ref_a, r),
-            d.desirable(r),
-        )
-        .with_kl(kl)
-    };
-    let whole_kl = kto_kl_estimate(kl_logps(&(0..B)), kl_ref(&(0..B)));
-    assert!(
-        host(whole_kl.clone())[0] > 0.0,
-        "the KL must not clamp at 0"
-    );
-    let config = KtoLossConfig::new().with_desirable_weight(1.3);
-    let want = whole(&d, |w| {
-        config
-            .init()
-            .forward(&batch(w, &(0..B), whole_kl.clone()))
-            .loss
-    });
-    let (got, calls) = peers(&d, |reducer, w, r| {
-        let local = (
-            StepCounts::from_sequences(r.len()),
-            KlParts::from_logps(kl_logps(r), kl_ref(r)).unwrap(),
-        );
-        let (counts, kl) = reducer.reduce(&local).unwrap();
-        let kl = kl.finish(&d.seq(&d.ref_a, r)).unwrap();
-        let loss = config
-            .clone()
-            .with_normalizer(counts.sequence_normalizer().unwrap())
-            .init();
-        loss.forward(&batch(w, r, kl)).loss
-    });
-    assert_close(&got, &want, "kto");
-    assert_one_reduction_per_step(calls, "kto");
+    dp_cases::kto(&two_threads());
 }
 
 /// BCO: the running reward mean updated with the step's global moments (packed with the
 /// counts), then every shard with `train = false`.
 #[test]
 fn bco_two_peers_with_global_running_mean_equal_one_device() {
-    let d = data(37);
-    let beta = 0.5;
-    let batch = |w: &Tensor<1>, r: &Range<usize>| {
-        UnpairedBatch::new(
-            d.gathered(w, r, true).sum(),
-            d.seq(&d.ref_a, r),
-            d.desirable(r),
-        )
-    };
-    let start = RunningMoments {
-        mean: 0.3,
-        std: 1.2,
-        var: 1.44,
-        count: 40.0,
-    };
-    let config = BcoLossConfig::new().with_beta(beta);
-    let want = whole(&d, |w| {
-        config
-            .init()
-            .forward(&batch(w, &(0..B)), &mut start.clone(), true)
-            .loss
-    });
-    let (got, calls) = peers(&d, |reducer, w, r| {
-        let local = (
-            StepCounts::from_sequences(r.len()),
-            MomentParts::from_values(batch(w, r).rewards(beta)),
-        );
-        let (counts, moments) = reducer.reduce(&local).unwrap();
-        let mut running = start;
-        moments.update_running(&mut running);
-        let loss = config
-            .clone()
-            .with_normalizer(counts.sequence_normalizer().unwrap())
-            .init();
-        loss.forward(&batch(w, r), &mut running, false).loss
-    });
-    assert_close(&got, &want, "bco");
-    assert_one_reduction_per_step(calls, "bco");
+    dp_cases::bco(&two_threads());
 }
 
 /// GRPO with batch-scaled advantages (`scale_rewards = batch`: the batch std couples the
@@ -338,88 +91,50 @@ fn bco_two_peers_with_global_running_mean_equal_one_device() {
 /// counts in one reduction; groups of 4 stay on one peer.
 #[test]
 fn grpo_two_peers_with_batch_std_equal_one_device() {
-    let d = data(43);
-    let advantages = GroupAdvantageConfig::new()
-        .with_num_generations(4)
-        .with_scale_rewards(ScaleRewards::Batch);
-    let rewards = |r: &Range<usize>| t2(d.rewards[r.clone()].to_vec(), [r.len(), 1]);
-    let input = |w: &Tensor<1>, r: &Range<usize>, adv: Tensor<1>| {
-        let logp = d.logp(w, r, true);
-        let old = logp.clone().detach() + d.tok(&d.old_shift, r);
-        GrpoLossInput::new(logp, d.mask(r, true), adv).with_old_logps(old)
-    };
-    let config = GrpoLossConfig::new().with_loss_type(GrpoLossType::Grpo);
-    let want = whole(&d, |w| {
-        let adv = advantages.forward(rewards(&(0..B))).advantages;
-        config.init().forward(input(w, &(0..B), adv)).loss
-    });
-    let (got, calls) = peers(&d, |reducer, w, r| {
-        let local = (
-            StepCounts::from_sequences(r.len()),
-            advantages.batch_reward_parts(rewards(r)).unwrap(),
-        );
-        let (counts, moments) = reducer.reduce(&local).unwrap();
-        let adv = advantages
-            .try_forward_with_batch_stats(rewards(r), &moments)
-            .unwrap()
-            .advantages;
-        let loss = config
-            .clone()
-            .with_normalizer(Some(counts.sequence_normalizer().unwrap()))
-            .init();
-        loss.forward(input(w, r, adv)).loss
-    });
-    assert_close(&got, &want, "grpo batch std");
-    assert_one_reduction_per_step(calls, "grpo");
+    dp_cases::grpo(&two_threads());
 }
 
 /// PPO with whitened advantages (torchtune's masked whitening of the whole batch) and the
 /// token-mean loss: the advantage moments and the token count in one reduction.
 #[test]
 fn ppo_two_peers_with_whitening_equal_one_device() {
-    let d = data(47);
-    let input = |w: &Tensor<1>, r: &Range<usize>, adv: Tensor<2>| {
-        let logp = d.logp(w, r, true);
-        let old = logp.clone().detach() + d.tok(&d.old_shift, r);
-        PpoLossInput::new(logp, old, adv).with_mask(d.mask(r, true))
+    dp_cases::ppo(&two_threads());
+}
+
+/// Three peers (shards of 4, 8 and 12) in f64: the same cases at 1e-6.
+#[test]
+fn three_peers_in_f64_equal_one_device() {
+    let threads = Threads(dp_cases::shards(3));
+    let run = |case: fn(&dyn Peers)| {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                dp_cases::FLOAT.set(burn::tensor::DType::F64);
+                case(&threads)
+            })
+            .join()
+            .unwrap()
+        })
     };
-    let raw = |r: &Range<usize>| d.tok(&d.adv_tok, r).add_scalar(0.7);
-    let config = PpoLossConfig::new();
-    let want = whole(&d, |w| {
-        let all = 0..B;
-        let adv = whiten(raw(&all), Some(d.mask(&all, true)), Whitening::ZeroMean);
-        config.init().forward(input(w, &all, adv)).loss
-    });
-    let (got, calls) = peers(&d, |reducer, w, r| {
-        let local = (
-            StepCounts::from_token_masks(&[d.mask(r, true)]),
-            MomentParts::from_masked(raw(r), d.mask(r, true)).unwrap(),
-        );
-        let (counts, moments) = reducer.reduce(&local).unwrap();
-        let adv = whiten_with(
-            raw(r),
-            moments.mean(),
-            moments.var_unbiased(),
-            Whitening::ZeroMean,
-        );
-        let loss = config
-            .init()
-            .with_normalizer(counts.token_normalizer().unwrap());
-        loss.forward(input(w, r, adv)).loss
-    });
-    assert_close(&got, &want, "ppo whitening");
-    assert_one_reduction_per_step(calls, "ppo");
+    for case in [
+        dp_cases::dpo,
+        dp_cases::kto,
+        dp_cases::bco,
+        dp_cases::grpo,
+        dp_cases::ppo,
+    ] {
+        run(case);
+    }
 }
 
 /// The packing of several parts into one reduction round-trips, and a packed reduction across
 /// concurrent peers equals the part-by-part sums.
 #[test]
 fn packed_parts_round_trip_across_peers() {
-    type Packed = (StepCounts, KlParts, MomentParts);
+    type Packed = (Counts, KlParts, MomentParts);
     let local = |rank: usize| -> Packed {
         let k = rank as f64 + 1.0;
         (
-            StepCounts {
+            Counts {
                 tokens: 10.0 * k,
                 sequences: 2.0 * k,
                 pairs: k,
@@ -453,7 +168,7 @@ fn packed_parts_round_trip_across_peers() {
     });
     // 1 + 2 + 3 = 6 times the unit values, on every peer, in one reduction.
     let want = (
-        StepCounts {
+        Counts {
             tokens: 60.0,
             sequences: 12.0,
             pairs: 6.0,
@@ -478,7 +193,8 @@ fn packed_parts_round_trip_across_peers() {
 fn thread_reducer_failures_are_typed() {
     let reducer = ThreadReducer::new(2)
         .unwrap()
-        .with_timeout(Duration::from_millis(50));
+        .with_timeout(Duration::from_millis(50))
+        .with_first_round_timeout(Some(Duration::from_millis(50)));
     let err = reducer.sum(&[1.0]).unwrap_err();
     assert!(
         matches!(&err, Error::Collective { op: "sum", world_size: 2, reason } if reason.contains("1 of 2 ranks")),
@@ -504,6 +220,62 @@ fn thread_reducer_failures_are_typed() {
         );
     }
     assert!(ThreadReducer::new(0).is_err());
+}
+
+/// The first round waits out a slow rank (JIT and autotuning on CubeCL devices) far beyond the
+/// per-round timeout; a later round does not.
+#[test]
+fn thread_reducer_first_round_has_its_own_timeout() {
+    let reducer = ThreadReducer::new(2)
+        .unwrap()
+        .with_timeout(Duration::from_millis(50));
+    let late = reducer.clone();
+    let slow = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        late.sum(&[2.0])
+    });
+    assert_eq!(
+        reducer.sum(&[1.0]).unwrap(),
+        vec![3.0],
+        "first round, 400 ms late rank"
+    );
+    assert_eq!(slow.join().unwrap().unwrap(), vec![3.0]);
+    // Second round: the 50 ms timeout applies.
+    let err = reducer.sum(&[1.0]).unwrap_err();
+    assert!(
+        matches!(&err, Error::Collective { reason, .. } if reason.contains("1 of 2 ranks arrived within 50ms")),
+        "{err}"
+    );
+}
+
+/// A rank that fails calls `abort` instead of the reduction: the waiting rank returns that
+/// rank's error at once (not after the timeout), and later calls see the broken group.
+#[test]
+fn thread_reducer_abort_fails_the_waiting_ranks_fast() {
+    let reducer = ThreadReducer::new(3).unwrap();
+    let started = std::time::Instant::now();
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let r = reducer.clone();
+            std::thread::spawn(move || (r.sum(&[1.0]), std::time::Instant::now()))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    reducer.abort("shape mismatch: `rejected_ids` expected [4, T] (as chosen_ids), got [3, 7]");
+    for h in waiting {
+        let (result, at) = h.join().unwrap();
+        let waited = at.duration_since(started);
+        assert!(waited < Duration::from_secs(1), "waited {waited:?}");
+        assert!(
+            matches!(&result, Err(Error::Collective { reason, .. })
+                if reason.contains("a rank failed") && reason.contains("got [3, 7]")),
+            "{result:?}"
+        );
+    }
+    assert!(matches!(
+        reducer.sum(&[1.0]).unwrap_err(),
+        Error::Collective { reason, .. } if reason.contains("broken") && reason.contains("got [3, 7]")
+    ));
 }
 
 /// burn's collective `all_reduce` as the reducer: on two CUDA devices (feature `cuda`,
@@ -536,7 +308,9 @@ fn burn_collective_where_available() {
 #[cfg(feature = "cuda")]
 mod cuda {
     use super::*;
+    use crate::dp_cases::{B, DEVICE, assert_close, data, host, whole};
     use burn::tensor::distributed::{DistributedConfig, DistributedContext, ReduceOperation};
+    use burn_rlhf::losses::{DpoLossConfig, PreferenceBatch};
 
     /// The DPO case with one thread per CUDA device and burn's collective for the counts and
     /// the gradients.
@@ -555,8 +329,9 @@ mod cuda {
         };
         let config = DpoLossConfig::new();
         let want = whole(&d, |w| config.init().forward(&batch(w, &(0..B))).loss);
+        let shards = dp_cases::shards(2);
         let grads: Vec<Vec<f64>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = SHARDS
+            let handles: Vec<_> = shards
                 .iter()
                 .zip(&devices)
                 .map(|(r, device)| {

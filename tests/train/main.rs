@@ -11,6 +11,8 @@ pub mod collective;
 #[path = "../common/mod.rs"]
 pub mod common;
 pub mod data_parallel;
+#[path = "../common/dp_cases.rs"]
+pub mod dp_cases;
 pub mod hf_checkpoints;
 pub mod trainer_guide;
 pub mod trl_configs;
