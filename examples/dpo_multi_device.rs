@@ -43,7 +43,7 @@ use burn::optim::AdamConfig;
 use burn::tensor::{Device, Int, Tensor};
 use burn::train::renderer::CliMetricsRenderer;
 use burn::train::{ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining};
-use burn_rlhf::distributed::ThreadReducer;
+use burn_rlhf::distributed::{ThreadReducer, check_loader_split};
 use burn_rlhf::logps::GatheredLogps;
 use burn_rlhf::losses::DpoLossConfig;
 use burn_rlhf::train::{
@@ -237,8 +237,13 @@ pub fn run(args: &Args) -> Result<Summary, String> {
 
     // --- Replicas: burn-train's MultiDevice strategy, a ThreadReducer for the global count.
     let reducer = ThreadReducer::new(args.replicas).map_err(|e| e.to_string())?;
+    // Setup check: burn's split must give every device the same number of steps (else a
+    // device with a batch left waits in its reduction); `EqualShards::truncate` fixes an
+    // epoch that does not split evenly.
+    let train = loader(train, args.batch);
+    check_loader_split(&train, args.batch, args.replicas).map_err(|e| e.to_string())?;
     let start = Instant::now();
-    let replicated = training("replicas", loader(train, args.batch))
+    let replicated = training("replicas", train)
         .with_training_strategy(
             ExecutionStrategy::multi(
                 vec![device.clone(); args.replicas],

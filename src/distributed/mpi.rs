@@ -236,14 +236,6 @@ impl std::fmt::Debug for MpiReducer {
     }
 }
 
-// SAFETY: the state holds plain data (sizes, a thread id, a lock); `MPI_COMM_WORLD` is named
-// anew in each call, and every MPI call is made under `State::broken`'s lock, which matches
-// the `MPI_THREAD_SERIALIZED` level the runtime was initialized with (calls from another
-// thread under `MPI_THREAD_FUNNELED` are refused before any MPI call).
-unsafe impl Send for MpiReducer {}
-// SAFETY: see `Send`: all shared access goes through the lock.
-unsafe impl Sync for MpiReducer {}
-
 impl MpiReducer {
     /// A reducer over `MPI_COMM_WORLD` of an MPI that the caller initialized (rsmpi's
     /// `mpi::initialize_with_threading`, kept alive by the caller). Errors
