@@ -98,9 +98,13 @@ pub struct Summary {
     pub max_param_diff: f64,
     /// Largest parameter move of training (shows that it moved).
     pub max_param_move: f64,
-    /// Wall time per DPO step, and the part of it spent in the two reductions.
+    /// Wall time per DPO step, and the part of it spent in the two reductions (measured
+    /// around the calls), split by the reducer into waiting for the other ranks and moving
+    /// the values.
     pub seconds_per_step: f64,
     pub reduce_seconds_per_step: f64,
+    pub wait_seconds_per_step: f64,
+    pub data_seconds_per_step: f64,
     /// MPI reductions made during training (two per step).
     pub reductions: u64,
 }
@@ -159,6 +163,7 @@ pub fn run(args: &Args, reducer: &MpiReducer) -> Result<Summary, String> {
     let mut optim: ModuleOptimizer = AdamConfig::new().init();
     let (mut in_reduce, mut losses) = (Duration::ZERO, vec![]);
     let calls = reducer.calls();
+    let (wait0, data0) = reducer.timings();
     let start = Instant::now();
     for step in 0..args.steps {
         let rows = step * args.batch + shard.start..step * args.batch + shard.end;
@@ -180,6 +185,7 @@ pub fn run(args: &Args, reducer: &MpiReducer) -> Result<Summary, String> {
     }
     let seconds = start.elapsed().as_secs_f64();
     let reductions = reducer.calls() - calls;
+    let (wait1, data1) = reducer.timings();
     // The whole-batch loss of each step is the sum of the shards' (global normalizer).
     let losses = reducer.sum(&losses).map_err(|e| e.to_string())?;
 
@@ -230,6 +236,8 @@ pub fn run(args: &Args, reducer: &MpiReducer) -> Result<Summary, String> {
         max_param_move: max_abs_diff(&model, &init),
         seconds_per_step: seconds / args.steps as f64,
         reduce_seconds_per_step: in_reduce.as_secs_f64() / args.steps as f64,
+        wait_seconds_per_step: (wait1 - wait0).as_secs_f64() / args.steps as f64,
+        data_seconds_per_step: (data1 - data0).as_secs_f64() / args.steps as f64,
         reductions,
     })
 }
@@ -250,10 +258,14 @@ pub fn report(args: &Args, s: &Summary) -> Vec<String> {
             s.max_param_move
         ),
         format!(
-            "wall time per step: {:.4} s with {} process(es), {:.1}% of it in the reductions ({} MPI reductions)",
+            "wall time per step: {:.4} s with {} process(es), {:.1}% of it in the reductions \
+             ({:.1}% waiting for the other ranks, {:.1}% moving the values, the rest reading \
+             and writing the gradients on the host; {} MPI reductions)",
             s.seconds_per_step,
             s.world_size,
             100.0 * s.reduce_seconds_per_step / s.seconds_per_step,
+            100.0 * s.wait_seconds_per_step / s.seconds_per_step,
+            100.0 * s.data_seconds_per_step / s.seconds_per_step,
             s.reductions
         ),
         format!(

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
+use std::time::{Duration, Instant};
 
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
@@ -65,8 +66,10 @@ impl MpiRuntime {
     ///   `PMIX_NAMESPACE` is set). A lone process would silently train alone;
     ///   [`init_singleton`](Self::init_singleton) asks for that explicitly;
     /// - MPI is already initialized in this process (use [`MpiReducer::world`] with the
-    ///   caller's own initialization) or was finalized;
-    /// - the library supports fewer than `MPI_THREAD_FUNNELED` threads.
+    ///   caller's own initialization) or was finalized.
+    ///
+    /// Where the library provides less than `MPI_THREAD_SERIALIZED`, the reducers refuse
+    /// calls from other threads than this one.
     pub fn init() -> Result<Self> {
         if !launched() {
             return Err(Error::Runtime {
@@ -142,6 +145,11 @@ impl MpiRuntime {
     }
 }
 
+fn add_nanos(counter: &AtomicU64, since: Instant) {
+    let nanos = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    counter.fetch_add(nanos, Ordering::SeqCst);
+}
+
 /// MPI's thread-support levels in their order.
 fn level(threading: mpi::Threading) -> u8 {
     match threading {
@@ -165,19 +173,13 @@ struct State {
     init_thread: ThreadId,
     broken: Mutex<Option<String>>,
     calls: AtomicU64,
+    /// Nanoseconds in the header rounds (waiting for the slowest rank) and the data rounds.
+    wait_nanos: AtomicU64,
+    data_nanos: AtomicU64,
 }
 
 impl State {
     fn world(threading: mpi::Threading) -> Result<Self> {
-        if level(threading) < level(mpi::Threading::Funneled) {
-            return Err(Error::Runtime {
-                runtime: "MPI",
-                reason: format!(
-                    "the MPI library provides {threading:?} thread support; burn-rlhf needs at \
-                     least Funneled (MPI calls from the thread that initialized MPI)"
-                ),
-            });
-        }
         let world = SimpleCommunicator::world();
         Ok(Self {
             rank: world.rank() as usize,
@@ -186,6 +188,8 @@ impl State {
             init_thread: std::thread::current().id(),
             broken: Mutex::new(None),
             calls: AtomicU64::new(0),
+            wait_nanos: AtomicU64::new(0),
+            data_nanos: AtomicU64::new(0),
         })
     }
 }
@@ -219,8 +223,9 @@ impl State {
 ///
 /// MPI is initialized with `MPI_THREAD_SERIALIZED`; every handle takes one lock per call, so
 /// threads of a process may share it (one collective at a time per process). Where the
-/// library provides only `MPI_THREAD_FUNNELED`, calls from another thread than the one that
-/// initialized MPI are refused with [`Error::Runtime`].
+/// library provides less (or the caller initialized MPI with rsmpi's default,
+/// `MPI_THREAD_SINGLE`), calls from another thread than the one that created the reducer are
+/// refused with [`Error::Runtime`].
 #[derive(Clone)]
 pub struct MpiReducer {
     state: Arc<State>,
@@ -238,8 +243,10 @@ impl std::fmt::Debug for MpiReducer {
 
 impl MpiReducer {
     /// A reducer over `MPI_COMM_WORLD` of an MPI that the caller initialized (rsmpi's
-    /// `mpi::initialize_with_threading`, kept alive by the caller). Errors
-    /// ([`Error::Runtime`]): MPI not initialized, or finalized.
+    /// `mpi::initialize` or `mpi::initialize_with_threading`, kept alive by the caller); call
+    /// it on the thread that initialized MPI, once, and clone the result (clones share the
+    /// lock that serializes the process's MPI calls). Errors ([`Error::Runtime`]): MPI not
+    /// initialized, or finalized.
     pub fn world() -> Result<Self> {
         if !mpi::is_initialized() || mpi::is_finalized() {
             return Err(Error::Runtime {
@@ -264,6 +271,17 @@ impl MpiReducer {
         self.state.calls.load(Ordering::SeqCst)
     }
 
+    /// Time spent in this process's reductions so far: `(waiting, moving data)`. Each call's
+    /// header round ends when the slowest rank arrives, so `waiting` is mostly the time this
+    /// rank waited for the others (load imbalance); `moving data` is the `MPI_Allreduce` of
+    /// the values themselves.
+    pub fn timings(&self) -> (Duration, Duration) {
+        (
+            Duration::from_nanos(self.state.wait_nanos.load(Ordering::SeqCst)),
+            Duration::from_nanos(self.state.data_nanos.load(Ordering::SeqCst)),
+        )
+    }
+
     fn error(&self, reason: String) -> Error {
         Error::Collective {
             op: "sum",
@@ -285,8 +303,8 @@ impl MpiReducer {
             return Err(Error::Runtime {
                 runtime: "MPI",
                 reason: format!(
-                    "the MPI library provides {:?} thread support: call the reducer from the \
-                     thread that initialized MPI",
+                    "MPI provides {:?} thread support here: call the reducer from the thread \
+                     that initialized MPI",
                     self.state.threading
                 ),
             });
@@ -336,7 +354,9 @@ impl Reducer for MpiReducer {
         }
         self.check_usable()?;
         let world = SimpleCommunicator::world();
+        let started = Instant::now();
         let [max_len, neg_min_len, failed] = Self::header(&world, local.len(), false);
+        add_nanos(&self.state.wait_nanos, started);
         if failed > 0.0 {
             let reason = Self::failure(&world, None);
             *broken = Some(reason.clone());
@@ -351,7 +371,9 @@ impl Reducer for MpiReducer {
             )));
         }
         let mut total = vec![0.0f64; local.len()];
+        let started = Instant::now();
         world.all_reduce_into(local, &mut total[..], SystemOperation::sum());
+        add_nanos(&self.state.data_nanos, started);
         self.state.calls.fetch_add(1, Ordering::SeqCst);
         Ok(total)
     }
