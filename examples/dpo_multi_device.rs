@@ -116,7 +116,8 @@ pub struct Summary {
     pub reducer_calls: u64,
 }
 
-fn items(n: usize, rng: &mut Rng) -> Vec<PreferenceItem> {
+/// `n` preference items of the toy task (prompt, chosen = the prompt reversed, rejected = a copy or a near miss).
+pub fn items(n: usize, rng: &mut Rng) -> Vec<PreferenceItem> {
     let pairs = make_pairs(n, rng);
     (0..n)
         .map(|i| {

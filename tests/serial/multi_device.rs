@@ -21,7 +21,7 @@ use burn_rlhf::train::{
     SequenceRewardModel, SftInput, SftItem, SftModel, TokenBatcher, UnpairedInput, UnpairedItem,
 };
 use dpo_multi_device::common::rng::Rng;
-use dpo_multi_device::common::toy::{EOS, PROMPT, TinyLm, make_pairs, split_row};
+use dpo_multi_device::common::toy::{EOS, PROMPT, TinyLm, make_pairs};
 
 use burn::data::dataloader::batcher::Batcher;
 
@@ -260,19 +260,7 @@ fn unequal_epoch_is_refused_at_setup_and_equal_shards_train_it() {
     let device = Device::flex().autodiff();
     device.seed(13);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ 13);
-    let pairs = make_pairs(9, &mut rng);
-    let items: Vec<PreferenceItem> = (0..9)
-        .map(|i| {
-            let (prompt, chosen) = split_row(&pairs.chosen[i]);
-            let (_, rejected) = split_row(&pairs.rejected[i]);
-            PreferenceItem {
-                prompt,
-                chosen,
-                rejected,
-                ref_logps: None,
-            }
-        })
-        .collect();
+    let items = dpo_multi_device::items(9, &mut rng);
     let loader = |dataset: Arc<dyn Dataset<PreferenceItem>>| -> Arc<dyn DataLoader<_>> {
         DataLoaderBuilder::new(TokenBatcher::new(EOS))
             .batch_size(batch_size)
