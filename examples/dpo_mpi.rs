@@ -38,11 +38,8 @@ use burn::tensor::Device;
 use burn_rlhf::distributed::{MpiReducer, MpiRuntime, Reducer, StepCounts, sum_gradients};
 use burn_rlhf::losses::{DpoLoss, DpoLossConfig, PreferenceBatch};
 use clap::Parser;
-use common::params::{ToF64, flat_params, max_abs_diff};
-use common::rng::Rng;
-use common::toy::{
-    TinyLm, gather, heldout_reward_accuracy, ints, labels_of as labels, make_pairs, warm_up,
-};
+use common::params::{flat_params, max_abs_diff, warmed_up_f64};
+use common::toy::{TinyLm, gather, heldout_reward_accuracy, ints, labels_of as labels, make_pairs};
 
 const LR: f64 = 1e-3;
 
@@ -128,19 +125,7 @@ pub fn run(args: &Args, reducer: &MpiReducer) -> Result<Summary, String> {
     }
     let base = Device::flex();
     let device = base.clone().autodiff();
-    base.seed(args.seed);
-    let mut rng = Rng((0x9E37_79B9_7F4A_7C15 ^ args.seed.wrapping_mul(0x2545_F491_4F6C_DD1D)) | 1);
-
-    let warm = warm_up(
-        TinyLm::new(args.d_model, 1, &device),
-        &device,
-        args.sft_steps,
-        32,
-        0.4,
-        &mut rng,
-        |_, _| {},
-    );
-    let init = warm.map(&mut ToF64);
+    let (init, mut rng) = warmed_up_f64(args.d_model, args.sft_steps, args.seed, &base);
     let reference = init.valid();
     let pairs = make_pairs(args.steps * args.batch, &mut rng);
     let heldout = make_pairs(args.heldout, &mut rng);

@@ -50,9 +50,9 @@ use burn_rlhf::train::{
     CausalLmLogps, PreferenceInput, PreferenceItem, PreferenceModel, TokenBatcher,
 };
 use clap::Parser;
-use common::params::{ToF64, max_abs_diff};
+use common::params::{max_abs_diff, warmed_up_f64};
 use common::rng::Rng;
-use common::toy::{EOS, TinyLm, gather, heldout_reward_accuracy, make_pairs, split_row, warm_up};
+use common::toy::{EOS, TinyLm, gather, heldout_reward_accuracy, make_pairs, split_row};
 
 const LR: f64 = 1e-3;
 
@@ -185,20 +185,8 @@ pub fn run(args: &Args) -> Result<Summary, String> {
     }
     let base = Device::flex();
     let device = base.clone().autodiff();
-    base.seed(args.seed);
-    let mut rng = Rng((0x9E37_79B9_7F4A_7C15 ^ args.seed.wrapping_mul(0x2545_F491_4F6C_DD1D)) | 1);
-
     // --- SFT warm-up (f32, plain loop), then the policy in f64; the reference is its frozen copy.
-    let warm = warm_up(
-        TinyLm::new(args.d_model, 1, &device),
-        &device,
-        args.sft_steps,
-        32,
-        0.4,
-        &mut rng,
-        |_, _| {},
-    );
-    let init = warm.map(&mut ToF64);
+    let (init, mut rng) = warmed_up_f64(args.d_model, args.sft_steps, args.seed, &base);
     let reference = init.valid();
 
     let n = args.steps * args.replicas * args.batch;

@@ -2,7 +2,30 @@
 //! models parameter by parameter.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::{FloatDType, Tensor};
+use burn::tensor::{Device, FloatDType, Tensor};
+
+use super::rng::Rng;
+use super::toy::{TinyLm, warm_up};
+
+/// The data-parallel examples' start from `seed`: burn's seed on `base`, the examples' seeded
+/// generator, and a `TinyLm` of width `d_model` warmed up with `sft_steps` SFT steps (f32,
+/// 32 rows a step, 40% of the completions follow the rule), then cast to f64. Returns the
+/// policy and the generator (for the data that follows).
+pub fn warmed_up_f64(d_model: usize, sft_steps: usize, seed: u64, base: &Device) -> (TinyLm, Rng) {
+    let device = base.clone().autodiff();
+    base.seed(seed);
+    let mut rng = Rng((0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D)) | 1);
+    let warm = warm_up(
+        TinyLm::new(d_model, 1, &device),
+        &device,
+        sft_steps,
+        32,
+        0.4,
+        &mut rng,
+        |_, _| {},
+    );
+    (warm.map(&mut ToF64), rng)
+}
 
 /// Casts every float parameter to f64 (a fresh leaf that requires grad).
 pub struct ToF64;

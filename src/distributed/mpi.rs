@@ -48,11 +48,7 @@ pub struct MpiRuntime {
 
 impl std::fmt::Debug for MpiRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "MpiRuntime(rank {} of {})",
-            self.state.rank, self.state.size
-        )
+        self.state.describe("MpiRuntime", f)
     }
 }
 
@@ -179,6 +175,11 @@ struct State {
 }
 
 impl State {
+    /// `Name(rank r of n)`: the `Debug` form of the handles.
+    fn describe(&self, name: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{name}(rank {} of {})", self.rank, self.size)
+    }
+
     fn world(threading: mpi::Threading) -> Result<Self> {
         let world = SimpleCommunicator::world();
         Ok(Self {
@@ -233,11 +234,7 @@ pub struct MpiReducer {
 
 impl std::fmt::Debug for MpiReducer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "MpiReducer(rank {} of {})",
-            self.state.rank, self.state.size
-        )
+        self.state.describe("MpiReducer", f)
     }
 }
 

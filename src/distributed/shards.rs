@@ -13,6 +13,9 @@ use std::ops::Range;
 
 use crate::error::{Error, Result};
 
+#[cfg(feature = "train")]
+use burn::data::dataset::transform::PartialDataset;
+
 /// An epoch cut into `ranks` equal shards of whole batches (drop-last): every rank takes
 /// [`steps`](Self::steps) steps of `batch_size` items. The last [`dropped`](Self::dropped)
 /// items (fewer than `batch_size * ranks`) sit the epoch out; shuffle the dataset each epoch
@@ -101,41 +104,35 @@ impl EqualShards {
     /// The first [`kept`](Self::kept) items of `dataset`: what burn-train's `MultiDevice`
     /// split turns into equal shards. Errors: a dataset of another length than `num_items`.
     #[cfg(feature = "train")]
-    pub fn truncate<D, I>(
-        &self,
-        dataset: D,
-    ) -> Result<burn::data::dataset::transform::PartialDataset<D, I>>
+    pub fn truncate<D, I>(&self, dataset: D) -> Result<PartialDataset<D, I>>
     where
         D: burn::data::dataset::Dataset<I>,
         I: Clone + Send + Sync,
     {
-        self.check_len(dataset.len())?;
-        Ok(burn::data::dataset::transform::PartialDataset::new(
-            dataset,
-            0,
-            self.kept(),
-        ))
+        self.items(dataset, 0..self.kept())
     }
 
     /// The items of `rank` in `dataset` (one process per rank). Errors: a dataset of another
     /// length than `num_items`, `rank >= ranks`.
     #[cfg(feature = "train")]
-    pub fn shard<D, I>(
-        &self,
-        dataset: D,
-        rank: usize,
-    ) -> Result<burn::data::dataset::transform::PartialDataset<D, I>>
+    pub fn shard<D, I>(&self, dataset: D, rank: usize) -> Result<PartialDataset<D, I>>
+    where
+        D: burn::data::dataset::Dataset<I>,
+        I: Clone + Send + Sync,
+    {
+        let range = self.range(rank)?;
+        self.items(dataset, range)
+    }
+
+    /// The items `range` of `dataset`, after checking its length.
+    #[cfg(feature = "train")]
+    fn items<D, I>(&self, dataset: D, range: Range<usize>) -> Result<PartialDataset<D, I>>
     where
         D: burn::data::dataset::Dataset<I>,
         I: Clone + Send + Sync,
     {
         self.check_len(dataset.len())?;
-        let range = self.range(rank)?;
-        Ok(burn::data::dataset::transform::PartialDataset::new(
-            dataset,
-            range.start,
-            range.end,
-        ))
+        Ok(PartialDataset::new(dataset, range.start, range.end))
     }
 
     #[cfg(feature = "train")]

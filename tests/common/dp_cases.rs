@@ -52,7 +52,7 @@ pub fn shards(peers: usize) -> Vec<Range<usize>> {
     }
 }
 
-const B: usize = 24;
+pub const B: usize = 24;
 const T: usize = 5;
 const F: usize = 3;
 
@@ -204,12 +204,20 @@ pub fn assert_one_reduction_per_step(calls: u64, what: &str) {
     );
 }
 
+/// The DPO case's data (seed 11).
+pub fn dpo_data() -> Data {
+    data(11)
+}
+
+/// The DPO batch of rows `r`: set a chosen, set b rejected, with their reference log-probs.
+pub fn dpo_batch(d: &Data, w: &Tensor<1>, r: &Range<usize>) -> PreferenceBatch {
+    PreferenceBatch::from_tokens(d.gathered(w, r, true), d.gathered(w, r, false))
+        .with_ref_logps(d.seq(&d.ref_a, r), d.seq(&d.ref_b, r))
+}
+
 pub fn dpo(peers: &dyn Peers) {
-    let d = data(11);
-    let batch = |w: &Tensor<1>, r: &Range<usize>| {
-        PreferenceBatch::from_tokens(d.gathered(w, r, true), d.gathered(w, r, false))
-            .with_ref_logps(d.seq(&d.ref_a, r), d.seq(&d.ref_b, r))
-    };
+    let d = dpo_data();
+    let batch = |w: &Tensor<1>, r: &Range<usize>| dpo_batch(&d, w, r);
     let config = DpoLossConfig::new();
     let want = whole(&d, |w| config.init().forward(&batch(w, &(0..B))).loss);
     let (got, calls) = peers.run(&d, &|reducer, w, r| {

@@ -434,6 +434,14 @@ fn dpo_example(reducer: &MpiReducer) {
         2 * args.steps as u64,
         "two reductions per step"
     );
+    // The reducer's own split (header round, data round) lies inside the example's timing
+    // around the calls.
+    let split = s.wait_seconds_per_step + s.data_seconds_per_step;
+    assert!(
+        split > 0.0 && split <= s.reduce_seconds_per_step,
+        "waiting + moving {split:e} s vs {:e} s around the calls",
+        s.reduce_seconds_per_step
+    );
     if reducer.rank() == 0 {
         assert!(s.max_param_diff <= 1e-6, "{:e}", s.max_param_diff);
         assert!(s.max_param_move > 1e-4, "training moved the parameters");

@@ -308,9 +308,9 @@ fn burn_collective_where_available() {
 #[cfg(feature = "cuda")]
 mod cuda {
     use super::*;
-    use crate::dp_cases::{B, DEVICE, assert_close, data, host, whole};
+    use crate::dp_cases::{B, DEVICE, assert_close, dpo_batch, dpo_data, host, whole};
     use burn::tensor::distributed::{DistributedConfig, DistributedContext, ReduceOperation};
-    use burn_rlhf::losses::{DpoLossConfig, PreferenceBatch};
+    use burn_rlhf::losses::DpoLossConfig;
 
     /// The DPO case with one thread per CUDA device and burn's collective for the counts and
     /// the gradients.
@@ -322,11 +322,8 @@ mod cuda {
                 all_reduce_op: ReduceOperation::Sum,
             },
         );
-        let d = data(11);
-        let batch = |w: &Tensor<1>, r: &Range<usize>| {
-            PreferenceBatch::from_tokens(d.gathered(w, r, true), d.gathered(w, r, false))
-                .with_ref_logps(d.seq(&d.ref_a, r), d.seq(&d.ref_b, r))
-        };
+        let d = dpo_data();
+        let batch = |w: &Tensor<1>, r: &Range<usize>| dpo_batch(&d, w, r);
         let config = DpoLossConfig::new();
         let want = whole(&d, |w| config.init().forward(&batch(w, &(0..B))).loss);
         let shards = dp_cases::shards(2);
